@@ -1,0 +1,266 @@
+//! Presence: the awareness state each Huddle client publishes, and what a relay checks before it
+//! passes a state on.
+//!
+//! A stock Yjs client in the room parses every awareness state it receives with `JSON.parse`; a
+//! state that is not JSON crashes it (y-sweet relays such states). So a relay validates every
+//! entry first: valid JSON, bounded size, bounded nesting.
+
+use serde::{Deserialize, Serialize};
+use yrs::sync::AwarenessUpdate;
+
+use crate::wire::CloseCode;
+
+/// Limits a relay applies to awareness updates. The defaults fit Huddle's own states (a few
+/// hundred bytes; a large multi-selection a few KiB) with a wide margin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceLimits {
+    /// Largest JSON text of one client's state, in bytes.
+    pub max_state_bytes: usize,
+    /// Deepest nesting of arrays/objects in one state.
+    pub max_depth: usize,
+    /// Most client entries in one awareness update.
+    pub max_entries: usize,
+}
+
+impl Default for PresenceLimits {
+    fn default() -> Self {
+        Self { max_state_bytes: 64 * 1024, max_depth: 16, max_entries: 64 }
+    }
+}
+
+/// Why an awareness update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    /// A state is not valid JSON.
+    #[error("state of client {client} is not valid JSON")]
+    NotJson {
+        /// The client id whose state was bad.
+        client: u64,
+    },
+    /// A state's JSON text is larger than [`PresenceLimits::max_state_bytes`].
+    #[error("state of client {client} is {len} bytes, over the {max} byte limit")]
+    TooLarge {
+        /// The client id whose state was bad.
+        client: u64,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A state nests deeper than [`PresenceLimits::max_depth`].
+    #[error("state of client {client} nests deeper than {max} levels")]
+    TooDeep {
+        /// The client id whose state was bad.
+        client: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The update names more clients than [`PresenceLimits::max_entries`].
+    #[error("awareness update has {len} entries, over the limit of {max}")]
+    TooManyEntries {
+        /// Entries in the update.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A client id that does not fit the 53 bits a JavaScript number holds exactly.
+    #[error("client id {client} is out of range")]
+    BadClientId {
+        /// The offending id.
+        client: u64,
+    },
+}
+
+impl PresenceError {
+    /// The close code a socket that sent this earns.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            PresenceError::TooLarge { .. } | PresenceError::TooManyEntries { .. } => {
+                CloseCode::MESSAGE_TOO_BIG
+            }
+            _ => CloseCode::INVALID_PAYLOAD,
+        }
+    }
+}
+
+/// Largest client id a Yjs client can produce (JavaScript's safe integer range).
+const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// Checks every entry of an awareness update against `limits`. `null` (a removal) is always fine.
+///
+/// # Errors
+/// The first [`PresenceError`] found; a relay should then drop the whole update and close the
+/// sender.
+pub fn validate_update(update: &AwarenessUpdate, limits: &PresenceLimits) -> Result<(), PresenceError> {
+    if update.clients.len() > limits.max_entries {
+        return Err(PresenceError::TooManyEntries {
+            len: update.clients.len(),
+            max: limits.max_entries,
+        });
+    }
+    for (id, entry) in &update.clients {
+        let client = id.get();
+        if client > MAX_CLIENT_ID {
+            return Err(PresenceError::BadClientId { client });
+        }
+        validate_state(client, &entry.json, limits)?;
+    }
+    Ok(())
+}
+
+fn validate_state(client: u64, json: &str, limits: &PresenceLimits) -> Result<(), PresenceError> {
+    if json.len() > limits.max_state_bytes {
+        return Err(PresenceError::TooLarge { client, len: json.len(), max: limits.max_state_bytes });
+    }
+    // Depth first: it is a cheap scan, and it keeps the parser below from recursing deeply.
+    if nesting_depth(json) > limits.max_depth {
+        return Err(PresenceError::TooDeep { client, max: limits.max_depth });
+    }
+    // `IgnoredAny` checks the syntax without building a value.
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|_| PresenceError::NotJson { client })
+}
+
+/// The deepest `[`/`{` nesting in `json`, ignoring brackets inside strings. Not a validator: it
+/// only bounds the work the real parser will do.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// A point on the board, in board coordinates (not screen pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Point {
+    /// Horizontal position.
+    pub x: f64,
+    /// Vertical position.
+    pub y: f64,
+}
+
+/// What a user's screen shows of the board, so others can follow them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Viewport {
+    /// Board x at the left edge of the screen.
+    pub x: f64,
+    /// Board y at the top edge of the screen.
+    pub y: f64,
+    /// Screen pixels per board unit.
+    pub zoom: f64,
+}
+
+impl Default for Viewport {
+    fn default() -> Self {
+        Self { x: 0.0, y: 0.0, zoom: 1.0 }
+    }
+}
+
+/// Who a peer is, as shown in the presence list and on their cursor label. The field is named
+/// `user` with `name` and `color`, the convention of the Yjs demos, so stock clients show up too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct User {
+    /// Stable id of the user (survives reconnects, unlike the Yjs client id).
+    #[serde(default)]
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// CSS colour, e.g. `#e03131`.
+    pub color: String,
+}
+
+/// The awareness state of one Huddle client. Every field but `user` is optional on the wire so a
+/// plain Yjs client that only sets `user` is still shown; unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Presence {
+    /// Who this is.
+    pub user: User,
+    /// Pointer position on the board, absent when the pointer is off the board.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Point>,
+    /// Ids of the shapes this user has selected (others outline them in the user's colour).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selection: Vec<String>,
+    /// What this user's screen shows (for follow mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewport: Option<Viewport>,
+    /// True when the user has not interacted for a while (tab hidden, no input).
+    #[serde(default)]
+    pub idle: bool,
+    /// The recent trail of the laser pointer; ephemeral, so it lives here and not in the doc.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub laser: Vec<Point>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    use yrs::ClientID;
+
+    fn update(json: &str) -> AwarenessUpdate {
+        AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(7),
+                AwarenessUpdateEntry { clock: 1, json: json.into() },
+            )]),
+        }
+    }
+
+    #[test]
+    fn accepts_presence_and_removals() {
+        let p = Presence {
+            user: User { id: "u1".into(), name: "Ada".into(), color: "#e03131".into() },
+            cursor: Some(Point { x: 1.0, y: 2.0 }),
+            ..Presence::default()
+        };
+        let json = serde_json::to_string(&p).expect("serialises");
+        let limits = PresenceLimits::default();
+        assert_eq!(validate_update(&update(&json), &limits), Ok(()));
+        assert_eq!(validate_update(&update("null"), &limits), Ok(()));
+        let back: Presence = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, p);
+        // A stock Yjs demo state is a valid presence too.
+        let demo: Presence =
+            serde_json::from_str(r##"{"user":{"name":"x","color":"#fff"},"other":1}"##).expect("ok");
+        assert_eq!(demo.user.name, "x");
+    }
+
+    #[test]
+    fn refuses_bad_states() {
+        let limits = PresenceLimits::default();
+        assert!(matches!(validate_update(&update("{"), &limits), Err(PresenceError::NotJson { .. })));
+        assert!(matches!(
+            validate_update(&update("{\"a\":1} trailing"), &limits),
+            Err(PresenceError::NotJson { .. })
+        ));
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(matches!(validate_update(&update(&deep), &limits), Err(PresenceError::TooDeep { .. })));
+        let big = format!("\"{}\"", "x".repeat(limits.max_state_bytes));
+        let err = validate_update(&update(&big), &limits).expect_err("too big");
+        assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        // Brackets inside strings do not count as nesting.
+        let s = format!("{{\"s\":\"{}\"}}", "[".repeat(100));
+        assert_eq!(validate_update(&update(&s), &limits), Ok(()));
+    }
+}

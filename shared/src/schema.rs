@@ -1,0 +1,380 @@
+//! The board + chat document schema, with typed accessors.
+//!
+//! One Yjs document per room holds:
+//! - `shapes`: a root `Y.Map` from shape id to a nested `Y.Map` of that shape's fields (nested so
+//!   that two people changing different fields of one shape — one moves it, one recolours it —
+//!   both win). A plain JSON object in place of the nested map is read as well, so a script can
+//!   `shapes.set(id, {...})`.
+//! - `chat`: a root `Y.Array` of chat messages, each a `Y.Map` (or plain object), in send order.
+//!
+//! Field names and types are listed in `shared/README.md` for non-Rust clients.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use yrs::types::ToJson;
+use yrs::{Any, Array, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn, TransactionMut};
+
+/// Name of the root map holding the shapes.
+pub const SHAPES: &str = "shapes";
+/// Name of the root array holding the chat messages.
+pub const CHAT: &str = "chat";
+/// Longest chat message accepted by Huddle's clients, in characters.
+pub const MAX_CHAT_CHARS: usize = 4000;
+
+/// What a shape is. Stored as its lowercase name (`"rect"`, `"pen"`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShapeKind {
+    /// A freehand stroke through `points`.
+    Pen,
+    /// A rectangle with corner `(x, y)` and size `(w, h)`.
+    Rect,
+    /// An ellipse inscribed in the box `(x, y, w, h)`.
+    Ellipse,
+    /// A straight line through `points`.
+    Line,
+    /// A line through `points` with an arrow head at the last point.
+    Arrow,
+    /// Free text at `(x, y)`.
+    Text,
+    /// A sticky note: a filled box `(x, y, w, h)` with text.
+    Sticky,
+}
+
+impl ShapeKind {
+    /// Every kind, in palette order.
+    pub const ALL: [ShapeKind; 7] = [
+        ShapeKind::Pen,
+        ShapeKind::Rect,
+        ShapeKind::Ellipse,
+        ShapeKind::Line,
+        ShapeKind::Arrow,
+        ShapeKind::Text,
+        ShapeKind::Sticky,
+    ];
+
+    /// The name stored in the document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShapeKind::Pen => "pen",
+            ShapeKind::Rect => "rect",
+            ShapeKind::Ellipse => "ellipse",
+            ShapeKind::Line => "line",
+            ShapeKind::Arrow => "arrow",
+            ShapeKind::Text => "text",
+            ShapeKind::Sticky => "sticky",
+        }
+    }
+
+    /// Parses a stored name; `None` for kinds this version does not know (they are skipped, so a
+    /// newer client's shapes do not break an older one).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One shape on the board.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    /// Unique id (any string; Huddle uses `<client id>-<counter>` in base 36).
+    pub id: String,
+    /// What it is.
+    pub kind: ShapeKind,
+    /// Left of the bounding box, board units.
+    pub x: f64,
+    /// Top of the bounding box, board units.
+    pub y: f64,
+    /// Width of the bounding box.
+    pub w: f64,
+    /// Height of the bounding box.
+    pub h: f64,
+    /// Flat `[x0, y0, x1, y1, …]` relative to `(x, y)`, for pen, line and arrow.
+    pub points: Vec<f64>,
+    /// Stroke colour (CSS).
+    pub stroke: String,
+    /// Fill colour (CSS), `"transparent"` for none.
+    pub fill: String,
+    /// Stroke width in board units.
+    pub width: f64,
+    /// Text of text shapes and sticky notes (plain text, never HTML).
+    pub text: String,
+    /// Stacking order: larger is drawn on top; ties broken by id.
+    pub z: f64,
+    /// User id of whoever created it.
+    pub author: String,
+}
+
+impl Shape {
+    /// A shape of `kind` with neutral defaults, for builders and tests.
+    pub fn new(id: impl Into<String>, kind: ShapeKind) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            x: 0.0,
+            y: 0.0,
+            w: 0.0,
+            h: 0.0,
+            points: Vec::new(),
+            stroke: "#1e1e1e".into(),
+            fill: "transparent".into(),
+            width: 2.0,
+            text: String::new(),
+            z: 0.0,
+            author: String::new(),
+        }
+    }
+
+    fn to_prelim(&self) -> MapPrelim {
+        let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
+        MapPrelim::from([
+            ("id", In::from(self.id.as_str())),
+            ("kind", In::from(self.kind.as_str())),
+            ("x", In::from(self.x)),
+            ("y", In::from(self.y)),
+            ("w", In::from(self.w)),
+            ("h", In::from(self.h)),
+            ("points", In::Any(Any::Array(points.into()))),
+            ("stroke", In::from(self.stroke.as_str())),
+            ("fill", In::from(self.fill.as_str())),
+            ("width", In::from(self.width)),
+            ("text", In::from(self.text.as_str())),
+            ("z", In::from(self.z)),
+            ("author", In::from(self.author.as_str())),
+        ])
+    }
+
+    fn from_fields(key: &str, fields: &HashMap<String, Any>) -> Option<Self> {
+        let kind = ShapeKind::parse(&str_field(fields, "kind")?)?;
+        let mut shape = Shape::new(str_field(fields, "id").unwrap_or_else(|| key.to_owned()), kind);
+        let num = |name: &str, default: f64| num_field(fields, name).unwrap_or(default);
+        shape.x = num("x", 0.0);
+        shape.y = num("y", 0.0);
+        shape.w = num("w", 0.0);
+        shape.h = num("h", 0.0);
+        shape.width = num("width", shape.width);
+        shape.z = num("z", 0.0);
+        if let Some(Any::Array(points)) = fields.get("points") {
+            shape.points = points.iter().filter_map(any_number).collect();
+        }
+        for (name, slot) in [
+            ("stroke", &mut shape.stroke),
+            ("fill", &mut shape.fill),
+            ("text", &mut shape.text),
+            ("author", &mut shape.author),
+        ] {
+            if let Some(v) = str_field(fields, name) {
+                *slot = v;
+            }
+        }
+        Some(shape)
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// Unique id.
+    pub id: String,
+    /// Stable user id of the author.
+    pub author_id: String,
+    /// Author's display name when they sent it.
+    pub author_name: String,
+    /// Author's colour when they sent it (CSS).
+    pub author_color: String,
+    /// The message (plain text, never HTML).
+    pub text: String,
+    /// When it was sent, milliseconds since the Unix epoch (sender's clock).
+    pub ts: f64,
+}
+
+impl ChatMessage {
+    fn to_prelim(&self) -> MapPrelim {
+        MapPrelim::from([
+            ("id", In::from(self.id.as_str())),
+            ("authorId", In::from(self.author_id.as_str())),
+            ("authorName", In::from(self.author_name.as_str())),
+            ("authorColor", In::from(self.author_color.as_str())),
+            ("text", In::from(self.text.as_str())),
+            ("ts", In::from(self.ts)),
+        ])
+    }
+
+    fn from_fields(fields: &HashMap<String, Any>) -> Option<Self> {
+        Some(Self {
+            id: str_field(fields, "id").unwrap_or_default(),
+            author_id: str_field(fields, "authorId").unwrap_or_default(),
+            author_name: str_field(fields, "authorName").unwrap_or_default(),
+            author_color: str_field(fields, "authorColor").unwrap_or_default(),
+            text: str_field(fields, "text")?,
+            ts: num_field(fields, "ts").unwrap_or(0.0),
+        })
+    }
+}
+
+/// Typed access to one room's board and chat. Holds only root-type handles, so it is cheap to
+/// create and clone; every read or write takes the caller's transaction.
+#[derive(Debug, Clone)]
+pub struct Board {
+    shapes: MapRef,
+    chat: ArrayRef,
+}
+
+impl Board {
+    /// The board inside `doc` (creating the root types if this is a new document).
+    pub fn new(doc: &Doc) -> Self {
+        Self { shapes: doc.get_or_insert_map(SHAPES), chat: doc.get_or_insert_array(CHAT) }
+    }
+
+    /// Adds `shape`, or replaces the shape with the same id.
+    pub fn put_shape(&self, txn: &mut TransactionMut<'_>, shape: &Shape) {
+        self.shapes.insert(txn, shape.id.as_str(), shape.to_prelim());
+    }
+
+    /// Sets one field of an existing shape (e.g. `"x"` when moving it). Returns false if there is
+    /// no such shape or it is stored as a plain object (then use [`Board::put_shape`]).
+    pub fn set_field(&self, txn: &mut TransactionMut<'_>, id: &str, field: &str, value: impl Into<Any>) -> bool {
+        match self.shapes.get(txn, id) {
+            Some(Out::YMap(map)) => {
+                map.insert(txn, field, In::Any(value.into()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes a shape; returns whether it existed.
+    pub fn remove_shape(&self, txn: &mut TransactionMut<'_>, id: &str) -> bool {
+        self.shapes.remove(txn, id).is_some()
+    }
+
+    /// The shape with `id`, if present and of a known kind.
+    pub fn shape<T: ReadTxn>(&self, txn: &T, id: &str) -> Option<Shape> {
+        let out = self.shapes.get(txn, id)?;
+        Shape::from_fields(id, &fields(txn, out)?)
+    }
+
+    /// Number of entries in the shapes map (including any of unknown kinds).
+    pub fn shape_count<T: ReadTxn>(&self, txn: &T) -> u32 {
+        self.shapes.len(txn)
+    }
+
+    /// Every shape of a known kind, bottom to top (by `z`, then id).
+    pub fn shapes<T: ReadTxn>(&self, txn: &T) -> Vec<Shape> {
+        let mut all: Vec<Shape> = self
+            .shapes
+            .iter(txn)
+            .filter_map(|(key, out)| Shape::from_fields(key, &fields(txn, out)?))
+            .collect();
+        all.sort_by(|a, b| a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Appends a chat message.
+    pub fn post_chat(&self, txn: &mut TransactionMut<'_>, message: &ChatMessage) {
+        self.chat.push_back(txn, message.to_prelim());
+    }
+
+    /// Every chat message, in order.
+    pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
+        self.chat
+            .iter(txn)
+            .filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?))
+            .collect()
+    }
+}
+
+/// The fields of a nested `Y.Map` or of a plain JSON object, as plain values.
+fn fields<T: ReadTxn>(txn: &T, out: Out) -> Option<HashMap<String, Any>> {
+    match out {
+        Out::YMap(map) => match map.to_json(txn) {
+            Any::Map(m) => Some(Arc::unwrap_or_clone(m)),
+            _ => None,
+        },
+        Out::Any(Any::Map(m)) => Some(Arc::unwrap_or_clone(m)),
+        _ => None,
+    }
+}
+
+fn str_field(fields: &HashMap<String, Any>, name: &str) -> Option<String> {
+    match fields.get(name)? {
+        Any::String(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn num_field(fields: &HashMap<String, Any>, name: &str) -> Option<f64> {
+    any_number(fields.get(name)?)
+}
+
+fn any_number(any: &Any) -> Option<f64> {
+    match any {
+        Any::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::{Transact, Update};
+
+    #[test]
+    fn shapes_and_chat_round_trip_through_an_update() {
+        let a = Doc::with_client_id(1);
+        let board = Board::new(&a);
+        let mut rect = Shape::new("r1", ShapeKind::Rect);
+        rect.x = 10.0;
+        rect.w = 100.5;
+        rect.text = "<b>not html</b>".into();
+        let mut pen = Shape::new("p1", ShapeKind::Pen);
+        pen.points = vec![0.0, 0.0, 3.5, 4.0];
+        pen.z = -1.0;
+        let msg = ChatMessage {
+            id: "m1".into(),
+            author_id: "u1".into(),
+            author_name: "Ada".into(),
+            author_color: "#e03131".into(),
+            text: "hi".into(),
+            ts: 1.7e12,
+        };
+        let update = {
+            let mut txn = a.transact_mut();
+            board.put_shape(&mut txn, &rect);
+            board.put_shape(&mut txn, &pen);
+            assert!(board.set_field(&mut txn, "r1", "y", 42.0));
+            board.post_chat(&mut txn, &msg);
+            txn.encode_update_v1()
+        };
+
+        let b = Doc::with_client_id(2);
+        let remote = Board::new(&b);
+        let mut txn = b.transact_mut();
+        txn.apply_update(Update::decode_v1(&update).expect("decodes")).expect("applies");
+        rect.y = 42.0;
+        assert_eq!(remote.shapes(&txn), vec![pen, rect]);
+        assert_eq!(remote.chat(&txn), vec![msg]);
+        assert!(remote.remove_shape(&mut txn, "r1"));
+        assert_eq!(remote.shape_count(&txn), 1);
+    }
+
+    #[test]
+    fn plain_objects_and_unknown_kinds() {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        let shapes = doc.get_or_insert_map(SHAPES);
+        let mut txn = doc.transact_mut();
+        let obj = |kind: &str| {
+            Any::from(HashMap::from([
+                ("kind".to_owned(), Any::from(kind)),
+                ("x".to_owned(), Any::from(5i64)),
+            ]))
+        };
+        shapes.insert(&mut txn, "js", obj("ellipse"));
+        shapes.insert(&mut txn, "future", obj("hologram"));
+        let all = board.shapes(&txn);
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].id.as_str(), all[0].kind, all[0].x), ("js", ShapeKind::Ellipse, 5.0));
+        assert_eq!(board.shape_count(&txn), 2);
+    }
+}

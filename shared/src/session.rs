@@ -1,0 +1,392 @@
+//! Sans-IO protocol state machines: bytes in, bytes and events out, over any transport.
+//!
+//! - [`PeerPresence`] is what a relay remembers about one socket's presence: which awareness
+//!   client ids it speaks for, so their removal can be broadcast the moment the socket goes.
+//! - [`ClientSession`] is a complete y-websocket client: it owns the document and the awareness,
+//!   answers the server's sync messages, and turns local edits into frames. The web client, the
+//!   desktop shell, the load tool and the server's tests all drive this one type.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use yrs::sync::awareness::{AwarenessUpdateEntry, AwarenessUpdateSummary};
+use yrs::sync::{Awareness, AwarenessUpdate, Clock, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, Origin, ReadTxn, Transact, Update};
+
+use crate::presence::{Presence, PresenceError, PresenceLimits, validate_update};
+use crate::wire::{self, WireError};
+
+/// What a relay knows about the presence one socket publishes.
+#[derive(Debug, Default)]
+pub struct PeerPresence {
+    /// Awareness client ids whose current state came from this socket.
+    owned: HashSet<ClientID>,
+}
+
+/// Why a socket's awareness update was refused by [`PeerPresence::apply`].
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceApplyError {
+    /// An entry broke [`PresenceLimits`].
+    #[error(transparent)]
+    Invalid(#[from] PresenceError),
+    /// The socket would speak for more clients than allowed (one tab is one client).
+    #[error("socket would own {owned} awareness clients, over the limit of {max}")]
+    TooManyClients {
+        /// How many it would own.
+        owned: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl PeerPresence {
+    /// Validates `update` from this socket and applies it to the room's `awareness`. Returns the
+    /// summary of what changed, or `None` if nothing did (an echo of a state the room already
+    /// has): a relay passes the update on only when something changed.
+    ///
+    /// # Errors
+    /// [`PresenceApplyError`] when an entry is invalid or the socket would own more than
+    /// `max_owned` clients; then nothing is applied.
+    pub fn apply(
+        &mut self,
+        awareness: &mut Awareness,
+        update: AwarenessUpdate,
+        limits: &PresenceLimits,
+        max_owned: usize,
+    ) -> Result<Option<AwarenessUpdateSummary>, PresenceApplyError> {
+        validate_update(&update, limits)?;
+        let new_ids = update.clients.keys().filter(|id| !self.owned.contains(id)).count();
+        if self.owned.len() + new_ids > max_owned {
+            return Err(PresenceApplyError::TooManyClients {
+                owned: self.owned.len() + new_ids,
+                max: max_owned,
+            });
+        }
+        let summary = awareness.apply_update_summary(update).unwrap_or(None);
+        if let Some(s) = &summary {
+            self.owned.extend(s.added.iter().chain(&s.updated).copied());
+            for id in &s.removed {
+                self.owned.remove(id);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The client ids this socket currently speaks for.
+    pub fn owned(&self) -> impl Iterator<Item = ClientID> + '_ {
+        self.owned.iter().copied()
+    }
+
+    /// Removes this socket's states from `awareness` and returns the update announcing that to
+    /// everyone else (`None` if it owned nothing still present). Called when the socket closes or
+    /// dies, so others see the user leave at once instead of after Yjs' 30 s timeout.
+    pub fn depart(&mut self, awareness: &mut Awareness) -> Option<AwarenessUpdate> {
+        let mut removal = AwarenessUpdate { clients: Default::default() };
+        for id in self.owned.drain() {
+            if let Some((clock, _)) = awareness.meta(id)
+                && awareness.iter().any(|(cid, s)| cid == id && s.data.is_some())
+            {
+                removal.clients.insert(id, AwarenessUpdateEntry { clock: clock + 1, json: "null".into() });
+            }
+        }
+        if removal.clients.is_empty() {
+            return None;
+        }
+        // Applying our own removal (clock + 1, null) always takes effect.
+        let _ = awareness.apply_update(removal.clone());
+        Some(removal)
+    }
+}
+
+/// Transaction origin marking updates that came from the server, so they are not sent back.
+const REMOTE: &str = "huddle-remote";
+/// Key of the document observer that collects local updates.
+const OBSERVER_KEY: &str = "huddle-client-session";
+
+/// Something a [`ClientSession`] noticed while handling a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The server's answer to our sync step 1 was applied: the document now holds everything
+    /// the server had when it answered.
+    Synced,
+    /// A remote update changed the document.
+    DocChanged,
+    /// Remote presence changed: these awareness client ids were added, updated or removed.
+    PresenceChanged {
+        /// Client ids that appeared.
+        added: Vec<u64>,
+        /// Client ids whose state changed.
+        updated: Vec<u64>,
+        /// Client ids that left.
+        removed: Vec<u64>,
+    },
+}
+
+/// Frames to send and events to act on, produced by [`ClientSession::receive`].
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Frames to send back to the server, in order.
+    pub replies: Vec<Vec<u8>>,
+    /// What happened.
+    pub events: Vec<ClientEvent>,
+}
+
+/// A y-websocket client without the socket.
+///
+/// Drive it like this: on connect send [`ClientSession::handshake`]; feed every binary frame to
+/// [`ClientSession::receive`] and send its replies; after local edits (or on a timer) send
+/// [`ClientSession::drain_local_updates`]. Edits made while disconnected stay in the document
+/// and reach the server through the sync step 1/2 exchange of the next handshake.
+pub struct ClientSession {
+    awareness: Awareness,
+    synced: bool,
+    /// Updates produced by local transactions, waiting to be sent. Filled by a doc observer.
+    local: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession").field("synced", &self.synced).finish_non_exhaustive()
+    }
+}
+
+impl ClientSession {
+    /// A session over `doc`. `clock` stamps awareness states (milliseconds; pass
+    /// `js_sys::Date::now` in a browser, the system clock elsewhere).
+    pub fn new(doc: Doc, clock: impl Clock + 'static) -> Self {
+        let local = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&local);
+        let remote = Origin::from(REMOTE);
+        // Only fails if a transaction is open on this fresh doc, which cannot be.
+        let _ = doc.observe_update_v1(OBSERVER_KEY, move |txn, event| {
+            if txn.origin() != Some(&remote) {
+                sink.lock().unwrap_or_else(PoisonError::into_inner).push(event.update.clone());
+            }
+        });
+        Self { awareness: Awareness::with_clock(doc, clock), synced: false, local }
+    }
+
+    /// The document this session syncs.
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// The awareness (presence) of everyone in the room, ourselves included.
+    pub fn awareness(&self) -> &Awareness {
+        &self.awareness
+    }
+
+    /// Our awareness client id (the document's client id).
+    pub fn client_id(&self) -> u64 {
+        self.awareness.client_id().get()
+    }
+
+    /// True once the server's sync step 2 was applied on the current connection.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The frames to send right after the socket opens: our state vector (sync step 1) and our
+    /// presence, if set.
+    pub fn handshake(&mut self) -> Vec<Vec<u8>> {
+        self.synced = false;
+        // Anything queued while offline is covered by the step 1/2 exchange.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let sv = self.doc().transact().state_vector();
+        let mut frames = vec![wire::sync_step1(&sv)];
+        if let Some(frame) = self.own_presence_frame() {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// Call when the socket closes: the session is no longer synced.
+    pub fn disconnected(&mut self) {
+        self.synced = false;
+    }
+
+    /// Handles one binary frame from the server.
+    ///
+    /// # Errors
+    /// [`WireError`] if the frame is malformed or an update does not apply; the caller should
+    /// close the socket (and will resync on reconnect).
+    pub fn receive(&mut self, frame: &[u8]) -> Result<Received, WireError> {
+        let mut out = Received::default();
+        for message in wire::decode_frame(frame)? {
+            match message {
+                Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                    let diff = self.doc().transact().encode_state_as_update_v1(&sv);
+                    out.replies.push(wire::sync_step2(diff));
+                }
+                Message::Sync(SyncMessage::SyncStep2(update)) => {
+                    if self.apply_remote(&update)? {
+                        out.events.push(ClientEvent::DocChanged);
+                    }
+                    self.synced = true;
+                    out.events.push(ClientEvent::Synced);
+                }
+                Message::Sync(SyncMessage::Update(update)) => {
+                    if self.apply_remote(&update)? {
+                        out.events.push(ClientEvent::DocChanged);
+                    }
+                }
+                Message::Awareness(update) => {
+                    if let Ok(Some(s)) = self.awareness.apply_update_summary(update) {
+                        let ids = |v: &[ClientID]| v.iter().map(|c| c.get()).collect();
+                        out.events.push(ClientEvent::PresenceChanged {
+                            added: ids(&s.added),
+                            updated: ids(&s.updated),
+                            removed: ids(&s.removed),
+                        });
+                    }
+                }
+                Message::AwarenessQuery => {
+                    if let Ok(update) = self.awareness.update() {
+                        out.replies.push(wire::awareness(update));
+                    }
+                }
+                Message::Auth(_) | Message::Custom(..) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Local edits since the last call, as update frames (one per transaction). Empty while
+    /// nothing changed.
+    pub fn drain_local_updates(&mut self) -> Vec<Vec<u8>> {
+        let pending = std::mem::take(&mut *self.local.lock().unwrap_or_else(PoisonError::into_inner));
+        pending.into_iter().map(wire::update).collect()
+    }
+
+    /// Sets our presence and returns the awareness frame announcing it.
+    ///
+    /// # Errors
+    /// Only if `presence` cannot be serialised, which a [`Presence`] always can.
+    pub fn set_presence(&mut self, presence: &Presence) -> Result<Vec<u8>, serde_json::Error> {
+        let json = serde_json::to_string(presence)?;
+        self.awareness.set_local_state_raw(json);
+        Ok(self.own_presence_frame().unwrap_or_default())
+    }
+
+    /// Clears our presence (we are leaving) and returns the frame announcing it.
+    pub fn clear_presence(&mut self) -> Vec<u8> {
+        self.awareness.clean_local_state();
+        let id = self.awareness.client_id();
+        let update = self.awareness.update_with_clients([id]).unwrap_or(AwarenessUpdate {
+            clients: Default::default(),
+        });
+        wire::awareness(update)
+    }
+
+    /// The presence of every other client in the room, by awareness client id. States that are
+    /// not Huddle presences (some other app's awareness) are skipped.
+    pub fn peers(&self) -> Vec<(u64, Presence)> {
+        let me = self.awareness.client_id();
+        self.awareness
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, state)| {
+                let json = state.data?;
+                Some((id.get(), serde_json::from_str(&json).ok()?))
+            })
+            .collect()
+    }
+
+    fn own_presence_frame(&self) -> Option<Vec<u8>> {
+        let id = self.awareness.client_id();
+        self.awareness.local_state_raw()?;
+        self.awareness.update_with_clients([id]).ok().map(wire::awareness)
+    }
+
+    fn apply_remote(&mut self, update: &[u8]) -> Result<bool, WireError> {
+        if update == wire::EMPTY_UPDATE {
+            return Ok(false);
+        }
+        let update = Update::decode_v1(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
+        let mut txn = self.doc().transact_mut_with(REMOTE);
+        txn.apply_update(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Board, Shape, ShapeKind};
+
+    fn clock() -> u64 {
+        0
+    }
+
+    /// Pumps frames between two sessions through a trivial in-memory "relay" that forwards
+    /// everything, until both are quiet.
+    fn exchange(a: &mut ClientSession, b: &mut ClientSession, mut to_b: Vec<Vec<u8>>, mut to_a: Vec<Vec<u8>>) {
+        while !to_a.is_empty() || !to_b.is_empty() {
+            let mut next_to_a = Vec::new();
+            for f in to_b.drain(..) {
+                next_to_a.extend(b.receive(&f).expect("b receives").replies);
+            }
+            for f in to_a.drain(..) {
+                to_b.extend(a.receive(&f).expect("a receives").replies);
+            }
+            to_a = next_to_a;
+        }
+    }
+
+    #[test]
+    fn two_sessions_converge_and_see_each_others_presence() {
+        let mut a = ClientSession::new(Doc::with_client_id(1), clock);
+        let mut b = ClientSession::new(Doc::with_client_id(2), clock);
+        {
+            let board = Board::new(a.doc());
+            let mut txn = a.doc().transact_mut();
+            board.put_shape(&mut txn, &Shape::new("r1", ShapeKind::Rect));
+        }
+        let mut p = Presence::default();
+        p.user.name = "Ada".into();
+        a.set_presence(&p).expect("presence");
+        let (ha, hb) = (a.handshake(), b.handshake());
+        exchange(&mut a, &mut b, ha, hb);
+        assert!(a.is_synced() && b.is_synced());
+        assert_eq!(Board::new(b.doc()).shapes(&b.doc().transact()).len(), 1);
+        assert_eq!(b.peers().len(), 1);
+        assert_eq!(b.peers()[0].1.user.name, "Ada");
+
+        // A local edit on b becomes exactly one frame; remote edits are not echoed.
+        {
+            let board = Board::new(b.doc());
+            let mut txn = b.doc().transact_mut();
+            board.put_shape(&mut txn, &Shape::new("e1", ShapeKind::Ellipse));
+        }
+        let frames = b.drain_local_updates();
+        assert_eq!(frames.len(), 1);
+        a.receive(&frames[0]).expect("applies");
+        assert!(a.drain_local_updates().is_empty());
+        assert_eq!(Board::new(a.doc()).shape_count(&a.doc().transact()), 2);
+    }
+
+    #[test]
+    fn peer_presence_removes_what_the_socket_owned() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let mut client = ClientSession::new(Doc::with_client_id(9), clock);
+        let frame = client.set_presence(&Presence::default()).expect("presence");
+        let Message::Awareness(update) = wire::decode_frame(&frame).expect("decodes").remove(0) else {
+            panic!("not awareness");
+        };
+        let mut peer = PeerPresence::default();
+        let limits = PresenceLimits::default();
+        assert!(peer.apply(&mut room, update.clone(), &limits, 4).expect("ok").is_some());
+        // The same state again (an echo) changes nothing.
+        assert!(peer.apply(&mut room, update, &limits, 4).expect("ok").is_none());
+        let removal = peer.depart(&mut room).expect("owned one");
+        assert_eq!(removal.clients.len(), 1);
+        assert!(room.iter().all(|(_, s)| s.data.is_none()));
+        // The removal, relayed, makes the state disappear at other clients.
+        let mut other = ClientSession::new(Doc::with_client_id(3), clock);
+        other.receive(&frame).expect("state");
+        assert_eq!(other.peers().len(), 1);
+        other.receive(&wire::awareness(removal)).expect("removal");
+        assert!(other.peers().is_empty());
+    }
+}
