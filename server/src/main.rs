@@ -1,1 +1,74 @@
-fn main(){}
+//! The `huddle-server` binary: parse the config, set up logging, bind, and serve until SIGINT or
+//! SIGTERM.
+
+use clap::Parser;
+use huddle_server::config::LogFormat;
+use huddle_server::{Config, run};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    let listener = match tokio::net::TcpListener::bind(config.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on {}: {e}; pick another address with --addr or HUDDLE_ADDR",
+                config.addr
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let addr = listener.local_addr().map_or_else(|_| config.addr.to_string(), |a| a.to_string());
+    // Tests and scripts that pass port 0 read the chosen address from this line.
+    println!("huddle listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "huddle server started");
+    let data_dir = config.data_dir.clone();
+    match run(config, listener, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(huddle_server::ServerError::Store(e)) => {
+            eprintln!(
+                "error: {e}; check --data-dir or HUDDLE_DATA_DIR (now {})",
+                data_dir.display()
+            );
+            std::process::ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

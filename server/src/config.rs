@@ -1,0 +1,112 @@
+//! Server configuration: command-line flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use huddle_protocol::presence::PresenceLimits;
+
+use crate::connection::SocketConfig;
+use crate::room::RoomConfig;
+use crate::store::sqlite::Durability;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Huddle's realtime relay: rooms over the Yjs y-websocket protocol, persisted to SQLite.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "huddle-server", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "HUDDLE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Directory holding the SQLite database.
+    #[arg(long, env = "HUDDLE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// `full` fsyncs every commit (survives power loss); `process` survives a killed server but
+    /// not a power cut, and is faster on slow disks.
+    #[arg(long, env = "HUDDLE_DURABILITY", value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
+
+    /// Log format.
+    #[arg(long, env = "HUDDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket message accepted, in bytes; larger ones close the socket with 1009.
+    #[arg(long, env = "HUDDLE_MAX_MESSAGE_BYTES", default_value_t = 8 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..=(256 << 20)))]
+    pub max_message_bytes: u32,
+
+    /// Most WebSocket connections at once; more are refused with 503.
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most bytes queued for one socket before it is closed as too slow (it resyncs on reconnect).
+    #[arg(long, env = "HUDDLE_MAX_QUEUE_BYTES", default_value_t = 32 << 20,
+          value_parser = clap::value_parser!(u32).range(65536..))]
+    pub max_queue_bytes: u32,
+
+    /// Most frames queued for one socket before it is closed as too slow.
+    #[arg(long, env = "HUDDLE_MAX_QUEUE_FRAMES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_queue_frames: u32,
+
+    /// Milliseconds between pings to each client.
+    #[arg(long, env = "HUDDLE_PING_INTERVAL_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+
+    /// Milliseconds a client may stay silent after a ping before it is dropped.
+    #[arg(long, env = "HUDDLE_PONG_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub pong_timeout_ms: u64,
+
+    /// Milliseconds a room with nobody in it stays in memory before it is saved and unloaded.
+    #[arg(long, env = "HUDDLE_ROOM_IDLE_MS", default_value_t = 30_000)]
+    pub room_idle_ms: u64,
+
+    /// Updates in a room's log that trigger a background snapshot.
+    #[arg(long, env = "HUDDLE_COMPACT_EVERY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compact_every: u64,
+}
+
+impl Config {
+    /// The defaults, with `data_dir` (what tests and embedders start from).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::parse_from(["huddle-server"]);
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    pub(crate) fn socket(&self) -> SocketConfig {
+        SocketConfig {
+            max_message_bytes: self.max_message_bytes as usize,
+            max_queue_frames: self.max_queue_frames as usize,
+            max_queue_bytes: self.max_queue_bytes as usize,
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            pong_timeout: Duration::from_millis(self.pong_timeout_ms),
+        }
+    }
+
+    pub(crate) fn room(&self) -> RoomConfig {
+        RoomConfig {
+            idle_unload: Duration::from_millis(self.room_idle_ms),
+            compact_every: self.compact_every,
+            presence: PresenceLimits::default(),
+            max_presence_per_socket: 8,
+            max_queue_bytes: self.max_queue_bytes as usize,
+        }
+    }
+}

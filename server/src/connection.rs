@@ -1,0 +1,306 @@
+//! One WebSocket, from admission to close.
+//!
+//! The pattern (axum's chat example, y-sweet's `handle_socket`): the socket is split; a writer
+//! owns the sink and drains the socket's bounded queue, coalescing whatever is queued into one
+//! flush; the reader drives the protocol. Both run in one task under `select!`, so when either
+//! ends, both end, and the socket is closed once, with the code its ending earned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use huddle_protocol::RoomName;
+use huddle_protocol::session::PeerPresence;
+use huddle_protocol::wire::{self, CloseCode, WireMessage, WireSyncMessage};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::registry::Registry;
+use crate::room::{ConnId, PeerTx, Room, RoomError};
+use crate::stats::Stats;
+
+/// How long we wait for a close frame to be written to a peer before dropping the connection.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Per-socket settings, from the server config.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Largest binary frame accepted.
+    pub max_message_bytes: usize,
+    /// Most frames queued for the socket before it is cut off as too slow.
+    pub max_queue_frames: usize,
+    /// Most bytes queued for the socket before it is cut off as too slow.
+    pub max_queue_bytes: usize,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long after a ping with no frame at all (pong or otherwise) the peer is dead.
+    pub pong_timeout: Duration,
+}
+
+/// Everything a socket needs from the server.
+#[derive(Clone)]
+pub struct SocketContext {
+    /// The rooms.
+    pub registry: Registry,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Settings.
+    pub config: Arc<SocketConfig>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// How a socket's session ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the TCP connection went away.
+    PeerGone,
+    /// The peer stopped answering pings.
+    Silent,
+    /// We close with this code and reason.
+    Close(CloseCode, String),
+}
+
+/// Serves one upgraded socket in `room` until it ends.
+pub async fn serve_socket<S>(socket: S, room: RoomName, ctx: SocketContext)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + Unpin,
+{
+    let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let span = tracing::info_span!("socket", conn = id.0, %room);
+    serve(socket, room, id, ctx).instrument(span).await;
+}
+
+async fn serve<S>(socket: S, room: RoomName, id: ConnId, ctx: SocketContext)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + Unpin,
+{
+    let (mut sink, mut stream) = socket.split();
+
+    let lease = match ctx.registry.join(&room).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracing::error!(error = %e, "room failed to load; refusing socket");
+            close(&mut sink, CloseCode::INTERNAL_ERROR, "room failed to load").await;
+            return;
+        }
+    };
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("socket joined");
+
+    let (tx, mut rx) = PeerTx::new(ctx.config.max_queue_frames);
+    let kick = Arc::clone(&tx.kick);
+    let queued = Arc::clone(&tx.queued);
+    for frame in lease.room().subscribe(id, tx.clone()) {
+        tx.offer(frame, ctx.config.max_queue_bytes);
+    }
+    let mut presence = PeerPresence::default();
+
+    let end = {
+        let reader = read_loop(&mut stream, lease.room(), id, &tx, &mut presence, &ctx);
+        let writer = write_loop(&mut sink, &mut rx, &queued, ctx.config.ping_interval);
+        tokio::select! {
+            end = reader => end,
+            end = writer => end,
+            () = kick.kicked() => {
+                let (code, reason) = kick.reason().unwrap_or((CloseCode::INTERNAL_ERROR, "closed"));
+                if code == CloseCode::TRY_AGAIN_LATER {
+                    ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
+                }
+                End::Close(code, reason.into())
+            }
+            () = ctx.shutdown.cancelled() => End::Close(CloseCode::GOING_AWAY, "server shutting down".into()),
+        }
+    };
+
+    lease.room().unsubscribe(id, &mut presence);
+    ctx.registry.leave(lease);
+    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    match end {
+        End::PeerGone => tracing::debug!("socket closed by peer"),
+        End::Silent => {
+            ctx.stats.dead_peers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("no pong within the timeout; dropping connection");
+        }
+        End::Close(code, reason) => {
+            if code != CloseCode::GOING_AWAY {
+                tracing::info!(code = code.0, %reason, "closing socket");
+            }
+            close(&mut sink, code, &reason).await;
+        }
+    }
+    // Dropping the sink and stream closes the TCP connection.
+}
+
+/// Sends a close frame, giving up after [`CLOSE_WRITE_TIMEOUT`] (a peer that does not read).
+async fn close<S>(sink: &mut S, code: CloseCode, reason: &str)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame { code: code.0, reason: reason.into() };
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}
+
+/// Writes queued frames, coalescing everything queued into one flush, and pings on schedule.
+async fn write_loop<S>(
+    sink: &mut S,
+    rx: &mut mpsc::Receiver<Bytes>,
+    queued: &std::sync::atomic::AtomicUsize,
+    ping_interval: Duration,
+) -> End
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    return End::PeerGone;
+                }
+                for frame in batch.drain(..) {
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        return End::PeerGone;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return End::PeerGone;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return End::PeerGone;
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames and drives the protocol until the socket ends or misbehaves.
+async fn read_loop<S>(
+    stream: &mut S,
+    room: &Arc<Room>,
+    id: ConnId,
+    tx: &PeerTx,
+    presence: &mut PeerPresence,
+    ctx: &SocketContext,
+) -> End
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
+    let liveness = ctx.config.ping_interval + ctx.config.pong_timeout;
+    loop {
+        let message = match tokio::time::timeout(liveness, stream.next()).await {
+            Err(_) => return End::Silent,
+            Ok(None) => return End::PeerGone,
+            Ok(Some(Err(e))) => return transport_error(e, ctx),
+            Ok(Some(Ok(m))) => m,
+        };
+        let frame = match message {
+            Message::Binary(frame) => frame,
+            Message::Text(_) => {
+                ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+                return End::Close(CloseCode::UNSUPPORTED_DATA, "text frames are not supported; send binary".into());
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return End::PeerGone,
+        };
+        if frame.len() > ctx.config.max_message_bytes {
+            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+            return End::Close(CloseCode::MESSAGE_TOO_BIG, "message too big".into());
+        }
+        if let Err((code, reason)) = handle_frame(frame, room, id, tx, presence, ctx).await {
+            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+            return End::Close(code, reason);
+        }
+    }
+}
+
+/// Handles every message of one binary frame.
+async fn handle_frame(
+    frame: Bytes,
+    room: &Arc<Room>,
+    id: ConnId,
+    tx: &PeerTx,
+    presence: &mut PeerPresence,
+    ctx: &SocketContext,
+) -> Result<(), (CloseCode, String)> {
+    let messages = wire::decode_frame(&frame).map_err(|e| {
+        tracing::info!(error = %e, "undecodable frame");
+        (e.close_code(), e.to_string())
+    })?;
+    let single = messages.len() == 1;
+    let room_err = |e: RoomError| {
+        let (code, reason) = e.close();
+        tracing::info!(error = %e, "message refused");
+        (code, reason.to_owned())
+    };
+    for message in messages {
+        match message {
+            WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
+                let reply = room.sync_step2(&sv).await.map_err(room_err)?;
+                tx.offer(reply, ctx.config.max_queue_bytes);
+            }
+            WireMessage::Sync(WireSyncMessage::Update(update)) => {
+                // The received frame is exactly this update message: relay it as is.
+                let relay = single.then(|| frame.clone());
+                room.apply_update(id, &update, relay).await.map_err(room_err)?;
+            }
+            WireMessage::Sync(WireSyncMessage::SyncStep2(update)) => {
+                room.apply_update(id, &update, None).await.map_err(room_err)?;
+            }
+            WireMessage::Awareness(update) => {
+                let relay = if single { frame.clone() } else { Bytes::from(wire::awareness(update.clone())) };
+                room.apply_awareness(id, presence, update, relay).map_err(room_err)?;
+            }
+            WireMessage::AwarenessQuery => {
+                if let Some(frame) = room.awareness_frame() {
+                    tx.offer(frame, ctx.config.max_queue_bytes);
+                }
+            }
+            // Clients do not send auth in the y-websocket protocol; tolerate and ignore it.
+            WireMessage::Auth(_) => {}
+            WireMessage::Custom(tag, _) => {
+                return Err((CloseCode::UNSUPPORTED_DATA, format!("unknown message type {tag}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps a transport error to how the socket ends: an oversized frame earns 1009, anything else
+/// means the connection is already unusable.
+fn transport_error(e: axum::Error, ctx: &SocketContext) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(c)) => {
+            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %c, "frame over the size limit");
+            End::Close(CloseCode::MESSAGE_TOO_BIG, "message too big".into())
+        }
+        Some(tungstenite::Error::Protocol(p)) => {
+            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %p, "websocket protocol error");
+            End::Close(CloseCode::PROTOCOL_ERROR, "websocket protocol error".into())
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
+            End::Close(CloseCode::INVALID_PAYLOAD, "invalid UTF-8 in text frame".into())
+        }
+        _ => {
+            tracing::debug!(error = %inner, "transport error");
+            End::PeerGone
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `huddle-server`: the realtime relay behind Huddle.
+//!
+//! Rooms are Yjs documents spoken over the standard y-websocket protocol at `GET /ws/{room}`,
+//! kept in memory while anyone is connected and persisted to SQLite before anything is relayed.
+//!
+//! Modules:
+//! - [`config`]: flags and environment ([`Config`]).
+//! - [`http`]: routes, socket admission, [`http::AppError`].
+//! - [`connection`]: one socket's reader/writer loop, pings, close codes.
+//! - [`registry`]: which rooms are in memory; single load, idle unload.
+//! - [`room`]: a loaded room: where messages enter, are persisted and fan out.
+//! - [`persist`]: group commit and durability watermarks.
+//! - [`store`]: the [`store::Store`] trait, SQLite and in-memory backends.
+//! - [`stats`]: counters served at `/metrics`.
+//!
+//! Binaries stay thin: `main.rs` parses [`Config`] and calls [`run`]; tests call [`Server`] with
+//! their own listener and shutdown signal.
+
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod persist;
+pub mod registry;
+pub mod room;
+pub mod stats;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::connection::SocketContext;
+use crate::http::AppState;
+use crate::persist::Persister;
+use crate::registry::Registry;
+use crate::stats::Stats;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Opening the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A configured server, ready to serve on a listener.
+pub struct Server {
+    config: Config,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+}
+
+impl Server {
+    /// Opens the SQLite store in `config.data_dir`.
+    ///
+    /// # Errors
+    /// [`ServerError::Store`] if the data directory or database cannot be opened.
+    pub async fn open(config: Config) -> Result<Self, ServerError> {
+        let store = SqliteStore::open(&config.data_dir, config.durability).await?;
+        Ok(Self::with_store(config, Arc::new(store)))
+    }
+
+    /// A server over any store.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Self {
+        Self { config, store, stats: Arc::new(Stats::default()) }
+    }
+
+    /// The server's counters (also served at `/metrics`).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; then stops accepting, closes every socket
+    /// with 1001, snapshots every room, and returns.
+    ///
+    /// # Errors
+    /// [`ServerError::Io`] if the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let cancel = CancellationToken::new();
+        let background = TaskTracker::new();
+        let persister_tasks = TaskTracker::new();
+        let persister = Persister::start(Arc::clone(&self.store), &persister_tasks);
+        let registry = Registry::new(
+            Arc::clone(&self.store),
+            persister.clone(),
+            self.config.room(),
+            Arc::clone(&self.stats),
+            background.clone(),
+            cancel.clone(),
+        );
+        let state = AppState {
+            sockets: SocketContext {
+                registry: registry.clone(),
+                stats: Arc::clone(&self.stats),
+                config: Arc::new(self.config.socket()),
+                shutdown: cancel.clone(),
+            },
+            connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
+            socket_tasks: TaskTracker::new(),
+        };
+        let socket_tasks = state.socket_tasks.clone();
+        {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                cancel.cancel();
+            });
+        }
+        // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
+        // ourselves (see `connection`), so every frame can leave at once.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .await;
+        cancel.cancel();
+        tracing::info!("shutting down: closing sockets");
+        socket_tasks.close();
+        socket_tasks.wait().await;
+        tracing::info!("saving rooms");
+        registry.flush_all().await;
+        background.close();
+        background.wait().await;
+        persister.stop();
+        persister_tasks.close();
+        persister_tasks.wait().await;
+        self.store.close().await;
+        tracing::info!("stopped");
+        served.map_err(ServerError::Io)
+    }
+}
+
+/// Opens the store from `config` and serves on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// See [`Server::open`] and [`Server::serve`].
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::open(config).await?.serve(listener, shutdown).await
+}

@@ -1,0 +1,214 @@
+//! The room registry: which rooms are in memory, and the only code that loads or unloads one.
+//!
+//! Invariants:
+//! - **One copy per room.** Sockets that open the same unloaded room at the same moment find the
+//!   same [`Slot`] and share its single load (`OnceCell`), so nobody ever edits a second copy.
+//! - **No join is lost to an unload.** A slot counts its clients, including ones still waiting for
+//!   the load; an idle slot is removed only if, under the registry lock, it still has no clients
+//!   and nobody joined since the unload was scheduled. A join after the removal creates a new slot
+//!   and loads from the store, which already holds every update (they are durable before they are
+//!   relayed), so it sees everything even while the old copy is still writing its snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use huddle_protocol::RoomName;
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::persist::Persister;
+use crate::room::{LoadError, Room, RoomConfig};
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// A room's place in the registry, present from the first join until it is unloaded.
+#[derive(Debug, Default)]
+struct Slot {
+    room: OnceCell<Arc<Room>>,
+    /// Sockets holding or waiting for this room. Changed only under the registry lock.
+    clients: AtomicUsize,
+    /// Bumped on every join, so a scheduled unload can tell that someone came and went.
+    joins: AtomicU64,
+}
+
+/// All rooms in memory.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: Mutex<HashMap<RoomName, Arc<Slot>>>,
+    store: Arc<dyn Store>,
+    persister: Persister,
+    config: Arc<RoomConfig>,
+    stats: Arc<Stats>,
+    tracker: TaskTracker,
+    /// At shutdown, pending idle unloads stop waiting; [`Registry::flush_all`] saves everything.
+    shutdown: CancellationToken,
+}
+
+/// A socket's hold on a room. Give it back with [`Registry::leave`].
+#[derive(Debug)]
+pub struct Lease {
+    name: RoomName,
+    slot: Arc<Slot>,
+    room: Arc<Room>,
+}
+
+impl Lease {
+    /// The room.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+}
+
+impl Registry {
+    /// An empty registry over `store`. Background work (unloads, compactions) runs on `tracker`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        persister: Persister,
+        config: RoomConfig,
+        stats: Arc<Stats>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                slots: Mutex::new(HashMap::new()),
+                store,
+                persister,
+                config: Arc::new(config),
+                stats,
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Joins `name`, loading it if it is not in memory (once, however many join at once).
+    ///
+    /// # Errors
+    /// [`LoadError`] if the stored room cannot be read or is corrupt.
+    pub async fn join(&self, name: &RoomName) -> Result<Lease, LoadError> {
+        // A broken room is being replaced: at most one retry is needed, since the broken slot
+        // is removed before the retry.
+        for _ in 0..2 {
+            let slot = {
+                let mut slots = self.inner.slots.lock();
+                let slot = Arc::clone(slots.entry(name.clone()).or_default());
+                slot.clients.fetch_add(1, Ordering::Relaxed);
+                slot.joins.fetch_add(1, Ordering::Relaxed);
+                slot
+            };
+            let inner = &self.inner;
+            let loaded = slot
+                .room
+                .get_or_try_init(|| {
+                    Room::load(
+                        name.clone(),
+                        Arc::clone(&inner.store),
+                        inner.persister.clone(),
+                        Arc::clone(&inner.config),
+                        Arc::clone(&inner.stats),
+                        inner.tracker.clone(),
+                    )
+                })
+                .await
+                .cloned();
+            match loaded {
+                Ok(room) if !room.is_broken() => {
+                    return Ok(Lease { name: name.clone(), slot, room });
+                }
+                Ok(_) => {
+                    self.release(name, &slot);
+                    self.forget(name, &slot);
+                }
+                Err(e) => {
+                    self.release(name, &slot);
+                    return Err(e);
+                }
+            }
+        }
+        Err(LoadError::Store(crate::store::StoreError::Corrupt {
+            room: name.clone(),
+            detail: "room keeps failing".into(),
+        }))
+    }
+
+    /// Gives a lease back. When the last socket of a room leaves, the room is unloaded after the
+    /// idle timeout unless someone joins before.
+    pub fn leave(&self, lease: Lease) {
+        if lease.room.is_broken() {
+            self.forget(&lease.name, &lease.slot);
+        }
+        self.release(&lease.name, &lease.slot);
+    }
+
+    fn release(&self, name: &RoomName, slot: &Arc<Slot>) {
+        let idle = {
+            let _slots = self.inner.slots.lock();
+            slot.clients.fetch_sub(1, Ordering::Relaxed) == 1
+        };
+        if idle {
+            let joins = slot.joins.load(Ordering::Relaxed);
+            let registry = self.clone();
+            let (name, slot) = (name.clone(), Arc::clone(slot));
+            let delay = self.inner.config.idle_unload;
+            let shutdown = self.inner.shutdown.clone();
+            self.inner.tracker.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => registry.unload_if_idle(&name, &slot, joins).await,
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    /// Drops a broken room's slot so the next join loads a fresh copy.
+    fn forget(&self, name: &RoomName, slot: &Arc<Slot>) {
+        let mut slots = self.inner.slots.lock();
+        if slots.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(name);
+        }
+    }
+
+    async fn unload_if_idle(&self, name: &RoomName, slot: &Arc<Slot>, joins: u64) {
+        let removed = {
+            let mut slots = self.inner.slots.lock();
+            let still_idle = slot.clients.load(Ordering::Relaxed) == 0
+                && slot.joins.load(Ordering::Relaxed) == joins
+                && slots.get(name).is_some_and(|s| Arc::ptr_eq(s, slot));
+            if still_idle {
+                slots.remove(name);
+            }
+            still_idle
+        };
+        if removed && let Some(room) = slot.room.get() {
+            if let Err(e) = room.compact().await {
+                tracing::warn!(room = %name, error = %e, "snapshot on unload failed; the log still holds everything");
+            }
+            self.inner.stats.room_unloads.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(room = %name, "room unloaded");
+        }
+    }
+
+    /// Rooms currently in memory.
+    pub fn loaded(&self) -> usize {
+        self.inner.slots.lock().values().filter(|s| s.room.initialized()).count()
+    }
+
+    /// Writes a snapshot of every room in memory (at shutdown, after the sockets are closed).
+    pub async fn flush_all(&self) {
+        let rooms: Vec<Arc<Room>> =
+            self.inner.slots.lock().values().filter_map(|s| s.room.get().cloned()).collect();
+        for room in rooms {
+            if let Err(e) = room.compact().await {
+                tracing::warn!(room = %room.name(), error = %e, "final snapshot failed; the log still holds everything");
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Rooms: one in-memory CRDT document + awareness per active room, and the registry that loads,
+//! shares and unloads them.
+//!
+//! The three paths every message takes, each in one place:
+//! - **enters**: [`Room::apply_update`] / [`Room::apply_awareness`] validate and apply under the
+//!   room lock, assigning each update its log position;
+//! - **persisted**: the same lock hands the update to the group-commit [`Persister`], and the
+//!   caller waits for the room's [`Watermark`] before anything else happens;
+//! - **fans out**: [`Room::broadcast`] pushes one shared encoded frame into every other peer's
+//!   bounded queue.
+//!
+//! Sync step 2 answers also wait for the watermark to cover the state they were computed from, so
+//! no client ever sees an update that a crash could still lose.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use huddle_protocol::presence::PresenceLimits;
+use huddle_protocol::session::{PeerPresence, PresenceApplyError};
+use huddle_protocol::wire::{self, CloseCode};
+use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
+use huddle_protocol::yrs::updates::decoder::Decode;
+use huddle_protocol::yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use huddle_protocol::RoomName;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::persist::{NotDurable, Persister, Watermark};
+use crate::stats::Stats;
+use crate::store::{LogEntry, Seq, Store, StoreError};
+
+/// Identifies one socket within the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// Settings rooms need, taken from the server config.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// How long a room with nobody connected stays in memory before it is unloaded.
+    pub idle_unload: Duration,
+    /// Log entries since the last snapshot that trigger a background compaction.
+    pub compact_every: u64,
+    /// Limits on awareness states.
+    pub presence: PresenceLimits,
+    /// Most awareness client ids one socket may speak for.
+    pub max_presence_per_socket: usize,
+    /// Most bytes queued for one socket before it is cut off as too slow.
+    pub max_queue_bytes: usize,
+}
+
+/// Why a message could not be handled; each maps to the close code its sender gets.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// The update does not decode or does not apply.
+    #[error("invalid update: {0}")]
+    InvalidUpdate(String),
+    /// An awareness update was refused.
+    #[error(transparent)]
+    Presence(#[from] PresenceApplyError),
+    /// Storage failed; the update was not saved and was not relayed.
+    #[error(transparent)]
+    NotDurable(#[from] NotDurable),
+    /// The room is broken (storage failed or yrs panicked) and is being unloaded.
+    #[error("room is unavailable")]
+    Unavailable,
+}
+
+impl RoomError {
+    /// Close code and a short reason for the sender.
+    pub fn close(&self) -> (CloseCode, &'static str) {
+        match self {
+            RoomError::InvalidUpdate(_) => (CloseCode::INVALID_PAYLOAD, "invalid update"),
+            RoomError::Presence(PresenceApplyError::Invalid(e)) => (e.close_code(), "invalid awareness state"),
+            RoomError::Presence(PresenceApplyError::TooManyClients { .. }) => {
+                (CloseCode::POLICY_VIOLATION, "too many awareness clients on one socket")
+            }
+            RoomError::NotDurable(_) | RoomError::Unavailable => (CloseCode::INTERNAL_ERROR, "storage unavailable"),
+        }
+    }
+}
+
+/// Why a room could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored update or snapshot does not decode or apply.
+    #[error("room {room}: stored {what} is corrupt: {detail}")]
+    Corrupt {
+        /// The room.
+        room: RoomName,
+        /// Which row (snapshot, or the update at a seq).
+        what: String,
+        /// What yrs said.
+        detail: String,
+    },
+}
+
+/// Why a socket is being cut off from outside its own reader.
+#[derive(Debug)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: Mutex<Option<(CloseCode, &'static str)>>,
+}
+
+impl Kick {
+    fn new() -> Self {
+        Self { token: CancellationToken::new(), reason: Mutex::new(None) }
+    }
+
+    /// Asks the socket to close with `code` (the first reason given wins).
+    pub fn kick(&self, code: CloseCode, reason: &'static str) {
+        self.reason.lock().get_or_insert((code, reason));
+        self.token.cancel();
+    }
+
+    /// Resolves once the socket was kicked.
+    pub async fn kicked(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The reason given, if kicked.
+    pub fn reason(&self) -> Option<(CloseCode, &'static str)> {
+        *self.reason.lock()
+    }
+}
+
+/// The sending side of one socket, as the room sees it.
+#[derive(Debug, Clone)]
+pub struct PeerTx {
+    /// Frames waiting to be written. Bounded in frames here and in bytes by `queued`.
+    pub queue: mpsc::Sender<Bytes>,
+    /// Bytes currently in `queue`; the writer subtracts what it writes.
+    pub queued: Arc<AtomicUsize>,
+    /// Cuts the socket off.
+    pub kick: Arc<Kick>,
+}
+
+impl PeerTx {
+    /// A queue for one socket holding at most `frames` frames.
+    pub fn new(frames: usize) -> (Self, mpsc::Receiver<Bytes>) {
+        let (queue, rx) = mpsc::channel(frames);
+        (Self { queue, queued: Arc::new(AtomicUsize::new(0)), kick: Arc::new(Kick::new()) }, rx)
+    }
+
+    /// Queues `frame` without waiting; a socket whose queue is full is too slow and is kicked.
+    /// Returns false when the frame was not queued.
+    pub fn offer(&self, frame: Bytes, max_bytes: usize) -> bool {
+        let len = frame.len();
+        if self.queued.load(Ordering::Relaxed) + len > max_bytes {
+            self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+            return false;
+        }
+        match self.queue.try_send(frame) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct DocState {
+    /// The document and everyone's presence (yrs' `Awareness` owns the `Doc`).
+    awareness: Awareness,
+    /// Log position of the last update applied to the document.
+    applied: Seq,
+}
+
+/// One loaded room.
+pub struct Room {
+    name: RoomName,
+    state: Mutex<DocState>,
+    peers: Mutex<HashMap<ConnId, PeerTx>>,
+    watermark: Arc<Watermark>,
+    persister: Persister,
+    store: Arc<dyn Store>,
+    config: Arc<RoomConfig>,
+    stats: Arc<Stats>,
+    /// Background work (compactions) that shutdown waits for.
+    tracker: TaskTracker,
+    /// Log position covered by the last snapshot written.
+    snapshot_seq: AtomicU64,
+    compacting: AtomicBool,
+    /// Set when the room can no longer be trusted (storage failure, a panic inside yrs).
+    broken: AtomicBool,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Decodes a stored or received update, turning a panic inside yrs into an error.
+fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(u)) => Ok(u),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("decoder panicked".into()),
+    }
+}
+
+impl Room {
+    /// The room's name.
+    pub fn name(&self) -> &RoomName {
+        &self.name
+    }
+
+    /// Whether the room is broken and must not be used further.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Builds the room from what the store holds.
+    pub(crate) async fn load(
+        name: RoomName,
+        store: Arc<dyn Store>,
+        persister: Persister,
+        config: Arc<RoomConfig>,
+        stats: Arc<Stats>,
+        tracker: TaskTracker,
+    ) -> Result<Arc<Self>, LoadError> {
+        let stored = store.load(&name).await?;
+        let last = stored.last_seq();
+        let snapshot_seq = stored.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
+        let doc = Doc::new();
+        {
+            let mut txn = doc.transact_mut();
+            let rows = stored
+                .snapshot
+                .iter()
+                .map(|(_, data)| ("snapshot".to_owned(), data))
+                .chain(stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)));
+            for (what, data) in rows {
+                let corrupt = |detail: String| LoadError::Corrupt { room: name.clone(), what: what.clone(), detail };
+                let update = decode_update(data).map_err(corrupt)?;
+                match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(corrupt(e.to_string())),
+                    Err(_) => return Err(corrupt("apply panicked".into())),
+                }
+            }
+        }
+        stats.room_loads.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Self {
+            name,
+            state: Mutex::new(DocState { awareness: Awareness::with_clock(doc, now_millis), applied: last }),
+            peers: Mutex::new(HashMap::new()),
+            watermark: Arc::new(Watermark::new(last)),
+            persister,
+            store,
+            config,
+            stats,
+            tracker,
+            snapshot_seq: AtomicU64::new(snapshot_seq.0),
+            compacting: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+        }))
+    }
+
+    /// Adds a socket and returns the frames to greet it with: our sync step 1 (so the client
+    /// sends what we lack) and everyone's presence. The peer is registered before the state
+    /// vector is read, so no update can fall between the two.
+    pub fn subscribe(&self, id: ConnId, tx: PeerTx) -> Vec<Bytes> {
+        self.peers.lock().insert(id, tx);
+        let state = self.state.lock();
+        let sv = state.awareness.doc().transact().state_vector();
+        let mut frames = vec![Bytes::from(wire::sync_step1(&sv))];
+        if let Ok(update) = state.awareness.update()
+            && !update.clients.is_empty()
+        {
+            frames.push(Bytes::from(wire::awareness(update)));
+        }
+        frames
+    }
+
+    /// The answer to a client's sync step 1: everything it lacks, once that is durable.
+    ///
+    /// # Errors
+    /// [`RoomError::NotDurable`] if storage failed before the state was saved.
+    pub async fn sync_step2(&self, client_sv: &StateVector) -> Result<Bytes, RoomError> {
+        let (diff, seq) = {
+            let state = self.state.lock();
+            (state.awareness.doc().transact().encode_state_as_update_v1(client_sv), state.applied)
+        };
+        self.watermark.wait_for(seq).await?;
+        Ok(Bytes::from(wire::sync_step2(diff)))
+    }
+
+    /// Applies an update from socket `from`, makes it durable, then relays it to everyone else.
+    /// `frame` is the frame to relay; pass the received frame when it holds exactly this update
+    /// as an update message, so it is not re-encoded.
+    ///
+    /// # Errors
+    /// [`RoomError::InvalidUpdate`] if it does not decode or apply (nothing is stored or relayed);
+    /// [`RoomError::NotDurable`] if storage failed (nothing is relayed).
+    pub async fn apply_update(self: &Arc<Self>, from: ConnId, update: &[u8], frame: Option<Bytes>) -> Result<(), RoomError> {
+        if update == wire::EMPTY_UPDATE {
+            return Ok(());
+        }
+        let decoded = decode_update(update).map_err(RoomError::InvalidUpdate)?;
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let seq = {
+            let mut state = self.state.lock();
+            if self.is_broken() {
+                return Err(RoomError::Unavailable);
+            }
+            let applied = catch_unwind(AssertUnwindSafe(|| {
+                let mut txn = state.awareness.doc().transact_mut();
+                txn.apply_update(decoded)
+            }));
+            match applied {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(RoomError::InvalidUpdate(e.to_string())),
+                Err(_) => {
+                    // yrs may have left the document half-changed: stop using this copy. The
+                    // log holds everything accepted so far, so a reload loses nothing.
+                    tracing::error!(room = %self.name, "yrs panicked applying an update; unloading room");
+                    drop(state);
+                    self.break_room();
+                    return Err(RoomError::Unavailable);
+                }
+            }
+            state.applied = Seq(state.applied.0 + 1);
+            let seq = state.applied;
+            let entry = LogEntry { room: self.name.clone(), seq, update: Bytes::copy_from_slice(update) };
+            self.persister.enqueue(entry, Arc::clone(&self.watermark));
+            seq
+        };
+        if let Err(e) = self.watermark.wait_for(seq).await {
+            self.break_room();
+            return Err(e.into());
+        }
+        let frame = frame.unwrap_or_else(|| Bytes::from(wire::update(update.to_vec())));
+        self.broadcast(Some(from), &frame);
+        self.stats.updates.fetch_add(1, Ordering::Relaxed);
+        self.maybe_compact(seq);
+        Ok(())
+    }
+
+    /// Validates and applies an awareness update from socket `from` and relays `frame` to
+    /// everyone else if it changed anything.
+    ///
+    /// # Errors
+    /// [`RoomError::Presence`] if a state is invalid or the socket claims too many clients;
+    /// nothing is applied or relayed then.
+    pub fn apply_awareness(
+        &self,
+        from: ConnId,
+        presence: &mut PeerPresence,
+        update: AwarenessUpdate,
+        frame: Bytes,
+    ) -> Result<(), RoomError> {
+        let changed = {
+            let mut state = self.state.lock();
+            presence.apply(&mut state.awareness, update, &self.config.presence, self.config.max_presence_per_socket)?
+        };
+        if changed.is_some() {
+            self.broadcast(Some(from), &frame);
+        }
+        Ok(())
+    }
+
+    /// Everyone's presence as one frame (the answer to a query-awareness message).
+    pub fn awareness_frame(&self) -> Option<Bytes> {
+        let state = self.state.lock();
+        let update = state.awareness.update().ok()?;
+        Some(Bytes::from(wire::awareness(update)))
+    }
+
+    /// Removes socket `id` and tells everyone its presence is gone.
+    pub fn unsubscribe(&self, id: ConnId, presence: &mut PeerPresence) {
+        self.peers.lock().remove(&id);
+        let removal = presence.depart(&mut self.state.lock().awareness);
+        if let Some(update) = removal {
+            self.broadcast(None, &Bytes::from(wire::awareness(update)));
+        }
+    }
+
+    /// The fan-out: one encoded frame, shared by every recipient's queue.
+    pub fn broadcast(&self, except: Option<ConnId>, frame: &Bytes) {
+        let peers = self.peers.lock();
+        for (id, tx) in peers.iter() {
+            if Some(*id) != except && tx.offer(frame.clone(), self.config.max_queue_bytes) {
+                self.stats.frames_relayed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Marks the room broken and closes every socket in it; they reconnect to a fresh copy.
+    fn break_room(&self) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            for tx in self.peers.lock().values() {
+                tx.kick.kick(CloseCode::INTERNAL_ERROR, "room unavailable; reconnect");
+            }
+        }
+    }
+
+    /// Starts a background compaction once the log since the last snapshot is long enough.
+    fn maybe_compact(self: &Arc<Self>, seq: Seq) {
+        let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
+        if behind >= self.config.compact_every && !self.compacting.swap(true, Ordering::AcqRel) {
+            let room = Arc::clone(self);
+            self.tracker.spawn(async move {
+                let _ = room.compact().await;
+                room.compacting.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Writes a snapshot of the whole document and drops the log it covers. Runs in the
+    /// background after many updates, and when the room is unloaded or the server stops.
+    pub async fn compact(&self) -> Result<(), RoomError> {
+        if self.is_broken() {
+            return Err(RoomError::Unavailable);
+        }
+        let (snapshot, seq) = {
+            let state = self.state.lock();
+            if state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let txn = state.awareness.doc().transact();
+            (txn.encode_state_as_update_v1(&StateVector::default()), state.applied)
+        };
+        self.watermark.wait_for(seq).await?;
+        if let Err(e) = self.store.compact(&self.name, seq, snapshot).await {
+            tracing::warn!(room = %self.name, error = %e, "compaction failed; the log still holds everything");
+            return Ok(());
+        }
+        self.snapshot_seq.fetch_max(seq.0, Ordering::AcqRel);
+        self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters the server keeps about itself, exported as Prometheus text at `GET /metrics`.
+//!
+//! Plain atomics rather than the `metrics` crate and an exporter: a handful of counters do not
+//! justify an HTTP exporter stack, and tests read these directly.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Server-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Rooms loaded from the store (one per load, however many sockets wait for it).
+    pub room_loads: AtomicU64,
+    /// Rooms written back and dropped from memory after going idle.
+    pub room_unloads: AtomicU64,
+    /// Open WebSocket connections.
+    pub connections: AtomicUsize,
+    /// Document updates accepted (durable and relayed).
+    pub updates: AtomicU64,
+    /// Frames queued to sockets by the fan-out.
+    pub frames_relayed: AtomicU64,
+    /// Snapshots written.
+    pub compactions: AtomicU64,
+    /// Sockets closed for sending bad input.
+    pub rejected_peers: AtomicU64,
+    /// Sockets closed for not keeping up.
+    pub slow_peers: AtomicU64,
+    /// Sockets closed for not answering pings.
+    pub dead_peers: AtomicU64,
+}
+
+impl Stats {
+    /// The counters in the Prometheus text format; `rooms_loaded` is passed in by the registry.
+    pub fn render(&self, rooms_loaded: usize) -> String {
+        let mut out = String::new();
+        let counters = [
+            ("huddle_room_loads_total", "Rooms loaded from storage.", self.room_loads.load(Ordering::Relaxed)),
+            ("huddle_room_unloads_total", "Idle rooms unloaded.", self.room_unloads.load(Ordering::Relaxed)),
+            ("huddle_updates_total", "Document updates accepted.", self.updates.load(Ordering::Relaxed)),
+            ("huddle_frames_relayed_total", "Frames queued to sockets.", self.frames_relayed.load(Ordering::Relaxed)),
+            ("huddle_compactions_total", "Snapshots written.", self.compactions.load(Ordering::Relaxed)),
+            ("huddle_rejected_peers_total", "Sockets closed for bad input.", self.rejected_peers.load(Ordering::Relaxed)),
+            ("huddle_slow_peers_total", "Sockets closed for being too slow.", self.slow_peers.load(Ordering::Relaxed)),
+            ("huddle_dead_peers_total", "Sockets closed for missing pongs.", self.dead_peers.load(Ordering::Relaxed)),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let gauges = [
+            ("huddle_connections", "Open WebSocket connections.", self.connections.load(Ordering::Relaxed)),
+            ("huddle_rooms_loaded", "Rooms in memory.", rooms_loaded),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}

@@ -1,0 +1,55 @@
+//! An in-memory [`Store`] for unit tests of the room logic: same contract, no disk.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use huddle_protocol::RoomName;
+use parking_lot::Mutex;
+
+use super::{LogEntry, Seq, Store, StoreError, StoredRoom};
+
+/// Keeps rooms in a map; everything is lost with the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rooms: Mutex<HashMap<RoomName, MemoryRoom>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryRoom {
+    snapshot: Option<(Seq, Vec<u8>)>,
+    log: BTreeMap<Seq, Vec<u8>>,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+        let rooms = self.rooms.lock();
+        let Some(r) = rooms.get(room) else { return Ok(StoredRoom::default()) };
+        let after = r.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
+        Ok(StoredRoom {
+            snapshot: r.snapshot.clone(),
+            log: r.log.range(Seq(after.0 + 1)..).map(|(s, d)| (*s, d.clone())).collect(),
+        })
+    }
+
+    async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock();
+        for e in batch {
+            rooms.entry(e.room.clone()).or_default().log.insert(e.seq, e.update.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn compact(&self, room: &RoomName, upto: Seq, snapshot: Vec<u8>) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock();
+        let r = rooms.entry(room.clone()).or_default();
+        if r.snapshot.as_ref().is_some_and(|(s, _)| *s >= upto) {
+            return Ok(());
+        }
+        r.snapshot = Some((upto, snapshot));
+        r.log.retain(|s, _| *s > upto);
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
