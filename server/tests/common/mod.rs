@@ -159,6 +159,21 @@ impl TestClient {
         }
     }
 
+    /// Like [`TestClient::edit`], but reports a dead socket instead of panicking.
+    pub async fn try_edit(&mut self, f: impl FnOnce(&Board, &mut TransactionMut<'_>)) -> bool {
+        {
+            let board = Board::new(self.session.doc());
+            let mut txn = self.session.doc().transact_mut();
+            f(&board, &mut txn);
+        }
+        for frame in self.session.drain_local_updates() {
+            if self.ws.send(Message::Binary(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     pub async fn add_shape(&mut self, id: &str, kind: ShapeKind) {
         let shape = Shape::new(id, kind);
         self.edit(|b, t| b.put_shape(t, &shape)).await;

@@ -1,0 +1,174 @@
+//! Bad input closes only the socket that sent it, with the right close code; the room and its
+//! other clients carry on. Silent and slow clients are cut off.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestClient, TestServer, Ws, eventually, expect_close, test_config};
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::schema::ShapeKind;
+use huddle_protocol::wire;
+use huddle_protocol::yrs::ClientID;
+use huddle_protocol::yrs::sync::AwarenessUpdate;
+use huddle_protocol::yrs::sync::awareness::AwarenessUpdateEntry;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn raw(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.expect("connects").0
+}
+
+fn awareness_frame(client: u64, clock: u32, json: &str) -> Vec<u8> {
+    wire::awareness(AwarenessUpdate {
+        clients: HashMap::from([(ClientID::new(client), AwarenessUpdateEntry { clock, json: json.into() })]),
+    })
+}
+
+#[tokio::test]
+async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_message_bytes = 64 * 1024;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("target");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    bystander.set_name("Bystander").await;
+
+    let deep = format!("{{\"user\":{}1{}}}", "[".repeat(64), "]".repeat(64));
+    let cases: Vec<(&str, Message, u16)> = vec![
+        ("text frame", Message::Text("hello".into()), 1003),
+        ("truncated varint", Message::Binary(vec![0x80, 0x80].into()), 1002),
+        ("truncated message", Message::Binary(vec![0, 2, 10, 1, 2].into()), 1002),
+        ("unknown message type", Message::Binary(vec![42, 0].into()), 1003),
+        ("unknown sync type", Message::Binary(vec![0, 9, 0].into()), 1002),
+        ("update that does not decode", Message::Binary(wire::update(vec![5, 200, 1, 2, 3]).into()), 1007),
+        ("awareness that is not JSON", Message::Binary(awareness_frame(777, 1, "{not json").into()), 1007),
+        ("awareness nested too deep", Message::Binary(awareness_frame(778, 1, &deep).into()), 1007),
+        ("frame over the size limit", Message::Binary(vec![0u8; 100 * 1024].into()), 1009),
+    ];
+    let rejected_before = server.stats.rejected_peers.load(Ordering::Relaxed);
+    for (i, (what, frame, code)) in cases.into_iter().enumerate() {
+        let mut bad = raw(&url).await;
+        bad.send(frame).await.expect("send");
+        assert_eq!(expect_close(&mut bad).await, Some(code), "{what}");
+
+        // The room is untouched: the bystander and a newcomer still exchange edits.
+        let id = format!("after-{i}");
+        bystander.add_shape(&id, ShapeKind::Rect).await;
+        let mut newcomer = TestClient::connect(&url).await;
+        newcomer.until(what, |s| common::sync_doc_contents(s).contains(&id)).await;
+        newcomer.until("bystander presence", |s| s.peers().len() == 1).await;
+        assert_eq!(newcomer.peer_names(), vec!["Bystander"], "{what}: no bad presence leaked");
+        newcomer.close().await;
+    }
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 9);
+    // Nothing bad ever reached the bystander: its session decoded every frame it got.
+    assert_eq!(bystander.peer_names(), Vec::<String>::new());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_room_names_get_400_before_any_upgrade() {
+    let server = TestServer::start().await;
+    for name in ["has%20space", "dot.dot", &"x".repeat(129)] {
+        let err = tokio_tungstenite::connect_async(server.url(name)).await.expect_err("refused");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400, "{name}"),
+            other => panic!("{name}: expected HTTP 400, got {other}"),
+        }
+    }
+    // A valid name on the same server still works.
+    let mut ok = TestClient::connect(&server.url("fine_name-1")).await;
+    ok.synced().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_at_the_ping_timeout_with_its_presence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.ping_interval_ms = 200;
+    config.pong_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("liveness");
+    let mut watcher = TestClient::connect(&url).await;
+    watcher.synced().await;
+
+    // A client that announces itself, then freezes: the socket stays open but it never reads,
+    // so it never answers a ping.
+    let mut frozen = raw(&url).await;
+    frozen.send(Message::Binary(awareness_frame(4242, 1, r##"{"user":{"name":"Frozen","color":"#000"}}"##).into())).await.expect("send");
+    watcher.until("frozen client visible", |s| s.peers().iter().any(|(_, p)| p.user.name == "Frozen")).await;
+
+    // Meanwhile the watcher stays alive by reading (tungstenite answers pings while reading).
+    watcher.until("frozen client removed", |s| s.peers().is_empty()).await;
+    assert_eq!(server.stats.dead_peers.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 1, "only the watcher is connected");
+    // The server really closed the TCP connection: reading now drains what was sent before the
+    // freeze (the greeting, pings) and then hits the end of the stream.
+    let end = tokio::time::timeout(common::DEADLINE, async {
+        loop {
+            match frozen.next().await {
+                Some(Ok(Message::Ping(_) | Message::Binary(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("connection ends");
+    assert!(matches!(end, None | Some(Err(_))), "connection dropped, not still talking: {end:?}");
+    server.stop().await;
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    let kib: usize = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_cut_off_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_queue_bytes = 1 << 20;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("firehose");
+
+    // The slow consumer connects and then never reads.
+    let slow = raw(&url).await;
+    let mut fast = TestClient::connect(&url).await;
+    fast.synced().await;
+    let mut writer = TestClient::connect(&url).await;
+    writer.synced().await;
+
+    // 200 MiB of presence traffic (32 KiB states): if the server buffered it for the slow
+    // socket, memory would grow by about that much.
+    let baseline = rss_bytes();
+    let padding = "x".repeat(32 * 1024);
+    let me = writer.session.client_id();
+    let mut peak = baseline;
+    for clock in 1..=6400u32 {
+        let json = format!(r##"{{"user":{{"name":"W{clock}","color":"#000"}},"pad":"{padding}"}}"##);
+        writer.send(awareness_frame(me, clock, &json)).await;
+        if clock % 16 == 0 {
+            // The fast reader keeps up: it reads everything before the writer sends more than
+            // its queue holds.
+            let expect = format!("W{clock}");
+            fast.until("fast reader keeps up", |s| s.peers().iter().any(|(_, p)| p.user.name == expect)).await;
+            peak = peak.max(rss_bytes());
+        }
+    }
+    eventually("slow consumer cut off", || server.stats.slow_peers.load(Ordering::Relaxed) == 1).await;
+    let growth = peak.saturating_sub(baseline);
+    assert!(growth < 100 << 20, "memory grew by {} MiB while relaying 200 MiB", growth >> 20);
+    // The fast reader and the writer were never affected.
+    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 2);
+    drop(slow);
+    server.stop().await;
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,90 @@
+//! Interop with real Yjs: a Node script using the stock `yjs` + `y-websocket` npm packages edits
+//! a room together with a Rust client built on `huddle-protocol`. Both converge, presence flows
+//! both ways, and the stock client's clean departure reaches the Rust client.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::{DEADLINE, TestClient, TestServer};
+use huddle_protocol::schema::{Board, ChatMessage, Shape, ShapeKind};
+use huddle_protocol::yrs::Transact;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+#[tokio::test]
+async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/yjs").exists() && dir.join("node_modules/y-websocket").exists(),
+        "the npm packages are missing: run `cargo xtask test` (it installs them) or `npm ci --prefix server/tests/interop`"
+    );
+    let server = TestServer::start().await;
+    let room = "interop";
+    let mut rust = TestClient::connect(&server.url(room)).await;
+    rust.synced().await;
+    rust.set_name("rust").await;
+    let mut ellipse = Shape::new("rust-ellipse", ShapeKind::Ellipse);
+    ellipse.w = 80.0;
+    rust.edit(|b, t| {
+        b.put_shape(t, &ellipse);
+        b.post_chat(
+            t,
+            &ChatMessage {
+                id: "rust-msg".into(),
+                author_id: "rust".into(),
+                author_name: "rust".into(),
+                author_color: "#1971c2".into(),
+                text: "hello from rust".into(),
+                ts: 1.0,
+            },
+        );
+    })
+    .await;
+
+    let mut node = Command::new("node")
+        .arg(dir.join("peer.mjs"))
+        .arg(format!("ws://{}/ws", server.addr))
+        .arg(room)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (Debian package nodejs)");
+    let stdout = node.stdout.take().expect("stdout");
+
+    rust.until("the stock client's rectangle and chat message", |s| {
+        let board = Board::new(s.doc());
+        let txn = s.doc().transact();
+        board.shape(&txn, "node-rect").is_some_and(|r| r.kind == ShapeKind::Rect && r.w == 120.0)
+            && board.chat(&txn).iter().any(|m| m.text == "hello from yjs" && m.author_name == "node")
+    })
+    .await;
+    rust.until("the stock client's presence", |s| {
+        s.peers().iter().any(|(_, p)| p.user.name == "node" && p.cursor.is_some_and(|c| c.x == 5.0))
+    })
+    .await;
+
+    let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("node reports in time")
+        .expect("read")
+        .expect("node printed its report");
+    let report: serde_json::Value = serde_json::from_str(&line).expect("json report");
+    assert_eq!(report["shapes"], serde_json::json!(["node-rect", "rust-ellipse"]), "{report}");
+    assert_eq!(report["rustKind"], "ellipse");
+    assert_eq!(report["peers"], serde_json::json!(["rust"]));
+    assert_eq!(report["chat"].as_array().map(Vec::len), Some(2));
+    let status = tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
+    assert!(status.success(), "node exited with {status}");
+
+    // The stock client left: its presence is gone for the Rust client.
+    rust.until("the stock client's departure", |s| s.peers().is_empty()).await;
+    assert_eq!(rust.shape_ids(), vec!["node-rect", "rust-ellipse"]);
+    server.stop().await;
+}
