@@ -71,7 +71,10 @@ enum End {
 /// Serves one upgraded socket in `room` until it ends.
 pub async fn serve_socket<S>(socket: S, room: RoomName, ctx: SocketContext)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + Unpin,
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + Unpin,
 {
     let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("socket", conn = id.0, %room);
@@ -80,7 +83,10 @@ where
 
 async fn serve<S>(socket: S, room: RoomName, id: ConnId, ctx: SocketContext)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + Unpin,
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + Unpin,
 {
     let (mut sink, mut stream) = socket.split();
 
@@ -211,7 +217,10 @@ where
             Message::Binary(frame) => frame,
             Message::Text(_) => {
                 ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
-                return End::Close(CloseCode::UNSUPPORTED_DATA, "text frames are not supported; send binary".into());
+                return End::Close(
+                    CloseCode::UNSUPPORTED_DATA,
+                    "text frames are not supported; send binary".into(),
+                );
             }
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return End::PeerGone,
@@ -261,7 +270,11 @@ async fn handle_frame(
                 room.apply_update(id, &update, None).await.map_err(room_err)?;
             }
             WireMessage::Awareness(update) => {
-                let relay = if single { frame.clone() } else { Bytes::from(wire::awareness(update.clone())) };
+                let relay = if single {
+                    frame.clone()
+                } else {
+                    Bytes::from(wire::awareness(update.clone()))
+                };
                 room.apply_awareness(id, presence, update, relay).map_err(room_err)?;
             }
             WireMessage::AwarenessQuery => {

@@ -45,7 +45,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match self {
             AppError::BadRoomName(_) => StatusCode::BAD_REQUEST,
-            AppError::TooManyConnections | AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::TooManyConnections | AppError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         (status, [(header::CACHE_CONTROL, "no-store")], self.to_string()).into_response()
     }
@@ -84,8 +86,9 @@ async fn websocket(
     if state.sockets.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let permit =
-        Arc::clone(&state.connection_permits).try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
+    let permit = Arc::clone(&state.connection_permits)
+        .try_acquire_owned()
+        .map_err(|_| AppError::TooManyConnections)?;
     let limit = state.sockets.config.max_message_bytes;
     let ctx = state.sockets.clone();
     let tasks = state.socket_tasks.clone();

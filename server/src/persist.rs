@@ -114,7 +114,11 @@ impl Persister {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>, stop: CancellationToken) {
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<Pending> = Vec::new();
     let mut entries: Vec<LogEntry> = Vec::new();
     loop {

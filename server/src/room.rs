@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use huddle_protocol::RoomName;
 use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::session::{PeerPresence, PresenceApplyError};
 use huddle_protocol::wire::{self, CloseCode};
 use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
 use huddle_protocol::yrs::updates::decoder::Decode;
 use huddle_protocol::yrs::{Doc, ReadTxn, StateVector, Transact, Update};
-use huddle_protocol::RoomName;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -76,11 +76,15 @@ impl RoomError {
     pub fn close(&self) -> (CloseCode, &'static str) {
         match self {
             RoomError::InvalidUpdate(_) => (CloseCode::INVALID_PAYLOAD, "invalid update"),
-            RoomError::Presence(PresenceApplyError::Invalid(e)) => (e.close_code(), "invalid awareness state"),
+            RoomError::Presence(PresenceApplyError::Invalid(e)) => {
+                (e.close_code(), "invalid awareness state")
+            }
             RoomError::Presence(PresenceApplyError::TooManyClients { .. }) => {
                 (CloseCode::POLICY_VIOLATION, "too many awareness clients on one socket")
             }
-            RoomError::NotDurable(_) | RoomError::Unavailable => (CloseCode::INTERNAL_ERROR, "storage unavailable"),
+            RoomError::NotDurable(_) | RoomError::Unavailable => {
+                (CloseCode::INTERNAL_ERROR, "storage unavailable")
+            }
         }
     }
 }
@@ -245,13 +249,16 @@ impl Room {
         let doc = Doc::new();
         {
             let mut txn = doc.transact_mut();
-            let rows = stored
-                .snapshot
-                .iter()
-                .map(|(_, data)| ("snapshot".to_owned(), data))
-                .chain(stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)));
+            let rows =
+                stored.snapshot.iter().map(|(_, data)| ("snapshot".to_owned(), data)).chain(
+                    stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)),
+                );
             for (what, data) in rows {
-                let corrupt = |detail: String| LoadError::Corrupt { room: name.clone(), what: what.clone(), detail };
+                let corrupt = |detail: String| LoadError::Corrupt {
+                    room: name.clone(),
+                    what: what.clone(),
+                    detail,
+                };
                 let update = decode_update(data).map_err(corrupt)?;
                 match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
                     Ok(Ok(())) => {}
@@ -263,7 +270,10 @@ impl Room {
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Self {
             name,
-            state: Mutex::new(DocState { awareness: Awareness::with_clock(doc, now_millis), applied: last }),
+            state: Mutex::new(DocState {
+                awareness: Awareness::with_clock(doc, now_millis),
+                applied: last,
+            }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
             persister,
@@ -313,7 +323,12 @@ impl Room {
     /// # Errors
     /// [`RoomError::InvalidUpdate`] if it does not decode or apply (nothing is stored or relayed);
     /// [`RoomError::NotDurable`] if storage failed (nothing is relayed).
-    pub async fn apply_update(self: &Arc<Self>, from: ConnId, update: &[u8], frame: Option<Bytes>) -> Result<(), RoomError> {
+    pub async fn apply_update(
+        self: &Arc<Self>,
+        from: ConnId,
+        update: &[u8],
+        frame: Option<Bytes>,
+    ) -> Result<(), RoomError> {
         if update == wire::EMPTY_UPDATE {
             return Ok(());
         }
@@ -344,7 +359,8 @@ impl Room {
             }
             state.applied = Seq(state.applied.0 + 1);
             let seq = state.applied;
-            let entry = LogEntry { room: self.name.clone(), seq, update: Bytes::copy_from_slice(update) };
+            let entry =
+                LogEntry { room: self.name.clone(), seq, update: Bytes::copy_from_slice(update) };
             self.persister.enqueue(entry, Arc::clone(&self.watermark));
             seq
         };
@@ -374,7 +390,12 @@ impl Room {
     ) -> Result<(), RoomError> {
         let changed = {
             let mut state = self.state.lock();
-            presence.apply(&mut state.awareness, update, &self.config.presence, self.config.max_presence_per_socket)?
+            presence.apply(
+                &mut state.awareness,
+                update,
+                &self.config.presence,
+                self.config.max_presence_per_socket,
+            )?
         };
         if changed.is_some() {
             self.broadcast(Some(from), &frame);

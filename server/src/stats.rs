@@ -34,20 +34,56 @@ impl Stats {
     pub fn render(&self, rooms_loaded: usize) -> String {
         let mut out = String::new();
         let counters = [
-            ("huddle_room_loads_total", "Rooms loaded from storage.", self.room_loads.load(Ordering::Relaxed)),
-            ("huddle_room_unloads_total", "Idle rooms unloaded.", self.room_unloads.load(Ordering::Relaxed)),
-            ("huddle_updates_total", "Document updates accepted.", self.updates.load(Ordering::Relaxed)),
-            ("huddle_frames_relayed_total", "Frames queued to sockets.", self.frames_relayed.load(Ordering::Relaxed)),
-            ("huddle_compactions_total", "Snapshots written.", self.compactions.load(Ordering::Relaxed)),
-            ("huddle_rejected_peers_total", "Sockets closed for bad input.", self.rejected_peers.load(Ordering::Relaxed)),
-            ("huddle_slow_peers_total", "Sockets closed for being too slow.", self.slow_peers.load(Ordering::Relaxed)),
-            ("huddle_dead_peers_total", "Sockets closed for missing pongs.", self.dead_peers.load(Ordering::Relaxed)),
+            (
+                "huddle_room_loads_total",
+                "Rooms loaded from storage.",
+                self.room_loads.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_room_unloads_total",
+                "Idle rooms unloaded.",
+                self.room_unloads.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_updates_total",
+                "Document updates accepted.",
+                self.updates.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_frames_relayed_total",
+                "Frames queued to sockets.",
+                self.frames_relayed.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_compactions_total",
+                "Snapshots written.",
+                self.compactions.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_rejected_peers_total",
+                "Sockets closed for bad input.",
+                self.rejected_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_slow_peers_total",
+                "Sockets closed for being too slow.",
+                self.slow_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_dead_peers_total",
+                "Sockets closed for missing pongs.",
+                self.dead_peers.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let gauges = [
-            ("huddle_connections", "Open WebSocket connections.", self.connections.load(Ordering::Relaxed)),
+            (
+                "huddle_connections",
+                "Open WebSocket connections.",
+                self.connections.load(Ordering::Relaxed),
+            ),
             ("huddle_rooms_loaded", "Rooms in memory.", rooms_loaded),
         ];
         for (name, help, value) in gauges {

@@ -90,7 +90,11 @@ async fn every_update_a_watcher_saw_survives_kill_dash_9() {
         eprintln!("round {round}: restarted and synced after {:?}", t0.elapsed());
         let have: BTreeSet<String> = fresh.shape_ids().into_iter().collect();
         let lost: Vec<_> = seen_overall.difference(&have).collect();
-        assert!(lost.is_empty(), "round {round}: {} updates seen by the watcher were lost: {lost:?}", lost.len());
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} updates seen by the watcher were lost: {lost:?}",
+            lost.len()
+        );
         fresh.close().await;
     }
     server.child.start_kill().expect("kill");
@@ -108,10 +112,16 @@ async fn sigterm_closes_sockets_with_1001_saves_and_exits_zero() {
     b.until("b sees it", |s| common::sync_doc_contents(s).contains(&"kept".to_owned())).await;
 
     let pid = server.child.id().expect("pid");
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     assert_eq!(common::expect_close(&mut b.ws).await, Some(1001));
-    let exit = tokio::time::timeout(DEADLINE, server.child.wait()).await.expect("exits in time").expect("status");
+    let exit = tokio::time::timeout(DEADLINE, server.child.wait())
+        .await
+        .expect("exits in time")
+        .expect("status");
     assert!(exit.success(), "exit status {exit}");
 
     let server = spawn_server(dir.path()).await;

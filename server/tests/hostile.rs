@@ -22,7 +22,10 @@ async fn raw(url: &str) -> Ws {
 
 fn awareness_frame(client: u64, clock: u32, json: &str) -> Vec<u8> {
     wire::awareness(AwarenessUpdate {
-        clients: HashMap::from([(ClientID::new(client), AwarenessUpdateEntry { clock, json: json.into() })]),
+        clients: HashMap::from([(
+            ClientID::new(client),
+            AwarenessUpdateEntry { clock, json: json.into() },
+        )]),
     })
 }
 
@@ -44,8 +47,16 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         ("truncated message", Message::Binary(vec![0, 2, 10, 1, 2].into()), 1002),
         ("unknown message type", Message::Binary(vec![42, 0].into()), 1003),
         ("unknown sync type", Message::Binary(vec![0, 9, 0].into()), 1002),
-        ("update that does not decode", Message::Binary(wire::update(vec![5, 200, 1, 2, 3]).into()), 1007),
-        ("awareness that is not JSON", Message::Binary(awareness_frame(777, 1, "{not json").into()), 1007),
+        (
+            "update that does not decode",
+            Message::Binary(wire::update(vec![5, 200, 1, 2, 3]).into()),
+            1007,
+        ),
+        (
+            "awareness that is not JSON",
+            Message::Binary(awareness_frame(777, 1, "{not json").into()),
+            1007,
+        ),
         ("awareness nested too deep", Message::Binary(awareness_frame(778, 1, &deep).into()), 1007),
         ("frame over the size limit", Message::Binary(vec![0u8; 100 * 1024].into()), 1009),
     ];
@@ -76,7 +87,9 @@ async fn bad_room_names_get_400_before_any_upgrade() {
     for name in ["has%20space", "dot.dot", &"x".repeat(129)] {
         let err = tokio_tungstenite::connect_async(server.url(name)).await.expect_err("refused");
         match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400, "{name}"),
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), 400, "{name}")
+            }
             other => panic!("{name}: expected HTTP 400, got {other}"),
         }
     }
@@ -100,13 +113,24 @@ async fn a_silent_client_is_dropped_at_the_ping_timeout_with_its_presence() {
     // A client that announces itself, then freezes: the socket stays open but it never reads,
     // so it never answers a ping.
     let mut frozen = raw(&url).await;
-    frozen.send(Message::Binary(awareness_frame(4242, 1, r##"{"user":{"name":"Frozen","color":"#000"}}"##).into())).await.expect("send");
-    watcher.until("frozen client visible", |s| s.peers().iter().any(|(_, p)| p.user.name == "Frozen")).await;
+    frozen
+        .send(Message::Binary(
+            awareness_frame(4242, 1, r##"{"user":{"name":"Frozen","color":"#000"}}"##).into(),
+        ))
+        .await
+        .expect("send");
+    watcher
+        .until("frozen client visible", |s| s.peers().iter().any(|(_, p)| p.user.name == "Frozen"))
+        .await;
 
     // Meanwhile the watcher stays alive by reading (tungstenite answers pings while reading).
     watcher.until("frozen client removed", |s| s.peers().is_empty()).await;
     assert_eq!(server.stats.dead_peers.load(Ordering::Relaxed), 1);
-    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 1, "only the watcher is connected");
+    assert_eq!(
+        server.stats.connections.load(Ordering::Relaxed),
+        1,
+        "only the watcher is connected"
+    );
     // The server really closed the TCP connection: reading now drains what was sent before the
     // freeze (the greeting, pings) and then hits the end of the stream.
     let end = tokio::time::timeout(common::DEADLINE, async {
@@ -153,17 +177,22 @@ async fn a_slow_consumer_is_cut_off_and_memory_stays_bounded() {
     let me = writer.session.client_id();
     let mut peak = baseline;
     for clock in 1..=6400u32 {
-        let json = format!(r##"{{"user":{{"name":"W{clock}","color":"#000"}},"pad":"{padding}"}}"##);
+        let json =
+            format!(r##"{{"user":{{"name":"W{clock}","color":"#000"}},"pad":"{padding}"}}"##);
         writer.send(awareness_frame(me, clock, &json)).await;
         if clock % 16 == 0 {
             // The fast reader keeps up: it reads everything before the writer sends more than
             // its queue holds.
             let expect = format!("W{clock}");
-            fast.until("fast reader keeps up", |s| s.peers().iter().any(|(_, p)| p.user.name == expect)).await;
+            fast.until("fast reader keeps up", |s| {
+                s.peers().iter().any(|(_, p)| p.user.name == expect)
+            })
+            .await;
             peak = peak.max(rss_bytes());
         }
     }
-    eventually("slow consumer cut off", || server.stats.slow_peers.load(Ordering::Relaxed) == 1).await;
+    eventually("slow consumer cut off", || server.stats.slow_peers.load(Ordering::Relaxed) == 1)
+        .await;
     let growth = peak.saturating_sub(baseline);
     assert!(growth < 100 << 20, "memory grew by {} MiB while relaying 200 MiB", growth >> 20);
     // The fast reader and the writer were never affected.

@@ -62,7 +62,10 @@ async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
         let board = Board::new(s.doc());
         let txn = s.doc().transact();
         board.shape(&txn, "node-rect").is_some_and(|r| r.kind == ShapeKind::Rect && r.w == 120.0)
-            && board.chat(&txn).iter().any(|m| m.text == "hello from yjs" && m.author_name == "node")
+            && board
+                .chat(&txn)
+                .iter()
+                .any(|m| m.text == "hello from yjs" && m.author_name == "node")
     })
     .await;
     rust.until("the stock client's presence", |s| {
@@ -80,7 +83,8 @@ async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
     assert_eq!(report["rustKind"], "ellipse");
     assert_eq!(report["peers"], serde_json::json!(["rust"]));
     assert_eq!(report["chat"].as_array().map(Vec::len), Some(2));
-    let status = tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
+    let status =
+        tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
     assert!(status.success(), "node exited with {status}");
 
     // The stock client left: its presence is gone for the Rust client.

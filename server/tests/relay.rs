@@ -19,9 +19,15 @@ async fn two_clients_converge_late_joiner_gets_everything_and_presence_comes_and
     bob.synced().await;
 
     ada.add_shape("rect-a", ShapeKind::Rect).await;
-    bob.until("bob sees ada's rectangle", |s| common::sync_doc_contents(s).contains(&"rect-a".into())).await;
+    bob.until("bob sees ada's rectangle", |s| {
+        common::sync_doc_contents(s).contains(&"rect-a".into())
+    })
+    .await;
     bob.add_shape("ellipse-b", ShapeKind::Ellipse).await;
-    ada.until("ada sees bob's ellipse", |s| common::sync_doc_contents(s).contains(&"ellipse-b".into())).await;
+    ada.until("ada sees bob's ellipse", |s| {
+        common::sync_doc_contents(s).contains(&"ellipse-b".into())
+    })
+    .await;
 
     ada.set_name("Ada").await;
     bob.set_name("Bob").await;
@@ -110,7 +116,10 @@ async fn joins_racing_idle_unloads_lose_nothing() {
         drop(w); // abrupt: the server notices a moment later
         match i % 3 {
             // The room is written back and dropped before the next join: a load from SQLite.
-            0 => eventually("unload", || server.stats.room_unloads.load(Ordering::Relaxed) > unloads).await,
+            0 => {
+                eventually("unload", || server.stats.room_unloads.load(Ordering::Relaxed) > unloads)
+                    .await
+            }
             // The next join lands while the unload timer is pending or firing.
             1 => {}
             // Not a wait for anything: shifts the join across the 1 ms unload window.
@@ -166,7 +175,8 @@ async fn restart_brings_every_room_back_with_the_same_state() {
         c.synced().await;
         assert_eq!(c.shape_ids(), ids, "room {room}");
         assert_eq!(c.session.doc().transact().state_vector(), sv, "room {room} state vector");
-        let chat = huddle_protocol::schema::Board::new(c.session.doc()).chat(&c.session.doc().transact());
+        let chat =
+            huddle_protocol::schema::Board::new(c.session.doc()).chat(&c.session.doc().transact());
         assert_eq!(chat[0].text, format!("hello {room}"));
     }
     server.stop().await;

@@ -91,7 +91,10 @@ const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 /// # Errors
 /// The first [`PresenceError`] found; a relay should then drop the whole update and close the
 /// sender.
-pub fn validate_update(update: &AwarenessUpdate, limits: &PresenceLimits) -> Result<(), PresenceError> {
+pub fn validate_update(
+    update: &AwarenessUpdate,
+    limits: &PresenceLimits,
+) -> Result<(), PresenceError> {
     if update.clients.len() > limits.max_entries {
         return Err(PresenceError::TooManyEntries {
             len: update.clients.len(),
@@ -110,7 +113,11 @@ pub fn validate_update(update: &AwarenessUpdate, limits: &PresenceLimits) -> Res
 
 fn validate_state(client: u64, json: &str, limits: &PresenceLimits) -> Result<(), PresenceError> {
     if json.len() > limits.max_state_bytes {
-        return Err(PresenceError::TooLarge { client, len: json.len(), max: limits.max_state_bytes });
+        return Err(PresenceError::TooLarge {
+            client,
+            len: json.len(),
+            max: limits.max_state_bytes,
+        });
     }
     // Depth first: it is a cheap scan, and it keeps the parser below from recursing deeply.
     if nesting_depth(json) > limits.max_depth {
@@ -215,8 +222,8 @@ pub struct Presence {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use yrs::sync::awareness::AwarenessUpdateEntry;
     use yrs::ClientID;
+    use yrs::sync::awareness::AwarenessUpdateEntry;
 
     fn update(json: &str) -> AwarenessUpdate {
         AwarenessUpdate {
@@ -242,20 +249,27 @@ mod tests {
         assert_eq!(back, p);
         // A stock Yjs demo state is a valid presence too.
         let demo: Presence =
-            serde_json::from_str(r##"{"user":{"name":"x","color":"#fff"},"other":1}"##).expect("ok");
+            serde_json::from_str(r##"{"user":{"name":"x","color":"#fff"},"other":1}"##)
+                .expect("ok");
         assert_eq!(demo.user.name, "x");
     }
 
     #[test]
     fn refuses_bad_states() {
         let limits = PresenceLimits::default();
-        assert!(matches!(validate_update(&update("{"), &limits), Err(PresenceError::NotJson { .. })));
+        assert!(matches!(
+            validate_update(&update("{"), &limits),
+            Err(PresenceError::NotJson { .. })
+        ));
         assert!(matches!(
             validate_update(&update("{\"a\":1} trailing"), &limits),
             Err(PresenceError::NotJson { .. })
         ));
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-        assert!(matches!(validate_update(&update(&deep), &limits), Err(PresenceError::TooDeep { .. })));
+        assert!(matches!(
+            validate_update(&update(&deep), &limits),
+            Err(PresenceError::TooDeep { .. })
+        ));
         let big = format!("\"{}\"", "x".repeat(limits.max_state_bytes));
         let err = validate_update(&update(&big), &limits).expect_err("too big");
         assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);

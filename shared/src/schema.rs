@@ -232,7 +232,13 @@ impl Board {
 
     /// Sets one field of an existing shape (e.g. `"x"` when moving it). Returns false if there is
     /// no such shape or it is stored as a plain object (then use [`Board::put_shape`]).
-    pub fn set_field(&self, txn: &mut TransactionMut<'_>, id: &str, field: &str, value: impl Into<Any>) -> bool {
+    pub fn set_field(
+        &self,
+        txn: &mut TransactionMut<'_>,
+        id: &str,
+        field: &str,
+        value: impl Into<Any>,
+    ) -> bool {
         match self.shapes.get(txn, id) {
             Some(Out::YMap(map)) => {
                 map.insert(txn, field, In::Any(value.into()));
@@ -276,10 +282,7 @@ impl Board {
 
     /// Every chat message, in order.
     pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
-        self.chat
-            .iter(txn)
-            .filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?))
-            .collect()
+        self.chat.iter(txn).filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?)).collect()
     }
 }
 

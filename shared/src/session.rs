@@ -87,7 +87,9 @@ impl PeerPresence {
             if let Some((clock, _)) = awareness.meta(id)
                 && awareness.iter().any(|(cid, s)| cid == id && s.data.is_some())
             {
-                removal.clients.insert(id, AwarenessUpdateEntry { clock: clock + 1, json: "null".into() });
+                removal
+                    .clients
+                    .insert(id, AwarenessUpdateEntry { clock: clock + 1, json: "null".into() });
             }
         }
         if removal.clients.is_empty() {
@@ -255,7 +257,8 @@ impl ClientSession {
     /// Local edits since the last call, as update frames (one per transaction). Empty while
     /// nothing changed.
     pub fn drain_local_updates(&mut self) -> Vec<Vec<u8>> {
-        let pending = std::mem::take(&mut *self.local.lock().unwrap_or_else(PoisonError::into_inner));
+        let pending =
+            std::mem::take(&mut *self.local.lock().unwrap_or_else(PoisonError::into_inner));
         pending.into_iter().map(wire::update).collect()
     }
 
@@ -273,9 +276,10 @@ impl ClientSession {
     pub fn clear_presence(&mut self) -> Vec<u8> {
         self.awareness.clean_local_state();
         let id = self.awareness.client_id();
-        let update = self.awareness.update_with_clients([id]).unwrap_or(AwarenessUpdate {
-            clients: Default::default(),
-        });
+        let update = self
+            .awareness
+            .update_with_clients([id])
+            .unwrap_or(AwarenessUpdate { clients: Default::default() });
         wire::awareness(update)
     }
 
@@ -303,7 +307,8 @@ impl ClientSession {
         if update == wire::EMPTY_UPDATE {
             return Ok(false);
         }
-        let update = Update::decode_v1(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
+        let update =
+            Update::decode_v1(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
         let mut txn = self.doc().transact_mut_with(REMOTE);
         txn.apply_update(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
         Ok(true)
@@ -321,7 +326,12 @@ mod tests {
 
     /// Pumps frames between two sessions through a trivial in-memory "relay" that forwards
     /// everything, until both are quiet.
-    fn exchange(a: &mut ClientSession, b: &mut ClientSession, mut to_b: Vec<Vec<u8>>, mut to_a: Vec<Vec<u8>>) {
+    fn exchange(
+        a: &mut ClientSession,
+        b: &mut ClientSession,
+        mut to_b: Vec<Vec<u8>>,
+        mut to_a: Vec<Vec<u8>>,
+    ) {
         while !to_a.is_empty() || !to_b.is_empty() {
             let mut next_to_a = Vec::new();
             for f in to_b.drain(..) {
@@ -371,7 +381,8 @@ mod tests {
         let mut room = Awareness::with_clock(Doc::new(), clock);
         let mut client = ClientSession::new(Doc::with_client_id(9), clock);
         let frame = client.set_presence(&Presence::default()).expect("presence");
-        let Message::Awareness(update) = wire::decode_frame(&frame).expect("decodes").remove(0) else {
+        let Message::Awareness(update) = wire::decode_frame(&frame).expect("decodes").remove(0)
+        else {
             panic!("not awareness");
         };
         let mut peer = PeerPresence::default();

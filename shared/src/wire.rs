@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use yrs::StateVector;
 use yrs::encoding::read::{self, Cursor, Read};
 use yrs::sync::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
@@ -15,7 +16,6 @@ use yrs::sync::protocol::{
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::StateVector;
 
 pub use yrs::sync::{Message as WireMessage, SyncMessage as WireSyncMessage};
 

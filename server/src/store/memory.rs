@@ -40,7 +40,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn compact(&self, room: &RoomName, upto: Seq, snapshot: Vec<u8>) -> Result<(), StoreError> {
+    async fn compact(
+        &self,
+        room: &RoomName,
+        upto: Seq,
+        snapshot: Vec<u8>,
+    ) -> Result<(), StoreError> {
         let mut rooms = self.rooms.lock();
         let r = rooms.entry(room.clone()).or_default();
         if r.snapshot.as_ref().is_some_and(|(s, _)| *s >= upto) {

@@ -90,7 +90,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores `snapshot` as covering `room`'s log up to `upto` and drops those log entries —
     /// unless a snapshot covering more is already stored.
-    async fn compact(&self, room: &RoomName, upto: Seq, snapshot: Vec<u8>) -> Result<(), StoreError>;
+    async fn compact(
+        &self,
+        room: &RoomName,
+        upto: Seq,
+        snapshot: Vec<u8>,
+    ) -> Result<(), StoreError>;
 
     /// Flushes and closes the store at shutdown.
     async fn close(&self);

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use huddle_protocol::RoomName;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{LogEntry, Seq, Store, StoreError, StoredRoom};
 
@@ -67,9 +69,10 @@ impl SqliteStore {
 }
 
 fn seq_from(room: &RoomName, value: i64) -> Result<Seq, StoreError> {
-    u64::try_from(value)
-        .map(Seq)
-        .map_err(|_| StoreError::Corrupt { room: room.clone(), detail: format!("negative seq {value}") })
+    u64::try_from(value).map(Seq).map_err(|_| StoreError::Corrupt {
+        room: room.clone(),
+        detail: format!("negative seq {value}"),
+    })
 }
 
 fn seq_to(seq: Seq) -> i64 {
@@ -86,15 +89,19 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         let snapshot = match snapshot {
-            Some(row) => Some((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?)),
+            Some(row) => {
+                Some((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?))
+            }
             None => None,
         };
         let after = snapshot.as_ref().map_or(0, |(s, _)| seq_to(*s));
-        let rows = sqlx::query("SELECT seq, data FROM room_updates WHERE room = ? AND seq > ? ORDER BY seq")
-            .bind(room.as_str())
-            .bind(after)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, data FROM room_updates WHERE room = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(room.as_str())
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         let mut log = Vec::with_capacity(rows.len());
         for row in rows {
@@ -117,7 +124,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn compact(&self, room: &RoomName, upto: Seq, snapshot: Vec<u8>) -> Result<(), StoreError> {
+    async fn compact(
+        &self,
+        room: &RoomName,
+        upto: Seq,
+        snapshot: Vec<u8>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let written = sqlx::query(
             "INSERT INTO room_snapshots (room, seq, data) VALUES (?1, ?2, ?3) \
@@ -168,11 +180,17 @@ mod tests {
         assert_eq!(loaded.last_seq(), Seq(3));
         // An older snapshot (a previous incarnation finishing late) changes nothing.
         store.compact(&room, Seq(1), b"snap1".to_vec()).await.expect("compact");
-        assert_eq!(store.load(&room).await.expect("load").snapshot, Some((Seq(2), b"snap2".to_vec())));
+        assert_eq!(
+            store.load(&room).await.expect("load").snapshot,
+            Some((Seq(2), b"snap2".to_vec()))
+        );
         store.close().await;
         // Reopening finds the same data.
         let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("reopens");
         assert_eq!(store.load(&room).await.expect("load").last_seq(), Seq(3));
-        assert_eq!(store.load(&RoomName::parse("other").expect("v")).await.expect("load").last_seq(), Seq(0));
+        assert_eq!(
+            store.load(&RoomName::parse("other").expect("v")).await.expect("load").last_seq(),
+            Seq(0)
+        );
     }
 }

@@ -76,7 +76,11 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(DEADLINE, h).await.expect("server stops in time").expect("join").expect("clean stop");
+            tokio::time::timeout(DEADLINE, h)
+                .await
+                .expect("server stops in time")
+                .expect("join")
+                .expect("clean stop");
         }
         self._dir.take()
     }
@@ -202,7 +206,8 @@ impl TestClient {
     }
 
     pub fn peer_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.session.peers().into_iter().map(|(_, p)| p.user.name).collect();
+        let mut names: Vec<String> =
+            self.session.peers().into_iter().map(|(_, p)| p.user.name).collect();
         names.sort();
         names
     }
@@ -210,7 +215,10 @@ impl TestClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
         // Drain until the server's close reply so the close handshake completes.
-        let _ = tokio::time::timeout(DEADLINE, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(DEADLINE, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -233,7 +241,10 @@ pub async fn expect_close(ws: &mut Ws) -> Option<u16> {
 }
 
 pub fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A random 32-bit client id (what Yjs uses).
