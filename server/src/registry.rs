@@ -212,3 +212,69 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use huddle_protocol::presence::PresenceLimits;
+    use huddle_protocol::schema::{Board, Shape, ShapeKind};
+    use huddle_protocol::yrs::{Doc, Transact};
+
+    use super::*;
+    use crate::room::ConnId;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Seq;
+
+    fn registry(store: Arc<MemoryStore>, stats: Arc<Stats>) -> Registry {
+        let persister = Persister::start(store.clone(), &TaskTracker::new());
+        let config = RoomConfig {
+            idle_unload: Duration::from_millis(5),
+            compact_every: 1000,
+            presence: PresenceLimits::default(),
+            max_presence_per_socket: 8,
+            max_queue_bytes: 1 << 20,
+        };
+        Registry::new(store, persister, config, stats, TaskTracker::new(), CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn concurrent_joins_share_one_load_and_an_idle_room_unloads_to_a_snapshot() {
+        let store = Arc::new(MemoryStore::default());
+        let stats = Arc::new(Stats::default());
+        let registry = registry(Arc::clone(&store), Arc::clone(&stats));
+        let name = RoomName::parse("r").expect("valid");
+
+        let leases: Vec<Lease> = futures_util::future::join_all((0..10).map(|_| registry.join(&name)))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("all join");
+        assert!(leases.iter().all(|l| Arc::ptr_eq(l.room(), leases[0].room())), "one copy");
+        assert_eq!(stats.room_loads.load(Ordering::Relaxed), 1);
+
+        let update = {
+            let doc = Doc::new();
+            let mut txn = doc.transact_mut();
+            Board::new(&doc).put_shape(&mut txn, &Shape::new("s1", ShapeKind::Rect));
+            txn.encode_update_v1()
+        };
+        leases[0].room().apply_update(ConnId(1), &update, None).await.expect("applies");
+        for lease in leases {
+            registry.leave(lease);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stats.room_unloads.load(Ordering::Relaxed) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "room never unloaded");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stored = store.load(&name).await.expect("load");
+        assert_eq!(stored.snapshot.as_ref().map(|(s, _)| *s), Some(Seq(1)));
+        assert!(stored.log.is_empty(), "the snapshot replaced the log");
+
+        let lease = registry.join(&name).await.expect("rejoin");
+        assert_eq!(stats.room_loads.load(Ordering::Relaxed), 2);
+        let shapes = lease.room().read_doc(|doc| Board::new(doc).shapes(&doc.transact()).len());
+        assert_eq!(shapes, 1);
+    }
+}

@@ -229,6 +229,11 @@ impl Room {
         &self.name
     }
 
+    /// Runs `f` with read access to the document (for inspection, export and tests).
+    pub fn read_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
+        f(self.state.lock().awareness.doc())
+    }
+
     /// Whether the room is broken and must not be used further.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)

@@ -1,0 +1,128 @@
+//! Storage failures are loud and never destructive; bad CLI input gets a one-line fix.
+
+mod common;
+
+use common::{TestClient, TestServer, expect_close, test_config};
+use huddle_protocol::schema::ShapeKind;
+use huddle_server::store::sqlite::{Durability, SqliteStore};
+use sqlx::Row;
+
+async fn rows(dir: &std::path::Path, room: &str) -> (Vec<(i64, Vec<u8>)>, Option<(i64, Vec<u8>)>) {
+    let store = SqliteStore::open(dir, Durability::Full).await.expect("opens");
+    let log = sqlx::query("SELECT seq, data FROM room_updates WHERE room = ? ORDER BY seq")
+        .bind(room)
+        .fetch_all(store.pool())
+        .await
+        .expect("query")
+        .into_iter()
+        .map(|r| (r.get("seq"), r.get("data")))
+        .collect();
+    let snap = sqlx::query("SELECT seq, data FROM room_snapshots WHERE room = ?")
+        .bind(room)
+        .fetch_optional(store.pool())
+        .await
+        .expect("query")
+        .map(|r| (r.get("seq"), r.get("data")));
+    store.close().await;
+    (log, snap)
+}
+
+#[tokio::test]
+async fn a_corrupt_row_fails_that_room_loudly_and_is_never_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    for room in ["damaged", "healthy"] {
+        let mut c = TestClient::connect(&server.url(room)).await;
+        c.synced().await;
+        c.add_shape(&format!("{room}-shape"), ShapeKind::Rect).await;
+        let mut w = TestClient::connect(&server.url(room)).await;
+        w.until("durable", |s| common::sync_doc_contents(s).len() == 1).await;
+    }
+    server.stop().await;
+
+    // Damage the room on disk: a log entry after the snapshot that is not a Yjs update.
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
+        sqlx::query("INSERT INTO room_updates (room, seq, data) VALUES ('damaged', 999, x'ff00ff00')")
+            .execute(store.pool())
+            .await
+            .expect("insert");
+        store.close().await;
+    }
+    let before = rows(dir.path(), "damaged").await;
+    assert!(before.1.is_some(), "the clean shutdown wrote a snapshot");
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    for _ in 0..2 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.url("damaged")).await.expect("upgrade");
+        assert_eq!(expect_close(&mut ws).await, Some(1011), "a room that cannot load is refused");
+    }
+    // Other rooms are unaffected.
+    let mut ok = TestClient::connect(&server.url("healthy")).await;
+    ok.synced().await;
+    assert_eq!(ok.shape_ids(), vec!["healthy-shape"]);
+    ok.close().await;
+    server.stop().await;
+
+    // Nothing was written over the damaged room: same snapshot, same log (bad row included).
+    assert_eq!(rows(dir.path(), "damaged").await, before);
+}
+
+#[tokio::test]
+async fn bad_cli_input_gets_a_one_line_message_naming_the_fix() {
+    let bin = env!("CARGO_BIN_EXE_huddle-server");
+    let out = std::process::Command::new(bin).args(["--addr", "not-an-address"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().next().is_some_and(|l| l.contains("--addr")), "{err}");
+
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let out = std::process::Command::new(bin)
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(file.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    assert!(line.contains("--data-dir"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(bin)
+        .args(["--addr", &addr, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().any(|l| l.starts_with("error:") && l.contains("--addr")), "{err}");
+}
+
+#[tokio::test]
+async fn health_and_metrics_endpoints_answer() {
+    let server = TestServer::start().await;
+    let mut c = TestClient::connect(&server.url("m")).await;
+    c.synced().await;
+    let get = |path: &str| {
+        let addr = server.addr;
+        let path = path.to_owned();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.expect("read");
+            body
+        }
+    };
+    let health = get("/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"status":"ok"}"#), "{health}");
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("huddle_connections 1"), "{metrics}");
+    assert!(metrics.contains("huddle_rooms_loaded 1"), "{metrics}");
+    server.stop().await;
+}
