@@ -255,8 +255,9 @@ mod tests {
 
         let update = {
             let doc = Doc::new();
+            let board = Board::new(&doc);
             let mut txn = doc.transact_mut();
-            Board::new(&doc).put_shape(&mut txn, &Shape::new("s1", ShapeKind::Rect));
+            board.put_shape(&mut txn, &Shape::new("s1", ShapeKind::Rect));
             txn.encode_update_v1()
         };
         leases[0].room().apply_update(ConnId(1), &update, None).await.expect("applies");
@@ -274,7 +275,10 @@ mod tests {
 
         let lease = registry.join(&name).await.expect("rejoin");
         assert_eq!(stats.room_loads.load(Ordering::Relaxed), 2);
-        let shapes = lease.room().read_doc(|doc| Board::new(doc).shapes(&doc.transact()).len());
+        let shapes = lease.room().read_doc(|doc| {
+            let board = Board::new(doc);
+            board.shapes(&doc.transact()).len()
+        });
         assert_eq!(shapes, 1);
     }
 }

@@ -4,6 +4,7 @@ mod common;
 
 use common::{TestClient, TestServer, expect_close, test_config};
 use huddle_protocol::schema::ShapeKind;
+use huddle_server::store::Store;
 use huddle_server::store::sqlite::{Durability, SqliteStore};
 use sqlx::Row;
 

@@ -221,6 +221,9 @@ pub struct Board {
 
 impl Board {
     /// The board inside `doc` (creating the root types if this is a new document).
+    ///
+    /// Creating the root types takes a write transaction, so call this *before* opening a
+    /// transaction on `doc` (yrs blocks a second transaction while one is open).
     pub fn new(doc: &Doc) -> Self {
         Self { shapes: doc.get_or_insert_map(SHAPES), chat: doc.get_or_insert_array(CHAT) }
     }
