@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::registry::Registry;
+use crate::registry::{Lease, Registry};
 use crate::room::{ConnId, PeerTx, Room, RoomError};
 use crate::stats::Stats;
 
@@ -98,19 +98,22 @@ where
             return;
         }
     };
-    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!("socket joined");
-
+    let room = Arc::clone(lease.room());
     let (tx, mut rx) = PeerTx::new(ctx.config.max_queue_frames);
     let kick = Arc::clone(&tx.kick);
     let queued = Arc::clone(&tx.queued);
-    for frame in lease.room().subscribe(id, tx.clone()) {
+    let greeting = room.subscribe(id, tx.clone());
+    // From here on, `member` undoes the join whatever happens, even a panic.
+    let mut member =
+        Member { id, lease: Some(lease), presence: PeerPresence::default(), ctx: ctx.clone() };
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("socket joined");
+    for frame in greeting {
         tx.offer(frame, ctx.config.max_queue_bytes);
     }
-    let mut presence = PeerPresence::default();
 
     let end = {
-        let reader = read_loop(&mut stream, lease.room(), id, &tx, &mut presence, &ctx);
+        let reader = read_loop(&mut stream, &room, id, &tx, &mut member.presence, &ctx);
         let writer = write_loop(&mut sink, &mut rx, &queued, ctx.config.ping_interval);
         tokio::select! {
             end = reader => end,
@@ -125,12 +128,14 @@ where
             () = ctx.shutdown.cancelled() => End::Close(CloseCode::GOING_AWAY, "server shutting down".into()),
         }
     };
-
-    lease.room().unsubscribe(id, &mut presence);
-    ctx.registry.leave(lease);
-    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    // Leave the room (and announce the departure) before spending time on the close handshake.
+    drop(member);
     match end {
-        End::PeerGone => tracing::debug!("socket closed by peer"),
+        End::PeerGone => {
+            // Sends the reply to the peer's close frame, if it sent one.
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.flush()).await;
+            tracing::debug!("socket closed by peer");
+        }
         End::Silent => {
             ctx.stats.dead_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!("no pong within the timeout; dropping connection");
@@ -143,6 +148,25 @@ where
         }
     }
     // Dropping the sink and stream closes the TCP connection.
+}
+
+/// A socket's membership of a room; dropping it leaves the room, removes the socket's presence
+/// for everyone, and gives the lease back, on every path out of the socket task.
+struct Member {
+    id: ConnId,
+    lease: Option<Lease>,
+    presence: PeerPresence,
+    ctx: SocketContext,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.room().unsubscribe(self.id, &mut self.presence);
+            self.ctx.registry.leave(lease);
+        }
+        self.ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Sends a close frame, giving up after [`CLOSE_WRITE_TIMEOUT`] (a peer that does not read).
@@ -225,10 +249,6 @@ where
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return End::PeerGone,
         };
-        if frame.len() > ctx.config.max_message_bytes {
-            ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
-            return End::Close(CloseCode::MESSAGE_TOO_BIG, "message too big".into());
-        }
         if let Err((code, reason)) = handle_frame(frame, room, id, tx, presence, ctx).await {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             return End::Close(code, reason);
@@ -256,6 +276,9 @@ async fn handle_frame(
         (code, reason.to_owned())
     };
     for message in messages {
+        if tx.kick.token_cancelled() {
+            break; // cut off meanwhile: the socket task closes it
+        }
         match message {
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
                 let reply = room.sync_step2(&sv).await.map_err(room_err)?;

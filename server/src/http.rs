@@ -91,15 +91,15 @@ async fn websocket(
         .map_err(|_| AppError::TooManyConnections)?;
     let limit = state.sockets.config.max_message_bytes;
     let ctx = state.sockets.clone();
-    let tasks = state.socket_tasks.clone();
+    // Taken now, so shutdown waits for this socket even if its upgrade completes late.
+    let tracked = state.socket_tasks.token();
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            tasks.track_future(async move {
-                serve_socket(socket, room, ctx).await;
-                drop(permit);
-            })
+        .on_upgrade(move |socket| async move {
+            serve_socket(socket, room, ctx).await;
+            drop(permit);
+            drop(tracked);
         }))
 }

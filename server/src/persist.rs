@@ -1,17 +1,19 @@
 //! Group commit: the one place updates become durable.
 //!
-//! Rooms hand each accepted update to the [`Persister`] and wait for their [`Durable`] watermark
-//! to pass it before relaying. A single writer task drains everything queued while the previous
-//! commit was running into the next transaction, so under load many updates share one commit
-//! (and one fsync) while an idle server commits each update at once.
+//! Rooms hand each accepted update to the [`Persister`] and wait for their [`Watermark`] to pass
+//! it before relaying. A single writer task drains everything queued while the previous commit
+//! was running into the next transaction, so under load many updates share one commit (and one
+//! fsync) while an idle server commits each update at once.
 //!
 //! The queue is unbounded on purpose, and still bounded: every socket waits for its update to be
 //! durable before it reads its next message, so at most one entry per connection is queued.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use huddle_protocol::RoomName;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,7 +21,7 @@ use crate::store::{LogEntry, Seq, Store};
 
 /// Most entries committed in one transaction; keeps one commit's latency bounded.
 const MAX_BATCH: usize = 4096;
-/// Attempts per batch before the rooms in it are failed (a locked or briefly full disk).
+/// Attempts per batch before it is split by room (a locked or briefly full disk).
 const ATTEMPTS: u32 = 3;
 /// Pause between attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -29,8 +31,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 pub struct Durable {
     /// Every update up to this position is committed.
     pub seq: Seq,
-    /// Storage failed for this room: what is past `seq` will never be committed by this
-    /// incarnation of the room.
+    /// Storage failed for this room: this incarnation of the room must not be used further.
     pub failed: bool,
 }
 
@@ -52,16 +53,12 @@ impl Watermark {
     /// Waits until everything up to `seq` is durable.
     ///
     /// # Errors
-    /// [`NotDurable`] if storage failed first.
+    /// [`NotDurable`] once storage failed for the room: a later commit must not make an update
+    /// whose predecessor was lost look safe.
     pub async fn wait_for(&self, seq: Seq) -> Result<(), NotDurable> {
         let mut rx = self.0.subscribe();
         let state = rx.wait_for(|d| d.seq >= seq || d.failed).await.map_err(|_| NotDurable)?;
-        if state.seq >= seq { Ok(()) } else { Err(NotDurable) }
-    }
-
-    /// The current state.
-    pub fn get(&self) -> Durable {
-        *self.0.borrow()
+        if state.failed { Err(NotDurable) } else { Ok(()) }
     }
 
     fn advance(&self, seq: Seq) {
@@ -77,9 +74,11 @@ impl Watermark {
     }
 }
 
-struct Pending {
-    entry: LogEntry,
-    watermark: Arc<Watermark>,
+enum Pending {
+    /// An update to commit; `watermark` advances once it is.
+    Entry { entry: LogEntry, watermark: Arc<Watermark> },
+    /// Answered once everything queued before it is committed (or failed).
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Handle to the group-commit writer. Cheap to clone.
@@ -107,9 +106,21 @@ impl Persister {
     /// Queues `entry`; `watermark` advances once it is committed. Call in log order per room
     /// (the room does so under its lock).
     pub fn enqueue(&self, entry: LogEntry, watermark: Arc<Watermark>) {
-        if let Err(mpsc::error::SendError(p)) = self.tx.send(Pending { entry, watermark }) {
+        if let Err(mpsc::error::SendError(Pending::Entry { watermark, .. })) =
+            self.tx.send(Pending::Entry { entry, watermark })
+        {
             // The writer is gone (shutdown finished): this update can never be committed.
-            p.watermark.fail();
+            watermark.fail();
+        }
+    }
+
+    /// Resolves once everything queued before the call is committed or has failed. A room load
+    /// waits for this, so a previous copy of the room that is still being written out (a slow
+    /// commit racing an unload) is complete in the store before the new copy reads it.
+    pub async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Pending::Barrier(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -120,7 +131,6 @@ async fn write_loop(
     stop: CancellationToken,
 ) {
     let mut batch: Vec<Pending> = Vec::new();
-    let mut entries: Vec<LogEntry> = Vec::new();
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
@@ -132,27 +142,61 @@ async fn write_loop(
         if received == 0 {
             break;
         }
-        entries.clear();
-        entries.extend(batch.iter().map(|p| p.entry.clone()));
-        let mut result = store.append(&entries).await;
-        for _ in 1..ATTEMPTS {
-            let Err(e) = &result else { break };
-            tracing::warn!(error = %e, entries = entries.len(), "commit failed; retrying");
-            tokio::time::sleep(RETRY_PAUSE).await;
-            result = store.append(&entries).await;
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut watermarks = Vec::with_capacity(batch.len());
+        let mut barriers = Vec::new();
+        for p in batch.drain(..) {
+            match p {
+                Pending::Entry { entry, watermark } => {
+                    entries.push(entry);
+                    watermarks.push(watermark);
+                }
+                Pending::Barrier(tx) => barriers.push(tx),
+            }
         }
-        match result {
+        if !entries.is_empty() {
+            commit(store.as_ref(), &entries, &watermarks).await;
+        }
+        for tx in barriers {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Commits one batch, retrying; if it keeps failing, retries room by room so that one room's
+/// bad entry fails only that room.
+async fn commit(store: &dyn Store, entries: &[LogEntry], watermarks: &[Arc<Watermark>]) {
+    let mut result = store.append(entries).await;
+    for _ in 1..ATTEMPTS {
+        let Err(e) = &result else { break };
+        tracing::warn!(error = %e, entries = entries.len(), "commit failed; retrying");
+        tokio::time::sleep(RETRY_PAUSE).await;
+        result = store.append(entries).await;
+    }
+    if result.is_ok() {
+        for (entry, watermark) in entries.iter().zip(watermarks) {
+            watermark.advance(entry.seq);
+        }
+        return;
+    }
+    let mut by_room: HashMap<&RoomName, (Vec<LogEntry>, Arc<Watermark>)> = HashMap::new();
+    for (entry, watermark) in entries.iter().zip(watermarks) {
+        by_room
+            .entry(&entry.room)
+            .or_insert_with(|| (Vec::new(), Arc::clone(watermark)))
+            .0
+            .push(entry.clone());
+    }
+    for (room, (entries, watermark)) in by_room {
+        match store.append(&entries).await {
             Ok(()) => {
-                // Entries of one room are in log order, so the last one per room wins.
-                for p in batch.drain(..) {
-                    p.watermark.advance(p.entry.seq);
+                if let Some(last) = entries.last() {
+                    watermark.advance(last.seq);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, entries = entries.len(), "commit failed; failing the rooms involved");
-                for p in batch.drain(..) {
-                    p.watermark.fail();
-                }
+                tracing::error!(%room, error = %e, entries = entries.len(), "commit failed; failing the room");
+                watermark.fail();
             }
         }
     }

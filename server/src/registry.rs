@@ -223,8 +223,8 @@ mod tests {
 
     use super::*;
     use crate::room::ConnId;
-    use crate::store::memory::MemoryStore;
     use crate::store::Seq;
+    use crate::store::memory::MemoryStore;
 
     fn registry(store: Arc<MemoryStore>, stats: Arc<Stats>) -> Registry {
         let persister = Persister::start(store.clone(), &TaskTracker::new());
@@ -245,11 +245,12 @@ mod tests {
         let registry = registry(Arc::clone(&store), Arc::clone(&stats));
         let name = RoomName::parse("r").expect("valid");
 
-        let leases: Vec<Lease> = futures_util::future::join_all((0..10).map(|_| registry.join(&name)))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .expect("all join");
+        let leases: Vec<Lease> =
+            futures_util::future::join_all((0..10).map(|_| registry.join(&name)))
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .expect("all join");
         assert!(leases.iter().all(|l| Arc::ptr_eq(l.room(), leases[0].room())), "one copy");
         assert_eq!(stats.room_loads.load(Ordering::Relaxed), 1);
 

@@ -24,8 +24,8 @@ use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::session::{PeerPresence, PresenceApplyError};
 use huddle_protocol::wire::{self, CloseCode};
 use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
-use huddle_protocol::yrs::updates::decoder::Decode;
-use huddle_protocol::yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use huddle_protocol::yrs::updates::encoder::Encode;
+use huddle_protocol::yrs::{Doc, IdSet, ReadTxn, StateVector, Transact};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::persist::{NotDurable, Persister, Watermark};
 use crate::stats::Stats;
-use crate::store::{LogEntry, Seq, Store, StoreError};
+use crate::store::{LogEntry, Seq, Store, StoreError, StoredRoom};
 
 /// Identifies one socket within the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +130,11 @@ impl Kick {
         self.token.cancelled().await;
     }
 
+    /// Whether the socket was kicked.
+    pub fn token_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
     /// The reason given, if kicked.
     pub fn reason(&self) -> Option<(CloseCode, &'static str)> {
         *self.reason.lock()
@@ -158,20 +163,24 @@ impl PeerTx {
     /// Returns false when the frame was not queued.
     pub fn offer(&self, frame: Bytes, max_bytes: usize) -> bool {
         let len = frame.len();
-        if self.queued.load(Ordering::Relaxed) + len > max_bytes {
+        // Count the bytes before the frame is visible to the writer, which subtracts them.
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        // One frame is always accepted into an empty queue, however large (a big room's sync
+        // answer may exceed the budget on its own).
+        if before > 0 && before + len > max_bytes {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
             self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
             return false;
         }
         match self.queue.try_send(frame) {
-            Ok(()) => {
-                self.queued.fetch_add(len, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+            Ok(()) => true,
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -214,13 +223,35 @@ fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Decodes a stored or received update, turning a panic inside yrs into an error.
-fn decode_update(bytes: &[u8]) -> Result<Update, String> {
-    match catch_unwind(|| Update::decode_v1(bytes)) {
-        Ok(Ok(u)) => Ok(u),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("decoder panicked".into()),
+/// What a document holds back for lack of dependencies (updates and deletions waiting for
+/// earlier ones). A change here is new information even when the state vector did not move.
+fn pending_fingerprint(txn: &impl ReadTxn) -> (Option<(StateVector, usize)>, Option<IdSet>) {
+    let store = txn.store();
+    let pending = store.pending_update().map(|p| (p.missing.clone(), p.update.encode_v1().len()));
+    (pending, store.pending_ds().cloned())
+}
+
+/// Replays a stored room (snapshot, then the log) into a fresh document.
+fn build_doc(name: &RoomName, stored: &StoredRoom) -> Result<Doc, LoadError> {
+    let doc = Doc::new();
+    let mut txn = doc.transact_mut();
+    let rows = stored
+        .snapshot
+        .iter()
+        .map(|(_, data)| ("snapshot".to_owned(), data))
+        .chain(stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)));
+    for (what, data) in rows {
+        let corrupt =
+            |detail: String| LoadError::Corrupt { room: name.clone(), what: what.clone(), detail };
+        let update = wire::decode_update(data).map_err(|e| corrupt(e.to_string()))?;
+        match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(corrupt(e.to_string())),
+            Err(_) => return Err(corrupt("apply panicked".into())),
+        }
     }
+    drop(txn);
+    Ok(doc)
 }
 
 impl Room {
@@ -248,30 +279,21 @@ impl Room {
         stats: Arc<Stats>,
         tracker: TaskTracker,
     ) -> Result<Arc<Self>, LoadError> {
+        // A previous copy of this room may still have commits in flight; they must be in the
+        // store before we read it.
+        persister.barrier().await;
         let stored = store.load(&name).await?;
         let last = stored.last_seq();
         let snapshot_seq = stored.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
-        let doc = Doc::new();
-        {
-            let mut txn = doc.transact_mut();
-            let rows =
-                stored.snapshot.iter().map(|(_, data)| ("snapshot".to_owned(), data)).chain(
-                    stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)),
-                );
-            for (what, data) in rows {
-                let corrupt = |detail: String| LoadError::Corrupt {
-                    room: name.clone(),
-                    what: what.clone(),
-                    detail,
-                };
-                let update = decode_update(data).map_err(corrupt)?;
-                match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(corrupt(e.to_string())),
-                    Err(_) => return Err(corrupt("apply panicked".into())),
-                }
-            }
-        }
+        // Decoding a large room is CPU work: keep it off the async workers.
+        let room = name.clone();
+        let doc = tokio::task::spawn_blocking(move || build_doc(&room, &stored)).await.map_err(
+            |e| LoadError::Corrupt {
+                room: name.clone(),
+                what: "room".into(),
+                detail: e.to_string(),
+            },
+        )??;
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Self {
             name,
@@ -315,7 +337,21 @@ impl Room {
     pub async fn sync_step2(&self, client_sv: &StateVector) -> Result<Bytes, RoomError> {
         let (diff, seq) = {
             let state = self.state.lock();
-            (state.awareness.doc().transact().encode_state_as_update_v1(client_sv), state.applied)
+            if self.is_broken() {
+                return Err(RoomError::Unavailable);
+            }
+            let diff = catch_unwind(AssertUnwindSafe(|| {
+                state.awareness.doc().transact().encode_state_as_update_v1(client_sv)
+            }));
+            match diff {
+                Ok(diff) => (diff, state.applied),
+                Err(_) => {
+                    drop(state);
+                    tracing::error!(room = %self.name, "yrs panicked encoding a sync answer; reloading room");
+                    self.break_room();
+                    return Err(RoomError::Unavailable);
+                }
+            }
         };
         self.watermark.wait_for(seq).await?;
         Ok(Bytes::from(wire::sync_step2(diff)))
@@ -337,7 +373,8 @@ impl Room {
         if update == wire::EMPTY_UPDATE {
             return Ok(());
         }
-        let decoded = decode_update(update).map_err(RoomError::InvalidUpdate)?;
+        let decoded =
+            wire::decode_update(update).map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
         if decoded.is_empty() {
             return Ok(());
         }
@@ -348,16 +385,30 @@ impl Room {
             }
             let applied = catch_unwind(AssertUnwindSafe(|| {
                 let mut txn = state.awareness.doc().transact_mut();
-                txn.apply_update(decoded)
+                let before = (txn.state_vector(), pending_fingerprint(&txn));
+                txn.apply_update(decoded)?;
+                // An update the room already had entirely (a reconnecting client re-sending its
+                // delete set, say) changes nothing: nothing to store, nothing to relay.
+                let changed = !txn.delete_set().is_empty()
+                    || txn.state_vector() != before.0
+                    || pending_fingerprint(&txn) != before.1;
+                Ok::<bool, huddle_protocol::yrs::error::UpdateError>(changed)
             }));
             match applied {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RoomError::InvalidUpdate(e.to_string())),
-                Err(_) => {
-                    // yrs may have left the document half-changed: stop using this copy. The
-                    // log holds everything accepted so far, so a reload loses nothing.
-                    tracing::error!(room = %self.name, "yrs panicked applying an update; unloading room");
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(()),
+                Ok(Err(e)) => {
+                    // yrs can fail after integrating part of the update: that part is in the
+                    // document but will never be in the log. Stop using this copy; the log holds
+                    // everything accepted, so a reload loses nothing.
                     drop(state);
+                    tracing::warn!(room = %self.name, error = %e, "update failed to apply; reloading room");
+                    self.break_room();
+                    return Err(RoomError::InvalidUpdate(e.to_string()));
+                }
+                Err(_) => {
+                    drop(state);
+                    tracing::error!(room = %self.name, "yrs panicked applying an update; reloading room");
                     self.break_room();
                     return Err(RoomError::Unavailable);
                 }
@@ -393,7 +444,8 @@ impl Room {
         update: AwarenessUpdate,
         frame: Bytes,
     ) -> Result<(), RoomError> {
-        let changed = {
+        let sent = update.clients.len();
+        let effective = {
             let mut state = self.state.lock();
             presence.apply(
                 &mut state.awareness,
@@ -402,7 +454,13 @@ impl Room {
                 self.config.max_presence_per_socket,
             )?
         };
-        if changed.is_some() {
+        if let Some(effective) = effective {
+            // Relay the received frame untouched unless entries were dropped from it.
+            let frame = if effective.clients.len() == sent {
+                frame
+            } else {
+                Bytes::from(wire::awareness(effective))
+            };
             self.broadcast(Some(from), &frame);
         }
         Ok(())
@@ -436,7 +494,13 @@ impl Room {
 
     /// Marks the room broken and closes every socket in it; they reconnect to a fresh copy.
     fn break_room(&self) {
-        if !self.broken.swap(true, Ordering::AcqRel) {
+        // Set under the state lock: an update is either enqueued before the room is broken (and
+        // so before any reload's persister barrier) or refused.
+        let was_broken = {
+            let _state = self.state.lock();
+            self.broken.swap(true, Ordering::AcqRel)
+        };
+        if !was_broken {
             for tx in self.peers.lock().values() {
                 tx.kick.kick(CloseCode::INTERNAL_ERROR, "room unavailable; reconnect");
             }
@@ -466,8 +530,18 @@ impl Room {
             if state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let txn = state.awareness.doc().transact();
-            (txn.encode_state_as_update_v1(&StateVector::default()), state.applied)
+            let encoded = catch_unwind(AssertUnwindSafe(|| {
+                state.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default())
+            }));
+            match encoded {
+                Ok(snapshot) => (snapshot, state.applied),
+                Err(_) => {
+                    drop(state);
+                    tracing::error!(room = %self.name, "yrs panicked encoding a snapshot; reloading room");
+                    self.break_room();
+                    return Err(RoomError::Unavailable);
+                }
+            }
         };
         self.watermark.wait_for(seq).await?;
         if let Err(e) = self.store.compact(&self.name, seq, snapshot).await {

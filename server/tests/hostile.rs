@@ -59,6 +59,18 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         ),
         ("awareness nested too deep", Message::Binary(awareness_frame(778, 1, &deep).into()), 1007),
         ("frame over the size limit", Message::Binary(vec![0u8; 100 * 1024].into()), 1009),
+        // Ten bytes announcing 2^32 state-vector entries: refused before any allocation.
+        (
+            "state vector allocation bomb",
+            Message::Binary(vec![0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x0f].into()),
+            1002,
+        ),
+        (
+            "update allocation bomb",
+            Message::Binary(wire::update(vec![0x80, 0x80, 0x80, 0x80, 0x01, 0, 0]).into()),
+            1007,
+        ),
+        ("a frame packed with requests", Message::Binary(vec![3u8; 1000].into()), 1002),
     ];
     let rejected_before = server.stats.rejected_peers.load(Ordering::Relaxed);
     for (i, (what, frame, code)) in cases.into_iter().enumerate() {
@@ -75,7 +87,7 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         assert_eq!(newcomer.peer_names(), vec!["Bystander"], "{what}: no bad presence leaked");
         newcomer.close().await;
     }
-    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 9);
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 12);
     // Nothing bad ever reached the bystander: its session decoded every frame it got.
     assert_eq!(bystander.peer_names(), Vec::<String>::new());
     server.stop().await;

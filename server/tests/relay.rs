@@ -29,6 +29,20 @@ async fn two_clients_converge_late_joiner_gets_everything_and_presence_comes_and
     })
     .await;
 
+    // Re-sending what the room already has (as a reconnecting client does) stores and relays
+    // nothing: the next real edit is the only one counted.
+    let updates = server.stats.updates.load(Ordering::Relaxed);
+    let history = {
+        use huddle_protocol::yrs::ReadTxn;
+        let txn = ada.session.doc().transact();
+        txn.encode_state_as_update_v1(&Default::default())
+    };
+    ada.send(huddle_protocol::wire::update(history)).await;
+    ada.add_shape("line-a", ShapeKind::Line).await;
+    bob.until("bob sees the line", |s| common::sync_doc_contents(s).contains(&"line-a".into()))
+        .await;
+    assert_eq!(server.stats.updates.load(Ordering::Relaxed), updates + 1);
+
     ada.set_name("Ada").await;
     bob.set_name("Bob").await;
     bob.until("bob sees Ada", |s| s.peers().iter().any(|(_, p)| p.user.name == "Ada")).await;
@@ -37,7 +51,7 @@ async fn two_clients_converge_late_joiner_gets_everything_and_presence_comes_and
     // A late joiner gets the whole board and everyone's presence from the server.
     let mut cy = TestClient::connect(&url).await;
     cy.synced().await;
-    assert_eq!(cy.shape_ids(), vec!["ellipse-b", "rect-a"]);
+    assert_eq!(cy.shape_ids(), vec!["ellipse-b", "line-a", "rect-a"]);
     cy.until("cy sees both peers", |s| s.peers().len() == 2).await;
     assert_eq!(cy.peer_names(), vec!["Ada", "Bob"]);
 
@@ -49,7 +63,7 @@ async fn two_clients_converge_late_joiner_gets_everything_and_presence_comes_and
     // Bob's TCP connection vanishes without a close frame: same result.
     drop(bob);
     cy.until("Bob gone for cy", |s| s.peers().is_empty()).await;
-    assert_eq!(cy.shape_ids(), vec!["ellipse-b", "rect-a"]);
+    assert_eq!(cy.shape_ids(), vec!["ellipse-b", "line-a", "rect-a"]);
     server.stop().await;
 }
 

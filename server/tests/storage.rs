@@ -44,10 +44,12 @@ async fn a_corrupt_row_fails_that_room_loudly_and_is_never_overwritten() {
     // Damage the room on disk: a log entry after the snapshot that is not a Yjs update.
     {
         let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
-        sqlx::query("INSERT INTO room_updates (room, seq, data) VALUES ('damaged', 999, x'ff00ff00')")
-            .execute(store.pool())
-            .await
-            .expect("insert");
+        sqlx::query(
+            "INSERT INTO room_updates (room, seq, data) VALUES ('damaged', 999, x'ff00ff00')",
+        )
+        .execute(store.pool())
+        .await
+        .expect("insert");
         store.close().await;
     }
     let before = rows(dir.path(), "damaged").await;
@@ -55,7 +57,8 @@ async fn a_corrupt_row_fails_that_room_loudly_and_is_never_overwritten() {
 
     let server = TestServer::start_with(test_config(dir.path())).await;
     for _ in 0..2 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(server.url("damaged")).await.expect("upgrade");
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(server.url("damaged")).await.expect("upgrade");
         assert_eq!(expect_close(&mut ws).await, Some(1011), "a room that cannot load is refused");
     }
     // Other rooms are unaffected.
@@ -72,7 +75,8 @@ async fn a_corrupt_row_fails_that_room_loudly_and_is_never_overwritten() {
 #[tokio::test]
 async fn bad_cli_input_gets_a_one_line_message_naming_the_fix() {
     let bin = env!("CARGO_BIN_EXE_huddle-server");
-    let out = std::process::Command::new(bin).args(["--addr", "not-an-address"]).output().expect("runs");
+    let out =
+        std::process::Command::new(bin).args(["--addr", "not-an-address"]).output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.lines().next().is_some_and(|l| l.contains("--addr")), "{err}");
@@ -112,16 +116,21 @@ async fn health_and_metrics_endpoints_answer() {
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-                .await
-                .expect("write");
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
             let mut body = String::new();
             s.read_to_string(&mut body).await.expect("read");
             body
         }
     };
     let health = get("/healthz").await;
-    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"status":"ok"}"#), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains(r#"{"status":"ok"}"#),
+        "{health}"
+    );
     let metrics = get("/metrics").await;
     assert!(metrics.contains("huddle_connections 1"), "{metrics}");
     assert!(metrics.contains("huddle_rooms_loaded 1"), "{metrics}");

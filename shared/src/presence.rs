@@ -63,6 +63,12 @@ pub enum PresenceError {
         /// The limit.
         max: usize,
     },
+    /// A clock at its maximum: nothing could ever replace or remove that state.
+    #[error("clock of client {client} is out of range")]
+    BadClock {
+        /// The offending client id.
+        client: u64,
+    },
     /// A client id that does not fit the 53 bits a JavaScript number holds exactly.
     #[error("client id {client} is out of range")]
     BadClientId {
@@ -105,6 +111,9 @@ pub fn validate_update(
         let client = id.get();
         if client > MAX_CLIENT_ID {
             return Err(PresenceError::BadClientId { client });
+        }
+        if entry.clock == u32::MAX {
+            return Err(PresenceError::BadClock { client });
         }
         validate_state(client, &entry.json, limits)?;
     }

@@ -6,13 +6,12 @@
 //!   answers the server's sync messages, and turns local edits into frames. The web client, the
 //!   desktop shell, the load tool and the server's tests all drive this one type.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use yrs::sync::awareness::{AwarenessUpdateEntry, AwarenessUpdateSummary};
+use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{Awareness, AwarenessUpdate, Clock, Message, SyncMessage};
-use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, Origin, ReadTxn, Transact, Update};
+use yrs::{ClientID, Doc, Origin, ReadTxn, Transact};
 
 use crate::presence::{Presence, PresenceError, PresenceLimits, validate_update};
 use crate::wire::{self, WireError};
@@ -20,8 +19,10 @@ use crate::wire::{self, WireError};
 /// What a relay knows about the presence one socket publishes.
 #[derive(Debug, Default)]
 pub struct PeerPresence {
-    /// Awareness client ids whose current state came from this socket.
-    owned: HashSet<ClientID>,
+    /// Awareness client ids whose current state came from this socket, with the clock it set.
+    /// The clock tells, at departure, whether someone else (the same user reconnected on a new
+    /// socket) has taken the id over since.
+    owned: HashMap<ClientID, u32>,
 }
 
 /// Why a socket's awareness update was refused by [`PeerPresence::apply`].
@@ -40,10 +41,27 @@ pub enum PresenceApplyError {
     },
 }
 
+/// Whether `awareness` holds a live (non-null) state for `id`.
+fn is_live(awareness: &Awareness, id: ClientID) -> bool {
+    awareness
+        .update_with_clients([id])
+        .ok()
+        .and_then(|u| u.clients.get(&id).map(|e| &*e.json != NULL))
+        .unwrap_or(false)
+}
+
+/// The JSON of a removed state.
+const NULL: &str = "null";
+
 impl PeerPresence {
-    /// Validates `update` from this socket and applies it to the room's `awareness`. Returns the
-    /// summary of what changed, or `None` if nothing did (an echo of a state the room already
-    /// has): a relay passes the update on only when something changed.
+    /// Validates `update` from this socket and applies what in it takes effect to the room's
+    /// `awareness`. Returns the entries that took effect (the update a relay should pass on), or
+    /// `None` if nothing did.
+    ///
+    /// Entries that change nothing are dropped first: stock y-websocket clients re-send every
+    /// state they receive (so they must not count against the sender), and yrs would record a
+    /// tombstone for every unknown id named in a removal (so a peer could grow the room's
+    /// awareness map without bound).
     ///
     /// # Errors
     /// [`PresenceApplyError`] when an entry is invalid or the socket would own more than
@@ -54,48 +72,66 @@ impl PeerPresence {
         update: AwarenessUpdate,
         limits: &PresenceLimits,
         max_owned: usize,
-    ) -> Result<Option<AwarenessUpdateSummary>, PresenceApplyError> {
+    ) -> Result<Option<AwarenessUpdate>, PresenceApplyError> {
         validate_update(&update, limits)?;
-        let new_ids = update.clients.keys().filter(|id| !self.owned.contains(id)).count();
+        let mut effective = AwarenessUpdate { clients: HashMap::new() };
+        for (id, entry) in update.clients {
+            let removal = &*entry.json == NULL;
+            let takes_effect = match awareness.meta(id).map(|(clock, _)| clock) {
+                None => !removal,
+                // yrs applies a removal at an equal clock, a new state only at a newer one.
+                Some(clock) if removal => entry.clock >= clock && is_live(awareness, id),
+                Some(clock) => entry.clock > clock,
+            };
+            if takes_effect {
+                effective.clients.insert(id, entry);
+            }
+        }
+        if effective.clients.is_empty() {
+            return Ok(None);
+        }
+        let new_ids = effective
+            .clients
+            .iter()
+            .filter(|(id, e)| &*e.json != NULL && !self.owned.contains_key(id))
+            .count();
         if self.owned.len() + new_ids > max_owned {
             return Err(PresenceApplyError::TooManyClients {
                 owned: self.owned.len() + new_ids,
                 max: max_owned,
             });
         }
-        let summary = awareness.apply_update_summary(update).unwrap_or(None);
-        if let Some(s) = &summary {
-            self.owned.extend(s.added.iter().chain(&s.updated).copied());
-            for id in &s.removed {
+        // Cannot fail: every entry is valid and the clients map is fresh.
+        let _ = awareness.apply_update(effective.clone());
+        for (id, entry) in &effective.clients {
+            if &*entry.json == NULL {
                 self.owned.remove(id);
+            } else {
+                self.owned.insert(*id, entry.clock);
             }
         }
-        Ok(summary)
-    }
-
-    /// The client ids this socket currently speaks for.
-    pub fn owned(&self) -> impl Iterator<Item = ClientID> + '_ {
-        self.owned.iter().copied()
+        Ok(Some(effective))
     }
 
     /// Removes this socket's states from `awareness` and returns the update announcing that to
     /// everyone else (`None` if it owned nothing still present). Called when the socket closes or
-    /// dies, so others see the user leave at once instead of after Yjs' 30 s timeout.
+    /// dies, so others see the user leave at once instead of after Yjs' 30 s timeout. A state
+    /// another socket has replaced since (same client id, newer clock) is left alone.
     pub fn depart(&mut self, awareness: &mut Awareness) -> Option<AwarenessUpdate> {
-        let mut removal = AwarenessUpdate { clients: Default::default() };
-        for id in self.owned.drain() {
-            if let Some((clock, _)) = awareness.meta(id)
-                && awareness.iter().any(|(cid, s)| cid == id && s.data.is_some())
-            {
-                removal
-                    .clients
-                    .insert(id, AwarenessUpdateEntry { clock: clock + 1, json: "null".into() });
+        let mut removal = AwarenessUpdate { clients: HashMap::new() };
+        for (id, clock) in self.owned.drain() {
+            let current = awareness.meta(id).map(|(c, _)| c);
+            if current == Some(clock) && is_live(awareness, id) {
+                removal.clients.insert(
+                    id,
+                    AwarenessUpdateEntry { clock: clock.saturating_add(1), json: NULL.into() },
+                );
             }
         }
         if removal.clients.is_empty() {
             return None;
         }
-        // Applying our own removal (clock + 1, null) always takes effect.
+        // Our own removal (clock + 1, null) always takes effect.
         let _ = awareness.apply_update(removal.clone());
         Some(removal)
     }
@@ -307,8 +343,7 @@ impl ClientSession {
         if update == wire::EMPTY_UPDATE {
             return Ok(false);
         }
-        let update =
-            Update::decode_v1(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
+        let update = wire::decode_update(update)?;
         let mut txn = self.doc().transact_mut_with(REMOTE);
         txn.apply_update(update).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
         Ok(true)
@@ -390,9 +425,33 @@ mod tests {
         assert!(peer.apply(&mut room, update.clone(), &limits, 4).expect("ok").is_some());
         // The same state again (an echo) changes nothing.
         assert!(peer.apply(&mut room, update, &limits, 4).expect("ok").is_none());
+        // Removals of ids nobody knows are dropped, and so leave no tombstones behind.
+        let ghost = AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(555),
+                AwarenessUpdateEntry { clock: 3, json: "null".into() },
+            )]),
+        };
+        assert!(peer.apply(&mut room, ghost, &limits, 4).expect("ok").is_none());
+        assert!(room.meta(ClientID::new(555)).is_none());
+        // A stock y-websocket client re-sends every state it receives: echoes of many other
+        // clients' states do not count against the one it owns.
+        let mut others = AwarenessUpdate { clients: HashMap::new() };
+        for id in 100..120u64 {
+            let mut p = PeerPresence::default();
+            let one = AwarenessUpdate {
+                clients: HashMap::from([(
+                    ClientID::new(id),
+                    AwarenessUpdateEntry { clock: 1, json: "{}".into() },
+                )]),
+            };
+            p.apply(&mut room, one.clone(), &limits, 4).expect("ok");
+            others.clients.extend(one.clients);
+        }
+        assert!(peer.apply(&mut room, others, &limits, 4).expect("echo accepted").is_none());
         let removal = peer.depart(&mut room).expect("owned one");
         assert_eq!(removal.clients.len(), 1);
-        assert!(room.iter().all(|(_, s)| s.data.is_none()));
+        assert!(room.iter().all(|(id, s)| s.data.is_none() || id.get() >= 100));
         // The removal, relayed, makes the state disappear at other clients.
         let mut other = ClientSession::new(Doc::with_client_id(3), clock);
         other.receive(&frame).expect("state");

@@ -7,7 +7,6 @@
 
 use std::fmt;
 
-use yrs::StateVector;
 use yrs::encoding::read::{self, Cursor, Read};
 use yrs::sync::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
@@ -16,6 +15,7 @@ use yrs::sync::protocol::{
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
+use yrs::{StateVector, Update};
 
 pub use yrs::sync::{Message as WireMessage, SyncMessage as WireSyncMessage};
 
@@ -69,27 +69,42 @@ pub enum WireError {
     /// An update that decodes but cannot be applied, or does not decode as an update.
     #[error("invalid update: {0}")]
     InvalidUpdate(String),
-    /// An awareness state that is not acceptable (see [`crate::presence`]).
-    #[error("invalid awareness update: {0}")]
-    InvalidAwareness(#[from] crate::presence::PresenceError),
+    /// A count in the message promises more entries than the bytes after it can hold; decoding
+    /// it would only reserve memory for an allocation bomb.
+    #[error("message announces {count} entries in {bytes} bytes")]
+    ImplausibleCount {
+        /// The announced count.
+        count: u64,
+        /// The bytes left to hold them.
+        bytes: usize,
+    },
+    /// More messages in one frame than [`MAX_MESSAGES_PER_FRAME`].
+    #[error("more than {MAX_MESSAGES_PER_FRAME} messages in one frame")]
+    TooManyMessages,
 }
 
 impl WireError {
     /// The close code a socket that sent this earns.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            WireError::Malformed(_) | WireError::Empty | WireError::UnknownSyncType(_) => {
-                CloseCode::PROTOCOL_ERROR
-            }
+            WireError::Malformed(_)
+            | WireError::Empty
+            | WireError::UnknownSyncType(_)
+            | WireError::ImplausibleCount { .. }
+            | WireError::TooManyMessages => CloseCode::PROTOCOL_ERROR,
             WireError::UnknownMessageType(_) => CloseCode::UNSUPPORTED_DATA,
             WireError::InvalidUpdate(_) => CloseCode::INVALID_PAYLOAD,
-            WireError::InvalidAwareness(e) => e.close_code(),
         }
     }
 }
 
+/// Most messages accepted in one frame. Stock clients send exactly one; a frame packed with
+/// thousands of tiny requests would make the relay do thousands of document encodes for a
+/// single read.
+pub const MAX_MESSAGES_PER_FRAME: usize = 16;
+
 /// Decodes every message in one binary frame (stock clients send one per frame; lib0 allows
-/// several back to back).
+/// several back to back, up to [`MAX_MESSAGES_PER_FRAME`]).
 ///
 /// # Errors
 /// [`WireError`] if any message is malformed, truncated or of an unknown type; nothing from a
@@ -101,6 +116,9 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
     let mut cursor = Cursor::new(frame);
     let mut out = Vec::with_capacity(1);
     while cursor.has_content() {
+        if out.len() == MAX_MESSAGES_PER_FRAME {
+            return Err(WireError::TooManyMessages);
+        }
         out.push(decode_one(&mut cursor)?);
     }
     Ok(out)
@@ -114,6 +132,8 @@ fn decode_one(cursor: &mut Cursor<'_>) -> Result<Message, WireError> {
             let buf = cursor.read_buf()?;
             match sub {
                 s if s == u64::from(MSG_SYNC_STEP_1) => {
+                    // Each state vector entry is at least two varints (client, clock).
+                    check_count(buf, 2)?;
                     Ok(Message::Sync(SyncMessage::SyncStep1(StateVector::decode_v1(buf)?)))
                 }
                 s if s == u64::from(MSG_SYNC_STEP_2) => {
@@ -127,6 +147,8 @@ fn decode_one(cursor: &mut Cursor<'_>) -> Result<Message, WireError> {
         }
         t if t == u64::from(MSG_AWARENESS) => {
             let buf = cursor.read_buf()?;
+            // Each entry is at least three varints (client, clock, JSON length).
+            check_count(buf, 3)?;
             Ok(Message::Awareness(AwarenessUpdate::decode_v1(buf)?))
         }
         t if t == u64::from(MSG_AUTH) => {
@@ -136,6 +158,34 @@ fn decode_one(cursor: &mut Cursor<'_>) -> Result<Message, WireError> {
         }
         t if t == u64::from(MSG_QUERY_AWARENESS) => Ok(Message::AwarenessQuery),
         other => Err(WireError::UnknownMessageType(other)),
+    }
+}
+
+/// Rejects a buffer whose leading count promises more entries of at least `min_entry_bytes`
+/// than it holds. yrs reserves memory for the announced count before reading the entries, so
+/// without this a ten-byte message could make the relay reserve and clear gigabytes.
+fn check_count(buf: &[u8], min_entry_bytes: usize) -> Result<(), WireError> {
+    let mut cursor = Cursor::new(buf);
+    let count: u64 = cursor.read_var()?;
+    let bytes = buf.len() - cursor.next;
+    if count > (bytes / min_entry_bytes) as u64 {
+        return Err(WireError::ImplausibleCount { count, bytes });
+    }
+    Ok(())
+}
+
+/// Decodes a Yjs update (v1) from a peer or from storage, safely: an implausible client count is
+/// refused before yrs reserves memory for it, and a panic inside yrs' decoder becomes an error.
+///
+/// # Errors
+/// [`WireError::InvalidUpdate`] when the bytes are not a valid update.
+pub fn decode_update(bytes: &[u8]) -> Result<Update, WireError> {
+    // Each client section is at least three varints (struct count, client, clock).
+    check_count(bytes, 3).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
+    match std::panic::catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        Ok(Err(e)) => Err(WireError::InvalidUpdate(e.to_string())),
+        Err(_) => Err(WireError::InvalidUpdate("decoder panicked".into())),
     }
 }
 
@@ -199,10 +249,21 @@ mod tests {
     }
 
     #[test]
-    fn several_messages_in_one_frame() {
+    fn several_messages_in_one_frame_up_to_a_limit() {
         let mut frame = sync_step1(&StateVector::default());
         frame.extend(update(an_update()));
         assert_eq!(decode_frame(&frame).expect("decodes").len(), 2);
+        let flood = vec![3u8; MAX_MESSAGES_PER_FRAME + 1];
+        assert!(matches!(decode_frame(&flood), Err(WireError::TooManyMessages)));
+    }
+
+    #[test]
+    fn implausible_counts_are_refused_before_decoding() {
+        // An update announcing 2^28 clients in a few bytes.
+        let bomb = [0x80, 0x80, 0x80, 0x80, 0x01, 0, 0];
+        assert!(matches!(decode_update(&bomb), Err(WireError::InvalidUpdate(_))));
+        assert!(decode_update(&an_update()).is_ok());
+        assert!(decode_update(&EMPTY_UPDATE).is_ok());
     }
 
     #[test]
@@ -212,13 +273,14 @@ mod tests {
             f.truncate(f.len() - 2);
             f
         };
-        let cases: [(&[u8], u16); 6] = [
+        let cases: [(&[u8], u16); 7] = [
             (&[], 1002),
             (&[0xff, 0xff, 0xff], 1002), // varint that never ends
             (&truncated, 1002),
             (&[9, 0], 1003), // unknown message type
             (&[0, 7, 0], 1002),
             (&[1, 5, 1, 2], 1002), // awareness buf shorter than announced
+            (&[0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x0f], 1002), // 2^32 state vector entries in 4 bytes
         ];
         for (frame, code) in cases {
             let err = decode_frame(frame).expect_err("must fail");
