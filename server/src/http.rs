@@ -59,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws/{room}", get(websocket))
+        .fallback(crate::web::serve)
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
 

@@ -12,6 +12,7 @@
 //! - [`persist`]: group commit and durability watermarks.
 //! - [`store`]: the [`store::Store`] trait, SQLite and in-memory backends.
 //! - [`stats`]: counters served at `/metrics`.
+//! - [`web`]: the embedded web client, with deep links to rooms.
 //!
 //! Binaries stay thin: `main.rs` parses [`Config`] and calls [`run`]; tests call [`Server`] with
 //! their own listener and shutdown signal.
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod room;
 pub mod stats;
 pub mod store;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;

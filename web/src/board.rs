@@ -1,0 +1,615 @@
+//! The board: a canvas with the shapes, pointer and wheel interaction for every tool, and a DOM
+//! overlay for other people's cursors and the text editor.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use huddle_protocol::presence::{Point, Viewport};
+use huddle_protocol::schema::{Board, Shape, ShapeKind};
+use huddle_protocol::yrs::{Any, Transact};
+use leptos::ev;
+use leptos::html;
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::geometry::{bounds, hit, inside, to_board, to_screen, zoom_at};
+use crate::render::{draw_board, draw_outline, draw_shape, text_box};
+use crate::state::{RoomState, Tool};
+
+/// The document's shapes in z order, rebuilt when the document changes.
+#[derive(Default)]
+struct ShapeCache {
+    version: Option<u64>,
+    shapes: Rc<Vec<Shape>>,
+}
+
+/// What a pointer drag is doing.
+#[derive(Debug, Clone, Default)]
+enum Drag {
+    #[default]
+    None,
+    Pan {
+        sx: f64,
+        sy: f64,
+        view: Viewport,
+    },
+    Move {
+        start: (f64, f64),
+        orig: Vec<(String, f64, f64)>,
+    },
+    Resize {
+        id: String,
+        anchor: (f64, f64),
+    },
+    Create {
+        id: String,
+        origin: (f64, f64),
+    },
+    Pen {
+        id: String,
+        origin: (f64, f64),
+        points: Vec<f64>,
+    },
+    Marquee {
+        start: (f64, f64),
+        current: (f64, f64),
+    },
+    Erase,
+    Laser {
+        trail: Vec<Point>,
+    },
+}
+
+thread_local! {
+    static COUNTER: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A new shape id, unique across clients: our awareness client id plus a counter.
+fn new_id(client: u64) -> String {
+    let n = COUNTER.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    format!("{client:x}-{n:x}")
+}
+
+fn z_top(shapes: &[Shape]) -> f64 {
+    shapes.iter().map(|s| s.z).fold(0.0, f64::max) + 1.0
+}
+
+/// The board view.
+#[component]
+pub fn BoardView() -> impl IntoView {
+    let room = expect_context::<RoomState>();
+    let canvas_ref = NodeRef::<html::Canvas>::new();
+    let host_ref = NodeRef::<html::Div>::new();
+    let cache = StoredValue::new_local(ShapeCache::default());
+    let drag = StoredValue::new_local(Drag::None);
+    let size = RwSignal::new((0.0f64, 0.0f64));
+    let frame_pending = StoredValue::new_local(false);
+    let shape_count = RwSignal::new(0usize);
+    let space_held = StoredValue::new(false);
+
+    // The shapes, refreshed lazily when the document version moved.
+    let shapes = move || -> Rc<Vec<Shape>> {
+        let version = room.signals.doc_version.get_untracked();
+        let stale = cache.with_value(|c| c.version != Some(version));
+        if stale {
+            let fresh = room.conn.with_value(|c| {
+                c.with_doc(|doc| {
+                    let board = Board::new(doc);
+                    let txn = doc.transact();
+                    board.shapes(&txn)
+                })
+            });
+            shape_count.set(fresh.len());
+            cache.update_value(|c| {
+                c.version = Some(version);
+                c.shapes = Rc::new(fresh);
+            });
+        }
+        cache.with_value(|c| Rc::clone(&c.shapes))
+    };
+
+    let draw = move || {
+        frame_pending.set_value(false);
+        let Some(canvas) = canvas_ref.get_untracked() else { return };
+        let Some(ctx) = canvas
+            .get_context("2d")
+            .ok()
+            .flatten()
+            .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+        else {
+            return;
+        };
+        let (w, h) = size.get_untracked();
+        let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
+        let view = room.view.get_untracked();
+        let dark = room.dark.get_untracked();
+        let all = shapes();
+        draw_board(&ctx, &all, &view, w, h, dpr, dark);
+        // Our selection, with a resize handle when one shape is selected.
+        let selection = room.selection.get_untracked();
+        for s in all.iter().filter(|s| selection.contains(&s.id)) {
+            draw_outline(&ctx, s, &view, "#4263eb", selection.len() == 1);
+        }
+        // Other people's selections and laser pointers, in their colours.
+        for (_, p) in room.conn.with_value(|c| c.peers()) {
+            for s in all.iter().filter(|s| p.selection.contains(&s.id)) {
+                draw_outline(&ctx, s, &view, &p.user.color, false);
+            }
+            draw_laser(&ctx, &p.laser, &view);
+        }
+        match drag.get_value() {
+            Drag::Marquee { start, current } => {
+                ctx.set_stroke_style_str("#4263eb");
+                ctx.set_line_width(1.0 / view.zoom);
+                ctx.stroke_rect(start.0, start.1, current.0 - start.0, current.1 - start.1);
+            }
+            Drag::Laser { trail } => draw_laser(&ctx, &trail, &view),
+            _ => {}
+        }
+        let _ = draw_shape; // drawn through draw_board
+    };
+
+    // Redraw (once per animation frame at most) whenever anything visible changes.
+    Effect::new(move |_| {
+        room.signals.doc_version.track();
+        room.signals.presence_version.track();
+        room.view.track();
+        room.selection.track();
+        room.dark.track();
+        size.track();
+        // Keep the count fresh even when nothing needs a frame.
+        let _ = shapes();
+        if !frame_pending.get_value() {
+            frame_pending.set_value(true);
+            request_animation_frame(draw);
+        }
+    });
+    let redraw = move || {
+        if !frame_pending.get_value() {
+            frame_pending.set_value(true);
+            request_animation_frame(draw);
+        }
+    };
+
+    // Size the canvas to its container, in device pixels.
+    let resize = move || {
+        let (Some(host), Some(canvas)) = (host_ref.get_untracked(), canvas_ref.get_untracked())
+        else {
+            return;
+        };
+        let (w, h) = (host.client_width() as f64, host.client_height() as f64);
+        let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
+        canvas.set_width((w * dpr) as u32);
+        canvas.set_height((h * dpr) as u32);
+        size.set((w, h));
+    };
+    canvas_ref.on_load(move |_| request_animation_frame(resize));
+    let resize_listener = window_event_listener(ev::resize, move |_| resize());
+    on_cleanup(move || resize_listener.remove());
+
+    let board_point = move |ev: &web_sys::PointerEvent| {
+        to_board(&room.view.get_untracked(), ev.offset_x() as f64, ev.offset_y() as f64)
+    };
+    let topmost_hit = move |p: (f64, f64)| -> Option<Shape> {
+        let tol = 4.0 / room.view.get_untracked().zoom;
+        shapes().iter().rev().find(|s| hit(s, p.0, p.1, tol)).cloned()
+    };
+
+    let on_down = move |ev: web_sys::PointerEvent| {
+        if let Some(c) = canvas_ref.get_untracked() {
+            let _ = c.set_pointer_capture(ev.pointer_id());
+        }
+        if room.editing.get_untracked().is_some() {
+            room.editing.set(None);
+        }
+        let p = board_point(&ev);
+        let tool = room.tool.get_untracked();
+        let conn = room.conn.get_value();
+        if tool == Tool::Hand || ev.button() == 1 || space_held.get_value() {
+            room.follow.set(None);
+            drag.set_value(Drag::Pan {
+                sx: ev.client_x() as f64,
+                sy: ev.client_y() as f64,
+                view: room.view.get_untracked(),
+            });
+            return;
+        }
+        let mut style = Shape::new(new_id(conn.client_id()), ShapeKind::Rect);
+        style.x = p.0;
+        style.y = p.1;
+        style.stroke = room.stroke.get_untracked();
+        style.fill = room.fill.get_untracked();
+        style.width = room.width.get_untracked();
+        style.z = z_top(&shapes());
+        style.author = room.me.with_value(|m| m.id.clone());
+        match tool {
+            Tool::Select => {
+                let selection = room.selection.get_untracked();
+                // The resize handle of a single selected shape.
+                if let [only] = selection.as_slice()
+                    && let Some(s) = shapes().iter().find(|s| &s.id == only)
+                {
+                    let (x0, y0, x1, y1) = bounds(s);
+                    let tol = 8.0 / room.view.get_untracked().zoom;
+                    if (p.0 - x1).abs() <= tol
+                        && (p.1 - y1).abs() <= tol
+                        && !crate::geometry::uses_points(s.kind)
+                    {
+                        drag.set_value(Drag::Resize {
+                            id: s.id.clone(),
+                            anchor: (x0.min(s.x), y0.min(s.y)),
+                        });
+                        return;
+                    }
+                }
+                match topmost_hit(p) {
+                    Some(s) => {
+                        let mut sel = selection;
+                        if ev.shift_key() {
+                            if let Some(i) = sel.iter().position(|id| id == &s.id) {
+                                sel.remove(i);
+                            } else {
+                                sel.push(s.id.clone());
+                            }
+                        } else if !sel.contains(&s.id) {
+                            sel = vec![s.id.clone()];
+                        }
+                        let orig = shapes()
+                            .iter()
+                            .filter(|x| sel.contains(&x.id))
+                            .map(|x| (x.id.clone(), x.x, x.y))
+                            .collect();
+                        room.selection.set(sel);
+                        drag.set_value(Drag::Move { start: p, orig });
+                    }
+                    None => {
+                        if !ev.shift_key() {
+                            room.selection.set(Vec::new());
+                        }
+                        drag.set_value(Drag::Marquee { start: p, current: p });
+                    }
+                }
+            }
+            Tool::Pen => {
+                style.kind = ShapeKind::Pen;
+                style.points = vec![0.0, 0.0];
+                style.fill = "transparent".into();
+                conn.edit(|b, t| b.put_shape(t, &style));
+                drag.set_value(Drag::Pen { id: style.id, origin: p, points: vec![0.0, 0.0] });
+            }
+            Tool::Rect | Tool::Ellipse | Tool::Line | Tool::Arrow => {
+                style.kind = match tool {
+                    Tool::Rect => ShapeKind::Rect,
+                    Tool::Ellipse => ShapeKind::Ellipse,
+                    Tool::Line => ShapeKind::Line,
+                    _ => ShapeKind::Arrow,
+                };
+                if crate::geometry::uses_points(style.kind) {
+                    style.points = vec![0.0, 0.0, 0.0, 0.0];
+                    style.fill = "transparent".into();
+                }
+                conn.edit(|b, t| b.put_shape(t, &style));
+                drag.set_value(Drag::Create { id: style.id, origin: p });
+            }
+            Tool::Text | Tool::Sticky => {
+                if tool == Tool::Sticky {
+                    style.kind = ShapeKind::Sticky;
+                    style.w = 200.0;
+                    style.h = 160.0;
+                    if style.fill == "transparent" {
+                        style.fill = "#ffec99".into();
+                    }
+                } else {
+                    style.kind = ShapeKind::Text;
+                    style.fill = "transparent".into();
+                    (style.w, style.h) = text_box("");
+                }
+                let id = style.id.clone();
+                conn.edit(|b, t| b.put_shape(t, &style));
+                room.selection.set(vec![id.clone()]);
+                room.editing.set(Some(id));
+            }
+            Tool::Eraser => {
+                if let Some(s) = topmost_hit(p) {
+                    conn.edit(|b, t| {
+                        b.remove_shape(t, &s.id);
+                    });
+                }
+                drag.set_value(Drag::Erase);
+            }
+            Tool::Laser => {
+                let trail = vec![Point { x: p.0, y: p.1 }];
+                let rc = room.conn.get_value();
+                rc.update_presence(|pr| pr.laser = trail.clone());
+                drag.set_value(Drag::Laser { trail });
+            }
+            Tool::Hand => {}
+        }
+    };
+
+    let on_move = move |ev: web_sys::PointerEvent| {
+        let p = board_point(&ev);
+        let conn = room.conn.get_value();
+        conn.update_presence(|pr| pr.cursor = Some(Point { x: p.0, y: p.1 }));
+        match drag.get_value() {
+            Drag::None => {}
+            Drag::Pan { sx, sy, view } => {
+                let dx = (ev.client_x() as f64 - sx) / view.zoom;
+                let dy = (ev.client_y() as f64 - sy) / view.zoom;
+                room.view.set(Viewport { x: view.x - dx, y: view.y - dy, zoom: view.zoom });
+            }
+            Drag::Move { start, orig } => {
+                let (dx, dy) = (p.0 - start.0, p.1 - start.1);
+                conn.edit(|b, t| {
+                    for (id, x, y) in &orig {
+                        b.set_field(t, id, "x", Any::from(x + dx));
+                        b.set_field(t, id, "y", Any::from(y + dy));
+                    }
+                });
+            }
+            Drag::Resize { id, anchor } => {
+                conn.edit(|b, t| {
+                    b.set_field(t, &id, "w", Any::from((p.0 - anchor.0).max(4.0)));
+                    b.set_field(t, &id, "h", Any::from((p.1 - anchor.1).max(4.0)));
+                });
+            }
+            Drag::Create { id, origin } => {
+                let kind = shapes().iter().find(|s| s.id == id).map(|s| s.kind);
+                conn.edit(|b, t| {
+                    if kind.is_some_and(crate::geometry::uses_points) {
+                        let pts = vec![
+                            Any::from(0.0),
+                            Any::from(0.0),
+                            Any::from(p.0 - origin.0),
+                            Any::from(p.1 - origin.1),
+                        ];
+                        b.set_field(t, &id, "points", Any::Array(pts.into()));
+                    } else {
+                        b.set_field(t, &id, "x", Any::from(origin.0.min(p.0)));
+                        b.set_field(t, &id, "y", Any::from(origin.1.min(p.1)));
+                        b.set_field(t, &id, "w", Any::from((p.0 - origin.0).abs()));
+                        b.set_field(t, &id, "h", Any::from((p.1 - origin.1).abs()));
+                    }
+                });
+            }
+            Drag::Pen { id, origin, mut points } => {
+                points.push(p.0 - origin.0);
+                points.push(p.1 - origin.1);
+                let arr: Vec<Any> = points.iter().map(|v| Any::from(*v)).collect();
+                conn.edit(|b, t| {
+                    b.set_field(t, &id, "points", Any::Array(arr.into()));
+                });
+                drag.set_value(Drag::Pen { id, origin, points });
+            }
+            Drag::Marquee { start, .. } => {
+                drag.set_value(Drag::Marquee { start, current: p });
+                redraw();
+            }
+            Drag::Erase => {
+                if let Some(s) = topmost_hit(p) {
+                    conn.edit(|b, t| {
+                        b.remove_shape(t, &s.id);
+                    });
+                }
+            }
+            Drag::Laser { mut trail } => {
+                trail.push(Point { x: p.0, y: p.1 });
+                if trail.len() > 24 {
+                    trail.remove(0);
+                }
+                conn.update_presence(|pr| pr.laser = trail.clone());
+                drag.set_value(Drag::Laser { trail });
+                redraw();
+            }
+        }
+    };
+
+    let on_up = move |ev: web_sys::PointerEvent| {
+        let p = board_point(&ev);
+        let conn = room.conn.get_value();
+        match drag.get_value() {
+            Drag::Create { id, origin } => {
+                // A click without a drag makes a shape of a useful default size.
+                if (p.0 - origin.0).abs() < 3.0 && (p.1 - origin.1).abs() < 3.0 {
+                    let kind = shapes().iter().find(|s| s.id == id).map(|s| s.kind);
+                    conn.edit(|b, t| {
+                        if kind.is_some_and(crate::geometry::uses_points) {
+                            let pts = vec![
+                                Any::from(0.0),
+                                Any::from(0.0),
+                                Any::from(120.0),
+                                Any::from(0.0),
+                            ];
+                            b.set_field(t, &id, "points", Any::Array(pts.into()));
+                        } else {
+                            b.set_field(t, &id, "w", Any::from(120.0));
+                            b.set_field(t, &id, "h", Any::from(80.0));
+                        }
+                    });
+                }
+                room.selection.set(vec![id]);
+            }
+            Drag::Marquee { start, current } => {
+                let mut sel = room.selection.get_untracked();
+                for s in shapes().iter().filter(|s| inside(s, start, current)) {
+                    if !sel.contains(&s.id) {
+                        sel.push(s.id.clone());
+                    }
+                }
+                room.selection.set(sel);
+            }
+            Drag::Laser { .. } => conn.update_presence(|pr| pr.laser.clear()),
+            _ => {}
+        }
+        drag.set_value(Drag::None);
+        redraw();
+    };
+
+    let on_leave = move |_ev: web_sys::PointerEvent| {
+        room.conn.get_value().update_presence(|pr| pr.cursor = None);
+    };
+
+    let on_wheel = move |ev: web_sys::WheelEvent| {
+        ev.prevent_default();
+        room.follow.set(None);
+        let view = room.view.get_untracked();
+        if ev.ctrl_key() || ev.meta_key() {
+            let factor = (-ev.delta_y() * 0.002).exp();
+            room.view.set(zoom_at(&view, factor, ev.offset_x() as f64, ev.offset_y() as f64));
+        } else {
+            room.view.set(Viewport {
+                x: view.x + ev.delta_x() / view.zoom,
+                y: view.y + ev.delta_y() / view.zoom,
+                zoom: view.zoom,
+            });
+        }
+    };
+
+    let on_dblclick = move |ev: web_sys::MouseEvent| {
+        let p = to_board(&room.view.get_untracked(), ev.offset_x() as f64, ev.offset_y() as f64);
+        if let Some(s) = topmost_hit(p)
+            && matches!(s.kind, ShapeKind::Text | ShapeKind::Sticky)
+        {
+            room.selection.set(vec![s.id.clone()]);
+            room.editing.set(Some(s.id));
+        }
+    };
+
+    // Space held: temporary hand tool.
+    let keydown = window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| {
+        if ev.key() == " " && !crate::typing_in_field(&ev) {
+            space_held.set_value(true);
+        }
+    });
+    let keyup = window_event_listener(ev::keyup, move |ev: web_sys::KeyboardEvent| {
+        if ev.key() == " " {
+            space_held.set_value(false);
+        }
+    });
+    on_cleanup(move || {
+        keydown.remove();
+        keyup.remove();
+    });
+
+    // Others' cursors, as DOM so they carry names (and tests can see them).
+    let cursors = move || {
+        let view = room.view.get();
+        room.peers()
+            .into_iter()
+            .filter_map(|(id, p)| {
+                let c = p.cursor?;
+                let (sx, sy) = to_screen(&view, c.x, c.y);
+                Some(view! {
+                    <div class="cursor" data-testid="cursor" data-name=p.user.name.clone() data-client=id.to_string()
+                        style:transform=format!("translate({sx:.1}px, {sy:.1}px)")>
+                        <svg width="16" height="16" viewBox="0 0 16 16" aria-hidden="true">
+                            <path d="M1 1 L6 15 L8 9 L14 7 Z" fill=p.user.color.clone() stroke="white" stroke-width="1"/>
+                        </svg>
+                        <span class="cursor-label" style:background=p.user.color.clone()>{p.user.name.clone()}</span>
+                    </div>
+                })
+            })
+            .collect_view()
+    };
+
+    // The text editor over a text shape or sticky note being edited.
+    let editor = move || {
+        let id = room.editing.get()?;
+        let view = room.view.get();
+        let shape = shapes().iter().find(|s| s.id == id).cloned()?;
+        let (sx, sy) = to_screen(&view, shape.x, shape.y);
+        let initial = shape.text.clone();
+        let sticky = shape.kind == ShapeKind::Sticky;
+        let id_for_input = id.clone();
+        let id_for_blur = id.clone();
+        Some(view! {
+            <textarea class="text-editor" data-testid="text-editor" aria-label="Shape text"
+                class:sticky-editor=sticky
+                style:left=format!("{sx}px") style:top=format!("{sy}px")
+                style:font-size=format!("{}px", crate::render::TEXT_SIZE * view.zoom)
+                prop:value=initial
+                autofocus=true
+                on:input=move |ev| {
+                    let text = event_target_value(&ev);
+                    let (w, h) = text_box(&text);
+                    room.conn.get_value().edit(|b, t| {
+                        b.set_field(t, &id_for_input, "text", Any::from(text.as_str()));
+                        if !sticky {
+                            b.set_field(t, &id_for_input, "w", Any::from(w));
+                            b.set_field(t, &id_for_input, "h", Any::from(h));
+                        }
+                    });
+                }
+                on:blur=move |_| {
+                    let empty_text = room.conn.with_value(|c| c.with_doc(|doc| {
+                        let board = Board::new(doc);
+                        let txn = doc.transact();
+                        board.shape(&txn, &id_for_blur).is_some_and(|s| s.kind == ShapeKind::Text && s.text.trim().is_empty())
+                    }));
+                    if empty_text {
+                        room.conn.get_value().edit(|b, t| { b.remove_shape(t, &id_for_blur); });
+                    }
+                    room.editing.set(None);
+                }
+                on:keydown=move |ev: web_sys::KeyboardEvent| {
+                    if ev.key() == "Escape" {
+                        if let Some(t) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlElement>().ok()) {
+                            let _ = t.blur();
+                        }
+                    }
+                }
+            ></textarea>
+        })
+    };
+    Effect::new(move |_| {
+        if room.editing.get().is_some() {
+            request_animation_frame(|| {
+                if let Some(el) =
+                    document().query_selector("[data-testid=text-editor]").ok().flatten()
+                    && let Ok(el) = el.dyn_into::<web_sys::HtmlElement>()
+                {
+                    let _ = el.focus();
+                }
+            });
+        }
+    });
+
+    let cursor_class = move || match room.tool.get() {
+        Tool::Hand => "board-canvas tool-hand",
+        Tool::Select => "board-canvas tool-select",
+        _ => "board-canvas tool-draw",
+    };
+
+    view! {
+        <div class="board" node_ref=host_ref data-testid="board"
+            data-synced=move || room.signals.synced.get().to_string()
+            data-shape-count=move || shape_count.get().to_string()
+            aria-label="Whiteboard">
+            <canvas node_ref=canvas_ref class=cursor_class
+                style:width=move || format!("{}px", size.get().0)
+                style:height=move || format!("{}px", size.get().1)
+                on:pointerdown=on_down on:pointermove=on_move on:pointerup=on_up on:pointercancel=on_up
+                on:pointerleave=on_leave on:wheel=on_wheel on:dblclick=on_dblclick
+            ></canvas>
+            <div class="cursors">{cursors}</div>
+            {editor}
+        </div>
+    }
+}
+
+fn draw_laser(ctx: &web_sys::CanvasRenderingContext2d, trail: &[Point], view: &Viewport) {
+    if trail.len() < 2 {
+        return;
+    }
+    ctx.set_stroke_style_str("rgba(250, 82, 82, 0.85)");
+    ctx.set_line_width(4.0 / view.zoom);
+    ctx.begin_path();
+    ctx.move_to(trail[0].x, trail[0].y);
+    for p in &trail[1..] {
+        ctx.line_to(p.x, p.y);
+    }
+    ctx.stroke();
+}

@@ -1,0 +1,129 @@
+//! The chat panel: messages live in the room's document, so history persists and syncs like the
+//! board. Text is always rendered as text, never as HTML.
+
+use huddle_protocol::schema::{Board, ChatMessage, MAX_CHAT_CHARS};
+use huddle_protocol::yrs::Transact;
+use leptos::html;
+use leptos::prelude::*;
+
+use crate::state::RoomState;
+use crate::sync::now_ms;
+
+/// How close to the bottom (px) counts as "reading the latest", for auto-scroll.
+const STICK_PX: i32 = 40;
+
+fn time_of_day(ts: f64) -> String {
+    let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ts));
+    format!("{:02}:{:02}", d.get_hours(), d.get_minutes())
+}
+
+/// The chat panel.
+#[component]
+pub fn ChatPanel() -> impl IntoView {
+    let state = expect_context::<RoomState>();
+    let draft = RwSignal::new(String::new());
+    let collapsed = RwSignal::new(false);
+    let seen = RwSignal::new(0usize);
+    let stick = StoredValue::new(true);
+    let list_ref = NodeRef::<html::Ol>::new();
+    let messages = Memo::new(move |_| {
+        state.signals.doc_version.track();
+        state.conn.with_value(|c| {
+            c.with_doc(|doc| {
+                let board = Board::new(doc);
+                let txn = doc.transact();
+                board.chat(&txn)
+            })
+        })
+    });
+    let too_long = move || draft.with(|d| d.chars().count() > MAX_CHAT_CHARS);
+    let unread = move || {
+        if collapsed.get() { messages.with(Vec::len).saturating_sub(seen.get()) } else { 0 }
+    };
+
+    // Keep the newest message in view unless the reader scrolled up.
+    Effect::new(move |_| {
+        let count = messages.with(Vec::len);
+        if !collapsed.get_untracked() {
+            seen.set(count);
+        }
+        if stick.get_value() {
+            request_animation_frame(move || {
+                if let Some(list) = list_ref.get_untracked() {
+                    list.set_scroll_top(list.scroll_height());
+                }
+            });
+        }
+    });
+
+    let send = move || {
+        let text = draft.get_untracked();
+        if text.trim().is_empty() || too_long() {
+            return;
+        }
+        let me = state.me.get_value();
+        let conn = state.conn.get_value();
+        let message = ChatMessage {
+            id: format!("{:x}-m{:x}", conn.client_id(), now_ms() as u64),
+            author_id: me.id,
+            author_name: me.name,
+            author_color: me.color,
+            text: text.trim_end().to_owned(),
+            ts: now_ms(),
+        };
+        conn.edit(|b, t| b.post_chat(t, &message));
+        draft.set(String::new());
+        stick.set_value(true);
+    };
+
+    view! {
+        <section class="chat" class:collapsed=move || collapsed.get() aria-label="Chat">
+            <h2>
+                <button class="chat-toggle" data-testid="chat-toggle"
+                    aria-expanded=move || (!collapsed.get()).to_string()
+                    on:click=move |_| {
+                        collapsed.update(|c| *c = !*c);
+                        if !collapsed.get_untracked() { seen.set(messages.with_untracked(Vec::len)); }
+                    }>
+                    "Chat"
+                    {move || (unread() > 0).then(|| view! {
+                        <span class="badge" data-testid="chat-unread" aria-label=format!("{} unread", unread())>{unread()}</span>
+                    })}
+                </button>
+            </h2>
+            <Show when=move || !collapsed.get()>
+                <ol class="messages" data-testid="chat-messages" node_ref=list_ref aria-live="polite"
+                    on:scroll=move |_| {
+                        if let Some(l) = list_ref.get_untracked() {
+                            stick.set_value(l.scroll_height() - l.scroll_top() - l.client_height() < STICK_PX);
+                        }
+                    }>
+                    <For each=move || messages.get() key=|m| m.id.clone() let:m>
+                        <li class="message" data-testid="chat-message" data-author=m.author_name.clone()>
+                            <span class="author" style:color=m.author_color.clone()>{m.author_name.clone()}</span>
+                            <time class="time">{time_of_day(m.ts)}</time>
+                            <p class="text">{m.text.clone()}</p>
+                        </li>
+                    </For>
+                </ol>
+                <div class="composer">
+                    <textarea data-testid="chat-input" aria-label="Message" placeholder="Message (Enter to send, Shift+Enter for a new line)"
+                        rows="2" prop:value=move || draft.get()
+                        on:input=move |ev| draft.set(event_target_value(&ev))
+                        on:keydown=move |ev: web_sys::KeyboardEvent| {
+                            if ev.key() == "Enter" && !ev.shift_key() {
+                                ev.prevent_default();
+                                send();
+                            }
+                        }></textarea>
+                    <button class="primary" data-testid="chat-send" disabled=too_long on:click=move |_| send()>"Send"</button>
+                </div>
+                {move || too_long().then(|| view! {
+                    <p class="error" role="alert" data-testid="chat-too-long">
+                        {format!("Messages are limited to {MAX_CHAT_CHARS} characters ({} now).", draft.with(|d| d.chars().count()))}
+                    </p>
+                })}
+            </Show>
+        </section>
+    }
+}

@@ -1,0 +1,115 @@
+//! Board geometry: the viewport transform, shape bounds and hit testing. Pure functions, so they
+//! are cheap to call per frame and easy to reason about.
+
+use huddle_protocol::presence::Viewport;
+use huddle_protocol::schema::{Shape, ShapeKind};
+
+/// Screen point (CSS pixels, relative to the board element) → board point.
+pub fn to_board(view: &Viewport, sx: f64, sy: f64) -> (f64, f64) {
+    (sx / view.zoom + view.x, sy / view.zoom + view.y)
+}
+
+/// Board point → screen point.
+pub fn to_screen(view: &Viewport, bx: f64, by: f64) -> (f64, f64) {
+    ((bx - view.x) * view.zoom, (by - view.y) * view.zoom)
+}
+
+/// Axis-aligned bounds `(x0, y0, x1, y1)` with `x0 <= x1`, `y0 <= y1`, including the stroke.
+pub fn bounds(shape: &Shape) -> (f64, f64, f64, f64) {
+    let pad = shape.width / 2.0;
+    let (x0, y0, x1, y1) = if uses_points(shape.kind) && shape.points.len() >= 2 {
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+        for p in shape.points.chunks_exact(2) {
+            x0 = x0.min(p[0]);
+            y0 = y0.min(p[1]);
+            x1 = x1.max(p[0]);
+            y1 = y1.max(p[1]);
+        }
+        (shape.x + x0, shape.y + y0, shape.x + x1, shape.y + y1)
+    } else {
+        let (ax, bx) = (shape.x, shape.x + shape.w);
+        let (ay, by) = (shape.y, shape.y + shape.h);
+        (ax.min(bx), ay.min(by), ax.max(bx), ay.max(by))
+    };
+    (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+}
+
+/// Whether a kind is drawn through `points` rather than a box.
+pub fn uses_points(kind: ShapeKind) -> bool {
+    matches!(kind, ShapeKind::Pen | ShapeKind::Line | ShapeKind::Arrow)
+}
+
+/// Whether board point `(px, py)` hits `shape`, with `tol` board units of slack.
+pub fn hit(shape: &Shape, px: f64, py: f64, tol: f64) -> bool {
+    let (x0, y0, x1, y1) = bounds(shape);
+    if px < x0 - tol || px > x1 + tol || py < y0 - tol || py > y1 + tol {
+        return false;
+    }
+    if uses_points(shape.kind) {
+        let tol = tol + shape.width / 2.0;
+        let pts: Vec<(f64, f64)> =
+            shape.points.chunks_exact(2).map(|p| (shape.x + p[0], shape.y + p[1])).collect();
+        if pts.len() == 1 {
+            return dist(px, py, pts[0].0, pts[0].1) <= tol;
+        }
+        return pts.windows(2).any(|w| segment_distance(px, py, w[0], w[1]) <= tol);
+    }
+    true
+}
+
+/// Whether `shape` lies entirely inside the rectangle spanned by two board points.
+pub fn inside(shape: &Shape, a: (f64, f64), b: (f64, f64)) -> bool {
+    let (x0, y0, x1, y1) = bounds(shape);
+    x0 >= a.0.min(b.0) && x1 <= a.0.max(b.0) && y0 >= a.1.min(b.1) && y1 <= a.1.max(b.1)
+}
+
+/// Whether `shape` intersects the visible board rectangle (viewport culling).
+pub fn visible(shape: &Shape, view: &Viewport, width: f64, height: f64) -> bool {
+    let (x0, y0, x1, y1) = bounds(shape);
+    let (vx1, vy1) = (view.x + width / view.zoom, view.y + height / view.zoom);
+    x1 >= view.x && x0 <= vx1 && y1 >= view.y && y0 <= vy1
+}
+
+fn dist(ax: f64, ay: f64, bx: f64, by: f64) -> f64 {
+    ((ax - bx).powi(2) + (ay - by).powi(2)).sqrt()
+}
+
+fn segment_distance(px: f64, py: f64, a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let len2 = dx * dx + dy * dy;
+    if len2 == 0.0 {
+        return dist(px, py, a.0, a.1);
+    }
+    let t = (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0);
+    dist(px, py, a.0 + t * dx, a.1 + t * dy)
+}
+
+/// Zooms `view` by `factor` keeping the board point under screen point `(sx, sy)` fixed.
+pub fn zoom_at(view: &Viewport, factor: f64, sx: f64, sy: f64) -> Viewport {
+    let zoom = (view.zoom * factor).clamp(0.05, 8.0);
+    let (bx, by) = to_board(view, sx, sy);
+    Viewport { x: bx - sx / zoom, y: by - sy / zoom, zoom }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_zoom_keeps_the_anchor() {
+        let v = Viewport { x: 10.0, y: -5.0, zoom: 2.0 };
+        let (bx, by) = to_board(&v, 100.0, 50.0);
+        assert_eq!(to_screen(&v, bx, by), (100.0, 50.0));
+        let z = zoom_at(&v, 1.5, 100.0, 50.0);
+        let (bx2, by2) = to_board(&z, 100.0, 50.0);
+        assert!((bx - bx2).abs() < 1e-9 && (by - by2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn hits_lines_near_the_segment_only() {
+        let mut line = Shape::new("l", ShapeKind::Line);
+        line.points = vec![0.0, 0.0, 100.0, 0.0];
+        assert!(hit(&line, 50.0, 1.0, 2.0));
+        assert!(!hit(&line, 50.0, 30.0, 2.0));
+    }
+}

@@ -1,0 +1,548 @@
+//! `huddle-web`: the Huddle web client (Leptos, client-side rendered, compiled to wasm).
+//!
+//! Modules:
+//! - [`identity`]: the local user (name, colour) kept in `localStorage`; random room names.
+//! - [`sync`]: the connection: `huddle-protocol`'s `ClientSession` over a browser WebSocket,
+//!   reconnect with backoff, undo/redo of one's own edits, throttled presence.
+//! - [`state`]: what a room view's components share ([`state::RoomState`], [`state::Tool`]).
+//! - [`board`]: the canvas board and every tool's pointer handling.
+//! - [`geometry`], [`render`]: viewport maths, hit testing, and drawing.
+//! - [`chat`]: the chat panel.
+//!
+//! This file holds the top-level components: routing, the landing page, the room layout.
+
+pub mod board;
+pub mod chat;
+pub mod export;
+pub mod geometry;
+pub mod identity;
+pub mod render;
+pub mod state;
+pub mod sync;
+
+use std::rc::Rc;
+
+use huddle_protocol::RoomName;
+use huddle_protocol::presence::{Presence, User, Viewport};
+use huddle_protocol::yrs::Any;
+use leptos::ev;
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::board::BoardView;
+use crate::chat::ChatPanel;
+use crate::identity::{Identity, USER_COLORS, random_room_name};
+use crate::state::{RoomState, Tool};
+use crate::sync::{Connection, PRESENCE_HEARTBEAT_MS, Signals, Status, now_ms};
+
+/// Whether a key event happens while typing in a text field (shortcuts must not fire then).
+pub fn typing_in_field(ev: &web_sys::KeyboardEvent) -> bool {
+    ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok()).is_some_and(|el| {
+        matches!(el.tag_name().as_str(), "INPUT" | "TEXTAREA")
+            || el.has_attribute("contenteditable")
+    })
+}
+
+fn current_path() -> String {
+    window().location().pathname().unwrap_or_default()
+}
+
+fn navigate(path: RwSignal<String>, to: &str) {
+    if let Ok(history) = window().history() {
+        let _ = history.push_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(to));
+    }
+    path.set(to.to_owned());
+}
+
+/// The application: the landing page at `/`, a room at `/r/{room}`.
+#[component]
+pub fn App() -> impl IntoView {
+    let path = RwSignal::new(current_path());
+    let popstate = window_event_listener(ev::popstate, move |_| path.set(current_path()));
+    on_cleanup(move || popstate.remove());
+    let identity = RwSignal::new(Identity::load());
+    let dark = RwSignal::new(
+        window()
+            .match_media("(prefers-color-scheme: dark)")
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.matches()),
+    );
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            body.set_class_name(if dark.get() { "theme-dark" } else { "theme-light" });
+        }
+    });
+
+    move || {
+        let room = path
+            .get()
+            .strip_prefix("/r/")
+            .and_then(|r| RoomName::parse(r.trim_end_matches('/')).ok());
+        match (room, identity.get()) {
+            (Some(room), Some(me)) => {
+                view! { <RoomView room=room.to_string() me=me dark=dark/> }.into_any()
+            }
+            (room, _) => {
+                view! { <Landing path=path identity=identity room=room.map(|r| r.to_string())/> }
+                    .into_any()
+            }
+        }
+    }
+}
+
+/// The landing page: who you are (asked once), then create a room or join one by name.
+#[component]
+fn Landing(
+    /// The router's path, to navigate into a room.
+    path: RwSignal<String>,
+    /// The remembered identity, set here.
+    identity: RwSignal<Option<Identity>>,
+    /// A room already chosen through its URL (we only need a name first).
+    room: Option<String>,
+) -> impl IntoView {
+    let name = RwSignal::new(identity.get_untracked().map(|i| i.name).unwrap_or_default());
+    let color = RwSignal::new(
+        identity
+            .get_untracked()
+            .map(|i| i.color)
+            .unwrap_or_else(|| USER_COLORS[identity::random_below(8)].to_owned()),
+    );
+    let join = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<String>);
+    let target = room.clone();
+    let enter = move |room: Option<String>| {
+        let n = name.get_untracked();
+        if n.trim().is_empty() {
+            error.set(Some("Please enter your name first.".into()));
+            return;
+        }
+        let me = Identity::new(&n, &color.get_untracked());
+        me.save();
+        identity.set(Some(me));
+        let room = room.unwrap_or_else(random_room_name);
+        navigate(path, &format!("/r/{room}"));
+    };
+    let enter_join = move || {
+        let raw = join.get_untracked();
+        // Accept a pasted room URL as well as a bare name.
+        let candidate = raw.trim().rsplit('/').next().unwrap_or_default().to_owned();
+        match RoomName::parse(&candidate) {
+            Ok(r) => enter(Some(r.to_string())),
+            Err(e) => error.set(Some(format!("That room name won't work: {e}."))),
+        }
+    };
+    view! {
+        <main class="landing">
+            <div class="landing-card">
+                <h1 class="brand"><img src="/assets/favicon.svg" alt="" width="36" height="36"/>"Huddle"</h1>
+                <p class="tagline">"Draw together, see each other, talk beside the board."</p>
+                <label class="field">
+                    <span>"Your name"</span>
+                    <input type="text" data-testid="name-input" aria-label="Your name" maxlength="40"
+                        prop:value=move || name.get() on:input=move |ev| name.set(event_target_value(&ev))
+                        placeholder="e.g. Ada"/>
+                </label>
+                <div class="field">
+                    <span>"Your colour"</span>
+                    <div class="swatches" role="radiogroup" aria-label="Your colour">
+                        {USER_COLORS.iter().map(|c| {
+                            let c = (*c).to_owned();
+                            let c2 = c.clone();
+                            let c3 = c.clone();
+                            view! {
+                                <button class="swatch" role="radio" aria-label=format!("Colour {c}")
+                                    data-testid=format!("color-{}", &c[1..])
+                                    aria-checked=move || (color.get() == c2).to_string()
+                                    style:background=c.clone() on:click=move |_| color.set(c3.clone())></button>
+                            }
+                        }).collect_view()}
+                    </div>
+                </div>
+                {move || error.get().map(|e| view! { <p class="error" role="alert" data-testid="landing-error">{e}</p> })}
+                {match target {
+                    Some(room) => view! {
+                        <button class="primary" data-testid="enter-room" on:click=move |_| enter(Some(room.clone()))>
+                            "Join the room"
+                        </button>
+                    }.into_any(),
+                    None => view! {
+                        <button class="primary" data-testid="create-room" on:click=move |_| enter(None)>"Create a room"</button>
+                        <div class="join">
+                            <input type="text" data-testid="join-input" aria-label="Room name or link" placeholder="Room name or link"
+                                prop:value=move || join.get() on:input=move |ev| join.set(event_target_value(&ev))
+                                on:keydown=move |ev: web_sys::KeyboardEvent| if ev.key() == "Enter" { enter_join() }/>
+                            <button data-testid="join-room" on:click=move |_| enter_join()>"Join"</button>
+                        </div>
+                    }.into_any(),
+                }}
+            </div>
+        </main>
+    }
+}
+
+/// One room: toolbar, board, people and chat, status bar.
+#[component]
+fn RoomView(
+    /// The room's name.
+    room: String,
+    /// The local user.
+    me: Identity,
+    /// Dark theme switch.
+    dark: RwSignal<bool>,
+) -> impl IntoView {
+    let signals = Signals::new();
+    let presence = Presence {
+        user: User { id: me.id.clone(), name: me.name.clone(), color: me.color.clone() },
+        ..Presence::default()
+    };
+    let conn = Connection::new(&room, presence, signals);
+    conn.connect();
+    let state = RoomState {
+        conn: StoredValue::new_local(Rc::clone(&conn)),
+        signals,
+        me: StoredValue::new(me),
+        tool: RwSignal::new(Tool::Select),
+        stroke: RwSignal::new("#1e1e1e".into()),
+        fill: RwSignal::new("transparent".into()),
+        width: RwSignal::new(2.0),
+        selection: RwSignal::new(Vec::new()),
+        view: RwSignal::new(Viewport::default()),
+        follow: RwSignal::new(None),
+        editing: RwSignal::new(None),
+        dark,
+    };
+    provide_context(state);
+    document().set_title(&format!("{room} · Huddle"));
+
+    // Presence follows the view and the selection; a heartbeat keeps it alive.
+    Effect::new(move |_| {
+        let view = state.view.get();
+        state.conn.get_value().update_presence(|p| p.viewport = Some(view));
+    });
+    Effect::new(move |_| {
+        let selection = state.selection.get();
+        state.conn.get_value().update_presence(|p| p.selection = selection);
+    });
+    let heartbeat = set_interval_with_handle(
+        move || state.conn.get_value().send_presence_now(),
+        std::time::Duration::from_millis(PRESENCE_HEARTBEAT_MS),
+    );
+    let visibility = window_event_listener(ev::visibilitychange, move |_| {
+        let hidden = document().hidden();
+        state.conn.get_value().update_presence(|p| p.idle = hidden);
+    });
+    // Follow mode: copy the followed person's viewport whenever it changes.
+    Effect::new(move |_| {
+        let Some(target) = state.follow.get() else { return };
+        if let Some(v) =
+            state.peers().into_iter().find(|(id, _)| *id == target).and_then(|(_, p)| p.viewport)
+            && state.view.get_untracked() != v
+        {
+            state.view.set(v);
+        }
+    });
+    let keys =
+        window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| shortcut(state, &ev));
+    on_cleanup(move || {
+        if let Ok(h) = heartbeat {
+            h.clear();
+        }
+        visibility.remove();
+        keys.remove();
+        // The stored value may already be disposed with the owner; then the socket goes with it.
+        if let Some(conn) = state.conn.try_get_value() {
+            conn.close();
+        }
+    });
+
+    let share = room.clone();
+    view! {
+        <div class="room" data-testid="room">
+            <header class="topbar">
+                <a class="brand small" href="/" aria-label="Huddle home"><img src="/assets/favicon.svg" alt="" width="22" height="22"/>"Huddle"</a>
+                <span class="room-name" data-testid="room-name" title="Room name">{room.clone()}</span>
+                <button class="ghost" data-testid="copy-link" aria-label="Copy the room link" title="Copy the room link"
+                    on:click=move |_| {
+                        let url = format!("{}/r/{share}", window().location().origin().unwrap_or_default());
+                        let _ = window().navigator().clipboard().write_text(&url);
+                    }>"Share"</button>
+                <div class="spacer"></div>
+                <StatusBadge/>
+                <button class="ghost" data-testid="theme-toggle" aria-label="Toggle dark theme" title="Toggle dark theme"
+                    on:click=move |_| dark.update(|d| *d = !*d)>{move || if dark.get() { "☀" } else { "☾" }}</button>
+            </header>
+            <Toolbar/>
+            <BoardView/>
+            <aside class="sidebar">
+                <People/>
+                <ChatPanel/>
+            </aside>
+        </div>
+    }
+}
+
+/// Keyboard shortcuts for every tool and the common commands.
+fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
+    if typing_in_field(ev) {
+        return;
+    }
+    let key = ev.key().to_lowercase();
+    let cmd = ev.ctrl_key() || ev.meta_key();
+    let conn = state.conn.get_value();
+    match (cmd, key.as_str()) {
+        (true, "z") if ev.shift_key() => conn.redo(),
+        (true, "z") => conn.undo(),
+        (true, "y") => conn.redo(),
+        (true, "d") => duplicate(state),
+        (true, "a") => select_all(state),
+        (true, "c") => export::copy_selection(state),
+        (true, "v") => export::paste(state),
+        (false, "delete" | "backspace") => delete_selection(state),
+        (false, "escape") => state.selection.set(Vec::new()),
+        (false, k) if k.chars().count() == 1 => {
+            let c = k.chars().next().unwrap_or(' ');
+            if let Some(tool) = Tool::ALL.into_iter().find(|t| t.key() == c) {
+                state.tool.set(tool);
+            }
+            return;
+        }
+        _ => return,
+    }
+    ev.prevent_default();
+}
+
+/// Deletes the selected shapes.
+pub fn delete_selection(state: RoomState) {
+    let selection = state.selection.get_untracked();
+    if selection.is_empty() {
+        return;
+    }
+    state.conn.get_value().edit(|b, t| {
+        for id in &selection {
+            b.remove_shape(t, id);
+        }
+    });
+    state.selection.set(Vec::new());
+}
+
+fn select_all(state: RoomState) {
+    let ids = state.conn.with_value(|c| {
+        c.with_doc(|doc| {
+            let board = huddle_protocol::schema::Board::new(doc);
+            let txn = huddle_protocol::yrs::Transact::transact(doc);
+            board.shapes(&txn).into_iter().map(|s| s.id).collect::<Vec<_>>()
+        })
+    });
+    state.selection.set(ids);
+}
+
+/// Duplicates the selection, offset a little, and selects the copies.
+pub fn duplicate(state: RoomState) {
+    let selected = export::selected_shapes(state);
+    if selected.is_empty() {
+        return;
+    }
+    let conn = state.conn.get_value();
+    let top = export::max_z(state) + 1.0;
+    let mut ids = Vec::new();
+    conn.edit(|b, t| {
+        for (i, s) in selected.iter().enumerate() {
+            let mut copy = s.clone();
+            copy.id = format!("{}-d{:x}", s.id, (now_ms() as u64) & 0xffffff);
+            copy.x += 20.0;
+            copy.y += 20.0;
+            copy.z = top + i as f64;
+            b.put_shape(t, &copy);
+            ids.push(copy.id);
+        }
+    });
+    state.selection.set(ids);
+}
+
+/// Sets a style field on every selected shape.
+fn restyle(state: RoomState, field: &'static str, value: Any) {
+    let selection = state.selection.get_untracked();
+    if selection.is_empty() {
+        return;
+    }
+    state.conn.get_value().edit(|b, t| {
+        for id in &selection {
+            b.set_field(t, id, field, value.clone());
+        }
+    });
+}
+
+/// Moves the selection to the top or bottom of the stack.
+fn restack(state: RoomState, to_front: bool) {
+    let selected = export::selected_shapes(state);
+    if selected.is_empty() {
+        return;
+    }
+    let z = if to_front {
+        export::max_z(state) + 1.0
+    } else {
+        export::min_z(state) - selected.len() as f64
+    };
+    state.conn.get_value().edit(|b, t| {
+        for (i, s) in selected.iter().enumerate() {
+            b.set_field(t, &s.id, "z", Any::from(z + i as f64));
+        }
+    });
+}
+
+const STROKES: [&str; 6] = ["#1e1e1e", "#e03131", "#2f9e44", "#1971c2", "#f08c00", "#9c36b5"];
+const FILLS: [&str; 6] = ["transparent", "#ffc9c9", "#b2f2bb", "#a5d8ff", "#ffec99", "#eebefa"];
+
+/// The tool palette, style controls and commands.
+#[component]
+fn Toolbar() -> impl IntoView {
+    let state = expect_context::<RoomState>();
+    let zoom_by = move |factor: f64| {
+        let view = state.view.get_untracked();
+        let (w, h) = (window().inner_width().ok().and_then(|v| v.as_f64()).unwrap_or(800.0), 600.0);
+        state.follow.set(None);
+        state.view.set(geometry::zoom_at(&view, factor, w / 2.0, h / 2.0));
+    };
+    view! {
+        <nav class="toolbar" aria-label="Tools">
+            <div class="tool-group" role="toolbar">
+                {Tool::ALL.into_iter().map(|tool| view! {
+                    <button class="tool" data-testid=format!("tool-{}", tool.name())
+                        aria-label=format!("{} ({})", tool.name(), tool.key().to_ascii_uppercase())
+                        title=format!("{} ({})", tool.name(), tool.key().to_ascii_uppercase())
+                        aria-pressed=move || (state.tool.get() == tool).to_string()
+                        class:active=move || state.tool.get() == tool
+                        on:click=move |_| state.tool.set(tool)>{tool.icon()}</button>
+                }).collect_view()}
+            </div>
+            <div class="tool-group" aria-label="Stroke colour">
+                {STROKES.into_iter().map(|c| view! {
+                    <button class="swatch small" data-testid=format!("stroke-{}", &c[1..]) aria-label=format!("Stroke {c}")
+                        title=format!("Stroke {c}")
+                        class:active=move || state.stroke.get() == c style:background=c
+                        on:click=move |_| { state.stroke.set(c.into()); restyle(state, "stroke", Any::from(c)); }></button>
+                }).collect_view()}
+            </div>
+            <div class="tool-group" aria-label="Fill colour">
+                {FILLS.into_iter().map(|c| view! {
+                    <button class="swatch small" class:none=c == "transparent" data-testid=format!("fill-{}", c.trim_start_matches('#'))
+                        aria-label=format!("Fill {c}") title=format!("Fill {c}")
+                        class:active=move || state.fill.get() == c style:background=c
+                        on:click=move |_| { state.fill.set(c.into()); restyle(state, "fill", Any::from(c)); }></button>
+                }).collect_view()}
+            </div>
+            <div class="tool-group">
+                <label class="width" title="Stroke width">
+                    <span class="sr-only">"Stroke width"</span>
+                    <input type="range" min="1" max="16" step="1" data-testid="stroke-width" aria-label="Stroke width"
+                        prop:value=move || state.width.get().to_string()
+                        on:input=move |ev| {
+                            let w: f64 = event_target_value(&ev).parse().unwrap_or(2.0);
+                            state.width.set(w);
+                            restyle(state, "width", Any::from(w));
+                        }/>
+                </label>
+            </div>
+            <div class="tool-group">
+                <button class="tool" data-testid="undo" aria-label="Undo (Ctrl+Z)" title="Undo (Ctrl+Z)" on:click=move |_| state.conn.get_value().undo()>"↶"</button>
+                <button class="tool" data-testid="redo" aria-label="Redo (Ctrl+Shift+Z)" title="Redo (Ctrl+Shift+Z)" on:click=move |_| state.conn.get_value().redo()>"↷"</button>
+                <button class="tool" data-testid="bring-front" aria-label="Bring to front" title="Bring to front" on:click=move |_| restack(state, true)>"⤒"</button>
+                <button class="tool" data-testid="send-back" aria-label="Send to back" title="Send to back" on:click=move |_| restack(state, false)>"⤓"</button>
+                <button class="tool" data-testid="duplicate" aria-label="Duplicate (Ctrl+D)" title="Duplicate (Ctrl+D)" on:click=move |_| duplicate(state)>"⧉"</button>
+                <button class="tool" data-testid="delete" aria-label="Delete (Del)" title="Delete (Del)" on:click=move |_| delete_selection(state)>"🗑"</button>
+            </div>
+            <div class="tool-group">
+                <button class="tool" data-testid="zoom-out" aria-label="Zoom out" title="Zoom out" on:click=move |_| zoom_by(0.8)>"−"</button>
+                <button class="tool zoom-label" data-testid="zoom-reset" aria-label="Reset zoom" title="Reset zoom"
+                    on:click=move |_| { state.follow.set(None); state.view.set(Viewport::default()); }>
+                    {move || format!("{:.0}%", state.view.get().zoom * 100.0)}
+                </button>
+                <button class="tool" data-testid="zoom-in" aria-label="Zoom in" title="Zoom in" on:click=move |_| zoom_by(1.25)>"+"</button>
+                <button class="tool" data-testid="zoom-fit" aria-label="Zoom to fit" title="Zoom to fit" on:click=move |_| export::zoom_to_fit(state)>"⤢"</button>
+            </div>
+            <div class="tool-group">
+                <button class="tool text" data-testid="export-png" aria-label="Export PNG" title="Export the board (or selection) as PNG" on:click=move |_| export::export_png(state)>"PNG"</button>
+                <button class="tool text" data-testid="export-svg" aria-label="Export SVG" title="Export the board (or selection) as SVG" on:click=move |_| export::export_svg(state)>"SVG"</button>
+                <button class="tool text" data-testid="export-json" aria-label="Export JSON" title="Export the room as JSON" on:click=move |_| export::export_json(state)>"JSON"</button>
+            </div>
+        </nav>
+    }
+}
+
+/// Connection state: connected / reconnecting in N s / offline.
+#[component]
+fn StatusBadge() -> impl IntoView {
+    let state = expect_context::<RoomState>();
+    let tick = RwSignal::new(0u32);
+    let ticker = set_interval_with_handle(
+        move || tick.update(|t| *t += 1),
+        std::time::Duration::from_millis(500),
+    );
+    on_cleanup(move || {
+        if let Ok(h) = ticker {
+            h.clear();
+        }
+    });
+    let text = move || {
+        tick.track();
+        match state.signals.status.get() {
+            Status::Connected => "Connected".to_owned(),
+            Status::Connecting => "Connecting…".to_owned(),
+            Status::Reconnecting { at_ms } => {
+                format!("Reconnecting in {} s", ((at_ms - now_ms()) / 1000.0).ceil().max(0.0))
+            }
+            Status::Offline => "Offline".to_owned(),
+        }
+    };
+    let kind = move || match state.signals.status.get() {
+        Status::Connected => "connected",
+        Status::Connecting => "connecting",
+        Status::Reconnecting { .. } => "reconnecting",
+        Status::Offline => "offline",
+    };
+    view! {
+        <span class="status" data-testid="connection-status" data-state=kind role="status" aria-live="polite">
+            <span class="dot"></span>{text}
+        </span>
+    }
+}
+
+/// Who is in the room; click someone to follow their view.
+#[component]
+fn People() -> impl IntoView {
+    let state = expect_context::<RoomState>();
+    let me = state.me.get_value();
+    let people = move || {
+        let mut peers = state.peers();
+        peers.sort_by(|a, b| a.1.user.name.cmp(&b.1.user.name));
+        peers
+    };
+    view! {
+        <section class="people" aria-label="People in this room">
+            <h2>"People"</h2>
+            <ul data-testid="presence-list">
+                <li class="person me" data-testid="presence-me">
+                    <span class="avatar" style:background=me.color.clone()>{me.name.chars().next().unwrap_or('?').to_string()}</span>
+                    <span class="name">{me.name.clone()}" (you)"</span>
+                </li>
+                {move || people().into_iter().map(|(id, p)| {
+                    let following = move || state.follow.get() == Some(id);
+                    let name = p.user.name.clone();
+                    view! {
+                        <li class="person" data-testid="presence-item" data-name=p.user.name.clone() data-idle=p.idle.to_string()>
+                            <button class="person-button" aria-label=format!("Follow {name}") title=format!("Follow {name}'s view")
+                                data-testid="follow" aria-pressed=move || following().to_string()
+                                on:click=move |_| state.follow.update(|f| *f = if *f == Some(id) { None } else { Some(id) })>
+                                <span class="avatar" style:background=p.user.color.clone()>{p.user.name.chars().next().unwrap_or('?').to_string()}</span>
+                                <span class="name">{p.user.name.clone()}</span>
+                                {p.idle.then(|| view! { <span class="idle">"away"</span> })}
+                                {move || following().then(|| view! { <span class="following">"following"</span> })}
+                            </button>
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
+        </section>
+    }
+}

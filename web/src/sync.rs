@@ -1,0 +1,384 @@
+//! The live connection to the server: the shared protocol's `ClientSession` over a browser
+//! WebSocket, with reconnection (exponential backoff with full jitter, capped at 30 s), local
+//! undo/redo, and throttled presence.
+//!
+//! Edits always go into the local document first, so drawing keeps working while offline; the
+//! sync step 1/2 exchange of the next connection carries them to the server.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use huddle_protocol::presence::Presence;
+use huddle_protocol::schema::{Board, SHAPES};
+use huddle_protocol::session::{ClientEvent, ClientSession};
+use huddle_protocol::yrs::undo::Options as UndoOptions;
+use huddle_protocol::yrs::{Doc, Origin, Transact, TransactionMut, UndoManager};
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::Closure;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+
+/// Transaction origin of this user's own edits: the only ones undo/redo touches.
+const LOCAL: &str = "huddle-local";
+/// First reconnection delay.
+const BACKOFF_BASE_MS: f64 = 500.0;
+/// Longest reconnection delay.
+const BACKOFF_CAP_MS: f64 = 30_000.0;
+/// Presence (cursor) updates are sent at most this often (~30 Hz).
+const PRESENCE_INTERVAL_MS: f64 = 33.0;
+/// Presence is re-sent this often even when unchanged, so no peer times us out (Yjs drops
+/// states not renewed for 30 s).
+pub const PRESENCE_HEARTBEAT_MS: u64 = 15_000;
+
+/// What the connection is doing, as shown in the status bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Status {
+    /// Opening the socket.
+    Connecting,
+    /// Open and synced.
+    Connected,
+    /// Waiting to retry; the next attempt is at this time (`Date.now()` milliseconds).
+    Reconnecting {
+        /// When the next attempt starts.
+        at_ms: f64,
+    },
+    /// The browser reports no network.
+    Offline,
+}
+
+/// Reactive values the UI reads; the connection writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Signals {
+    /// Bumped after every change to the document (local or remote).
+    pub doc_version: RwSignal<u64>,
+    /// True once the first sync of this page load was applied.
+    pub synced: RwSignal<bool>,
+    /// Connection state.
+    pub status: RwSignal<Status>,
+    /// Bumped after every change to someone's presence.
+    pub presence_version: RwSignal<u64>,
+}
+
+impl Signals {
+    /// Fresh signals for a room view.
+    pub fn new() -> Self {
+        Self {
+            doc_version: RwSignal::new(0),
+            synced: RwSignal::new(false),
+            status: RwSignal::new(Status::Connecting),
+            presence_version: RwSignal::new(0),
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Socket {
+    ws: WebSocket,
+    _on_open: Closure<dyn FnMut()>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        let _ = self.ws.close();
+    }
+}
+
+/// One room's connection. Lives as long as the room view.
+pub struct Connection {
+    url: String,
+    session: RefCell<ClientSession>,
+    socket: RefCell<Option<Socket>>,
+    attempt: Cell<u32>,
+    closed: Cell<bool>,
+    signals: Signals,
+    undo: RefCell<UndoManager>,
+    presence: RefCell<Presence>,
+    presence_sent_at: Cell<f64>,
+    presence_timer: Cell<bool>,
+}
+
+/// Milliseconds since the epoch, from the browser.
+pub fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+impl Connection {
+    /// A connection to `room` (not yet open: call [`Connection::connect`]).
+    pub fn new(room: &str, presence: Presence, signals: Signals) -> Rc<Self> {
+        let doc = Doc::new();
+        let shapes = doc.get_or_insert_map(SHAPES);
+        let mut undo = UndoManager::with_options(UndoOptions {
+            capture_timeout_millis: 400,
+            tracked_origins: HashSet::from([Origin::from(LOCAL)]),
+            capture_transaction: None,
+            timestamp: Arc::new(|| now_ms() as u64),
+            init_undo_stack: Vec::new(),
+            init_redo_stack: Vec::new(),
+        });
+        undo.expand_scope(&doc, &shapes);
+        let session = ClientSession::new(doc, || now_ms() as u64);
+        Rc::new(Self {
+            url: socket_url(room),
+            session: RefCell::new(session),
+            socket: RefCell::new(None),
+            attempt: Cell::new(0),
+            closed: Cell::new(false),
+            signals,
+            undo: RefCell::new(undo),
+            presence: RefCell::new(presence),
+            presence_sent_at: Cell::new(0.0),
+            presence_timer: Cell::new(false),
+        })
+    }
+
+    /// Opens the socket (again).
+    pub fn connect(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
+        self.signals.status.set(Status::Connecting);
+        let ws = match WebSocket::new(&self.url) {
+            Ok(ws) => ws,
+            Err(_) => {
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let weak = Rc::downgrade(self);
+        let on_open = Closure::<dyn FnMut()>::new({
+            let weak = weak.clone();
+            move || {
+                if let Some(c) = weak.upgrade() {
+                    c.on_open();
+                }
+            }
+        });
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new({
+            let weak = weak.clone();
+            move |ev: MessageEvent| {
+                if let (Some(c), Ok(buf)) =
+                    (weak.upgrade(), ev.data().dyn_into::<js_sys::ArrayBuffer>())
+                {
+                    c.on_frame(&js_sys::Uint8Array::new(&buf).to_vec());
+                }
+            }
+        });
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_ev: CloseEvent| {
+            if let Some(c) = weak.upgrade() {
+                c.on_close();
+            }
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        *self.socket.borrow_mut() =
+            Some(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+    }
+
+    /// Closes for good (the room view is going away).
+    pub fn close(&self) {
+        self.closed.set(true);
+        let bye = self.session.borrow_mut().clear_presence();
+        self.send(&bye);
+        self.socket.borrow_mut().take();
+    }
+
+    fn on_open(&self) {
+        let frames = self.session.borrow_mut().handshake();
+        for f in frames {
+            self.send(&f);
+        }
+        // Our presence goes with the handshake so others see us at once.
+        self.send_presence_now();
+    }
+
+    fn on_frame(self: &Rc<Self>, frame: &[u8]) {
+        let received = self.session.borrow_mut().receive(frame);
+        match received {
+            Ok(received) => {
+                for reply in &received.replies {
+                    self.send(reply);
+                }
+                for event in received.events {
+                    match event {
+                        ClientEvent::Synced => {
+                            self.attempt.set(0);
+                            self.signals.synced.set(true);
+                            self.signals.status.set(Status::Connected);
+                        }
+                        ClientEvent::DocChanged => self.signals.doc_version.update(|v| *v += 1),
+                        ClientEvent::PresenceChanged { .. } => {
+                            self.signals.presence_version.update(|v| *v += 1)
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                leptos::logging::warn!("bad frame from server: {e}; reconnecting");
+                self.socket.borrow_mut().take();
+                self.on_close();
+            }
+        }
+    }
+
+    fn on_close(self: &Rc<Self>) {
+        self.socket.borrow_mut().take();
+        self.session.borrow_mut().disconnected();
+        // Others' presence is stale until we are back.
+        self.signals.presence_version.update(|v| *v += 1);
+        if !self.closed.get() {
+            self.schedule_reconnect();
+        }
+    }
+
+    fn schedule_reconnect(self: &Rc<Self>) {
+        // Exponential backoff with full jitter: spreads a crowd of clients reconnecting after a
+        // server restart over the whole window instead of hitting it at once.
+        let attempt = self.attempt.get();
+        self.attempt.set(attempt.saturating_add(1));
+        let ceiling = (BACKOFF_BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(BACKOFF_CAP_MS);
+        let delay = js_sys::Math::random() * ceiling;
+        let offline = web_sys::window().is_some_and(|w| !w.navigator().on_line());
+        self.signals.status.set(if offline {
+            Status::Offline
+        } else {
+            Status::Reconnecting { at_ms: now_ms() + delay }
+        });
+        let weak = Rc::downgrade(self);
+        set_timeout(
+            move || {
+                if let Some(c) = weak.upgrade() {
+                    c.connect();
+                }
+            },
+            std::time::Duration::from_millis(delay as u64),
+        );
+    }
+
+    /// True while the socket is open.
+    pub fn is_open(&self) -> bool {
+        self.socket.borrow().as_ref().is_some_and(|s| s.ws.ready_state() == WebSocket::OPEN)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        if let Some(s) = self.socket.borrow().as_ref()
+            && s.ws.ready_state() == WebSocket::OPEN
+        {
+            let _ = s.ws.send_with_u8_array(frame);
+        }
+    }
+
+    /// Runs a local edit (tracked by undo) and sends it.
+    pub fn edit(&self, f: impl FnOnce(&Board, &mut TransactionMut<'_>)) {
+        {
+            let session = self.session.borrow();
+            let doc = session.doc();
+            let board = Board::new(doc);
+            let mut txn = doc.transact_mut_with(LOCAL);
+            f(&board, &mut txn);
+        }
+        self.after_local_change();
+    }
+
+    /// Undoes this user's last edit (never anyone else's).
+    pub fn undo(&self) {
+        let changed = self.undo.borrow_mut().undo_blocking();
+        if changed {
+            self.after_local_change();
+        }
+    }
+
+    /// Redoes this user's last undone edit.
+    pub fn redo(&self) {
+        let changed = self.undo.borrow_mut().redo_blocking();
+        if changed {
+            self.after_local_change();
+        }
+    }
+
+    fn after_local_change(&self) {
+        let frames = self.session.borrow_mut().drain_local_updates();
+        if self.is_open() {
+            for f in &frames {
+                self.send(f);
+            }
+        }
+        self.signals.doc_version.update(|v| *v += 1);
+    }
+
+    /// Reads the document.
+    pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
+        f(self.session.borrow().doc())
+    }
+
+    /// Our awareness client id.
+    pub fn client_id(&self) -> u64 {
+        self.session.borrow().client_id()
+    }
+
+    /// Everyone else's presence, by awareness client id.
+    pub fn peers(&self) -> Vec<(u64, Presence)> {
+        if !self.is_open() {
+            return Vec::new();
+        }
+        self.session.borrow().peers()
+    }
+
+    /// Changes our presence; sent at most every 33 ms (the last change always goes out).
+    pub fn update_presence(self: &Rc<Self>, f: impl FnOnce(&mut Presence)) {
+        f(&mut self.presence.borrow_mut());
+        let since = now_ms() - self.presence_sent_at.get();
+        if since >= PRESENCE_INTERVAL_MS {
+            self.send_presence_now();
+        } else if !self.presence_timer.replace(true) {
+            let weak = Rc::downgrade(self);
+            set_timeout(
+                move || {
+                    if let Some(c) = weak.upgrade() {
+                        c.presence_timer.set(false);
+                        c.send_presence_now();
+                    }
+                },
+                std::time::Duration::from_millis((PRESENCE_INTERVAL_MS - since).max(1.0) as u64),
+            );
+        }
+    }
+
+    /// Our current presence.
+    pub fn presence(&self) -> Presence {
+        self.presence.borrow().clone()
+    }
+
+    /// Sends our presence now (also the heartbeat).
+    pub fn send_presence_now(&self) {
+        self.presence_sent_at.set(now_ms());
+        let presence = self.presence.borrow().clone();
+        let frame = self.session.borrow_mut().set_presence(&presence);
+        if let Ok(frame) = frame {
+            self.send(&frame);
+        }
+    }
+}
+
+/// `ws(s)://<this host>/ws/<room>`.
+fn socket_url(room: &str) -> String {
+    let location = web_sys::window().map(|w| w.location());
+    let (protocol, host) = location
+        .map(|l| (l.protocol().unwrap_or_default(), l.host().unwrap_or_default()))
+        .unwrap_or_default();
+    let scheme = if protocol == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{host}/ws/{room}")
+}
