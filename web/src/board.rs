@@ -555,10 +555,10 @@ pub fn BoardView() -> impl IntoView {
                     room.editing.set(None);
                 }
                 on:keydown=move |ev: web_sys::KeyboardEvent| {
-                    if ev.key() == "Escape" {
-                        if let Some(t) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlElement>().ok()) {
-                            let _ = t.blur();
-                        }
+                    if ev.key() == "Escape"
+                        && let Some(t) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlElement>().ok())
+                    {
+                        let _ = t.blur();
                     }
                 }
             ></textarea>

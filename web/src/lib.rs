@@ -449,8 +449,8 @@ fn Toolbar() -> impl IntoView {
                 <button class="tool" data-testid="redo" aria-label="Redo (Ctrl+Shift+Z)" title="Redo (Ctrl+Shift+Z)" on:click=move |_| state.conn.get_value().redo()>"↷"</button>
                 <button class="tool" data-testid="bring-front" aria-label="Bring to front" title="Bring to front" on:click=move |_| restack(state, true)>"⤒"</button>
                 <button class="tool" data-testid="send-back" aria-label="Send to back" title="Send to back" on:click=move |_| restack(state, false)>"⤓"</button>
-                <button class="tool" data-testid="duplicate" aria-label="Duplicate (Ctrl+D)" title="Duplicate (Ctrl+D)" on:click=move |_| duplicate(state)>"⧉"</button>
-                <button class="tool" data-testid="delete" aria-label="Delete (Del)" title="Delete (Del)" on:click=move |_| delete_selection(state)>"🗑"</button>
+                <button class="tool" data-testid="duplicate" aria-label="Duplicate (Ctrl+D)" title="Duplicate (Ctrl+D)" on:click=move |_| duplicate(state)>"❐"</button>
+                <button class="tool" data-testid="delete" aria-label="Delete (Del)" title="Delete (Del)" on:click=move |_| delete_selection(state)>"✕"</button>
             </div>
             <div class="tool-group">
                 <button class="tool" data-testid="zoom-out" aria-label="Zoom out" title="Zoom out" on:click=move |_| zoom_by(0.8)>"−"</button>

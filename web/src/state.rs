@@ -89,7 +89,7 @@ impl Tool {
     pub fn icon(self) -> &'static str {
         match self {
             Tool::Select => "⬉",
-            Tool::Hand => "✋",
+            Tool::Hand => "☚",
             Tool::Pen => "✎",
             Tool::Rect => "▭",
             Tool::Ellipse => "◯",
