@@ -239,6 +239,21 @@ impl ClientSession {
         frames
     }
 
+    /// Applies a state saved earlier on this device (an offline cache) without treating it as a
+    /// new local edit: whatever the server lacks of it reaches the server through the next
+    /// handshake's sync step 2.
+    ///
+    /// # Errors
+    /// [`WireError::InvalidUpdate`] if the saved bytes are not a valid update.
+    pub fn restore(&mut self, saved: &[u8]) -> Result<(), WireError> {
+        self.apply_remote(saved).map(|_| ())
+    }
+
+    /// The whole document as one update, for an offline cache.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.doc().transact().encode_state_as_update_v1(&yrs::StateVector::default())
+    }
+
     /// Call when the socket closes: the session is no longer synced.
     pub fn disconnected(&mut self) {
         self.synced = false;

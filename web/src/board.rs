@@ -587,6 +587,8 @@ pub fn BoardView() -> impl IntoView {
         <div class="board" node_ref=host_ref data-testid="board"
             data-synced=move || room.signals.synced.get().to_string()
             data-shape-count=move || shape_count.get().to_string()
+            data-cached=move || room.signals.cached.get().to_string()
+            data-view=move || { let v = room.view.get(); format!("{:.1},{:.1},{:.3}", v.x, v.y, v.zoom) }
             aria-label="Whiteboard">
             <canvas node_ref=canvas_ref class=cursor_class
                 style:width=move || format!("{}px", size.get().0)

@@ -8,10 +8,13 @@
 //! - [`board`]: the canvas board and every tool's pointer handling.
 //! - [`geometry`], [`render`]: viewport maths, hit testing, and drawing.
 //! - [`chat`]: the chat panel.
+//! - [`cache`]: the offline cache of each room's document in IndexedDB.
+//! - [`export`]: PNG / SVG / JSON export, copy and paste.
 //!
 //! This file holds the top-level components: routing, the landing page, the room layout.
 
 pub mod board;
+pub mod cache;
 pub mod chat;
 pub mod export;
 pub mod geometry;
@@ -197,7 +200,7 @@ fn RoomView(
         ..Presence::default()
     };
     let conn = Connection::new(&room, presence, signals);
-    conn.connect();
+    conn.start();
     let state = RoomState {
         conn: StoredValue::new_local(Rc::clone(&conn)),
         signals,

@@ -26,6 +26,8 @@ const LOCAL: &str = "huddle-local";
 const BACKOFF_BASE_MS: f64 = 500.0;
 /// Longest reconnection delay.
 const BACKOFF_CAP_MS: f64 = 30_000.0;
+/// Edits are written to the offline cache at most this often.
+const SAVE_DELAY_MS: u64 = 300;
 /// Presence (cursor) updates are sent at most this often (~30 Hz).
 const PRESENCE_INTERVAL_MS: f64 = 33.0;
 /// Presence is re-sent this often even when unchanged, so no peer times us out (Yjs drops
@@ -59,6 +61,8 @@ pub struct Signals {
     pub status: RwSignal<Status>,
     /// Bumped after every change to someone's presence.
     pub presence_version: RwSignal<u64>,
+    /// True when everything in the document is also in the offline cache.
+    pub cached: RwSignal<bool>,
 }
 
 impl Signals {
@@ -69,6 +73,7 @@ impl Signals {
             synced: RwSignal::new(false),
             status: RwSignal::new(Status::Connecting),
             presence_version: RwSignal::new(0),
+            cached: RwSignal::new(false),
         }
     }
 }
@@ -98,6 +103,9 @@ impl Drop for Socket {
 /// One room's connection. Lives as long as the room view.
 pub struct Connection {
     url: String,
+    room: String,
+    /// A save to the offline cache is pending.
+    save_scheduled: Cell<bool>,
     session: RefCell<ClientSession>,
     socket: RefCell<Option<Socket>>,
     attempt: Cell<u32>,
@@ -131,6 +139,8 @@ impl Connection {
         let session = ClientSession::new(doc, || now_ms() as u64);
         Rc::new(Self {
             url: socket_url(room),
+            room: room.to_owned(),
+            save_scheduled: Cell::new(false),
             session: RefCell::new(session),
             socket: RefCell::new(None),
             attempt: Cell::new(0),
@@ -191,6 +201,9 @@ impl Connection {
     /// Closes for good (the room view is going away).
     pub fn close(&self) {
         self.closed.set(true);
+        let state = self.session.borrow().snapshot();
+        let room = self.room.clone();
+        leptos::task::spawn_local(async move { crate::cache::save(&room, &state).await });
         let bye = self.session.borrow_mut().clear_presence();
         self.send(&bye);
         self.socket.borrow_mut().take();
@@ -219,7 +232,10 @@ impl Connection {
                             self.signals.synced.set(true);
                             self.signals.status.set(Status::Connected);
                         }
-                        ClientEvent::DocChanged => self.signals.doc_version.update(|v| *v += 1),
+                        ClientEvent::DocChanged => {
+                            self.signals.doc_version.update(|v| *v += 1);
+                            self.schedule_save();
+                        }
                         ClientEvent::PresenceChanged { .. } => {
                             self.signals.presence_version.update(|v| *v += 1)
                         }
@@ -282,7 +298,7 @@ impl Connection {
     }
 
     /// Runs a local edit (tracked by undo) and sends it.
-    pub fn edit(&self, f: impl FnOnce(&Board, &mut TransactionMut<'_>)) {
+    pub fn edit(self: &Rc<Self>, f: impl FnOnce(&Board, &mut TransactionMut<'_>)) {
         {
             let session = self.session.borrow();
             let doc = session.doc();
@@ -294,7 +310,7 @@ impl Connection {
     }
 
     /// Undoes this user's last edit (never anyone else's).
-    pub fn undo(&self) {
+    pub fn undo(self: &Rc<Self>) {
         let changed = self.undo.borrow_mut().undo_blocking();
         if changed {
             self.after_local_change();
@@ -302,14 +318,14 @@ impl Connection {
     }
 
     /// Redoes this user's last undone edit.
-    pub fn redo(&self) {
+    pub fn redo(self: &Rc<Self>) {
         let changed = self.undo.borrow_mut().redo_blocking();
         if changed {
             self.after_local_change();
         }
     }
 
-    fn after_local_change(&self) {
+    fn after_local_change(self: &Rc<Self>) {
         let frames = self.session.borrow_mut().drain_local_updates();
         if self.is_open() {
             for f in &frames {
@@ -317,6 +333,49 @@ impl Connection {
             }
         }
         self.signals.doc_version.update(|v| *v += 1);
+        self.schedule_save();
+    }
+
+    /// Restores the document saved in the offline cache, then connects.
+    pub fn start(self: &Rc<Self>) {
+        let me = Rc::clone(self);
+        leptos::task::spawn_local(async move {
+            let saved = crate::cache::load(&me.room).await;
+            if let Some(saved) = saved
+                && me.session.borrow_mut().restore(&saved).is_ok()
+            {
+                me.signals.doc_version.update(|v| *v += 1);
+            }
+            me.connect();
+        });
+    }
+
+    /// Saves the document to the offline cache soon (coalescing bursts of edits).
+    fn schedule_save(self: &Rc<Self>) {
+        self.signals.cached.set(false);
+        if self.save_scheduled.replace(true) {
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        set_timeout(
+            move || {
+                if let Some(c) = weak.upgrade() {
+                    c.save_scheduled.set(false);
+                    let state = c.session.borrow().snapshot();
+                    let room = c.room.clone();
+                    let cached = c.signals.cached;
+                    let weak = Rc::downgrade(&c);
+                    leptos::task::spawn_local(async move {
+                        crate::cache::save(&room, &state).await;
+                        // Still current unless another save was scheduled meanwhile.
+                        if weak.upgrade().is_some_and(|c| !c.save_scheduled.get()) {
+                            cached.set(true);
+                        }
+                    });
+                }
+            },
+            std::time::Duration::from_millis(SAVE_DELAY_MS),
+        );
     }
 
     /// Reads the document.

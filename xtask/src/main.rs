@@ -166,6 +166,8 @@ fn build_web(root: &Path) -> Result<()> {
         .arg(&wasm))?;
     std::fs::copy(root.join("web/index.html"), dist.join("index.html"))
         .context("copying index.html")?;
+    // The service worker must live at the root to control room URLs.
+    std::fs::copy(root.join("assets/sw.js"), dist.join("sw.js")).context("copying sw.js")?;
     for entry in std::fs::read_dir(root.join("assets")).context("reading assets/")? {
         let entry = entry?;
         std::fs::copy(entry.path(), dist.join("assets").join(entry.file_name()))

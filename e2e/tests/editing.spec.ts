@@ -1,0 +1,110 @@
+// Editing propagates: move, resize, delete, z-order and colour changes made by one user reach the
+// other; follow mode moves one user's view with another's. Shape attributes are read from the
+// room's JSON export (a user-visible feature), not from hooks into the code.
+import { test, expect, newUser, dragOnBoard } from './fixtures';
+import { Page } from '@playwright/test';
+import { readFileSync } from 'node:fs';
+
+type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string };
+
+async function roomJson(page: Page): Promise<{ shapes: Record<string, ShapeJson>; chat: unknown[] }> {
+  const download = page.waitForEvent('download');
+  await page.getByTestId('export-json').click();
+  return JSON.parse(readFileSync(await (await download).path(), 'utf8'));
+}
+
+async function shapesOf(page: Page): Promise<ShapeJson[]> {
+  return Object.values((await roomJson(page)).shapes).sort((a, b) => a.z - b.z);
+}
+
+test('move, resize, recolour, restack and delete reach the other user', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 180);
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 150, 140, 260, 240);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  let [rect, ellipse] = await shapesOf(b);
+  expect(rect.kind).toBe('rect');
+  expect(ellipse.kind).toBe('ellipse');
+
+  // Move the rectangle by dragging it with the select tool.
+  await a.getByTestId('tool-select').click();
+  await dragOnBoard(a, 110, 110, 410, 310);
+  await expect.poll(async () => (await shapesOf(b)).find((s) => s.kind === 'rect')!.x).toBeCloseTo(rect.x + 300, 0);
+
+  // Recolour it (it is selected): stroke red, fill blue.
+  await a.getByTestId('stroke-e03131').click();
+  await a.getByTestId('fill-a5d8ff').click();
+  await expect.poll(async () => (await shapesOf(b)).find((s) => s.kind === 'rect')!.stroke).toBe('#e03131');
+  expect((await shapesOf(b)).find((s) => s.kind === 'rect')!.fill).toBe('#a5d8ff');
+
+  // Resize with the handle at the bottom-right corner of the selection.
+  rect = (await shapesOf(a)).find((s) => s.kind === 'rect')!;
+  const right = rect.x + rect.w + 4 + 1;
+  const bottom = rect.y + rect.h + 4 + 1;
+  await dragOnBoard(a, right, bottom, right + 60, bottom + 40);
+  await expect.poll(async () => (await shapesOf(b)).find((s) => s.kind === 'rect')!.w).toBeGreaterThan(rect.w + 40);
+
+  // Send the rectangle to the back, then the ellipse is on top for Bob.
+  await a.getByTestId('send-back').click();
+  await expect.poll(async () => (await shapesOf(b))[0].kind).toBe('rect');
+  await a.getByTestId('bring-front').click();
+  await expect.poll(async () => (await shapesOf(b))[1].kind).toBe('rect');
+
+  // Delete it.
+  await a.keyboard.press('Delete');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  [ellipse] = await shapesOf(b);
+  expect(ellipse.kind).toBe('ellipse');
+  await b.screenshot({ path: 'test-results/screens/after-edits-bob.png' });
+});
+
+test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await b.getByTestId('presence-item').filter({ hasText: 'Ada' }).getByTestId('follow').click();
+  await expect(b.getByTestId('follow')).toHaveAttribute('aria-pressed', 'true');
+  // Ada zooms in twice: Bob's zoom label follows.
+  await a.getByTestId('zoom-in').click();
+  await a.getByTestId('zoom-in').click();
+  await expect(a.getByTestId('zoom-reset')).toHaveText('156%');
+  await expect(b.getByTestId('zoom-reset')).toHaveText('156%');
+  // Ada pans with the hand tool; Bob sees the same board region (her shape stays in his view).
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 300, 300, 380, 360);
+  await a.getByTestId('tool-hand').click();
+  await dragOnBoard(a, 600, 400, 400, 300);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  const adaView = await a.getByTestId('board').getAttribute('data-view');
+  expect(adaView).not.toBe('0.0,0.0,1.000');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-view', adaView!);
+  await b.screenshot({ path: 'test-results/screens/follow-bob.png' });
+  await a.screenshot({ path: 'test-results/screens/follow-ada.png' });
+});
+
+test('a reload while the server is down still shows the board, and offline edits arrive later', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  const a = await newUser(context, server.url, 'Ada');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await dragOnBoard(a, 250, 100, 350, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  // The service worker holds the app shell once it controls the page.
+  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+
+  await server.stop();
+  await a.reload();
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 100, 300, 200, 400);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.screenshot({ path: 'test-results/screens/offline-reload.png' });
+
+  await server.start();
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '3');
+});
