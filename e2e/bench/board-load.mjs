@@ -1,0 +1,101 @@
+// Benchmark (not a test): how fast a big room opens and pans in headless Chromium.
+//
+//   HUDDLE_SERVER_BIN=target/release/huddle-server node e2e/bench/board-load.mjs 10000 40000
+//
+// For each size N it starts a fresh server, preloads a room with N mixed shapes (rectangles,
+// ellipses, pen strokes, text, arrows) through a stock Yjs client, then opens the room in
+// Chromium (1280x800) and reports: navigation → `data-synced` with all N shapes counted, the
+// frame rate while panning with the hand tool for 2 s, and the wasm bundle size.
+import { chromium } from '@playwright/test';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { gzipSync } from 'node:zlib';
+import { readFileSync } from 'node:fs';
+import * as Y from 'yjs';
+import { WebsocketProvider } from 'y-websocket';
+import WebSocket from 'ws';
+
+const sizes = process.argv.slice(2).map(Number).filter(Boolean);
+if (!sizes.length) sizes.push(10000, 40000);
+const bin = process.env.HUDDLE_SERVER_BIN;
+if (!bin) throw new Error('set HUDDLE_SERVER_BIN to the huddle-server binary');
+
+async function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), 'huddle-bench-'));
+  const proc = spawn(bin, ['--addr', '127.0.0.1:0', '--data-dir', dir, '--durability', 'process'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise((r) => createInterface({ input: proc.stdout }).once('line', r));
+  return { proc, url: line.split('listening on ')[1].trim() };
+}
+
+function preload(doc, n) {
+  const kinds = ['rect', 'ellipse', 'pen', 'text', 'arrow'];
+  const shapes = doc.getMap('shapes');
+  doc.transact(() => {
+    for (let i = 0; i < n; i++) {
+      const kind = kinds[i % kinds.length];
+      const m = new Y.Map();
+      const x = (i % 200) * 60, y = Math.floor(i / 200) * 60;
+      const points = kind === 'pen' ? [0, 0, 10, 12, 20, 8, 30, 20, 40, 14] : kind === 'arrow' ? [0, 0, 40, 30] : [];
+      for (const [k, v] of Object.entries({ id: `s${i}`, kind, x, y, w: 44, h: 36, points, stroke: '#1e1e1e',
+        fill: i % 3 ? 'transparent' : '#a5d8ff', width: 2, text: kind === 'text' ? `note ${i}` : '', z: i, author: 'bench' })) m.set(k, v);
+      shapes.set(`s${i}`, m);
+    }
+  });
+}
+
+async function seed(url, room, n) {
+  const ws = url.replace('http', 'ws') + '/ws';
+  const doc = new Y.Doc();
+  preload(doc, n);
+  const provider = new WebsocketProvider(ws, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true });
+  await new Promise((r) => provider.once('sync', r));
+  const check = new Y.Doc();
+  const probe = new WebsocketProvider(ws, room, check, { WebSocketPolyfill: WebSocket, disableBc: true });
+  await new Promise((r) => { const f = () => { if (check.getMap('shapes').size === n) r(); }; check.on('update', f); probe.on('sync', f); });
+  probe.destroy(); provider.destroy();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const rows = [];
+for (const n of sizes) {
+  const { proc, url } = await startServer();
+  const room = `bench-${n}`;
+  await seed(url, room, n);
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
+  const page = await context.newPage();
+  // Warm the HTTP cache for the bundle (a returning user), then measure a fresh navigation.
+  await page.goto(`${url}/`);
+  const t0 = Date.now();
+  await page.goto(`${url}/r/${room}`);
+  await page.waitForFunction((n) => {
+    const b = document.querySelector('[data-testid=board]');
+    return b && b.getAttribute('data-synced') === 'true' && Number(b.getAttribute('data-shape-count')) === n;
+  }, n, { polling: 'raf', timeout: 120000 });
+  const loadMs = Date.now() - t0;
+  // Pan with the hand tool for about 2 s and count animation frames.
+  await page.getByTestId('tool-hand').click();
+  const box = await page.getByTestId('board').boundingBox();
+  await page.evaluate(() => { window.__frames = 0; const tick = () => { window.__frames++; window.__raf = requestAnimationFrame(tick); }; window.__raf = requestAnimationFrame(tick); });
+  const p0 = Date.now();
+  await page.mouse.move(box.x + 600, box.y + 400);
+  await page.mouse.down();
+  for (let i = 0; i < 120; i++) await page.mouse.move(box.x + 600 - i * 4, box.y + 400 - i * 2);
+  await page.mouse.up();
+  const frames = await page.evaluate(() => { cancelAnimationFrame(window.__raf); return window.__frames; });
+  const fps = frames / ((Date.now() - p0) / 1000);
+  rows.push({ shapes: n, load_ms: loadMs, pan_fps: Math.round(fps) });
+  await context.close();
+  proc.kill('SIGTERM');
+}
+await browser.close();
+const wasm = readFileSync(new URL('../../web/dist/huddle_web_bg.wasm', import.meta.url));
+console.table(rows);
+console.log(`wasm bundle: ${(wasm.length / 1024).toFixed(0)} KiB, ${(gzipSync(wasm, { level: 9 }).length / 1024).toFixed(0)} KiB gzipped`);
+process.exit(0);
