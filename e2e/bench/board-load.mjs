@@ -25,7 +25,7 @@ if (!bin) throw new Error('set HUDDLE_SERVER_BIN to the huddle-server binary');
 
 async function startServer() {
   const dir = mkdtempSync(join(tmpdir(), 'huddle-bench-'));
-  const proc = spawn(bin, ['--addr', '127.0.0.1:0', '--data-dir', dir, '--durability', 'process'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(bin, ['--addr', '127.0.0.1:0', '--data-dir', dir, '--durability', 'process', '--max-message-bytes', String(64 << 20)], { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((r) => createInterface({ input: proc.stdout }).once('line', r));
   return { proc, url: line.split('listening on ')[1].trim() };
 }
@@ -65,8 +65,10 @@ const browser = await chromium.launch({
 const rows = [];
 for (const n of sizes) {
   const { proc, url } = await startServer();
+  console.error('server', url, 'seeding', n);
   const room = `bench-${n}`;
   await seed(url, room, n);
+  console.error('seeded', n);
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
   const page = await context.newPage();

@@ -43,7 +43,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Largest WebSocket message accepted, in bytes; larger ones close the socket with 1009.
-    #[arg(long, env = "HUDDLE_MAX_MESSAGE_BYTES", default_value_t = 8 << 20,
+    #[arg(long, env = "HUDDLE_MAX_MESSAGE_BYTES", default_value_t = 32 << 20,
           value_parser = clap::value_parser!(u32).range(1024..=(256 << 20)))]
     pub max_message_bytes: u32,
 
