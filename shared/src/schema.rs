@@ -143,6 +143,36 @@ impl Shape {
         ])
     }
 
+    /// Reads a shape straight from its nested map, without building an intermediate JSON value
+    /// (this runs for every shape when a board opens).
+    fn from_map<T: ReadTxn>(key: &str, map: &MapRef, txn: &T) -> Option<Self> {
+        let mut shape = Shape::new(key, ShapeKind::Rect);
+        let mut kind = None;
+        for (name, value) in map.iter(txn) {
+            let Out::Any(value) = value else { continue };
+            match (name, value) {
+                ("kind", Any::String(k)) => kind = ShapeKind::parse(&k),
+                ("id", Any::String(v)) => shape.id = v.to_string(),
+                ("x", v) => shape.x = any_number(&v).unwrap_or(0.0),
+                ("y", v) => shape.y = any_number(&v).unwrap_or(0.0),
+                ("w", v) => shape.w = any_number(&v).unwrap_or(0.0),
+                ("h", v) => shape.h = any_number(&v).unwrap_or(0.0),
+                ("width", v) => shape.width = any_number(&v).unwrap_or(shape.width),
+                ("z", v) => shape.z = any_number(&v).unwrap_or(0.0),
+                ("points", Any::Array(points)) => {
+                    shape.points = points.iter().filter_map(any_number).collect()
+                }
+                ("stroke", Any::String(v)) => shape.stroke = v.to_string(),
+                ("fill", Any::String(v)) => shape.fill = v.to_string(),
+                ("text", Any::String(v)) => shape.text = v.to_string(),
+                ("author", Any::String(v)) => shape.author = v.to_string(),
+                _ => {}
+            }
+        }
+        shape.kind = kind?;
+        Some(shape)
+    }
+
     fn from_fields(key: &str, fields: &HashMap<String, Any>) -> Option<Self> {
         let kind = ShapeKind::parse(&str_field(fields, "kind")?)?;
         let mut shape = Shape::new(str_field(fields, "id").unwrap_or_else(|| key.to_owned()), kind);
@@ -258,8 +288,7 @@ impl Board {
 
     /// The shape with `id`, if present and of a known kind.
     pub fn shape<T: ReadTxn>(&self, txn: &T, id: &str) -> Option<Shape> {
-        let out = self.shapes.get(txn, id)?;
-        Shape::from_fields(id, &fields(txn, out)?)
+        read_shape(txn, id, self.shapes.get(txn, id)?)
     }
 
     /// Number of entries in the shapes map (including any of unknown kinds).
@@ -269,11 +298,8 @@ impl Board {
 
     /// Every shape of a known kind, bottom to top (by `z`, then id).
     pub fn shapes<T: ReadTxn>(&self, txn: &T) -> Vec<Shape> {
-        let mut all: Vec<Shape> = self
-            .shapes
-            .iter(txn)
-            .filter_map(|(key, out)| Shape::from_fields(key, &fields(txn, out)?))
-            .collect();
+        let mut all: Vec<Shape> =
+            self.shapes.iter(txn).filter_map(|(key, out)| read_shape(txn, key, out)).collect();
         all.sort_by(|a, b| a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id)));
         all
     }
@@ -286,6 +312,14 @@ impl Board {
     /// Every chat message, in order.
     pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
         self.chat.iter(txn).filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?)).collect()
+    }
+}
+
+/// A shape stored as a nested map (Huddle's own) or as a plain object (a script's).
+fn read_shape<T: ReadTxn>(txn: &T, key: &str, out: Out) -> Option<Shape> {
+    match out {
+        Out::YMap(map) => Shape::from_map(key, &map, txn),
+        other => Shape::from_fields(key, &fields(txn, other)?),
     }
 }
 
