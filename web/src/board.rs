@@ -28,6 +28,12 @@ struct ShapeCache {
 enum Drag {
     #[default]
     None,
+    /// Two fingers: zoom by their spread, pan by their midpoint.
+    Pinch {
+        spread: f64,
+        mid: (f64, f64),
+        view: Viewport,
+    },
     Pan {
         sx: f64,
         sy: f64,
@@ -89,6 +95,17 @@ pub fn BoardView() -> impl IntoView {
     let frame_pending = StoredValue::new_local(false);
     let shape_count = RwSignal::new(0usize);
     let space_held = StoredValue::new(false);
+    // Pointers currently down (touch points), for pinch zoom.
+    let touches = StoredValue::new_local(Vec::<(i32, f64, f64)>::new());
+    let pinch_state = move || -> Option<(f64, (f64, f64))> {
+        touches.with_value(|t| match t.as_slice() {
+            [a, b, ..] => Some((
+                ((a.1 - b.1).powi(2) + (a.2 - b.2).powi(2)).sqrt().max(1.0),
+                ((a.1 + b.1) / 2.0, (a.2 + b.2) / 2.0),
+            )),
+            _ => None,
+        })
+    };
 
     // The shapes, refreshed lazily when the document version moved.
     let shapes = move || -> Rc<Vec<Shape>> {
@@ -201,6 +218,22 @@ pub fn BoardView() -> impl IntoView {
     let on_down = move |ev: web_sys::PointerEvent| {
         if let Some(c) = canvas_ref.get_untracked() {
             let _ = c.set_pointer_capture(ev.pointer_id());
+        }
+        if ev.pointer_type() == "touch" {
+            touches.update_value(|t| {
+                t.push((ev.pointer_id(), ev.offset_x() as f64, ev.offset_y() as f64))
+            });
+            if let Some((spread, mid)) = pinch_state() {
+                // A second finger turns whatever the first one started into a pinch.
+                if let Drag::Create { id, .. } | Drag::Pen { id, .. } = drag.get_value() {
+                    room.conn.get_value().edit(|b, t| {
+                        b.remove_shape(t, &id);
+                    });
+                }
+                room.follow.set(None);
+                drag.set_value(Drag::Pinch { spread, mid, view: room.view.get_untracked() });
+                return;
+            }
         }
         if room.editing.get_untracked().is_some() {
             room.editing.set(None);
@@ -331,11 +364,29 @@ pub fn BoardView() -> impl IntoView {
     };
 
     let on_move = move |ev: web_sys::PointerEvent| {
+        if ev.pointer_type() == "touch" {
+            touches.update_value(|t| {
+                if let Some(e) = t.iter_mut().find(|e| e.0 == ev.pointer_id()) {
+                    (e.1, e.2) = (ev.offset_x() as f64, ev.offset_y() as f64);
+                }
+            });
+        }
+        if let Drag::Pinch { spread, mid, view } = drag.get_value() {
+            if let Some((now_spread, now_mid)) = pinch_state() {
+                let zoomed = zoom_at(&view, now_spread / spread, mid.0, mid.1);
+                room.view.set(Viewport {
+                    x: zoomed.x - (now_mid.0 - mid.0) / zoomed.zoom,
+                    y: zoomed.y - (now_mid.1 - mid.1) / zoomed.zoom,
+                    zoom: zoomed.zoom,
+                });
+            }
+            return;
+        }
         let p = board_point(&ev);
         let conn = room.conn.get_value();
         conn.update_presence(|pr| pr.cursor = Some(Point { x: p.0, y: p.1 }));
         match drag.get_value() {
-            Drag::None => {}
+            Drag::None | Drag::Pinch { .. } => {}
             Drag::Pan { sx, sy, view } => {
                 let dx = (ev.client_x() as f64 - sx) / view.zoom;
                 let dy = (ev.client_y() as f64 - sy) / view.zoom;
@@ -408,6 +459,13 @@ pub fn BoardView() -> impl IntoView {
     };
 
     let on_up = move |ev: web_sys::PointerEvent| {
+        touches.update_value(|t| t.retain(|e| e.0 != ev.pointer_id()));
+        if matches!(drag.get_value(), Drag::Pinch { .. }) {
+            if pinch_state().is_none() {
+                drag.set_value(Drag::None);
+            }
+            return;
+        }
         let p = board_point(&ev);
         let conn = room.conn.get_value();
         match drag.get_value() {
@@ -597,6 +655,9 @@ pub fn BoardView() -> impl IntoView {
                 on:pointerleave=on_leave on:wheel=on_wheel on:dblclick=on_dblclick
             ></canvas>
             <div class="cursors">{cursors}</div>
+            {move || (!room.signals.synced.get()).then(|| view! {
+                <div class="loading" data-testid="loading" role="status"><span class="spinner"></span>"Loading the board…"</div>
+            })}
             {editor}
         </div>
     }

@@ -38,6 +38,9 @@ use crate::identity::{Identity, USER_COLORS, random_room_name};
 use crate::state::{RoomState, Tool};
 use crate::sync::{Connection, PRESENCE_HEARTBEAT_MS, Signals, Status, now_ms};
 
+/// No input for this long marks a user as away.
+const IDLE_AFTER_MS: f64 = 120_000.0;
+
 /// Whether a key event happens while typing in a text field (shortcuts must not fire then).
 pub fn typing_in_field(ev: &web_sys::KeyboardEvent) -> bool {
     ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok()).is_some_and(|el| {
@@ -231,10 +234,21 @@ fn RoomView(
         move || state.conn.get_value().send_presence_now(),
         std::time::Duration::from_millis(PRESENCE_HEARTBEAT_MS),
     );
-    let visibility = window_event_listener(ev::visibilitychange, move |_| {
-        let hidden = document().hidden();
-        state.conn.get_value().update_presence(|p| p.idle = hidden);
+    // Away: the tab is hidden, or no input for a while.
+    let last_input = StoredValue::new(now_ms());
+    let refresh_idle = move || {
+        let idle = document().hidden() || now_ms() - last_input.get_value() > IDLE_AFTER_MS;
+        let conn = state.conn.get_value();
+        if conn.presence().idle != idle {
+            conn.update_presence(|p| p.idle = idle);
+        }
+    };
+    let visibility = window_event_listener(ev::visibilitychange, move |_| refresh_idle());
+    let activity = window_event_listener(ev::pointermove, move |_| {
+        last_input.set_value(now_ms());
+        refresh_idle();
     });
+    let idle_check = set_interval_with_handle(refresh_idle, std::time::Duration::from_secs(10));
     // Follow mode: copy the followed person's viewport whenever it changes.
     Effect::new(move |_| {
         let Some(target) = state.follow.get() else { return };
@@ -252,6 +266,10 @@ fn RoomView(
             h.clear();
         }
         visibility.remove();
+        activity.remove();
+        if let Ok(h) = idle_check {
+            h.clear();
+        }
         keys.remove();
         // The stored value may already be disposed with the owner; then the socket goes with it.
         if let Some(conn) = state.conn.try_get_value() {

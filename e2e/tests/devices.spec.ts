@@ -1,0 +1,41 @@
+// The board on a phone (touch: pinch zoom), the dark theme, the eraser and the laser pointer.
+import { test, expect, newUser, dragOnBoard } from './fixtures';
+
+test('on a phone: two-finger pinch zooms the board', async ({ browser, server }) => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true });
+  const page = await newUser(context, server.url, 'Pia');
+  const box = (await page.getByTestId('board').boundingBox())!;
+  const cx = box.x + box.width / 2, cy = box.y + box.height / 2;
+  const cdp = await context.newCDPSession(page);
+  const touch = async (type: string, spread: number) => cdp.send('Input.dispatchTouchEvent', {
+    type,
+    touchPoints: type === 'touchEnd' ? [] : [{ x: cx - spread, y: cy, id: 1 }, { x: cx + spread, y: cy, id: 2 }],
+  });
+  await touch('touchStart', 30);
+  for (let s = 40; s <= 120; s += 10) await touch('touchMove', s);
+  await touch('touchEnd', 0);
+  const zoom = Number((await page.getByTestId('board').getAttribute('data-view'))!.split(',')[2]);
+  expect(zoom).toBeGreaterThan(2);
+  await expect(page.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
+  await page.screenshot({ path: 'test-results/screens/phone.png' });
+});
+
+test('dark theme, eraser and laser pointer', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext({ colorScheme: 'dark' }), server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await expect(a.locator('body')).toHaveClass(/theme-dark/);
+  await a.getByTestId('tool-pen').click();
+  await dragOnBoard(a, 100, 100, 300, 160);
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 400, 100, 500, 200);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  // The laser is ephemeral: Bob sees it through presence, the document does not change.
+  await a.getByTestId('tool-laser').click();
+  await dragOnBoard(a, 150, 300, 450, 350);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await a.screenshot({ path: 'test-results/screens/dark-theme.png' });
+  // The eraser removes what it crosses (the pen stroke), for everyone.
+  await a.getByTestId('tool-eraser').click();
+  await dragOnBoard(a, 200, 80, 200, 180);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+});
