@@ -336,8 +336,10 @@ impl Connection {
         self.schedule_save();
     }
 
-    /// Restores the document saved in the offline cache, then connects.
+    /// Connects, and meanwhile restores the document saved in the offline cache (reading
+    /// IndexedDB takes ~100 ms: the socket does not wait for it).
     pub fn start(self: &Rc<Self>) {
+        self.connect();
         let me = Rc::clone(self);
         leptos::task::spawn_local(async move {
             let saved = crate::cache::load(&me.room).await;
@@ -345,8 +347,12 @@ impl Connection {
                 && me.session.borrow_mut().restore(&saved).is_ok()
             {
                 me.signals.doc_version.update(|v| *v += 1);
+                // If the handshake already happened, offline edits in the cache would not reach
+                // the server until the next one: send them now (the server skips what it has).
+                if me.is_open() {
+                    me.send(&huddle_protocol::wire::update(saved));
+                }
             }
-            me.connect();
         });
     }
 
