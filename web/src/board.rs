@@ -131,14 +131,7 @@ pub fn BoardView() -> impl IntoView {
     let draw = move || {
         frame_pending.set_value(false);
         let Some(canvas) = canvas_ref.get_untracked() else { return };
-        let Some(ctx) = canvas
-            .get_context("2d")
-            .ok()
-            .flatten()
-            .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
-        else {
-            return;
-        };
+        let Some(ctx) = crate::export::context_2d(&canvas) else { return };
         let (w, h) = size.get_untracked();
         let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
         let view = room.view.get_untracked();

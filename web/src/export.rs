@@ -101,14 +101,7 @@ pub fn export_png(state: RoomState) {
     let Ok(canvas) = el.dyn_into::<web_sys::HtmlCanvasElement>() else { return };
     canvas.set_width((x1 - x0 + 2.0 * pad).ceil().min(8192.0) as u32);
     canvas.set_height((y1 - y0 + 2.0 * pad).ceil().min(8192.0) as u32);
-    let Some(ctx) = canvas
-        .get_context("2d")
-        .ok()
-        .flatten()
-        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
-    else {
-        return;
-    };
+    let Some(ctx) = context_2d(&canvas) else { return };
     ctx.set_fill_style_str("#ffffff");
     ctx.fill_rect(0.0, 0.0, canvas.width() as f64, canvas.height() as f64);
     let _ = ctx.translate(pad - x0, pad - y0);
@@ -237,26 +230,42 @@ pub fn copy_selection(state: RoomState) {
     }
 }
 
-/// Pastes the in-app clipboard, offset, on top, and selects the copies.
-pub fn paste(state: RoomState) {
-    let copied = CLIPBOARD.with(|c| c.borrow().clone());
-    if copied.is_empty() {
+/// Adds copies of `shapes` offset by `offset`, on top of everything, and selects them. The copies'
+/// ids add a `tag` and a time stamp to the originals' (unique per client and moment).
+pub fn place_copies(state: RoomState, shapes: &[Shape], offset: f64, tag: char) {
+    if shapes.is_empty() {
         return;
     }
     let top = max_z(state) + 1.0;
-    let conn = state.conn.get_value();
-    let stamp = crate::sync::now_ms() as u64 & 0xffffff;
+    let stamp = crate::sync::now_ms() as u64 & 0xff_ffff;
     let mut ids = Vec::new();
-    conn.edit(|b, t| {
-        for (i, s) in copied.iter().enumerate() {
+    state.conn.get_value().edit(|b, t| {
+        for (i, s) in shapes.iter().enumerate() {
             let mut copy = s.clone();
-            copy.id = format!("{}-p{stamp:x}", s.id);
-            copy.x += 30.0;
-            copy.y += 30.0;
+            copy.id = format!("{}-{tag}{stamp:x}", s.id);
+            copy.x += offset;
+            copy.y += offset;
             copy.z = top + i as f64;
             b.put_shape(t, &copy);
             ids.push(copy.id);
         }
     });
     state.selection.set(ids);
+}
+
+/// Pastes the in-app clipboard, offset, on top, and selects the copies.
+pub fn paste(state: RoomState) {
+    let copied = CLIPBOARD.with(|c| c.borrow().clone());
+    place_copies(state, &copied, 30.0, 'p');
+}
+
+/// Gets a canvas' 2D drawing context.
+pub fn context_2d(
+    canvas: &web_sys::HtmlCanvasElement,
+) -> Option<web_sys::CanvasRenderingContext2d> {
+    canvas
+        .get_context("2d")
+        .ok()
+        .flatten()
+        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
 }

@@ -360,25 +360,7 @@ fn select_all(state: RoomState) {
 
 /// Duplicates the selection, offset a little, and selects the copies.
 pub fn duplicate(state: RoomState) {
-    let selected = export::selected_shapes(state);
-    if selected.is_empty() {
-        return;
-    }
-    let conn = state.conn.get_value();
-    let top = export::max_z(state) + 1.0;
-    let mut ids = Vec::new();
-    conn.edit(|b, t| {
-        for (i, s) in selected.iter().enumerate() {
-            let mut copy = s.clone();
-            copy.id = format!("{}-d{:x}", s.id, (now_ms() as u64) & 0xffffff);
-            copy.x += 20.0;
-            copy.y += 20.0;
-            copy.z = top + i as f64;
-            b.put_shape(t, &copy);
-            ids.push(copy.id);
-        }
-    });
-    state.selection.set(ids);
+    export::place_copies(state, &export::selected_shapes(state), 20.0, 'd');
 }
 
 /// Sets a style field on every selected shape.
