@@ -254,9 +254,17 @@ impl ClientSession {
         self.doc().transact().encode_state_as_update_v1(&yrs::StateVector::default())
     }
 
-    /// Call when the socket closes: the session is no longer synced.
+    /// Call when the socket closes: the session is no longer synced, and everyone else's
+    /// presence is forgotten (departures during the outage would never arrive; the server's
+    /// greeting on reconnect lists who is there).
     pub fn disconnected(&mut self) {
         self.synced = false;
+        let me = self.awareness.client_id();
+        let others: Vec<ClientID> =
+            self.awareness.iter().map(|(id, _)| id).filter(|id| *id != me).collect();
+        for id in others {
+            self.awareness.remove_state(id);
+        }
     }
 
     /// Handles one binary frame from the server.

@@ -129,8 +129,11 @@ pub fn BoardView() -> impl IntoView {
     };
 
     let draw = move || {
-        frame_pending.set_value(false);
-        let Some(canvas) = canvas_ref.get_untracked() else { return };
+        // The room view may be gone by the time the frame comes (Back to the landing page).
+        if frame_pending.try_set_value(false).is_some() || room.view.try_get_untracked().is_none() {
+            return;
+        }
+        let Some(canvas) = canvas_ref.try_get_untracked().flatten() else { return };
         let Some(ctx) = crate::export::context_2d(&canvas) else { return };
         let (w, h) = size.get_untracked();
         let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
@@ -228,7 +231,8 @@ pub fn BoardView() -> impl IntoView {
                 return;
             }
         }
-        if room.editing.get_untracked().is_some() {
+        if let Some(previous) = room.editing.get_untracked() {
+            remove_if_empty_text(room, &previous);
             room.editing.set(None);
         }
         let p = board_point(&ev);
@@ -532,6 +536,8 @@ pub fn BoardView() -> impl IntoView {
     // Space held: temporary hand tool.
     let keydown = window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| {
         if ev.key() == " " && !crate::typing_in_field(&ev) {
+            // Also keeps space from pressing whichever toolbar button has focus.
+            ev.prevent_default();
             space_held.set_value(true);
         }
     });
@@ -648,11 +654,29 @@ pub fn BoardView() -> impl IntoView {
                 on:pointerleave=on_leave on:wheel=on_wheel on:dblclick=on_dblclick
             ></canvas>
             <div class="cursors">{cursors}</div>
-            {move || (!room.signals.synced.get()).then(|| view! {
+            {move || (!room.signals.synced.get() && shape_count.get() == 0).then(|| view! {
                 <div class="loading" data-testid="loading" role="status"><span class="spinner"></span>"Loading the board…"</div>
             })}
             {editor}
         </div>
+    }
+}
+
+/// Removes a text shape left empty when its editor closes.
+fn remove_if_empty_text(room: RoomState, id: &str) {
+    let empty = room.conn.with_value(|c| {
+        c.with_doc(|doc| {
+            let board = Board::new(doc);
+            let txn = doc.transact();
+            board
+                .shape(&txn, id)
+                .is_some_and(|s| s.kind == ShapeKind::Text && s.text.trim().is_empty())
+        })
+    });
+    if empty {
+        room.conn.get_value().edit(|b, t| {
+            b.remove_shape(t, id);
+        });
     }
 }
 

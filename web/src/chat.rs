@@ -49,7 +49,7 @@ pub fn ChatPanel() -> impl IntoView {
         }
         if stick.get_value() {
             request_animation_frame(move || {
-                if let Some(list) = list_ref.get_untracked() {
+                if let Some(list) = list_ref.try_get_untracked().flatten() {
                     list.set_scroll_top(list.scroll_height());
                 }
             });
@@ -111,7 +111,7 @@ pub fn ChatPanel() -> impl IntoView {
                         rows="2" prop:value=move || draft.get()
                         on:input=move |ev| draft.set(event_target_value(&ev))
                         on:keydown=move |ev: web_sys::KeyboardEvent| {
-                            if ev.key() == "Enter" && !ev.shift_key() {
+                            if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
                                 ev.prevent_default();
                                 send();
                             }

@@ -38,6 +38,9 @@ use crate::identity::{Identity, USER_COLORS, random_room_name};
 use crate::state::{RoomState, Tool};
 use crate::sync::{Connection, PRESENCE_HEARTBEAT_MS, Signals, Status, now_ms};
 
+/// Most selected shape ids published in presence.
+const MAX_SELECTION_IN_PRESENCE: usize = 500;
+
 /// No input for this long marks a user as away.
 const IDLE_AFTER_MS: f64 = 120_000.0;
 
@@ -228,7 +231,10 @@ fn RoomView(
     });
     Effect::new(move |_| {
         let selection = state.selection.get();
-        state.conn.get_value().update_presence(|p| p.selection = selection);
+        // Presence states are bounded (64 KiB on the server): others see at most this many of
+        // our selected shapes outlined.
+        let shown: Vec<String> = selection.into_iter().take(MAX_SELECTION_IN_PRESENCE).collect();
+        state.conn.get_value().update_presence(|p| p.selection = shown);
     });
     let heartbeat = set_interval_with_handle(
         move || state.conn.get_value().send_presence_now(),
@@ -248,6 +254,14 @@ fn RoomView(
         last_input.set_value(now_ms());
         refresh_idle();
     });
+    let typing = window_event_listener(ev::keydown, move |_| {
+        last_input.set_value(now_ms());
+        refresh_idle();
+    });
+    // Back online: retry at once instead of waiting out the backoff.
+    let online = window_event_listener(ev::online, move |_| state.conn.get_value().reconnect_now());
+    // Leaving the page: write pending edits to the offline cache.
+    let pagehide = window_event_listener(ev::pagehide, move |_| state.conn.get_value().save_now());
     let idle_check = set_interval_with_handle(refresh_idle, std::time::Duration::from_secs(10));
     // Follow mode: copy the followed person's viewport whenever it changes.
     Effect::new(move |_| {
@@ -267,6 +281,9 @@ fn RoomView(
         }
         visibility.remove();
         activity.remove();
+        typing.remove();
+        online.remove();
+        pagehide.remove();
         if let Ok(h) = idle_check {
             h.clear();
         }
@@ -317,7 +334,9 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         (true, "y") => conn.redo(),
         (true, "d") => duplicate(state),
         (true, "a") => select_all(state),
-        (true, "c") => export::copy_selection(state),
+        (true, "c") if !state.selection.get_untracked().is_empty() && !text_selected() => {
+            export::copy_selection(state)
+        }
         (true, "v") => export::paste(state),
         (false, "delete" | "backspace") => delete_selection(state),
         (false, "escape") => state.selection.set(Vec::new()),
@@ -331,6 +350,11 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         _ => return,
     }
     ev.prevent_default();
+}
+
+/// Whether the user has selected page text (then Ctrl+C copies that, not shapes).
+fn text_selected() -> bool {
+    window().get_selection().ok().flatten().is_some_and(|s| !s.is_collapsed())
 }
 
 /// Deletes the selected shapes.

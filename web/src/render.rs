@@ -100,7 +100,7 @@ pub fn draw_shape(ctx: &Ctx, s: &Shape, dark: bool) {
             }
             ctx.stroke();
         }
-        ShapeKind::Pen => draw_smooth_path(ctx, s),
+        ShapeKind::Pen => draw_smooth_path(ctx, s, dark),
         ShapeKind::Line | ShapeKind::Arrow => {
             let pts: Vec<(f64, f64)> =
                 s.points.chunks_exact(2).map(|p| (s.x + p[0], s.y + p[1])).collect();
@@ -138,14 +138,14 @@ pub fn draw_shape(ctx: &Ctx, s: &Shape, dark: bool) {
 }
 
 /// A freehand stroke, smoothed with quadratic curves through the midpoints.
-fn draw_smooth_path(ctx: &Ctx, s: &Shape) {
+fn draw_smooth_path(ctx: &Ctx, s: &Shape, dark: bool) {
     let pts: Vec<(f64, f64)> = s.points.chunks_exact(2).map(|p| (s.x + p[0], s.y + p[1])).collect();
     match pts.len() {
         0 => {}
         1 => {
             ctx.begin_path();
             let _ = ctx.arc(pts[0].0, pts[0].1, s.width / 2.0, 0.0, std::f64::consts::TAU);
-            ctx.set_fill_style_str(&s.stroke);
+            ctx.set_fill_style_str(ink(&s.stroke, dark));
             ctx.fill();
         }
         _ => {

@@ -356,6 +356,21 @@ impl Connection {
         });
     }
 
+    /// Reconnects now if the socket is down (the browser came back online).
+    pub fn reconnect_now(self: &Rc<Self>) {
+        if self.socket.borrow().is_none() && !self.closed.get() {
+            self.attempt.set(0);
+            self.connect();
+        }
+    }
+
+    /// Writes the document to the offline cache now (the page is going away).
+    pub fn save_now(&self) {
+        let state = self.session.borrow().snapshot();
+        let room = self.room.clone();
+        leptos::task::spawn_local(async move { crate::cache::save(&room, &state).await });
+    }
+
     /// Saves the document to the offline cache soon (coalescing bursts of edits).
     fn schedule_save(self: &Rc<Self>) {
         self.signals.cached.set(false);
