@@ -340,18 +340,8 @@ impl Room {
             if self.is_broken() {
                 return Err(RoomError::Unavailable);
             }
-            let diff = catch_unwind(AssertUnwindSafe(|| {
-                state.awareness.doc().transact().encode_state_as_update_v1(client_sv)
-            }));
-            match diff {
-                Ok(diff) => (diff, state.applied),
-                Err(_) => {
-                    drop(state);
-                    tracing::error!(room = %self.name, "yrs panicked encoding a sync answer; reloading room");
-                    self.break_room();
-                    return Err(RoomError::Unavailable);
-                }
-            }
+            let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
+            (diff, state.applied)
         };
         self.watermark.wait_for(seq).await?;
         Ok(Bytes::from(wire::sync_step2(diff)))
@@ -492,15 +482,28 @@ impl Room {
         }
     }
 
+    /// Encodes what `doc` has beyond `sv`. A panic inside yrs marks the room broken (it is
+    /// reloaded from the log) instead of taking the task down. Called with the state lock held.
+    fn encode_guarded(&self, doc: &Doc, sv: &StateVector) -> Result<Vec<u8>, RoomError> {
+        catch_unwind(AssertUnwindSafe(|| doc.transact().encode_state_as_update_v1(sv))).map_err(|_| {
+            tracing::error!(room = %self.name, "yrs panicked encoding the document; reloading room");
+            self.mark_broken();
+            RoomError::Unavailable
+        })
+    }
+
     /// Marks the room broken and closes every socket in it; they reconnect to a fresh copy.
     fn break_room(&self) {
         // Set under the state lock: an update is either enqueued before the room is broken (and
         // so before any reload's persister barrier) or refused.
-        let was_broken = {
-            let _state = self.state.lock();
-            self.broken.swap(true, Ordering::AcqRel)
-        };
-        if !was_broken {
+        let _state = self.state.lock();
+        self.mark_broken();
+    }
+
+    /// [`Room::break_room`] for callers that hold the state lock already. (Lock order: state,
+    /// then peers; nothing takes them the other way round.)
+    fn mark_broken(&self) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
             for tx in self.peers.lock().values() {
                 tx.kick.kick(CloseCode::INTERNAL_ERROR, "room unavailable; reconnect");
             }
@@ -530,18 +533,8 @@ impl Room {
             if state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let encoded = catch_unwind(AssertUnwindSafe(|| {
-                state.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default())
-            }));
-            match encoded {
-                Ok(snapshot) => (snapshot, state.applied),
-                Err(_) => {
-                    drop(state);
-                    tracing::error!(room = %self.name, "yrs panicked encoding a snapshot; reloading room");
-                    self.break_room();
-                    return Err(RoomError::Unavailable);
-                }
-            }
+            let snapshot = self.encode_guarded(state.awareness.doc(), &StateVector::default())?;
+            (snapshot, state.applied)
         };
         self.watermark.wait_for(seq).await?;
         if let Err(e) = self.store.compact(&self.name, seq, snapshot).await {

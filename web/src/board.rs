@@ -408,13 +408,7 @@ pub fn BoardView() -> impl IntoView {
                 let kind = shapes().iter().find(|s| s.id == id).map(|s| s.kind);
                 conn.edit(|b, t| {
                     if kind.is_some_and(crate::geometry::uses_points) {
-                        let pts = vec![
-                            Any::from(0.0),
-                            Any::from(0.0),
-                            Any::from(p.0 - origin.0),
-                            Any::from(p.1 - origin.1),
-                        ];
-                        b.set_field(t, &id, "points", Any::Array(pts.into()));
+                        b.set_field(t, &id, "points", segment(p.0 - origin.0, p.1 - origin.1));
                     } else {
                         b.set_field(t, &id, "x", Any::from(origin.0.min(p.0)));
                         b.set_field(t, &id, "y", Any::from(origin.1.min(p.1)));
@@ -472,13 +466,7 @@ pub fn BoardView() -> impl IntoView {
                     let kind = shapes().iter().find(|s| s.id == id).map(|s| s.kind);
                     conn.edit(|b, t| {
                         if kind.is_some_and(crate::geometry::uses_points) {
-                            let pts = vec![
-                                Any::from(0.0),
-                                Any::from(0.0),
-                                Any::from(120.0),
-                                Any::from(0.0),
-                            ];
-                            b.set_field(t, &id, "points", Any::Array(pts.into()));
+                            b.set_field(t, &id, "points", segment(120.0, 0.0));
                         } else {
                             b.set_field(t, &id, "w", Any::from(120.0));
                             b.set_field(t, &id, "h", Any::from(80.0));
@@ -660,6 +648,11 @@ pub fn BoardView() -> impl IntoView {
             {editor}
         </div>
     }
+}
+
+/// The `points` of a straight line or arrow from its origin to `(dx, dy)`.
+fn segment(dx: f64, dy: f64) -> Any {
+    Any::Array([0.0, 0.0, dx, dy].map(Any::from).into())
 }
 
 /// Removes a text shape left empty when its editor closes.
