@@ -2,7 +2,7 @@
 //! board. Text is always rendered as text, never as HTML.
 
 use huddle_protocol::schema::{Board, ChatMessage, MAX_CHAT_CHARS};
-use huddle_protocol::yrs::Transact;
+use huddle_protocol::yrs::{Array, Transact};
 use leptos::html;
 use leptos::prelude::*;
 
@@ -26,13 +26,19 @@ pub fn ChatPanel() -> impl IntoView {
     let seen = RwSignal::new(0usize);
     let stick = StoredValue::new(true);
     let list_ref = NodeRef::<html::Ol>::new();
-    let messages = Memo::new(move |_| {
+    // Chat only grows: re-read the messages only when their count changed, not on every
+    // document change (a drag on the board changes the document at pointer rate).
+    let messages = Memo::new(move |previous: Option<&Vec<ChatMessage>>| {
         state.signals.doc_version.track();
         state.conn.with_value(|c| {
             c.with_doc(|doc| {
+                let chat = doc.get_or_insert_array(huddle_protocol::schema::CHAT);
                 let board = Board::new(doc);
                 let txn = doc.transact();
-                board.chat(&txn)
+                match previous {
+                    Some(p) if p.len() == chat.len(&txn) as usize => p.clone(),
+                    _ => board.chat(&txn),
+                }
             })
         })
     });

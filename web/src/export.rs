@@ -54,6 +54,15 @@ fn union_bounds(shapes: &[Shape]) -> Option<(f64, f64, f64, f64)> {
         .reduce(|a, b| (a.0.min(b.0), a.1.min(b.1), a.2.max(b.2), a.3.max(b.3)))
 }
 
+/// The board element's size in CSS pixels.
+pub fn board_size() -> (f64, f64) {
+    document()
+        .query_selector("[data-testid=board]")
+        .ok()
+        .flatten()
+        .map_or((800.0, 600.0), |b| (b.client_width() as f64, b.client_height() as f64))
+}
+
 /// Fits the whole board in the window.
 pub fn zoom_to_fit(state: RoomState) {
     let Some((x0, y0, x1, y1)) = union_bounds(&all_shapes(state)) else { return };
@@ -88,7 +97,13 @@ fn download_text(text: &str, mime: &str, filename: &str) {
         && let Ok(url) = web_sys::Url::create_object_url_with_blob(&blob)
     {
         download(&url, filename);
-        let _ = web_sys::Url::revoke_object_url(&url);
+        // Revoking at once can cancel the download in some browsers; a minute later is safe.
+        set_timeout(
+            move || {
+                let _ = web_sys::Url::revoke_object_url(&url);
+            },
+            std::time::Duration::from_secs(60),
+        );
     }
 }
 
@@ -99,11 +114,15 @@ pub fn export_png(state: RoomState) {
     let pad = 20.0;
     let Ok(el) = document().create_element("canvas") else { return };
     let Ok(canvas) = el.dyn_into::<web_sys::HtmlCanvasElement>() else { return };
-    canvas.set_width((x1 - x0 + 2.0 * pad).ceil().min(8192.0) as u32);
-    canvas.set_height((y1 - y0 + 2.0 * pad).ceil().min(8192.0) as u32);
+    // Browsers refuse canvases much beyond 8192 px a side: scale a larger board down to fit.
+    let (w, h) = (x1 - x0 + 2.0 * pad, y1 - y0 + 2.0 * pad);
+    let scale = (8192.0 / w.max(h)).min(1.0);
+    canvas.set_width((w * scale).ceil() as u32);
+    canvas.set_height((h * scale).ceil() as u32);
     let Some(ctx) = context_2d(&canvas) else { return };
     ctx.set_fill_style_str("#ffffff");
     ctx.fill_rect(0.0, 0.0, canvas.width() as f64, canvas.height() as f64);
+    let _ = ctx.scale(scale, scale);
     let _ = ctx.translate(pad - x0, pad - y0);
     for s in &shapes {
         draw_shape(&ctx, s, false);

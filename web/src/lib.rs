@@ -427,7 +427,7 @@ fn Toolbar() -> impl IntoView {
     let state = expect_context::<RoomState>();
     let zoom_by = move |factor: f64| {
         let view = state.view.get_untracked();
-        let (w, h) = (window().inner_width().ok().and_then(|v| v.as_f64()).unwrap_or(800.0), 600.0);
+        let (w, h) = export::board_size();
         state.follow.set(None);
         state.view.set(geometry::zoom_at(&view, factor, w / 2.0, h / 2.0));
     };
