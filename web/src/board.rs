@@ -55,6 +55,8 @@ enum Drag {
         id: String,
         origin: (f64, f64),
         points: Vec<f64>,
+        /// When the stroke was last written to the document (`Date.now()` ms).
+        written_at: f64,
     },
     Marquee {
         start: (f64, f64),
@@ -308,7 +310,12 @@ pub fn BoardView() -> impl IntoView {
                 style.points = vec![0.0, 0.0];
                 style.fill = "transparent".into();
                 conn.edit(|b, t| b.put_shape(t, &style));
-                drag.set_value(Drag::Pen { id: style.id, origin: p, points: vec![0.0, 0.0] });
+                drag.set_value(Drag::Pen {
+                    id: style.id,
+                    origin: p,
+                    points: vec![0.0, 0.0],
+                    written_at: 0.0,
+                });
             }
             Tool::Rect | Tool::Ellipse | Tool::Line | Tool::Arrow => {
                 style.kind = match tool {
@@ -417,14 +424,17 @@ pub fn BoardView() -> impl IntoView {
                     }
                 });
             }
-            Drag::Pen { id, origin, mut points } => {
+            Drag::Pen { id, origin, mut points, mut written_at } => {
                 points.push(p.0 - origin.0);
                 points.push(p.1 - origin.1);
-                let arr: Vec<Any> = points.iter().map(|v| Any::from(*v)).collect();
-                conn.edit(|b, t| {
-                    b.set_field(t, &id, "points", Any::Array(arr.into()));
-                });
-                drag.set_value(Drag::Pen { id, origin, points });
+                // The whole point list is rewritten on each write, so write at most every
+                // PEN_WRITE_MS (others still see the stroke grow live); pointer-up writes the rest.
+                let now = crate::sync::now_ms();
+                if now - written_at >= PEN_WRITE_MS {
+                    write_points(&conn, &id, &points);
+                    written_at = now;
+                }
+                drag.set_value(Drag::Pen { id, origin, points, written_at });
             }
             Drag::Marquee { start, .. } => {
                 drag.set_value(Drag::Marquee { start, current: p });
@@ -485,6 +495,7 @@ pub fn BoardView() -> impl IntoView {
                 room.selection.set(sel);
             }
             Drag::Laser { .. } => conn.update_presence(|pr| pr.laser.clear()),
+            Drag::Pen { id, points, .. } => write_points(&conn, &id, &points),
             _ => {}
         }
         drag.set_value(Drag::None);
@@ -648,6 +659,17 @@ pub fn BoardView() -> impl IntoView {
             {editor}
         </div>
     }
+}
+
+/// Milliseconds between writes of a growing pen stroke.
+const PEN_WRITE_MS: f64 = 50.0;
+
+/// Writes a pen stroke's points.
+fn write_points(conn: &Rc<crate::sync::Connection>, id: &str, points: &[f64]) {
+    let arr: Vec<Any> = points.iter().map(|v| Any::from(*v)).collect();
+    conn.edit(|b, t| {
+        b.set_field(t, id, "points", Any::Array(arr.into()));
+    });
 }
 
 /// The `points` of a straight line or arrow from its origin to `(dx, dy)`.
