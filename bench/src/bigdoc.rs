@@ -1,0 +1,213 @@
+//! *bigdoc* and *edit-into-big*: rooms of many shapes.
+//!
+//! - bigdoc: a fresh client syncing a K-shape room — time to the sync answer and server CPU
+//!   per sync, warm (room in memory) and cold (server restarted, room loaded from storage).
+//! - edit-into-big: one small edit at a time into rooms of growing size, each waited for at a
+//!   second client — server CPU per edit, which should not grow with the document.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use huddle_protocol::schema::Board;
+use huddle_protocol::wire;
+use huddle_protocol::yrs::{Doc, ReadTxn, StateVector, Transact};
+use tokio::time::Instant;
+
+use crate::client;
+use crate::docgen;
+use crate::stats::{Latencies, Report, bytes, us};
+use crate::target::{Server, Target};
+
+/// Parameters of a bigdoc run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// Shapes in the room.
+    #[arg(long, default_value_t = 20_000)]
+    pub shapes: usize,
+    /// Warm syncs to average over.
+    #[arg(long, default_value_t = 20)]
+    pub syncs: usize,
+    /// Cold syncs (each after a server restart); only when the tool started the server.
+    #[arg(long, default_value_t = 3)]
+    pub cold: usize,
+}
+
+/// Parameters of an edit-into-big run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EditOpts {
+    /// Room sizes, in shapes.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 20_000, 100_000])]
+    pub sizes: Vec<usize>,
+    /// Edits per size (fewer if `edit_secs` runs out first; at least 10).
+    #[arg(long, default_value_t = 300)]
+    pub edits: usize,
+    /// Time budget per size, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub edit_secs: f64,
+}
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Puts `shapes` shapes into `room` and waits until a fresh client sees them all. Returns the
+/// size of the full document update.
+pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
+    target.prepare(room).await?;
+    let doc = Doc::new();
+    docgen::mixed_shapes(&doc, shapes);
+    let full = doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let size = full.len();
+    let url = target.room_url(room);
+    let mut writer = client::connect(&url, None).await?;
+    client::handshake(&mut writer, &Doc::new(), SYNC_TIMEOUT).await?;
+    client::send(&mut writer, wire::update(full)).await?;
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let (count, _) = fresh_sync(&url, true).await?;
+        if count == shapes {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{room}: a fresh client sees {count} of {shapes} shapes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = writer.close(None).await;
+    Ok(size)
+}
+
+/// Connects a fresh client and completes its sync. Returns the shapes it got (only counted
+/// when `count` is set: decoding a big room costs the tool time) and the bytes received.
+async fn fresh_sync(url: &str, count: bool) -> Result<(usize, usize)> {
+    let mut ws = client::connect(url, None).await?;
+    let updates = client::handshake(&mut ws, &Doc::new(), SYNC_TIMEOUT).await?;
+    let received = updates.iter().map(Vec::len).sum();
+    let _ = ws.close(None).await;
+    let shapes = if count {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        client::apply_all(&doc, &updates)?;
+        board.shape_count(&doc.transact()) as usize
+    } else {
+        0
+    };
+    Ok((shapes, received))
+}
+
+/// Runs bigdoc against `target`; with `server`, also the cold syncs.
+pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Result<Report> {
+    let room = format!("big-{}", crate::run_salt());
+    let size = seed(target, &room, o.shapes).await?;
+    let url = target.room_url(&room);
+    let mut report = Report::new(format!("bigdoc {} shapes", o.shapes), &target.name);
+    report.row("document size", bytes(size as f64));
+
+    // Warm: the room stays loaded between syncs (the seeding probes just used it).
+    let mut times = Latencies::default();
+    let cpu0 = target.cpu();
+    let mut received = 0;
+    for _ in 0..o.syncs {
+        let t = Instant::now();
+        let (_, n) = fresh_sync(&url, false).await?;
+        times.push(t.elapsed());
+        received = n;
+    }
+    let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+    report.row("sync answer size", bytes(received as f64));
+    report.row("warm sync time p50 / p99 / max", times.summary());
+    if let Some(cpu) = cpu {
+        report.row("server CPU per warm sync", us(crate::system::micros_per(cpu, o.syncs as u64)));
+    }
+
+    if let Some(server) = server
+        && o.cold > 0
+    {
+        let mut times = Latencies::default();
+        let mut cpus = Latencies::default();
+        for _ in 0..o.cold {
+            server.restart().await?;
+            let target = server.target();
+            let cpu0 = target.cpu();
+            let t = Instant::now();
+            let (count, _) = fresh_sync(&url, false).await.context("cold sync")?;
+            times.push(t.elapsed());
+            if let Some(cpu) = target.cpu().zip(cpu0).map(|(a, b)| a - b) {
+                cpus.push(cpu);
+            }
+            let _ = count;
+        }
+        // Check once that what a cold load serves is the whole room.
+        let (count, _) = fresh_sync(&url, true).await?;
+        report.row("cold sync time p50 / max", format!("{:.1} / {:.1} ms", times.quantile_ms(0.5), times.quantile_ms(1.0)));
+        if cpus.len() > 0 {
+            report.row("server CPU per cold sync (median)", format!("{:.1} ms", cpus.quantile_ms(0.5)));
+        }
+        if count != o.shapes {
+            report.warn(format!("after a restart the room has {count} of {} shapes", o.shapes));
+        }
+    }
+    Ok(report)
+}
+
+/// Runs edit-into-big against `target`.
+pub async fn run_edits(target: &Target, o: &EditOpts) -> Result<Report> {
+    let mut report = Report::new("edit-into-big", &target.name);
+    for &shapes in &o.sizes {
+        let room = format!("edit-{}-{shapes}", crate::run_salt());
+        seed(target, &room, shapes).await?;
+        let url = target.room_url(&room);
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        let mut editor = client::connect(&url, None).await?;
+        let updates = client::handshake(&mut editor, &doc, SYNC_TIMEOUT).await?;
+        client::apply_all(&doc, &updates)?;
+        let mut observer = client::connect(&url, None).await?;
+        client::handshake(&mut observer, &Doc::new(), SYNC_TIMEOUT).await?;
+
+        let mut times = Latencies::default();
+        let edit = |i: usize| {
+            let mut txn = doc.transact_mut();
+            let id = format!("s{}", (i * 7919) % shapes);
+            board.set_field(&mut txn, &id, "x", (i % 5000) as f64 * 3.0);
+            txn.encode_update_v1()
+        };
+        // Warm up (first edits may allocate), then measure.
+        let mut i = 0;
+        let budget = Duration::from_secs_f64(o.edit_secs);
+        let mut cpu0 = None;
+        let mut t0 = Instant::now();
+        let mut measured = 0usize;
+        loop {
+            if i == 5 {
+                cpu0 = target.cpu();
+                t0 = Instant::now();
+            }
+            if i >= 5 && (measured >= o.edits || (measured >= 10 && t0.elapsed() > budget)) {
+                break;
+            }
+            let update = edit(i);
+            let sent = Instant::now();
+            client::send(&mut editor, wire::update(update)).await?;
+            loop {
+                let incoming = tokio::time::timeout(SYNC_TIMEOUT, client::next(&mut observer))
+                    .await
+                    .context("edit not relayed")??
+                    .context("observer socket closed")?;
+                if !incoming.updates.is_empty() {
+                    break;
+                }
+            }
+            if i >= 5 {
+                times.push(sent.elapsed());
+                measured += 1;
+            }
+            i += 1;
+        }
+        let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+        let per = cpu.map_or(f64::NAN, |c| crate::system::micros_per(c, measured as u64));
+        report.row(
+            format!("{shapes} shapes: CPU per edit"),
+            format!("{} ({measured} edits, relay p50 {:.2} ms)", us(per), times.quantile_ms(0.5)),
+        );
+        let _ = editor.close(None).await;
+        let _ = observer.close(None).await;
+    }
+    Ok(report)
+}
