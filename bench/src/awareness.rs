@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use huddle_protocol::wire;
 use huddle_protocol::yrs::Doc;
 use huddle_protocol::yrs::sync::AwarenessUpdate;
@@ -85,15 +85,19 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
         let url = target.room_url(&room);
         let (shared, phase, ready, gone, o) =
             (Arc::clone(&shared), phase_rx.clone(), ready_tx.clone(), gone_tx.clone(), o.clone());
-        tasks.push(tokio::spawn(async move { cursor_task(url, shared, me, o, phase, ready, gone).await }));
+        tasks.push(tokio::spawn(async move {
+            cursor_task(url, shared, me, o, phase, ready, gone).await
+        }));
     }
     drop(ready_tx);
     drop(gone_tx);
     for _ in 0..o.cursors {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("cursor clients did not all join within 60 s")?
-            .context("a cursor client failed while joining")?;
+        let joined = tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await;
+        if !matches!(joined, Ok(Some(()))) {
+            return Err(crate::first_failure(tasks)
+                .await
+                .context("cursor clients did not all join"));
+        }
     }
     let cpu0 = target.cpu();
     let own0 = crate::system::own_cpu()?;
@@ -115,18 +119,26 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     // A socket destroyed without a close frame.
     let destroyed_at = Instant::now();
     phase_tx.send(Phase::Destroy(0))?;
-    let gone = wait_gone(&mut gone_rx, 0, o.cursors - 1, destroyed_at, Duration::from_secs(10)).await;
+    let gone =
+        wait_gone(&mut gone_rx, 0, o.cursors - 1, destroyed_at, Duration::from_secs(10)).await;
     report.row(
         "destroyed socket's cursor gone for all",
-        gone.map_or_else(|n| format!("NOT within 10 s ({n} of {} saw it)", o.cursors - 1), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+        gone.map_or_else(
+            |n| format!("NOT within 10 s ({n} of {} saw it)", o.cursors - 1),
+            |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0),
+        ),
     );
     if o.frozen {
         let frozen_at = Instant::now();
         phase_tx.send(Phase::Freeze(1))?;
-        let gone = wait_gone(&mut gone_rx, 1, o.cursors - 2, frozen_at, Duration::from_secs(120)).await;
+        let gone =
+            wait_gone(&mut gone_rx, 1, o.cursors - 2, frozen_at, Duration::from_secs(120)).await;
         report.row(
             "frozen client's cursor gone for all",
-            gone.map_or_else(|n| format!("NOT within 120 s ({n} saw it)"), |d| format!("{:.1} s", d.as_secs_f64())),
+            gone.map_or_else(
+                |n| format!("NOT within 120 s ({n} saw it)"),
+                |d| format!("{:.1} s", d.as_secs_f64()),
+            ),
         );
     }
     phase_tx.send(Phase::Done)?;
@@ -145,7 +157,8 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     report.row("cursor updates delivered", delivered.to_string());
     report.row("latency p50 / p99 / max", latencies.summary());
     if let Some(cpu) = cpu {
-        report.row("server CPU per delivered cursor", us(crate::system::micros_per(cpu, delivered)));
+        report
+            .row("server CPU per delivered cursor", us(crate::system::micros_per(cpu, delivered)));
     }
     report.check_own_cpu(own, wall);
     Ok(report)
@@ -190,7 +203,10 @@ async fn cursor_task(
     client::handshake(&mut ws, &Doc::new(), Duration::from_secs(60)).await?;
     ready.send(()).await?;
     let period = Duration::from_secs_f64(1.0 / o.cursor_hz);
-    let mut tick = tokio::time::interval_at(Instant::now() + period.mul_f64(me as f64 / o.cursors as f64), period);
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + period.mul_f64(me as f64 / o.cursors as f64),
+        period,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut clock = 0u32;
     let mut last: HashMap<u64, u32> = HashMap::new();

@@ -66,7 +66,10 @@ pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
         if count == shapes {
             break;
         }
-        ensure!(Instant::now() < deadline, "{room}: a fresh client sees {count} of {shapes} shapes");
+        ensure!(
+            Instant::now() < deadline,
+            "{room}: a fresh client sees {count} of {shapes} shapes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = writer.close(None).await;
@@ -135,9 +138,15 @@ pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Resu
         }
         // Check once that what a cold load serves is the whole room.
         let (count, _) = fresh_sync(&url, true).await?;
-        report.row("cold sync time p50 / max", format!("{:.1} / {:.1} ms", times.quantile_ms(0.5), times.quantile_ms(1.0)));
+        report.row(
+            "cold sync time p50 / max",
+            format!("{:.1} / {:.1} ms", times.quantile_ms(0.5), times.quantile_ms(1.0)),
+        );
         if cpus.len() > 0 {
-            report.row("server CPU per cold sync (median)", format!("{:.1} ms", cpus.quantile_ms(0.5)));
+            report.row(
+                "server CPU per cold sync (median)",
+                format!("{:.1} ms", cpus.quantile_ms(0.5)),
+            );
         }
         if count != o.shapes {
             report.warn(format!("after a restart the room has {count} of {} shapes", o.shapes));

@@ -114,7 +114,9 @@ pub async fn handshake(ws: &mut Ws, doc: &Doc, timeout: Duration) -> Result<Vec<
     let mut updates = Vec::new();
     let run = async {
         loop {
-            let Some(incoming) = next(ws).await? else { bail!("socket closed during the handshake") };
+            let Some(incoming) = next(ws).await? else {
+                bail!("socket closed during the handshake")
+            };
             if let Some(server_sv) = incoming.step1 {
                 let diff = doc.transact().encode_state_as_update_v1(&server_sv);
                 send(ws, wire::sync_step2(diff)).await?;

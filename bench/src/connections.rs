@@ -103,7 +103,8 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     report.row("handshake time p50 / p99 / max", connect_times.summary());
     report.row("connect rate", format!("{:.0} /s", ok as f64 / connect_wall.as_secs_f64()));
     if let (Some(a), Some(b)) = (rss0, rss1) {
-        report.row("server RSS before / after", format!("{} / {}", bytes(a as f64), bytes(b as f64)));
+        report
+            .row("server RSS before / after", format!("{} / {}", bytes(a as f64), bytes(b as f64)));
         report.row("server RSS per socket", bytes((b as f64 - a as f64) / ok.max(1) as f64));
     }
     if let Some(cpu) = cpu {

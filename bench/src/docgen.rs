@@ -9,7 +9,8 @@ use huddle_protocol::yrs::{Doc, Transact};
 pub fn mixed_shapes(doc: &Doc, count: usize) {
     let board = Board::new(doc);
     let mut txn = doc.transact_mut();
-    let kinds = [ShapeKind::Rect, ShapeKind::Ellipse, ShapeKind::Pen, ShapeKind::Text, ShapeKind::Arrow];
+    let kinds =
+        [ShapeKind::Rect, ShapeKind::Ellipse, ShapeKind::Pen, ShapeKind::Text, ShapeKind::Arrow];
     for i in 0..count {
         let kind = kinds[i % kinds.len()];
         let mut shape = Shape::new(format!("s{i}"), kind);

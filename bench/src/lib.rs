@@ -90,14 +90,32 @@ pub struct CompareOpts {
     awareness: awareness::Opts,
 }
 
-/// A number unique to this run, for room names and client ids (fits Yjs' 53-bit ids when
-/// multiplied by 100,000).
+/// A number unique to this run (below 40,000), for room names and client ids. Client ids are
+/// `salt * 100_000 + n`, which stays under 2^32: y-sweet's yrs keeps only 32 bits of a client
+/// id, as Yjs itself generates them.
 pub fn run_salt() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    (now % 1_000_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
+    (now % 400) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// The first error among `tasks` that have finished (the others are aborted), or a timeout.
+pub(crate) async fn first_failure<T>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T>>>,
+) -> anyhow::Error {
+    for task in &tasks {
+        if !task.is_finished() {
+            task.abort();
+        }
+    }
+    for task in tasks {
+        if let Ok(Err(e)) = task.await {
+            return e;
+        }
+    }
+    anyhow::anyhow!("timed out")
 }
 
 /// Runs what the command line asks for.
@@ -118,10 +136,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             create: cli.create_url.clone(),
             pid: cli.pid,
         },
-        (None, None) => bail!("say which server: --server huddle|reference|y-sweet, or --url URL --pid PID"),
+        (None, None) => {
+            bail!("say which server: --server huddle|reference|y-sweet, or --url URL --pid PID")
+        }
     };
     if !target.ws.contains("{room}") {
-        bail!("--url must contain {{room}} where the room name goes, e.g. ws://127.0.0.1:8080/ws/{{room}}");
+        bail!(
+            "--url must contain {{room}} where the room name goes, e.g. ws://127.0.0.1:8080/ws/{{room}}"
+        );
     }
     let report = match &cli.command {
         Command::Fanout(o) => fanout::run(&target, o).await?,

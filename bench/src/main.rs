@@ -18,4 +18,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

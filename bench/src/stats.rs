@@ -60,7 +60,12 @@ pub struct Report {
 impl Report {
     /// An empty report.
     pub fn new(scenario: impl Into<String>, target: impl Into<String>) -> Self {
-        Self { scenario: scenario.into(), target: target.into(), rows: Vec::new(), warnings: Vec::new() }
+        Self {
+            scenario: scenario.into(),
+            target: target.into(),
+            rows: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     /// Adds a figure.

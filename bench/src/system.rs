@@ -37,7 +37,8 @@ pub fn own_cpu() -> Result<Duration> {
 }
 
 fn cpu_of(path: &Path) -> Result<Duration> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let stat =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // The command name (field 2) is in parentheses and may hold spaces: count from after it.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();

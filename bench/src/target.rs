@@ -60,7 +60,9 @@ impl Target {
 async fn post_json(base: &str, path: &str, body: &str) -> Result<u16> {
     let authority = base.strip_prefix("http://").context("create URL must be http://")?;
     let authority = authority.trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).await.with_context(|| format!("connecting to {authority}"))?;
+    let mut stream = TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -141,7 +143,11 @@ impl Server {
         let (ws, create) = match self.kind {
             Kind::Huddle => (format!("ws://{host}/ws/{{room}}"), None),
             Kind::Reference => (format!("ws://{host}/{{room}}"), None),
-            Kind::YSweet => (format!("ws://{host}/d/{{room}}/ws"), Some(format!("http://{host}"))),
+            // y-sweet's client library appends the room name to the URL it is given, as
+            // y-websocket does, so the socket lives at /d/<room>/ws/<room>.
+            Kind::YSweet => {
+                (format!("ws://{host}/d/{{room}}/ws/{{room}}"), Some(format!("http://{host}")))
+            }
         };
         Target { name: self.kind.label().into(), ws, create, pid: self.child.id() }
     }
@@ -229,7 +235,11 @@ async fn spawn(kind: Kind, programs: &Programs, dir: &Path, port: u16) -> Result
             return Ok(child);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("{} exited with {status} before listening; see its log in {}", kind.label(), dir.display());
+            bail!(
+                "{} exited with {status} before listening; see its log in {}",
+                kind.label(),
+                dir.display()
+            );
         }
         ensure!(Instant::now() < deadline, "{} did not listen on {addr} within 60 s", kind.label());
         tokio::time::sleep(Duration::from_millis(20)).await;

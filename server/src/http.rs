@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+
+/// Initial read buffer per socket (see where it is used).
+const READ_BUFFER_BYTES: usize = 4096;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -96,6 +99,10 @@ async fn websocket(
     // Taken now, so shutdown waits for this socket even if its upgrade completes late.
     let tracked = state.socket_tasks.token();
     Ok(upgrade
+        // tungstenite zero-fills its whole read buffer before every read and allocates it up
+        // front: at the 128 KiB default that is a 128 KiB memset per incoming frame and 128 KiB
+        // per idle socket. Frames are small; big ones grow the buffer as they arrive.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
