@@ -35,6 +35,9 @@ use crate::persist::{NotDurable, Persister, Watermark};
 use crate::stats::Stats;
 use crate::store::{LogEntry, Seq, Store, StoreError, StoredRoom};
 
+/// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log.
+const COMPACT_LOG_RATIO: u64 = 8;
+
 /// Identifies one socket within the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
@@ -190,6 +193,10 @@ struct DocState {
     awareness: Awareness,
     /// Log position of the last update applied to the document.
     applied: Seq,
+    /// The sync answer for a client that has nothing (every fresh joiner), and the log
+    /// position it was encoded at. Encoding a big document is the most expensive thing the
+    /// relay does; a room that many people open between edits encodes it once.
+    full_answer: Option<(Seq, Bytes)>,
 }
 
 /// One loaded room.
@@ -206,6 +213,10 @@ pub struct Room {
     tracker: TaskTracker,
     /// Log position covered by the last snapshot written.
     snapshot_seq: AtomicU64,
+    /// Size of the last snapshot written.
+    snapshot_bytes: AtomicU64,
+    /// Bytes of log written since that snapshot (approximately: compaction resets it).
+    log_bytes: AtomicU64,
     compacting: AtomicBool,
     /// Set when the room can no longer be trusted (storage failure, a panic inside yrs).
     broken: AtomicBool,
@@ -285,6 +296,8 @@ impl Room {
         let stored = store.load(&name).await?;
         let last = stored.last_seq();
         let snapshot_seq = stored.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
+        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
+        let log_bytes = stored.log.iter().map(|(_, d)| d.len() as u64).sum();
         // Decoding a large room is CPU work: keep it off the async workers.
         let room = name.clone();
         let doc = tokio::task::spawn_blocking(move || build_doc(&room, &stored)).await.map_err(
@@ -300,6 +313,7 @@ impl Room {
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
+                full_answer: None,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -309,6 +323,8 @@ impl Room {
             stats,
             tracker,
             snapshot_seq: AtomicU64::new(snapshot_seq.0),
+            snapshot_bytes: AtomicU64::new(snapshot_bytes),
+            log_bytes: AtomicU64::new(log_bytes),
             compacting: AtomicBool::new(false),
             broken: AtomicBool::new(false),
         }))
@@ -335,16 +351,27 @@ impl Room {
     /// # Errors
     /// [`RoomError::NotDurable`] if storage failed before the state was saved.
     pub async fn sync_step2(&self, client_sv: &StateVector) -> Result<Bytes, RoomError> {
-        let (diff, seq) = {
-            let state = self.state.lock();
+        let (answer, seq) = {
+            let mut state = self.state.lock();
             if self.is_broken() {
                 return Err(RoomError::Unavailable);
             }
-            let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
-            (diff, state.applied)
+            let seq = state.applied;
+            let fresh = client_sv.is_empty();
+            match &state.full_answer {
+                Some((at, answer)) if fresh && *at == seq => (answer.clone(), seq),
+                _ => {
+                    let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
+                    let answer = Bytes::from(wire::sync_step2(diff));
+                    if fresh {
+                        state.full_answer = Some((seq, answer.clone()));
+                    }
+                    (answer, seq)
+                }
+            }
         };
         self.watermark.wait_for(seq).await?;
-        Ok(Bytes::from(wire::sync_step2(diff)))
+        Ok(answer)
     }
 
     /// Applies an update from socket `from`, makes it durable, then relays it to everyone else.
@@ -404,7 +431,9 @@ impl Room {
                 }
             }
             state.applied = Seq(state.applied.0 + 1);
+            state.full_answer = None;
             let seq = state.applied;
+            self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
             let entry =
                 LogEntry { room: self.name.clone(), seq, update: Bytes::copy_from_slice(update) };
             self.persister.enqueue(entry, Arc::clone(&self.watermark));
@@ -511,9 +540,19 @@ impl Room {
     }
 
     /// Starts a background compaction once the log since the last snapshot is long enough.
+    ///
+    /// "Long enough" is at least `compact_every` entries *and* at least an eighth of the last
+    /// snapshot's size: rewriting the snapshot costs time proportional to the document, so it
+    /// must wait for a proportional amount of log, or small edits into a big room would each
+    /// pay for a slice of a full re-encode. Loading replays at most that much log.
     fn maybe_compact(self: &Arc<Self>, seq: Seq) {
         let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
-        if behind >= self.config.compact_every && !self.compacting.swap(true, Ordering::AcqRel) {
+        let log = self.log_bytes.load(Ordering::Relaxed);
+        let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
+        if behind >= self.config.compact_every
+            && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot
+            && !self.compacting.swap(true, Ordering::AcqRel)
+        {
             let room = Arc::clone(self);
             self.tracker.spawn(async move {
                 let _ = room.compact().await;
@@ -537,11 +576,14 @@ impl Room {
             (snapshot, state.applied)
         };
         self.watermark.wait_for(seq).await?;
+        let snapshot_len = snapshot.len() as u64;
         if let Err(e) = self.store.compact(&self.name, seq, snapshot).await {
             tracing::warn!(room = %self.name, error = %e, "compaction failed; the log still holds everything");
             return Ok(());
         }
         self.snapshot_seq.fetch_max(seq.0, Ordering::AcqRel);
+        self.snapshot_bytes.store(snapshot_len, Ordering::Relaxed);
+        self.log_bytes.store(0, Ordering::Relaxed);
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

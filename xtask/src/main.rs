@@ -21,9 +21,11 @@ fn main() -> Result<()> {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root),
         Some("web") => build_web(&root),
+        Some("bench") if args.get(1).map(String::as_str) == Some("guard") => relay_guard(&root),
+        Some("bench") => bench(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask run [-- SERVER FLAGS]   build the web client and run Huddle (http://127.0.0.1:8080, data in ./data)\n  cargo xtask test                    install what is missing and run every check and test\n  cargo xtask web                     build the web client into web/dist"
+                "usage:\n  cargo xtask run [-- SERVER FLAGS]   build the web client and run Huddle (http://127.0.0.1:8080, data in ./data)\n  cargo xtask test                    install what is missing and run every check and test\n  cargo xtask web                     build the web client into web/dist\n  cargo xtask bench compare           load scenarios against Huddle, the Node reference and y-sweet (docs/benchmarks.md)\n  cargo xtask bench ARGS              huddle-bench ARGS, e.g. `--server huddle fanout --rooms 10`\n  cargo xtask bench guard             instructions per relayed update under callgrind, against the committed baseline"
             );
             std::process::exit(2);
         }
@@ -98,17 +100,100 @@ fn test(root: &Path) -> Result<()> {
         "warnings",
     ]))?;
     sh(cargo().current_dir(root).args(["test", "--workspace"]))?;
+    relay_guard(root)?;
 
     // End to end: the built web client, served by the server binary, in Debian's Chromium.
     build_web(root)?;
     sh(cargo().current_dir(root).args(["build", "-p", "huddle-server"]))?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     sh(Command::new("npx")
         .current_dir(root.join("e2e"))
         .args(["playwright", "test"])
-        .env("HUDDLE_SERVER_BIN", target_dir.join("debug/huddle-server")))?;
+        .env("HUDDLE_SERVER_BIN", target_dir(root).join("debug/huddle-server")))?;
     eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// y-sweet, the Rust peer the benchmarks compare against, built from crates.io once.
+const YSWEET_VERSION: &str = "0.9.1";
+
+/// Builds the release server and the load tool, installs the peers, and runs `huddle-bench`.
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    ensure_debian_packages(&[("node", "nodejs"), ("npm", "npm")])?;
+    npm_ci(&root.join("bench/peers"))?;
+    let peers = std::env::var_os("HOME")
+        .map_or_else(|| root.join("target/peers"), |h| PathBuf::from(h).join(".cache/huddle/peers"));
+    let ysweet = peers.join("bin/y-sweet");
+    let wants_ysweet = args.iter().any(|a| a == "compare" || a.contains("y-sweet"));
+    if wants_ysweet && !ysweet.exists() {
+        eprintln!("installing y-sweet {YSWEET_VERSION} into {} (a few minutes, once)", peers.display());
+        sh(cargo().args(["install", "y-sweet", "--version", YSWEET_VERSION, "--locked", "--root"]).arg(&peers))?;
+    }
+    sh(cargo().current_dir(root).args(["build", "--release", "-p", "huddle-server", "-p", "huddle-bench"]))?;
+    let release = target_dir(root).join("release");
+    sh(Command::new(release.join("huddle-bench"))
+        .current_dir(root)
+        .args(args)
+        .env("HUDDLE_SERVER_BIN", release.join("huddle-server"))
+        .env("YSWEET_BIN", &ysweet))
+}
+
+/// Where the relay guard's baseline lives: instructions per delivered update, one number.
+const GUARD_BASELINE: &str = "server/examples/relay_cost.baseline";
+
+/// The regression guard: counts the instructions of the relay path (`server/examples/
+/// relay_cost.rs`) under callgrind, which is repeatable whatever else the machine does, and
+/// fails if a delivered update costs more than twice the committed baseline.
+fn relay_guard(root: &Path) -> Result<()> {
+    ensure_debian_packages(&[("valgrind", "valgrind")])?;
+    sh(cargo().current_dir(root).args(["build", "--release", "-p", "huddle-server", "--example", "relay_cost"]))?;
+    let out_dir = target_dir(root).join("callgrind");
+    std::fs::create_dir_all(&out_dir)?;
+    let out_file = out_dir.join("relay_cost.out");
+    let run = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg("--toggle-collect=*relay_loop*")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(target_dir(root).join("release/examples/relay_cost"))
+        .output()
+        .context("cannot run valgrind")?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    if !run.status.success() {
+        bail!("relay_cost under callgrind failed: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    let deliveries: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("deliveries "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("relay_cost printed no delivery count")?;
+    let profile = std::fs::read_to_string(&out_file)?;
+    let instructions: f64 = profile
+        .lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|n| n.trim().split_whitespace().next()?.parse().ok())
+        .context("no instruction total in the callgrind output")?;
+    let per = instructions / deliveries.max(1.0);
+    let baseline: f64 = std::fs::read_to_string(root.join(GUARD_BASELINE))
+        .with_context(|| format!("reading {GUARD_BASELINE}"))?
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("{GUARD_BASELINE} holds no number"))?;
+    eprintln!(
+        "relay guard: {per:.0} instructions per delivered update ({deliveries} deliveries), baseline {baseline:.0}"
+    );
+    if per > 2.0 * baseline {
+        bail!(
+            "the relay path got more than twice as expensive ({per:.0} instructions per delivered update, baseline {baseline:.0}); profile with `callgrind_annotate {}`, and if the cost is deliberate, update {GUARD_BASELINE}",
+            out_file.display()
+        );
+    }
+    if per < 0.5 * baseline {
+        eprintln!("relay guard: less than half the baseline: lower {GUARD_BASELINE} to keep the guard sharp");
+    }
     Ok(())
 }
 
