@@ -25,7 +25,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 20_000)]
     pub shapes: usize,
     /// Warm syncs to average over.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     pub syncs: usize,
     /// Cold syncs (each after a server restart); only when the tool started the server.
     #[arg(long, default_value_t = 3)]
@@ -38,43 +38,51 @@ pub struct EditOpts {
     /// Room sizes, in shapes.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 20_000, 100_000])]
     pub sizes: Vec<usize>,
-    /// Edits per size (fewer if `edit_secs` runs out first; at least 10).
-    #[arg(long, default_value_t = 300)]
+    /// Most edits per size (fewer if `edit_secs` runs out first; at least 10).
+    #[arg(long, default_value_t = 100_000)]
     pub edits: usize,
-    /// Time budget per size, in seconds.
-    #[arg(long, default_value_t = 20.0)]
+    /// Time per size, in seconds: long enough that the server's CPU time (counted in 10 ms
+    /// ticks) is measured to a percent or two.
+    #[arg(long, default_value_t = 8.0)]
     pub edit_secs: f64,
 }
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Puts `shapes` shapes into `room` and waits until a fresh client sees them all. Returns the
-/// size of the full document update.
+/// Puts `shapes` shapes into `room`, 5,000 per update as a board grows (one update of a
+/// 100k-shape room would exceed servers' message limits), and waits until a fresh client sees
+/// them all. Returns the size of the whole document as one update.
 pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
     target.prepare(room).await?;
     let doc = Doc::new();
-    docgen::mixed_shapes(&doc, shapes);
-    let full = doc.transact().encode_state_as_update_v1(&StateVector::default());
-    let size = full.len();
     let url = target.room_url(room);
     let mut writer = client::connect(&url, None).await?;
     client::handshake(&mut writer, &Doc::new(), SYNC_TIMEOUT).await?;
-    client::send(&mut writer, wire::update(full)).await?;
+    let mut done = 0;
+    while done < shapes {
+        let n = SEED_CHUNK.min(shapes - done);
+        let before = doc.transact().state_vector();
+        docgen::mixed_shapes(&doc, done, n);
+        let update = doc.transact().encode_state_as_update_v1(&before);
+        client::send(&mut writer, wire::update(update)).await?;
+        done += n;
+    }
+    let size = doc.transact().encode_state_as_update_v1(&StateVector::default()).len();
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let (count, _) = fresh_sync(&url, true).await?;
         if count == shapes {
             break;
         }
-        ensure!(
-            Instant::now() < deadline,
-            "{room}: a fresh client sees {count} of {shapes} shapes"
-        );
+        ensure!(Instant::now() < deadline, "{room}: a fresh client sees {count} of {shapes} shapes");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = writer.close(None).await;
     Ok(size)
 }
+
+/// Shapes per seeding update.
+const SEED_CHUNK: usize = 5_000;
 
 /// Connects a fresh client and completes its sync. Returns the shapes it got (only counted
 /// when `count` is set: decoding a big room costs the tool time) and the bytes received.

@@ -5,13 +5,14 @@ use huddle_protocol::schema::{Board, Shape, ShapeKind};
 use huddle_protocol::yrs::{Doc, Transact};
 
 /// The mix of a real board: rectangles, ellipses, pen strokes, text and arrows, laid out on a
-/// grid. About 120 bytes of update per shape, as a stock Yjs client writes them.
-pub fn mixed_shapes(doc: &Doc, count: usize) {
+/// grid: shapes `first .. first + count`, each a nested map of the schema's 13 fields (about
+/// 340 bytes of update per shape).
+pub fn mixed_shapes(doc: &Doc, first: usize, count: usize) {
     let board = Board::new(doc);
     let mut txn = doc.transact_mut();
     let kinds =
         [ShapeKind::Rect, ShapeKind::Ellipse, ShapeKind::Pen, ShapeKind::Text, ShapeKind::Arrow];
-    for i in 0..count {
+    for i in first..first + count {
         let kind = kinds[i % kinds.len()];
         let mut shape = Shape::new(format!("s{i}"), kind);
         shape.x = (i % 200) as f64 * 60.0;

@@ -102,6 +102,7 @@ where
     let (tx, mut rx) = PeerTx::new(ctx.config.max_queue_frames);
     let kick = Arc::clone(&tx.kick);
     let queued = Arc::clone(&tx.queued);
+    let drained = Arc::clone(&tx.drained);
     let greeting = room.subscribe(id, tx.clone());
     // From here on, `member` undoes the join whatever happens, even a panic.
     let mut member =
@@ -114,7 +115,7 @@ where
 
     let end = {
         let reader = read_loop(&mut stream, &room, id, &tx, &mut member.presence, &ctx);
-        let writer = write_loop(&mut sink, &mut rx, &queued, ctx.config.ping_interval);
+        let writer = write_loop(&mut sink, &mut rx, &queued, &drained, ctx.config.ping_interval);
         tokio::select! {
             end = reader => end,
             end = writer => end,
@@ -183,6 +184,7 @@ async fn write_loop<S>(
     sink: &mut S,
     rx: &mut mpsc::Receiver<Bytes>,
     queued: &std::sync::atomic::AtomicUsize,
+    drained: &tokio::sync::Notify,
     ping_interval: Duration,
 ) -> End
 where
@@ -206,6 +208,7 @@ where
                 if sink.flush().await.is_err() {
                     return End::PeerGone;
                 }
+                drained.notify_one();
             }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -282,7 +285,7 @@ async fn handle_frame(
         match message {
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
                 let reply = room.sync_step2(&sv).await.map_err(room_err)?;
-                tx.offer(reply, ctx.config.max_queue_bytes);
+                tx.offer_reply(reply, ctx.config.max_queue_bytes).await;
             }
             WireMessage::Sync(WireSyncMessage::Update(update)) => {
                 // The received frame is exactly this update message: relay it as is.
@@ -302,7 +305,7 @@ async fn handle_frame(
             }
             WireMessage::AwarenessQuery => {
                 if let Some(frame) = room.awareness_frame() {
-                    tx.offer(frame, ctx.config.max_queue_bytes);
+                    tx.offer_reply(frame, ctx.config.max_queue_bytes).await;
                 }
             }
             // Clients do not send auth in the y-websocket protocol; tolerate and ignore it.

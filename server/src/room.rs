@@ -153,24 +153,59 @@ pub struct PeerTx {
     pub queued: Arc<AtomicUsize>,
     /// Cuts the socket off.
     pub kick: Arc<Kick>,
+    /// Signalled by the writer each time it has written what was queued.
+    pub drained: Arc<tokio::sync::Notify>,
 }
 
 impl PeerTx {
     /// A queue for one socket holding at most `frames` frames.
     pub fn new(frames: usize) -> (Self, mpsc::Receiver<Bytes>) {
         let (queue, rx) = mpsc::channel(frames);
-        (Self { queue, queued: Arc::new(AtomicUsize::new(0)), kick: Arc::new(Kick::new()) }, rx)
+        let tx = Self {
+            queue,
+            queued: Arc::new(AtomicUsize::new(0)),
+            kick: Arc::new(Kick::new()),
+            drained: Arc::new(tokio::sync::Notify::new()),
+        };
+        (tx, rx)
     }
 
     /// Queues `frame` without waiting; a socket whose queue is full is too slow and is kicked.
     /// Returns false when the frame was not queued.
     pub fn offer(&self, frame: Bytes, max_bytes: usize) -> bool {
+        self.push(frame, Some(max_bytes))
+    }
+
+    /// Queues the answer to this socket's own request (a sync step 2, say), first waiting
+    /// until the queue has room for it. A socket that asks for a big room gets it at the pace
+    /// it reads, instead of being cut off as slow because broadcasts were queued meanwhile; its
+    /// reader waits, so it cannot pile up answers either. Returns false if the frame was not
+    /// queued (the socket is closing).
+    pub async fn offer_reply(&self, frame: Bytes, max_bytes: usize) -> bool {
+        loop {
+            let queued = self.queued.load(Ordering::Acquire);
+            if queued == 0 || queued + frame.len() <= max_bytes || self.kick.token_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = self.drained.notified() => {}
+                () = self.kick.kicked() => return false,
+            }
+        }
+        // Over the budget by at most this one answer, which the peer asked for.
+        self.push(frame, None)
+    }
+
+    fn push(&self, frame: Bytes, max_bytes: Option<usize>) -> bool {
         let len = frame.len();
         // Count the bytes before the frame is visible to the writer, which subtracts them.
         let before = self.queued.fetch_add(len, Ordering::AcqRel);
         // One frame is always accepted into an empty queue, however large (a big room's sync
         // answer may exceed the budget on its own).
-        if before > 0 && before + len > max_bytes {
+        if let Some(max_bytes) = max_bytes
+            && before > 0
+            && before + len > max_bytes
+        {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
             return false;
