@@ -333,22 +333,33 @@ impl Room {
         let snapshot_seq = stored.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
         let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
         let log_bytes = stored.log.iter().map(|(_, d)| d.len() as u64).sum();
-        // Decoding a large room is CPU work: keep it off the async workers.
+        // Decoding a large room is CPU work: keep it off the async workers. The answer for
+        // fresh joiners is prepared there too: when the snapshot is the whole story it is that
+        // answer already, and whoever opens a room first does not wait for a re-encode.
         let room = name.clone();
-        let doc = tokio::task::spawn_blocking(move || build_doc(&room, &stored)).await.map_err(
+        let loaded = tokio::task::spawn_blocking(move || {
+            let answer = match (&stored.snapshot, stored.log.is_empty()) {
+                (Some((seq, data)), true) => Some((*seq, Bytes::from(wire::sync_step2(data.clone())))),
+                _ => None,
+            };
+            build_doc(&room, &stored).map(|doc| (doc, answer))
+        })
+        .await
+        .map_err(
             |e| LoadError::Corrupt {
                 room: name.clone(),
                 what: "room".into(),
                 detail: e.to_string(),
             },
-        )??;
+        )?;
+        let (doc, full_answer) = loaded?;
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Self {
             name,
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
-                full_answer: None,
+                full_answer,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
