@@ -74,7 +74,10 @@ pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
         if count == shapes {
             break;
         }
-        ensure!(Instant::now() < deadline, "{room}: a fresh client sees {count} of {shapes} shapes");
+        ensure!(
+            Instant::now() < deadline,
+            "{room}: a fresh client sees {count} of {shapes} shapes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = writer.close(None).await;

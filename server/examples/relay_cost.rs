@@ -31,10 +31,8 @@ const UPDATES: usize = 2_000;
 const PRELOAD: usize = 2_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (room, mut queues) = runtime.block_on(async {
         let store = Arc::new(MemoryStore::default());
         let tracker = TaskTracker::new();

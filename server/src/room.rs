@@ -339,19 +339,19 @@ impl Room {
         let room = name.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let answer = match (&stored.snapshot, stored.log.is_empty()) {
-                (Some((seq, data)), true) => Some((*seq, Bytes::from(wire::sync_step2(data.clone())))),
+                (Some((seq, data)), true) => {
+                    Some((*seq, Bytes::from(wire::sync_step2(data.clone()))))
+                }
                 _ => None,
             };
             build_doc(&room, &stored).map(|doc| (doc, answer))
         })
         .await
-        .map_err(
-            |e| LoadError::Corrupt {
-                room: name.clone(),
-                what: "room".into(),
-                detail: e.to_string(),
-            },
-        )?;
+        .map_err(|e| LoadError::Corrupt {
+            room: name.clone(),
+            what: "room".into(),
+            detail: e.to_string(),
+        })?;
         let (doc, full_answer) = loaded?;
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Self {

@@ -124,15 +124,29 @@ const YSWEET_VERSION: &str = "0.9.1";
 fn bench(root: &Path, args: &[String]) -> Result<()> {
     ensure_debian_packages(&[("node", "nodejs"), ("npm", "npm")])?;
     npm_ci(&root.join("bench/peers"))?;
-    let peers = std::env::var_os("HOME")
-        .map_or_else(|| root.join("target/peers"), |h| PathBuf::from(h).join(".cache/huddle/peers"));
+    let peers = std::env::var_os("HOME").map_or_else(
+        || root.join("target/peers"),
+        |h| PathBuf::from(h).join(".cache/huddle/peers"),
+    );
     let ysweet = peers.join("bin/y-sweet");
     let wants_ysweet = args.iter().any(|a| a == "compare" || a.contains("y-sweet"));
     if wants_ysweet && !ysweet.exists() {
-        eprintln!("installing y-sweet {YSWEET_VERSION} into {} (a few minutes, once)", peers.display());
-        sh(cargo().args(["install", "y-sweet", "--version", YSWEET_VERSION, "--locked", "--root"]).arg(&peers))?;
+        eprintln!(
+            "installing y-sweet {YSWEET_VERSION} into {} (a few minutes, once)",
+            peers.display()
+        );
+        sh(cargo()
+            .args(["install", "y-sweet", "--version", YSWEET_VERSION, "--locked", "--root"])
+            .arg(&peers))?;
     }
-    sh(cargo().current_dir(root).args(["build", "--release", "-p", "huddle-server", "-p", "huddle-bench"]))?;
+    sh(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "huddle-server",
+        "-p",
+        "huddle-bench",
+    ]))?;
     let release = target_dir(root).join("release");
     sh(Command::new(release.join("huddle-bench"))
         .current_dir(root)
@@ -149,7 +163,14 @@ const GUARD_BASELINE: &str = "server/examples/relay_cost.baseline";
 /// fails if a delivered update costs more than twice the committed baseline.
 fn relay_guard(root: &Path) -> Result<()> {
     ensure_debian_packages(&[("valgrind", "valgrind")])?;
-    sh(cargo().current_dir(root).args(["build", "--release", "-p", "huddle-server", "--example", "relay_cost"]))?;
+    sh(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "huddle-server",
+        "--example",
+        "relay_cost",
+    ]))?;
     let out_dir = target_dir(root).join("callgrind");
     std::fs::create_dir_all(&out_dir)?;
     let out_file = out_dir.join("relay_cost.out");
@@ -192,7 +213,9 @@ fn relay_guard(root: &Path) -> Result<()> {
         );
     }
     if per < 0.5 * baseline {
-        eprintln!("relay guard: less than half the baseline: lower {GUARD_BASELINE} to keep the guard sharp");
+        eprintln!(
+            "relay guard: less than half the baseline: lower {GUARD_BASELINE} to keep the guard sharp"
+        );
     }
     Ok(())
 }
