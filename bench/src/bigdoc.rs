@@ -153,7 +153,7 @@ pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Resu
             "cold sync time p50 / max",
             format!("{:.1} / {:.1} ms", times.quantile_ms(0.5), times.quantile_ms(1.0)),
         );
-        if cpus.len() > 0 {
+        if !cpus.is_empty() {
             report.row(
                 "server CPU per cold sync (median)",
                 format!("{:.1} ms", cpus.quantile_ms(0.5)),

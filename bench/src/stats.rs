@@ -23,6 +23,11 @@ impl Latencies {
         self.0.len()
     }
 
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `q` quantile (0..=1) in milliseconds, nearest-rank; NaN with no samples.
     pub fn quantile_ms(&mut self, q: f64) -> f64 {
         if self.0.is_empty() {

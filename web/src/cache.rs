@@ -17,27 +17,40 @@ const DB: &str = "huddle";
 const STORE: &str = "rooms";
 
 /// Turns an IndexedDB request into a future of its result.
-fn request_future(request: &IdbRequest) -> JsFuture {
-    let request = request.clone();
+///
+/// The two callbacks live as long as the future and are dropped when it completes (after the
+/// request's handlers are cleared): a request fires only one of them, so handing both to JS for
+/// good (`once_into_js`) leaked the other on every request.
+fn request_future(request: &IdbRequest) -> impl Future<Output = Result<JsValue, JsValue>> {
+    let mut callbacks = None;
     let promise = js_sys::Promise::new(&mut |resolve, reject| {
         let ok_request = request.clone();
-        let on_success = Closure::once_into_js(move |_: web_sys::Event| {
+        let on_success = Closure::once(move |_: web_sys::Event| {
             let _ =
                 resolve.call1(&JsValue::NULL, &ok_request.result().unwrap_or(JsValue::UNDEFINED));
         });
-        let on_error = Closure::once_into_js(move |_: web_sys::Event| {
+        let on_error = Closure::once(move |_: web_sys::Event| {
             let _ = reject.call0(&JsValue::NULL);
         });
-        request.set_onsuccess(Some(on_success.unchecked_ref()));
-        request.set_onerror(Some(on_error.unchecked_ref()));
+        request.set_onsuccess(Some(on_success.as_ref().unchecked_ref()));
+        request.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        callbacks = Some((on_success, on_error));
     });
-    JsFuture::from(promise)
+    let request = request.clone();
+    async move {
+        let result = JsFuture::from(promise).await;
+        request.set_onsuccess(None);
+        request.set_onerror(None);
+        drop(callbacks);
+        result
+    }
 }
 
 async fn open() -> Option<IdbDatabase> {
     let factory = web_sys::window()?.indexed_db().ok()??;
     let request: IdbOpenDbRequest = factory.open_with_u32(DB, 1).ok()?;
-    let upgrade = Closure::once_into_js({
+    // Fires (if at all) before success; kept alive until the open completes.
+    let upgrade = Closure::once({
         let request = request.clone();
         move |_: web_sys::Event| {
             if let Ok(db) = request.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
@@ -45,8 +58,11 @@ async fn open() -> Option<IdbDatabase> {
             }
         }
     });
-    request.set_onupgradeneeded(Some(upgrade.unchecked_ref()));
-    request_future(&request).await.ok()?.dyn_into::<IdbDatabase>().ok()
+    request.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+    let opened = request_future(&request).await;
+    request.set_onupgradeneeded(None);
+    drop(upgrade);
+    opened.ok()?.dyn_into::<IdbDatabase>().ok()
 }
 
 thread_local! {

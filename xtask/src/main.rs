@@ -194,7 +194,7 @@ fn relay_guard(root: &Path) -> Result<()> {
     let instructions: f64 = profile
         .lines()
         .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
-        .and_then(|n| n.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
         .context("no instruction total in the callgrind output")?;
     let per = instructions / deliveries.max(1.0);
     let baseline: f64 = std::fs::read_to_string(root.join(GUARD_BASELINE))
