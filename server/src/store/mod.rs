@@ -58,6 +58,12 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database failed (on the write connection).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A blocking storage task failed to run to completion.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Setting up the database (migrations) failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

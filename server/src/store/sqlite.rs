@@ -7,10 +7,12 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use huddle_protocol::RoomName;
+use parking_lot::Mutex;
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -34,14 +36,22 @@ pub enum Durability {
 pub const DB_FILE: &str = "huddle.sqlite3";
 
 /// Rooms in one SQLite database.
+///
+/// Reads (loads), migrations and checkpoints go through sqlx's async pool. Writes go through one
+/// synchronous `rusqlite` connection instead, and with `--durability process` a commit runs
+/// right on the calling task: a WAL append without fsync takes tens of microseconds, while
+/// sqlx hands every statement to its worker thread and back — two thread wake-ups per group
+/// commit, which measured as the largest cost of relaying an update (docs/benchmarks.md).
+/// Commits that may wait (fsync under `full`, or a compaction holding the connection) move to
+/// the blocking pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Loads, checkpoints and tests.
     pool: SqlitePool,
     /// The one connection that writes (appends and compactions). Always the same connection,
-    /// so its page cache stays valid between commits instead of being re-read after another
-    /// connection wrote.
-    writer: SqlitePool,
+    /// so its page cache stays valid between commits.
+    writer: Arc<Mutex<rusqlite::Connection>>,
+    durability: Durability,
 }
 
 impl SqliteStore {
@@ -65,22 +75,75 @@ impl SqliteStore {
             // crosses the threshold and, with fsyncs, stalled every update behind it for up to
             // 200 ms. A background task checkpoints instead (see `checkpoint_loop`).
             .pragma("wal_autocheckpoint", "0");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
         // Readers load rooms concurrently with the writer (WAL readers never block it).
         let pool = SqlitePoolOptions::new().max_connections(3).connect_with(options).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let writer = open_writer(&data_dir.join(DB_FILE), durability)?;
         tokio::spawn(checkpoint_loop(pool.clone()));
-        Ok(Self { pool, writer })
+        Ok(Self { pool, writer: Arc::new(Mutex::new(writer)), durability })
     }
 
     /// The connection pool, for tests that need to look at or damage the raw rows.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// The write connection, set up like the pool's (WAL, durability, no automatic checkpoints).
+fn open_writer(path: &Path, durability: Durability) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Process => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// One transaction appending `batch`.
+fn append_on(conn: &mut rusqlite::Connection, batch: &[LogEntry]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO room_updates (room, seq, data) VALUES (?1, ?2, ?3)")?;
+        for entry in batch {
+            insert.execute(rusqlite::params![
+                entry.room.as_str(),
+                seq_to(entry.seq),
+                &entry.update[..]
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// One transaction storing a snapshot and dropping the log it covers (unless a newer snapshot
+/// is already there).
+fn compact_on(
+    conn: &mut rusqlite::Connection,
+    room: &RoomName,
+    upto: Seq,
+    snapshot: &[u8],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let written = tx.execute(
+        "INSERT INTO room_snapshots (room, seq, data) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, data = excluded.data \
+         WHERE excluded.seq > room_snapshots.seq",
+        rusqlite::params![room.as_str(), seq_to(upto), snapshot],
+    )?;
+    if written > 0 {
+        tx.execute(
+            "DELETE FROM room_updates WHERE room = ?1 AND seq <= ?2",
+            rusqlite::params![room.as_str(), seq_to(upto)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// How often the write-ahead log is copied back into the database.
@@ -111,21 +174,6 @@ fn seq_from(room: &RoomName, value: i64) -> Result<Seq, StoreError> {
         room: room.clone(),
         detail: format!("negative seq {value}"),
     })
-}
-
-/// Rows per INSERT statement: three bound values each, well under SQLite's limit of 32,766
-/// variables per statement.
-const INSERT_CHUNK_ROWS: usize = 1000;
-
-/// `INSERT INTO room_updates … VALUES (…), (…), …` for `rows`.
-fn insert_rows(rows: &[LogEntry]) -> sqlx::QueryBuilder<sqlx::Sqlite> {
-    let mut query = sqlx::QueryBuilder::new("INSERT INTO room_updates (room, seq, data) ");
-    query.push_values(rows, |mut row, entry| {
-        row.push_bind(entry.room.as_str().to_owned())
-            .push_bind(seq_to(entry.seq))
-            .push_bind(entry.update.to_vec());
-    });
-    query
 }
 
 fn seq_to(seq: Seq) -> i64 {
@@ -164,21 +212,14 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
-        // One multi-row INSERT per chunk: every statement is a round trip to sqlx's worker
-        // thread, and a batch is usually one chunk, so usually one statement (atomic by itself).
-        let mut chunks = batch.chunks(INSERT_CHUNK_ROWS);
-        if batch.len() <= INSERT_CHUNK_ROWS {
-            if let Some(chunk) = chunks.next() {
-                insert_rows(chunk).build().execute(&self.writer).await?;
-            }
-            return Ok(());
+        if self.durability == Durability::Process
+            && let Some(mut conn) = self.writer.try_lock()
+        {
+            return append_on(&mut conn, batch);
         }
-        let mut tx = self.writer.begin().await?;
-        for chunk in chunks {
-            insert_rows(chunk).build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let writer = Arc::clone(&self.writer);
+        let batch = batch.to_vec();
+        tokio::task::spawn_blocking(move || append_on(&mut writer.lock(), &batch)).await?
     }
 
     async fn compact(
@@ -187,34 +228,21 @@ impl Store for SqliteStore {
         upto: Seq,
         snapshot: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let written = sqlx::query(
-            "INSERT INTO room_snapshots (room, seq, data) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, data = excluded.data \
-             WHERE excluded.seq > room_snapshots.seq",
-        )
-        .bind(room.as_str())
-        .bind(seq_to(upto))
-        .bind(snapshot)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if written > 0 {
-            sqlx::query("DELETE FROM room_updates WHERE room = ? AND seq <= ?")
-                .bind(room.as_str())
-                .bind(seq_to(upto))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let writer = Arc::clone(&self.writer);
+        let room = room.clone();
+        tokio::task::spawn_blocking(move || compact_on(&mut writer.lock(), &room, upto, &snapshot))
+            .await?
     }
 
     async fn close(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await {
-            tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL still holds everything");
+        let writer = Arc::clone(&self.writer);
+        let checkpoint = tokio::task::spawn_blocking(move || {
+            writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        })
+        .await;
+        if !matches!(checkpoint, Ok(Ok(()))) {
+            tracing::warn!("final WAL checkpoint failed; the WAL still holds everything");
         }
-        self.writer.close().await;
         self.pool.close().await;
     }
 }
