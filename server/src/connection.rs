@@ -296,6 +296,9 @@ async fn handle_frame(
                 room.apply_update(id, &update, None).await.map_err(room_err)?;
             }
             WireMessage::Awareness(update) => {
+                // Presence goes into the room's document's awareness: wait for a lazily loaded
+                // room to be built.
+                room.ready().await;
                 let relay = if single {
                     frame.clone()
                 } else {

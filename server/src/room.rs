@@ -38,6 +38,10 @@ use crate::store::{LogEntry, Seq, Store, StoreError, StoredRoom};
 /// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log.
 const COMPACT_LOG_RATIO: u64 = 8;
 
+/// Stored rooms at least this big (snapshot only) are built in the background; see
+/// [`Room::load`].
+const LAZY_BUILD_BYTES: u64 = 256 << 10;
+
 /// Identifies one socket within the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
@@ -232,6 +236,9 @@ struct DocState {
     /// position it was encoded at. Encoding a big document is the most expensive thing the
     /// relay does; a room that many people open between edits encodes it once.
     full_answer: Option<(Seq, Bytes)>,
+    /// False while a big stored room is still being built in the background (see
+    /// [`Room::load`]); the document is empty until then and only cached answers are served.
+    ready: bool,
 }
 
 /// One loaded room.
@@ -255,6 +262,8 @@ pub struct Room {
     compacting: AtomicBool,
     /// Set when the room can no longer be trusted (storage failure, a panic inside yrs).
     broken: AtomicBool,
+    /// Becomes true once the document is built (at once for all but big stored rooms).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Room {
@@ -306,7 +315,8 @@ impl Room {
         &self.name
     }
 
-    /// Runs `f` with read access to the document (for inspection, export and tests).
+    /// Runs `f` with read access to the document (for inspection, export and tests). A big
+    /// stored room is empty here until [`Room::ready`] resolves.
     pub fn read_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
         f(self.state.lock().awareness.doc())
     }
@@ -333,33 +343,38 @@ impl Room {
         let snapshot_seq = stored.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
         let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
         let log_bytes = stored.log.iter().map(|(_, d)| d.len() as u64).sum();
-        // Decoding a large room is CPU work: keep it off the async workers. The answer for
-        // fresh joiners is prepared there too: when the snapshot is the whole story it is that
-        // answer already, and whoever opens a room first does not wait for a re-encode.
-        let room = name.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let answer = match (&stored.snapshot, stored.log.is_empty()) {
-                (Some((seq, data)), true) => {
-                    Some((*seq, Bytes::from(wire::sync_step2(data.clone()))))
-                }
-                _ => None,
-            };
-            build_doc(&room, &stored).map(|doc| (doc, answer))
-        })
-        .await
-        .map_err(|e| LoadError::Corrupt {
-            room: name.clone(),
-            what: "room".into(),
-            detail: e.to_string(),
-        })?;
-        let (doc, full_answer) = loaded?;
+        // The answer for fresh joiners: when the snapshot is the whole story it is that answer
+        // already, and whoever opens a room first does not wait for a re-encode.
+        let full_answer = match (&stored.snapshot, stored.log.is_empty()) {
+            (Some((seq, data)), true) => Some((*seq, Bytes::from(wire::sync_step2(data.clone())))),
+            _ => None,
+        };
+        // Building a big document in yrs takes ~12 ms per MB here. A big room that is only a
+        // snapshot is built in the background instead: fresh joiners get the snapshot at once,
+        // and everything that needs the document (edits, other syncs, presence) waits for it.
+        let lazy = full_answer.is_some() && snapshot_bytes >= LAZY_BUILD_BYTES;
+        let (doc, stored) = if lazy {
+            (Doc::new(), Some(stored))
+        } else {
+            // Decoding is CPU work: keep it off the async workers.
+            let room = name.clone();
+            let doc = tokio::task::spawn_blocking(move || build_doc(&room, &stored))
+                .await
+                .map_err(|e| LoadError::Corrupt {
+                    room: name.clone(),
+                    what: "room".into(),
+                    detail: e.to_string(),
+                })??;
+            (doc, None)
+        };
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(Self {
+        let room = Arc::new(Self {
             name,
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
                 full_answer,
+                ready: !lazy,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -373,7 +388,53 @@ impl Room {
             log_bytes: AtomicU64::new(log_bytes),
             compacting: AtomicBool::new(false),
             broken: AtomicBool::new(false),
-        }))
+            ready: tokio::sync::watch::Sender::new(!lazy),
+        });
+        if let Some(stored) = stored {
+            let building = Arc::clone(&room);
+            room.tracker.spawn(async move { building.build_in_background(stored).await });
+        }
+        Ok(room)
+    }
+
+    /// Builds a lazily loaded room's document, swaps it in, and greets the sockets that joined
+    /// meanwhile with our sync step 1 (they got everyone's presence already).
+    async fn build_in_background(self: Arc<Self>, stored: StoredRoom) {
+        let name = self.name.clone();
+        let built = tokio::task::spawn_blocking(move || build_doc(&name, &stored)).await;
+        let doc = match built {
+            Ok(Ok(doc)) => doc,
+            Ok(Err(e)) => {
+                tracing::error!(room = %self.name, error = %e, "stored room is corrupt");
+                self.break_room();
+                self.ready.send_replace(true);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "building the room failed");
+                self.break_room();
+                self.ready.send_replace(true);
+                return;
+            }
+        };
+        {
+            let mut state = self.state.lock();
+            // Nobody wrote presence into the placeholder: everything but cached answers waits.
+            state.awareness = Awareness::with_clock(doc, now_millis);
+            state.ready = true;
+            let sv = state.awareness.doc().transact().state_vector();
+            let greeting = Bytes::from(wire::sync_step1(&sv));
+            for tx in self.peers.lock().values() {
+                tx.offer(greeting.clone(), self.config.max_queue_bytes);
+            }
+        }
+        self.ready.send_replace(true);
+    }
+
+    /// Resolves once the document is built (at once for rooms that were not loaded lazily).
+    pub async fn ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|&r| r).await;
     }
 
     /// Adds a socket and returns the frames to greet it with: our sync step 1 (so the client
@@ -382,8 +443,12 @@ impl Room {
     pub fn subscribe(&self, id: ConnId, tx: PeerTx) -> Vec<Bytes> {
         self.peers.lock().insert(id, tx);
         let state = self.state.lock();
-        let sv = state.awareness.doc().transact().state_vector();
-        let mut frames = vec![Bytes::from(wire::sync_step1(&sv))];
+        let mut frames = Vec::with_capacity(2);
+        // A room still being built greets with our sync step 1 when it is ready.
+        if state.ready {
+            let sv = state.awareness.doc().transact().state_vector();
+            frames.push(Bytes::from(wire::sync_step1(&sv)));
+        }
         if let Ok(update) = state.awareness.update()
             && !update.clients.is_empty()
         {
@@ -397,13 +462,17 @@ impl Room {
     /// # Errors
     /// [`RoomError::NotDurable`] if storage failed before the state was saved.
     pub async fn sync_step2(&self, client_sv: &StateVector) -> Result<Bytes, RoomError> {
+        let fresh = client_sv.is_empty();
+        let cached = fresh && self.state.lock().full_answer.is_some();
+        if !cached {
+            self.ready().await;
+        }
         let (answer, seq) = {
             let mut state = self.state.lock();
             if self.is_broken() {
                 return Err(RoomError::Unavailable);
             }
             let seq = state.applied;
-            let fresh = client_sv.is_empty();
             match &state.full_answer {
                 Some((at, answer)) if fresh && *at == seq => (answer.clone(), seq),
                 _ => {
@@ -441,6 +510,7 @@ impl Room {
         if decoded.is_empty() {
             return Ok(());
         }
+        self.ready().await;
         let seq = {
             let mut state = self.state.lock();
             if self.is_broken() {

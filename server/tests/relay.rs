@@ -195,3 +195,70 @@ async fn restart_brings_every_room_back_with_the_same_state() {
     }
     server.stop().await;
 }
+
+/// A big stored room is built in the background after a restart (fresh joiners get the stored
+/// snapshot at once): edits, presence and a client resyncing with state of its own must all work
+/// while it builds and after.
+#[tokio::test]
+async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("big");
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    // ~700 KB of shapes: over the size that is built lazily.
+    ada.edit(|b, t| {
+        for i in 0..2000 {
+            let mut shape = huddle_protocol::schema::Shape::new(format!("s{i}"), ShapeKind::Rect);
+            shape.text = format!("shape number {i}");
+            b.put_shape(t, &shape);
+        }
+    })
+    .await;
+    let mut check = TestClient::connect(&url).await;
+    check.until("all 2000 stored", |s| common::sync_doc_contents(s).len() == 2000).await;
+    let saved = ada.session.snapshot();
+    ada.close().await;
+    check.close().await;
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("big");
+    // All three connect at once, while the room is being built.
+    let mut fresh = TestClient::connect(&url).await;
+    let mut editor = TestClient::connect(&url).await;
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    let mut session = huddle_protocol::session::ClientSession::new(
+        huddle_protocol::yrs::Doc::with_client_id(common::rand_id()),
+        common::now_millis,
+    );
+    session.restore(&saved).expect("restores");
+    let frames = session.handshake();
+    let mut returning = TestClient { session, ws, closed: None };
+    for f in frames {
+        returning.send(f).await;
+    }
+    returning.add_shape("made-offline", ShapeKind::Ellipse).await;
+    editor.set_name("Editor").await;
+    editor.add_shape("late", ShapeKind::Arrow).await;
+
+    for (who, client) in
+        [("fresh", &mut fresh), ("editor", &mut editor), ("returning", &mut returning)]
+    {
+        client
+            .until(&format!("{who} has everything"), |s| {
+                let ids = common::sync_doc_contents(s);
+                ids.len() == 2002
+                    && ids.iter().any(|i| i == "late")
+                    && ids.iter().any(|i| i == "made-offline")
+            })
+            .await;
+    }
+    fresh
+        .until("editor's presence", |s| s.peers().iter().any(|(_, p)| p.user.name == "Editor"))
+        .await;
+    fresh.close().await;
+    editor.close().await;
+    returning.close().await;
+    server.stop().await;
+}
