@@ -90,7 +90,10 @@ where
 {
     let (mut sink, mut stream) = socket.split();
 
-    let lease = match ctx.registry.join(&room).await {
+    // Futures that run once or briefly (joining, handling one frame) are boxed: an async fn's
+    // state is as big as its biggest await point, and this one lives as long as the socket, so
+    // unboxed they would make every idle socket carry room-loading and sync-answering state.
+    let lease = match Box::pin(ctx.registry.join(&room)).await {
         Ok(lease) => lease,
         Err(e) => {
             tracing::error!(error = %e, "room failed to load; refusing socket");
@@ -192,7 +195,8 @@ where
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(64);
+    // Grows to the largest batch seen: an idle socket keeps a few slots, not 64 (2 KiB).
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, 64) => {
@@ -252,7 +256,9 @@ where
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return End::PeerGone,
         };
-        if let Err((code, reason)) = handle_frame(frame, room, id, tx, presence, ctx).await {
+        if let Err((code, reason)) =
+            Box::pin(handle_frame(frame, room, id, tx, presence, ctx)).await
+        {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             return End::Close(code, reason);
         }

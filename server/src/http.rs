@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 
 /// Initial read buffer per socket (see where it is used).
-const READ_BUFFER_BYTES: usize = 4096;
+const READ_BUFFER_BYTES: usize = 1024;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
