@@ -337,6 +337,10 @@ fn transport_error(e: axum::Error, ctx: &SocketContext) -> End {
             tracing::info!(error = %c, "frame over the size limit");
             End::Close(CloseCode::MESSAGE_TOO_BIG, "message too big".into())
         }
+        // The peer vanished (tab killed, network gone): nothing to answer, nothing to log.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => End::PeerGone,
         Some(tungstenite::Error::Protocol(p)) => {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(error = %p, "websocket protocol error");
