@@ -2,6 +2,10 @@
 //
 //   HUDDLE_SERVER_BIN=target/release/huddle-server node e2e/bench/board-load.mjs 10000 40000
 //
+// Then, with the room open, a stock Yjs client adds shapes one at a time and the page reports
+// how many animation frames passed between the WebSocket message carrying each one and the
+// board's `data-shape-count` showing it (1 = drawn in the next frame).
+//
 // For each size N it starts a fresh server, preloads a room with N mixed shapes (rectangles,
 // ellipses, pen strokes, text, arrows) through a stock Yjs client, then opens the room in
 // Chromium (1280x800) and reports: navigation → `data-synced` with all N shapes counted, the
@@ -58,6 +62,38 @@ async function seed(url, room, n) {
   probe.destroy(); provider.destroy();
 }
 
+/// A stock Yjs client kept in the room to make remote edits.
+async function remoteEditor(url, room) {
+  const doc = new Y.Doc();
+  const provider = new WebsocketProvider(url.replace('http', 'ws') + '/ws', room, doc, { WebSocketPolyfill: WebSocket, disableBc: true });
+  await new Promise((r) => provider.once('sync', r));
+  return { doc, provider };
+}
+
+/// In the page, before the app runs: note the animation frame and time of every WebSocket
+/// message, and of every change of the board's shape count.
+function instrumentPage() {
+  window.__frame = 0;
+  const tick = () => { window.__frame++; requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+  const Native = window.WebSocket;
+  window.WebSocket = function (...args) {
+    const ws = new Native(...args);
+    ws.addEventListener('message', () => { window.__msg = { frame: window.__frame, t: performance.now() }; });
+    return ws;
+  };
+  window.WebSocket.prototype = Native.prototype;
+  Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  const watch = () => {
+    const board = document.querySelector('[data-testid=board]');
+    if (!board) { setTimeout(watch, 20); return; }
+    new MutationObserver(() => {
+      window.__drawn = { count: Number(board.getAttribute('data-shape-count')), frame: window.__frame, t: performance.now(), msg: window.__msg };
+    }).observe(board, { attributes: true, attributeFilter: ['data-shape-count'] });
+  };
+  watch();
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -71,6 +107,7 @@ for (const n of sizes) {
   console.error('seeded', n);
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
+  await context.addInitScript(instrumentPage);
   const page = await context.newPage();
   // Warm the HTTP cache for the bundle (a returning user), then measure a fresh navigation.
   await page.goto(`${url}/`);
@@ -92,7 +129,24 @@ for (const n of sizes) {
   await page.mouse.up();
   const frames = await page.evaluate(() => { cancelAnimationFrame(window.__raf); return window.__frames; });
   const fps = frames / ((Date.now() - p0) / 1000);
-  rows.push({ shapes: n, load_ms: loadMs, pan_fps: Math.round(fps) });
+  // Remote edits: frames from the message's arrival to the count showing the new shape.
+  const editor = await remoteEditor(url, room);
+  const gaps = [];
+  for (let i = 0; i < 20; i++) {
+    const id = `remote-${i}`;
+    const m = new Y.Map();
+    for (const [k, v] of Object.entries({ id, kind: 'rect', x: 100 + i * 50, y: 100, w: 40, h: 30, points: [], stroke: '#e03131', fill: 'transparent', width: 2, text: '', z: n + i, author: 'remote' })) m.set(k, v);
+    editor.doc.getMap('shapes').set(id, m);
+    const want = n + i + 1;
+    await page.waitForFunction((want) => window.__drawn && window.__drawn.count === want, want, { timeout: 10000 });
+    const d = await page.evaluate(() => window.__drawn);
+    gaps.push({ frames: d.frame - d.msg.frame, ms: d.t - d.msg.t });
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  editor.provider.destroy();
+  gaps.sort((a, b) => a.ms - b.ms);
+  const maxFrames = Math.max(...gaps.map((g) => g.frames));
+  rows.push({ shapes: n, load_ms: loadMs, pan_fps: Math.round(fps), remote_edit_ms_p50: gaps[10].ms.toFixed(1), remote_edit_ms_max: gaps[gaps.length - 1].ms.toFixed(1), remote_edit_frames_max: maxFrames });
   await context.close();
   proc.kill('SIGTERM');
 }

@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use yrs::types::ToJson;
+use yrs::DeepObservable;
+use yrs::types::{Event, PathSegment, ToJson};
 use yrs::{Any, Array, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn, TransactionMut};
 
 /// Name of the root map holding the shapes.
@@ -300,8 +301,63 @@ impl Board {
     pub fn shapes<T: ReadTxn>(&self, txn: &T) -> Vec<Shape> {
         let mut all: Vec<Shape> =
             self.shapes.iter(txn).filter_map(|(key, out)| read_shape(txn, key, out)).collect();
-        all.sort_by(|a, b| a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id)));
+        all.sort_by(drawing_order);
         all
+    }
+
+    /// Calls `changed` with the id of every shape a transaction touches — added, removed, or
+    /// any field changed, in a nested map or a plain object — from inside the commit. Paired
+    /// with [`Board::refresh`], this lets a view re-read only what changed: re-reading every
+    /// shape after each remote edit took 37 ms at 10k shapes and 145 ms at 40k in the browser.
+    /// `changed` returns whether it wants more ids from this transaction (a view that will
+    /// re-read everything anyway returns false, and the rest of a big sync is skipped). `key`
+    /// names the observer for [`Board::unobserve_shapes`].
+    pub fn observe_shapes(
+        &self,
+        key: &str,
+        mut changed: impl FnMut(&str) -> bool + Send + Sync + 'static,
+    ) {
+        self.shapes.observe_deep(key, move |txn, events| {
+            for event in events.iter() {
+                let more = match event.path().front() {
+                    Some(PathSegment::Key(id)) => changed(id),
+                    Some(PathSegment::Index(_)) => true,
+                    None => match event {
+                        Event::Map(e) => e.keys(txn).keys().all(|id| changed(id)),
+                        _ => true,
+                    },
+                };
+                if !more {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops the observer registered under `key`.
+    pub fn unobserve_shapes(&self, key: &str) {
+        self.shapes.unobserve_deep(key);
+    }
+
+    /// Brings `shapes` (a list in [`Board::shapes`] order) up to date for the shapes `changed`
+    /// names, re-reading only those: each is removed and, if it still exists, re-inserted at
+    /// its place in the drawing order.
+    pub fn refresh<T: ReadTxn>(
+        &self,
+        txn: &T,
+        shapes: &mut Vec<Shape>,
+        changed: impl IntoIterator<Item = impl AsRef<str>>,
+    ) {
+        for id in changed {
+            let id = id.as_ref();
+            if let Some(at) = shapes.iter().position(|s| s.id == id) {
+                shapes.remove(at);
+            }
+            if let Some(shape) = self.shape(txn, id) {
+                let at = shapes.partition_point(|s| drawing_order(s, &shape).is_lt());
+                shapes.insert(at, shape);
+            }
+        }
     }
 
     /// Appends a chat message.
@@ -313,6 +369,11 @@ impl Board {
     pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
         self.chat.iter(txn).filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?)).collect()
     }
+}
+
+/// Bottom to top: by `z`, then by id.
+fn drawing_order(a: &Shape, b: &Shape) -> std::cmp::Ordering {
+    a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id))
 }
 
 /// A shape stored as a nested map (Huddle's own) or as a plain object (a script's).
@@ -358,6 +419,60 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Transact, Update};
+
+    #[test]
+    fn a_refreshed_list_matches_a_full_read_after_local_and_remote_changes() {
+        let doc = Doc::with_client_id(1);
+        let board = Board::new(&doc);
+        let changed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&changed);
+        board.observe_shapes("test", move |id| {
+            sink.lock().expect("lock").push(id.to_owned());
+            true
+        });
+        let mut list = Vec::new();
+        let mut check = |what: &str| {
+            let ids = std::mem::take(&mut *changed.lock().expect("lock"));
+            let txn = doc.transact();
+            board.refresh(&txn, &mut list, &ids);
+            assert_eq!(list, board.shapes(&txn), "after {what}");
+        };
+        {
+            let mut txn = doc.transact_mut();
+            for i in 0..20 {
+                let mut shape = Shape::new(format!("s{i}"), ShapeKind::Rect);
+                shape.z = f64::from(i % 7);
+                board.put_shape(&mut txn, &shape);
+            }
+        }
+        check("adding twenty");
+        assert!(board.set_field(&mut doc.transact_mut(), "s3", "z", 100.0));
+        check("bringing one to the front");
+        assert!(board.set_field(&mut doc.transact_mut(), "s4", "x", 5.0));
+        check("moving one");
+        assert!(board.remove_shape(&mut doc.transact_mut(), "s5"));
+        check("deleting one");
+        // A remote client's plain-object shape and its own edit, arriving as updates.
+        let other = Doc::with_client_id(2);
+        let update = {
+            let shapes = other.get_or_insert_map(SHAPES);
+            let mut txn = other.transact_mut();
+            let fields: HashMap<String, Any> = HashMap::from([
+                ("id".into(), Any::from("plain")),
+                ("kind".into(), Any::from("ellipse")),
+                ("z".into(), Any::from(3.5)),
+            ]);
+            shapes.insert(&mut txn, "plain", Any::from(fields));
+            txn.encode_update_v1()
+        };
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&update).expect("decodes"))
+            .expect("applies");
+        check("a remote plain object");
+        board.unobserve_shapes("test");
+        board.put_shape(&mut doc.transact_mut(), &Shape::new("unseen", ShapeKind::Text));
+        assert!(changed.lock().expect("lock").is_empty(), "no calls after unobserving");
+    }
 
     #[test]
     fn shapes_and_chat_round_trip_through_an_update() {

@@ -16,12 +16,20 @@ use crate::geometry::{bounds, hit, inside, to_board, to_screen, zoom_at};
 use crate::render::{draw_board, draw_outline, draw_shape, text_box};
 use crate::state::{RoomState, Tool};
 
-/// The document's shapes in z order, rebuilt when the document changes.
+/// The document's shapes in z order, brought up to date when the document changes: only the
+/// shapes the board's observer saw change are re-read (see [`Board::observe_shapes`]).
 #[derive(Default)]
 struct ShapeCache {
     version: Option<u64>,
     shapes: Rc<Vec<Shape>>,
 }
+
+/// Ids of shapes changed since the list was last brought up to date; `None` until the first
+/// full read, and after a change too big to be worth patching in (then the list is re-read).
+type Changed = std::sync::Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>;
+
+/// Name of the board view's shape observer.
+const OBSERVER: &str = "board-view";
 
 /// What a pointer drag is doing.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +100,32 @@ pub fn BoardView() -> impl IntoView {
     let canvas_ref = NodeRef::<html::Canvas>::new();
     let host_ref = NodeRef::<html::Div>::new();
     let cache = StoredValue::new_local(ShapeCache::default());
+    let changed: Changed = Changed::default();
+    {
+        let changed = std::sync::Arc::clone(&changed);
+        room.conn.with_value(|c| {
+            c.with_doc(|doc| {
+                Board::new(doc).observe_shapes(OBSERVER, move |id| {
+                    let Ok(mut guard) = changed.lock() else { return false };
+                    let Some(set) = guard.as_mut() else { return false };
+                    set.insert(id.to_owned());
+                    // A big change (a sync, a paste of thousands) is cheaper to re-read.
+                    if set.len() > 4096 {
+                        *guard = None;
+                        return false;
+                    }
+                    true
+                });
+            });
+        });
+        on_cleanup(move || {
+            let _ = room
+                .conn
+                .try_with_value(|c| c.with_doc(|doc| Board::new(doc).unobserve_shapes(OBSERVER)));
+        });
+    }
+    // A `Copy` handle, so the closures below stay `Copy`.
+    let changed = StoredValue::new(changed);
     let drag = StoredValue::new_local(Drag::None);
     let size = RwSignal::new((0.0f64, 0.0f64));
     let frame_pending = StoredValue::new_local(false);
@@ -114,17 +148,22 @@ pub fn BoardView() -> impl IntoView {
         let version = room.signals.doc_version.get_untracked();
         let stale = cache.with_value(|c| c.version != Some(version));
         if stale {
-            let fresh = room.conn.with_value(|c| {
-                c.with_doc(|doc| {
-                    let board = Board::new(doc);
-                    let txn = doc.transact();
-                    board.shapes(&txn)
-                })
+            let pending = changed.with_value(|c| {
+                c.lock().ok().and_then(|mut guard| guard.replace(Default::default()))
             });
-            shape_count.set(fresh.len());
             cache.update_value(|c| {
+                room.conn.with_value(|conn| {
+                    conn.with_doc(|doc| {
+                        let board = Board::new(doc);
+                        let txn = doc.transact();
+                        match pending {
+                            Some(ids) => board.refresh(&txn, Rc::make_mut(&mut c.shapes), ids),
+                            None => c.shapes = Rc::new(board.shapes(&txn)),
+                        }
+                    })
+                });
                 c.version = Some(version);
-                c.shapes = Rc::new(fresh);
+                shape_count.set(c.shapes.len());
             });
         }
         cache.with_value(|c| Rc::clone(&c.shapes))
