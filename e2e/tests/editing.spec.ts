@@ -5,7 +5,7 @@ import { test, expect, newUser, dragOnBoard } from './fixtures';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
 
-type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string };
+type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string; width: number; points: number[] };
 
 async function roomJson(page: Page): Promise<{ shapes: Record<string, ShapeJson>; chat: unknown[] }> {
   const download = page.waitForEvent('download');
@@ -59,6 +59,31 @@ test('move, resize, recolour, restack and delete reach the other user', async ({
   [ellipse] = await shapesOf(b);
   expect(ellipse.kind).toBe('ellipse');
   await b.screenshot({ path: 'test-results/screens/after-edits-bob.png' });
+});
+
+test('lines and pen strokes resize with the handle too', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await a.getByTestId('tool-line').click();
+  await dragOnBoard(a, 100, 300, 200, 350);
+  await a.getByTestId('tool-pen').click();
+  await dragOnBoard(a, 300, 100, 380, 160);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  const extentX = (s: ShapeJson) => Math.max(...s.points.filter((_, i) => i % 2 === 0)) - Math.min(...s.points.filter((_, i) => i % 2 === 0));
+  for (const kind of ['line', 'pen']) {
+    const shape = (await shapesOf(a)).find((s) => s.kind === kind)!;
+    const xs = shape.points.filter((_, i) => i % 2 === 0);
+    const ys = shape.points.filter((_, i) => i % 2 === 1);
+    const right = shape.x + Math.max(...xs) + shape.width / 2;
+    const bottom = shape.y + Math.max(...ys) + shape.width / 2;
+    const before = extentX(shape);
+    // Select it by clicking a point on it, then drag its bottom-right handle 60 px right.
+    await a.getByTestId('tool-select').click();
+    await a.mouse.click((await a.getByTestId('board').boundingBox())!.x + shape.x + shape.points[0], (await a.getByTestId('board').boundingBox())!.y + shape.y + shape.points[1]);
+    await dragOnBoard(a, right, bottom, right + 60, bottom + 30);
+    await expect.poll(async () => extentX((await shapesOf(b)).find((s) => s.kind === kind)!)).toBeGreaterThan(before + 40);
+  }
+  await b.screenshot({ path: 'test-results/screens/after-point-resize-bob.png' });
 });
 
 test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) => {

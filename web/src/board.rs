@@ -54,6 +54,9 @@ enum Drag {
     Resize {
         id: String,
         anchor: (f64, f64),
+        /// For pen strokes, lines and arrows: their points when the drag began, which are
+        /// scaled from the anchor (the top-left of their extent) as the handle moves.
+        points: Option<Vec<f64>>,
     },
     Create {
         id: String,
@@ -87,6 +90,25 @@ fn new_id(client: u64) -> String {
         c.get()
     });
     format!("{client:x}-{n:x}")
+}
+
+/// The extent `(x0, y0, x1, y1)` of flat `[x, y, …]` points.
+fn extent(points: &[f64]) -> (f64, f64, f64, f64) {
+    points.chunks_exact(2).fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), p| {
+        (a.min(p[0]), b.min(p[1]), c.max(p[0]), d.max(p[1]))
+    })
+}
+
+/// `points` stretched so their extent becomes `size` (at least 4 × 4), keeping its top-left.
+/// A flat extent (a horizontal or vertical line) keeps its size along that axis.
+fn scale_points(points: &[f64], size: (f64, f64)) -> Vec<Any> {
+    let (x0, y0, x1, y1) = extent(points);
+    let factor = |from: f64, to: f64| if from > 0.5 { to.max(4.0) / from } else { 1.0 };
+    let (sx, sy) = (factor(x1 - x0, size.0), factor(y1 - y0, size.1));
+    points
+        .chunks_exact(2)
+        .flat_map(|p| [Any::from(x0 + (p[0] - x0) * sx), Any::from(y0 + (p[1] - y0) * sy)])
+        .collect()
 }
 
 fn z_top(shapes: &[Shape]) -> f64 {
@@ -305,14 +327,17 @@ pub fn BoardView() -> impl IntoView {
                 {
                     let (x0, y0, x1, y1) = bounds(s);
                     let tol = 8.0 / room.view.get_untracked().zoom;
-                    if (p.0 - x1).abs() <= tol
-                        && (p.1 - y1).abs() <= tol
-                        && !crate::geometry::uses_points(s.kind)
-                    {
-                        drag.set_value(Drag::Resize {
-                            id: s.id.clone(),
-                            anchor: (x0.min(s.x), y0.min(s.y)),
-                        });
+                    if (p.0 - x1).abs() <= tol && (p.1 - y1).abs() <= tol {
+                        let points = crate::geometry::uses_points(s.kind).then(|| s.points.clone());
+                        let anchor = match &points {
+                            // Point shapes scale from the top-left of their points' extent.
+                            Some(pts) => {
+                                let (px0, py0, _, _) = extent(pts);
+                                (s.x + px0, s.y + py0)
+                            }
+                            None => (x0.min(s.x), y0.min(s.y)),
+                        };
+                        drag.set_value(Drag::Resize { id: s.id.clone(), anchor, points });
                         return;
                     }
                 }
@@ -444,7 +469,13 @@ pub fn BoardView() -> impl IntoView {
                     }
                 });
             }
-            Drag::Resize { id, anchor } => {
+            Drag::Resize { id, anchor, points: Some(points) } => {
+                let scaled = scale_points(&points, (p.0 - anchor.0, p.1 - anchor.1));
+                conn.edit(|b, t| {
+                    b.set_field(t, &id, "points", Any::from(scaled));
+                });
+            }
+            Drag::Resize { id, anchor, points: None } => {
                 conn.edit(|b, t| {
                     b.set_field(t, &id, "w", Any::from((p.0 - anchor.0).max(4.0)));
                     b.set_field(t, &id, "h", Any::from((p.1 - anchor.1).max(4.0)));
