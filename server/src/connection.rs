@@ -236,7 +236,7 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
-    let liveness = ctx.config.ping_interval + ctx.config.pong_timeout;
+    let liveness = liveness(ctx);
     loop {
         let message = match tokio::time::timeout(liveness, stream.next()).await {
             Err(_) => return End::Silent,
@@ -291,7 +291,7 @@ async fn handle_frame(
         match message {
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
                 let reply = room.sync_step2(&sv).await.map_err(room_err)?;
-                tx.offer_reply(reply, ctx.config.max_queue_bytes).await;
+                tx.offer_reply(reply, ctx.config.max_queue_bytes, liveness(ctx)).await;
             }
             WireMessage::Sync(WireSyncMessage::Update(update)) => {
                 // The received frame is exactly this update message: relay it as is.
@@ -314,7 +314,7 @@ async fn handle_frame(
             }
             WireMessage::AwarenessQuery => {
                 if let Some(frame) = room.awareness_frame() {
-                    tx.offer_reply(frame, ctx.config.max_queue_bytes).await;
+                    tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await;
                 }
             }
             // Clients do not send auth in the y-websocket protocol; tolerate and ignore it.
@@ -325,6 +325,11 @@ async fn handle_frame(
         }
     }
     Ok(())
+}
+
+/// How long a peer may go without showing it is alive: a ping interval plus the pong timeout.
+fn liveness(ctx: &SocketContext) -> Duration {
+    ctx.config.ping_interval + ctx.config.pong_timeout
 }
 
 /// Maps a transport error to how the socket ends: an oversized frame earns 1009, anything else

@@ -185,18 +185,35 @@ impl PeerTx {
     /// it reads, instead of being cut off as slow because broadcasts were queued meanwhile; its
     /// reader waits, so it cannot pile up answers either. Returns false if the frame was not
     /// queued (the socket is closing).
-    pub async fn offer_reply(&self, frame: Bytes, max_bytes: usize) -> bool {
-        loop {
-            let queued = self.queued.load(Ordering::Acquire);
-            if queued == 0 || queued + frame.len() <= max_bytes || self.kick.token_cancelled() {
-                break;
+    ///
+    /// A socket whose queue does not drain within `max_wait` is not reading: it is cut off as
+    /// too slow (while the reader waits here, no liveness timeout would notice).
+    pub async fn offer_reply(&self, frame: Bytes, max_bytes: usize, max_wait: Duration) -> bool {
+        let room = async {
+            loop {
+                let queued = self.queued.load(Ordering::Acquire);
+                if queued == 0 || queued + frame.len() <= max_bytes || self.kick.token_cancelled() {
+                    return true;
+                }
+                tokio::select! {
+                    () = self.drained.notified() => {}
+                    () = self.kick.kicked() => return false,
+                }
             }
-            tokio::select! {
-                () = self.drained.notified() => {}
-                () = self.kick.kicked() => return false,
+        };
+        match tokio::time::timeout(max_wait, room).await {
+            // Over the budget by at most this one answer, which the peer asked for.
+            Ok(true) => self.push(frame, None),
+            Ok(false) => false,
+            Err(_) => {
+                self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+                false
             }
         }
-        // Over the budget by at most this one answer, which the peer asked for.
+    }
+
+    /// Queues a small frame whatever the byte budget says (the frame limit still applies).
+    pub fn offer_unbudgeted(&self, frame: Bytes) -> bool {
         self.push(frame, None)
     }
 
@@ -352,7 +369,9 @@ impl Room {
         // Building a big document in yrs takes ~12 ms per MB here. A big room that is only a
         // snapshot is built in the background instead: fresh joiners get the snapshot at once,
         // and everything that needs the document (edits, other syncs, presence) waits for it.
-        let lazy = full_answer.is_some() && snapshot_bytes >= LAZY_BUILD_BYTES;
+        // Only a snapshot whose checksum matched may be served before it is decoded.
+        let lazy =
+            full_answer.is_some() && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
         let (doc, stored) = if lazy {
             (Doc::new(), Some(stored))
         } else {
@@ -425,7 +444,8 @@ impl Room {
             let sv = state.awareness.doc().transact().state_vector();
             let greeting = Bytes::from(wire::sync_step1(&sv));
             for tx in self.peers.lock().values() {
-                tx.offer(greeting.clone(), self.config.max_queue_bytes);
+                // Past the byte budget if need be: the snapshot answer may still be queued.
+                tx.offer_unbudgeted(greeting.clone());
             }
         }
         self.ready.send_replace(true);

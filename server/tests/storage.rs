@@ -72,6 +72,69 @@ async fn a_corrupt_row_fails_that_room_loudly_and_is_never_overwritten() {
     assert_eq!(rows(dir.path(), "damaged").await, before);
 }
 
+/// A big snapshot may be served before it is decoded, but only when its checksum matches: a
+/// damaged one is decoded first, fails, and no joiner ever receives its bytes.
+#[tokio::test]
+async fn a_damaged_big_snapshot_is_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let mut c = TestClient::connect(&server.url("big")).await;
+    c.synced().await;
+    c.edit(|b, t| {
+        for i in 0..2000 {
+            let mut shape = huddle_protocol::schema::Shape::new(format!("s{i}"), ShapeKind::Rect);
+            shape.text = format!("shape number {i}");
+            b.put_shape(t, &shape);
+        }
+    })
+    .await;
+    let mut w = TestClient::connect(&server.url("big")).await;
+    w.until("durable", |s| common::sync_doc_contents(s).len() == 2000).await;
+    c.close().await;
+    w.close().await;
+    server.stop().await;
+
+    // Damage the snapshot's bytes in place (same length, checksum left as written).
+    let (_, snapshot) = rows(dir.path(), "big").await;
+    let mut data = snapshot.expect("the clean shutdown wrote a snapshot").1;
+    assert!(data.len() > 256 << 10, "big enough to be served before decoding");
+    let middle = data.len() / 2;
+    for b in &mut data[middle..middle + 64] {
+        *b = 0xff;
+    }
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
+        sqlx::query("UPDATE room_snapshots SET data = ? WHERE room = 'big'")
+            .bind(&data)
+            .execute(store.pool())
+            .await
+            .expect("update");
+        store.close().await;
+    }
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("big")).await.expect("upgrade");
+    use futures_util::SinkExt;
+    // A fresh client's sync step 1: it must get a refusal, never the damaged bytes.
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![0u8, 0, 1, 0].into()))
+        .await
+        .expect("send");
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let code = loop {
+        match tokio::time::timeout(common::DEADLINE, ws.next()).await.expect("server answers") {
+            Some(Ok(Message::Binary(frame))) => {
+                assert!(!frame.starts_with(&[0, 1]), "a sync answer was sent from a damaged room");
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert_eq!(code, Some(1011), "a room that cannot load is refused");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_cli_input_gets_a_one_line_message_naming_the_fix() {
     let bin = env!("CARGO_BIN_EXE_huddle-server");

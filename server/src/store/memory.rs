@@ -28,6 +28,7 @@ impl Store for MemoryStore {
         let after = r.snapshot.as_ref().map_or(Seq(0), |(s, _)| *s);
         Ok(StoredRoom {
             snapshot: r.snapshot.clone(),
+            snapshot_checked: true,
             log: r.log.range(Seq(after.0 + 1)..).map(|(s, d)| (*s, d.clone())).collect(),
         })
     }

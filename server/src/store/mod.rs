@@ -40,6 +40,10 @@ pub struct LogEntry {
 pub struct StoredRoom {
     /// The latest snapshot and the log position it covers, if one was written.
     pub snapshot: Option<(Seq, Vec<u8>)>,
+    /// Whether the snapshot's bytes were checked against a checksum written with them (or
+    /// cannot have been damaged, in memory). Only a checked snapshot may be served before it
+    /// has been decoded.
+    pub snapshot_checked: bool,
     /// Log entries after the snapshot, in order.
     pub log: Vec<(Seq, Vec<u8>)>,
 }

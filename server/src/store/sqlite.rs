@@ -79,8 +79,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new().max_connections(3).connect_with(options).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let writer = open_writer(&data_dir.join(DB_FILE), durability)?;
-        tokio::spawn(checkpoint_loop(pool.clone()));
-        Ok(Self { pool, writer: Arc::new(Mutex::new(writer)), durability })
+        let writer = Arc::new(Mutex::new(writer));
+        let wal = data_dir.join(format!("{DB_FILE}-wal"));
+        tokio::spawn(checkpoint_loop(pool.clone(), Arc::clone(&writer), wal));
+        Ok(Self { pool, writer, durability })
     }
 
     /// The connection pool, for tests that need to look at or damage the raw rows.
@@ -131,10 +133,15 @@ fn compact_on(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let written = tx.execute(
-        "INSERT INTO room_snapshots (room, seq, data) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, data = excluded.data \
-         WHERE excluded.seq > room_snapshots.seq",
-        rusqlite::params![room.as_str(), seq_to(upto), snapshot],
+        "INSERT INTO room_snapshots (room, seq, data, checksum) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, data = excluded.data, \
+         checksum = excluded.checksum WHERE excluded.seq > room_snapshots.seq",
+        rusqlite::params![
+            room.as_str(),
+            seq_to(upto),
+            snapshot,
+            i64::from(crc32fast::hash(snapshot))
+        ],
     )?;
     if written > 0 {
         tx.execute(
@@ -149,10 +156,20 @@ fn compact_on(
 /// How often the write-ahead log is copied back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Copies the write-ahead log into the database file now and then, on its own connection.
-/// A passive checkpoint never blocks the group-commit writer (WAL lets both run at once), so
-/// the log stays short without any commit paying for it. Ends when the pool is closed.
-async fn checkpoint_loop(pool: SqlitePool) {
+/// WAL size above which the writer itself checkpoints and rewinds the log.
+const WAL_REWIND_BYTES: u64 = 64 << 20;
+
+/// Copies the write-ahead log into the database file now and then, on a pool connection. A
+/// passive checkpoint never blocks the group-commit writer (WAL lets both run at once), so the
+/// log stays short without any commit paying for it. But SQLite only rewinds the log when a
+/// write starts after a *complete* checkpoint, which steady writing can keep from ever
+/// happening; so once the log passes [`WAL_REWIND_BYTES`], the checkpoint runs on the writer
+/// (appends wait for it meanwhile) and truncates the log. Ends when the pool is closed.
+async fn checkpoint_loop(
+    pool: SqlitePool,
+    writer: Arc<Mutex<rusqlite::Connection>>,
+    wal: std::path::PathBuf,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -165,6 +182,16 @@ async fn checkpoint_loop(pool: SqlitePool) {
                 return;
             }
             tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_REWIND_BYTES) {
+            let writer = Arc::clone(&writer);
+            let rewound = tokio::task::spawn_blocking(move || {
+                writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            })
+            .await;
+            if !matches!(rewound, Ok(Ok(()))) {
+                tracing::warn!("rewinding the WAL failed; will retry");
+            }
         }
     }
 }
@@ -185,13 +212,17 @@ fn seq_to(seq: Seq) -> i64 {
 impl Store for SqliteStore {
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let snapshot = sqlx::query("SELECT seq, data FROM room_snapshots WHERE room = ?")
+        let snapshot = sqlx::query("SELECT seq, data, checksum FROM room_snapshots WHERE room = ?")
             .bind(room.as_str())
             .fetch_optional(&mut *tx)
             .await?;
+        let mut snapshot_checked = false;
         let snapshot = match snapshot {
             Some(row) => {
-                Some((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?))
+                let data = row.try_get::<Vec<u8>, _>("data")?;
+                let checksum = row.try_get::<Option<i64>, _>("checksum")?;
+                snapshot_checked = checksum == Some(i64::from(crc32fast::hash(&data)));
+                Some((seq_from(room, row.try_get("seq")?)?, data))
             }
             None => None,
         };
@@ -208,7 +239,7 @@ impl Store for SqliteStore {
         for row in rows {
             log.push((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?));
         }
-        Ok(StoredRoom { snapshot, log })
+        Ok(StoredRoom { snapshot, snapshot_checked, log })
     }
 
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
