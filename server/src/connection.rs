@@ -24,6 +24,9 @@ use crate::registry::{Lease, Registry};
 use crate::room::{ConnId, PeerTx, Room, RoomError};
 use crate::stats::Stats;
 
+/// How long the first write waits for the client's first frame (see where it is used).
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(20);
+
 /// How long we wait for a close frame to be written to a peer before dropping the connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -117,8 +120,15 @@ where
     }
 
     let end = {
-        let reader = read_loop(&mut stream, &room, id, &tx, &mut member.presence, &ctx);
-        let writer = write_loop(&mut sink, &mut rx, &queued, &drained, ctx.config.ping_interval);
+        let first = tokio::sync::Notify::new();
+        let reader = read_loop(&mut stream, &room, id, &tx, &mut member.presence, &ctx, &first);
+        let writer = async {
+            // Clients send their sync step 1 as soon as the socket opens: give it a moment, so
+            // our greeting and the answer leave in one write (on loopback a write costs about
+            // as much as the rest of a connect).
+            let _ = tokio::time::timeout(FIRST_FRAME_WAIT, first.notified()).await;
+            write_loop(&mut sink, &mut rx, &queued, &drained, ctx.config.ping_interval).await
+        };
         tokio::select! {
             end = reader => end,
             end = writer => end,
@@ -231,12 +241,14 @@ async fn read_loop<S>(
     tx: &PeerTx,
     presence: &mut PeerPresence,
     ctx: &SocketContext,
+    first: &tokio::sync::Notify,
 ) -> End
 where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
     let liveness = liveness(ctx);
+    let mut greeted = false;
     loop {
         let message = match tokio::time::timeout(liveness, stream.next()).await {
             Err(_) => return End::Silent,
@@ -261,6 +273,10 @@ where
         {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             return End::Close(code, reason);
+        }
+        if !greeted {
+            greeted = true;
+            first.notify_one();
         }
     }
 }
