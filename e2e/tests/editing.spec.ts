@@ -86,6 +86,36 @@ test('lines and pen strokes resize with the handle too', async ({ browser, serve
   await b.screenshot({ path: 'test-results/screens/after-point-resize-bob.png' });
 });
 
+test('copy and paste go through the system clipboard: shapes into another tab\'s room, text as a text shape', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  const a = await newUser(context, server.url, 'Ada');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 180);
+  await a.getByTestId('tool-select').click();
+  await a.keyboard.press('Control+a');
+  await a.keyboard.press('Control+c');
+  await expect.poll(() => a.evaluate(() => navigator.clipboard.readText())).toContain('huddle-shapes');
+
+  // Another tab, another room: the rectangle pastes there.
+  const b = await newUser(context, server.url, 'Ada');
+  expect(b.url()).not.toBe(a.url());
+  await b.getByTestId('board').click();
+  await b.keyboard.press('Control+v');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  const [pasted] = await shapesOf(b);
+  expect(pasted.kind).toBe('rect');
+  expect(pasted.w).toBeCloseTo(100, 0);
+
+  // Text from anywhere else becomes a text shape.
+  await b.evaluate(() => navigator.clipboard.writeText('hello from elsewhere'));
+  await b.keyboard.press('Control+v');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  const texts = (await roomJson(b)).shapes;
+  expect(Object.values(texts).some((s) => s.kind === 'text' && (s as unknown as { text: string }).text === 'hello from elsewhere')).toBe(true);
+  await b.screenshot({ path: 'test-results/screens/pasted-from-clipboard.png' });
+});
+
 test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) => {
   const a = await newUser(await browser.newContext(), server.url, 'Ada');
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');

@@ -125,6 +125,26 @@ impl Shape {
         }
     }
 
+    /// The shape as a plain object's fields (the schema's other accepted form).
+    fn to_fields(&self) -> HashMap<String, Any> {
+        let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
+        HashMap::from([
+            ("id".to_owned(), Any::from(self.id.as_str())),
+            ("kind".to_owned(), Any::from(self.kind.as_str())),
+            ("x".to_owned(), Any::from(self.x)),
+            ("y".to_owned(), Any::from(self.y)),
+            ("w".to_owned(), Any::from(self.w)),
+            ("h".to_owned(), Any::from(self.h)),
+            ("points".to_owned(), Any::Array(points.into())),
+            ("stroke".to_owned(), Any::from(self.stroke.as_str())),
+            ("fill".to_owned(), Any::from(self.fill.as_str())),
+            ("width".to_owned(), Any::from(self.width)),
+            ("text".to_owned(), Any::from(self.text.as_str())),
+            ("z".to_owned(), Any::from(self.z)),
+            ("author".to_owned(), Any::from(self.author.as_str())),
+        ])
+    }
+
     fn to_prelim(&self) -> MapPrelim {
         let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
         MapPrelim::from([
@@ -371,6 +391,46 @@ impl Board {
     }
 }
 
+/// The key that marks Huddle shapes in clipboard text, so a paste can tell them from ordinary
+/// text (and from another app's JSON).
+pub const CLIPBOARD_KEY: &str = "huddle-shapes";
+
+/// Most shapes one paste may add.
+pub const MAX_PASTED_SHAPES: usize = 10_000;
+
+/// `shapes` as clipboard text: `{"huddle-shapes": {<id>: {<fields>}}}`, each shape in the
+/// schema's plain-object form. Plain text, so it survives every clipboard and can be pasted into
+/// another Huddle (another tab, another server).
+pub fn shapes_to_clipboard(shapes: &[Shape]) -> String {
+    let by_id: HashMap<String, Any> =
+        shapes.iter().map(|s| (s.id.clone(), Any::from(s.to_fields()))).collect();
+    let mut out = String::new();
+    Any::from(HashMap::from([(CLIPBOARD_KEY.to_owned(), Any::from(by_id))])).to_json(&mut out);
+    out
+}
+
+/// The shapes in clipboard text written by [`shapes_to_clipboard`], in drawing order; `None`
+/// for any other text, and for more than [`MAX_PASTED_SHAPES`] shapes.
+pub fn shapes_from_clipboard(text: &str) -> Option<Vec<Shape>> {
+    if !text.trim_start().starts_with('{') || !text.contains(CLIPBOARD_KEY) {
+        return None;
+    }
+    let Ok(Any::Map(outer)) = Any::from_json(text) else { return None };
+    let Some(Any::Map(by_id)) = outer.get(CLIPBOARD_KEY) else { return None };
+    if by_id.len() > MAX_PASTED_SHAPES {
+        return None;
+    }
+    let mut shapes: Vec<Shape> = by_id
+        .iter()
+        .filter_map(|(id, fields)| match fields {
+            Any::Map(fields) => Shape::from_fields(id, fields),
+            _ => None,
+        })
+        .collect();
+    shapes.sort_by(drawing_order);
+    Some(shapes)
+}
+
 /// Bottom to top: by `z`, then by id.
 fn drawing_order(a: &Shape, b: &Shape) -> std::cmp::Ordering {
     a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id))
@@ -472,6 +532,22 @@ mod tests {
         board.unobserve_shapes("test");
         board.put_shape(&mut doc.transact_mut(), &Shape::new("unseen", ShapeKind::Text));
         assert!(changed.lock().expect("lock").is_empty(), "no calls after unobserving");
+    }
+
+    #[test]
+    fn shapes_round_trip_through_clipboard_text_and_other_text_is_not_shapes() {
+        let mut pen = Shape::new("p1", ShapeKind::Pen);
+        pen.points = vec![0.0, 0.0, 3.5, 4.0];
+        pen.text = "<b>\"quoted\"</b>".into();
+        pen.z = 2.0;
+        let mut rect = Shape::new("r1", ShapeKind::Rect);
+        rect.fill = "#a5d8ff".into();
+        let text = shapes_to_clipboard(&[pen.clone(), rect.clone()]);
+        assert_eq!(shapes_from_clipboard(&text), Some(vec![rect, pen]));
+        assert_eq!(shapes_from_clipboard("hello"), None);
+        assert_eq!(shapes_from_clipboard(r#"{"other": 1}"#), None);
+        assert_eq!(shapes_from_clipboard(r#"{"huddle-shapes": 3}"#), None);
+        assert_eq!(shapes_from_clipboard("{\"huddle-shapes\": {"), None);
     }
 
     #[test]

@@ -83,6 +83,11 @@ thread_local! {
     static COUNTER: Cell<u32> = const { Cell::new(0) };
 }
 
+/// A new shape id for this room's local user.
+pub fn new_shape_id(state: RoomState) -> String {
+    new_id(state.conn.with_value(|c| c.client_id()))
+}
+
 /// A new shape id, unique across clients: our awareness client id plus a counter.
 fn new_id(client: u64) -> String {
     let n = COUNTER.with(|c| {

@@ -11,7 +11,8 @@ use crate::render::{TEXT_SIZE, draw_shape};
 use crate::state::RoomState;
 
 thread_local! {
-    /// Shapes copied with Ctrl+C (an in-app clipboard; the system clipboard carries text only).
+    /// Shapes copied with Ctrl+C, for when the system clipboard is not available to the page
+    /// (the copy goes to the system clipboard too, as text; see [`paste_event`]).
     static CLIPBOARD: std::cell::RefCell<Vec<Shape>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -241,11 +242,45 @@ pub fn export_json(state: RoomState) {
     download_text(&json, "application/json", "huddle-room.json");
 }
 
-/// Copies the selection to the in-app clipboard.
+/// Copies the selection to the system clipboard (as Huddle's clipboard text, so it pastes into
+/// any Huddle tab) and to the in-app clipboard.
 pub fn copy_selection(state: RoomState) {
     let selected = selected_shapes(state);
     if !selected.is_empty() {
+        let text = huddle_protocol::schema::shapes_to_clipboard(&selected);
+        // The promise settles on its own; a refusal leaves the in-app copy.
+        let _ = web_sys::window().map(|w| w.navigator().clipboard().write_text(&text));
         CLIPBOARD.with(|c| *c.borrow_mut() = selected);
+    }
+}
+
+/// Longest text one paste turns into a text shape.
+const MAX_PASTED_TEXT: usize = huddle_protocol::schema::MAX_CHAT_CHARS;
+
+/// Handles a paste on the board: Huddle shapes from the system clipboard are placed as copies,
+/// other text becomes a text shape in the middle of the view, and with nothing usable on the
+/// clipboard the in-app copy is pasted.
+pub fn paste_event(state: RoomState, ev: &web_sys::ClipboardEvent) {
+    let text = ev.clipboard_data().and_then(|d| d.get_data("text/plain").ok()).unwrap_or_default();
+    ev.prevent_default();
+    if let Some(shapes) = huddle_protocol::schema::shapes_from_clipboard(&text) {
+        place_copies(state, &shapes, 30.0, 'p');
+    } else if !text.trim().is_empty() {
+        let view = state.view.get_untracked();
+        let (w, h) = board_size();
+        let (x, y) = crate::geometry::to_board(&view, w / 2.0, h / 2.0);
+        let mut shape = Shape::new(crate::board::new_shape_id(state), ShapeKind::Text);
+        shape.text = text.trim().chars().take(MAX_PASTED_TEXT).collect();
+        shape.x = x;
+        shape.y = y;
+        shape.stroke = state.stroke.get_untracked();
+        shape.z = max_z(state) + 1.0;
+        shape.author = state.me.with_value(|m| m.id.clone());
+        let id = shape.id.clone();
+        state.conn.get_value().edit(|b, t| b.put_shape(t, &shape));
+        state.selection.set(vec![id]);
+    } else {
+        paste(state);
     }
 }
 

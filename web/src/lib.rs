@@ -46,7 +46,12 @@ const IDLE_AFTER_MS: f64 = 120_000.0;
 
 /// Whether a key event happens while typing in a text field (shortcuts must not fire then).
 pub fn typing_in_field(ev: &web_sys::KeyboardEvent) -> bool {
-    ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok()).is_some_and(|el| {
+    in_field(ev.target())
+}
+
+/// Whether an event's target is a text field (where keys and pastes belong to the field).
+fn in_field(target: Option<web_sys::EventTarget>) -> bool {
+    target.and_then(|t| t.dyn_into::<web_sys::Element>().ok()).is_some_and(|el| {
         matches!(el.tag_name().as_str(), "INPUT" | "TEXTAREA")
             || el.has_attribute("contenteditable")
     })
@@ -275,6 +280,11 @@ fn RoomView(
     });
     let keys =
         window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| shortcut(state, &ev));
+    let pastes = window_event_listener(ev::paste, move |ev: web_sys::ClipboardEvent| {
+        if !in_field(ev.target()) {
+            export::paste_event(state, &ev);
+        }
+    });
     on_cleanup(move || {
         if let Ok(h) = heartbeat {
             h.clear();
@@ -288,6 +298,7 @@ fn RoomView(
             h.clear();
         }
         keys.remove();
+        pastes.remove();
         // The stored value may already be disposed with the owner; then the socket goes with it.
         if let Some(conn) = state.conn.try_get_value() {
             conn.close();
@@ -337,7 +348,7 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         (true, "c") if !state.selection.get_untracked().is_empty() && !text_selected() => {
             export::copy_selection(state)
         }
-        (true, "v") => export::paste(state),
+        // Ctrl+V arrives as a `paste` event, with the system clipboard's text.
         (false, "delete" | "backspace") => delete_selection(state),
         (false, "escape") => state.selection.set(Vec::new()),
         (false, k) if k.chars().count() == 1 => {
