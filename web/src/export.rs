@@ -271,6 +271,7 @@ pub fn paste_event(state: RoomState, ev: &web_sys::ClipboardEvent) {
         let (x, y) = crate::geometry::to_board(&view, w / 2.0, h / 2.0);
         let mut shape = Shape::new(crate::board::new_shape_id(state), ShapeKind::Text);
         shape.text = text.trim().chars().take(MAX_PASTED_TEXT).collect();
+        (shape.w, shape.h) = crate::render::text_box(&shape.text);
         shape.x = x;
         shape.y = y;
         shape.stroke = state.stroke.get_untracked();
