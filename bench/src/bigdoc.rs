@@ -140,12 +140,11 @@ pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Resu
             let target = server.target();
             let cpu0 = target.cpu();
             let t = Instant::now();
-            let (count, _) = fresh_sync(&url, false).await.context("cold sync")?;
+            fresh_sync(&url, false).await.context("cold sync")?;
             times.push(t.elapsed());
             if let Some(cpu) = target.cpu().zip(cpu0).map(|(a, b)| a - b) {
                 cpus.push(cpu);
             }
-            let _ = count;
         }
         // Check once that what a cold load serves is the whole room.
         let (count, _) = fresh_sync(&url, true).await?;

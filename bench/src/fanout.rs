@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::client::{self, Ws};
+use crate::client;
 use crate::docgen;
 use crate::stats::{Latencies, Report, us};
 use crate::target::Target;
@@ -271,7 +271,7 @@ async fn client_task(
                         txn.encode_update_v1()
                     };
                     room.senders[me].sent.lock().insert(clock, Instant::now());
-                    move_sent(&mut ws, update).await?;
+                    client::send(&mut ws, wire::update(update)).await?;
                 }
             }
             incoming = client::next(&mut ws) => {
@@ -308,10 +308,6 @@ async fn client_task(
     client::apply_all(&doc, &received)?;
     let shapes = board.shapes(&doc.transact());
     Ok(Outcome { room: r, delivered, latencies, shapes })
-}
-
-async fn move_sent(ws: &mut Ws, update: Vec<u8>) -> Result<()> {
-    client::send(ws, wire::update(update)).await
 }
 
 /// Whether this client has seen the last move of every other sender (all have stopped).

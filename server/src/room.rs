@@ -453,6 +453,10 @@ impl Room {
 
     /// Resolves once the document is built (at once for rooms that were not loaded lazily).
     pub async fn ready(&self) {
+        // The usual case, on every update: no subscription.
+        if *self.ready.borrow() {
+            return;
+        }
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|&r| r).await;
     }

@@ -206,15 +206,7 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
     let url = server.url("big");
     let mut ada = TestClient::connect(&url).await;
     ada.synced().await;
-    // ~700 KB of shapes: over the size that is built lazily.
-    ada.edit(|b, t| {
-        for i in 0..2000 {
-            let mut shape = huddle_protocol::schema::Shape::new(format!("s{i}"), ShapeKind::Rect);
-            shape.text = format!("shape number {i}");
-            b.put_shape(t, &shape);
-        }
-    })
-    .await;
+    ada.add_many_shapes(2000).await;
     let mut check = TestClient::connect(&url).await;
     check.until("all 2000 stored", |s| common::sync_doc_contents(s).len() == 2000).await;
     let saved = ada.session.snapshot();

@@ -80,14 +80,7 @@ async fn a_damaged_big_snapshot_is_never_served() {
     let server = TestServer::start_with(test_config(dir.path())).await;
     let mut c = TestClient::connect(&server.url("big")).await;
     c.synced().await;
-    c.edit(|b, t| {
-        for i in 0..2000 {
-            let mut shape = huddle_protocol::schema::Shape::new(format!("s{i}"), ShapeKind::Rect);
-            shape.text = format!("shape number {i}");
-            b.put_shape(t, &shape);
-        }
-    })
-    .await;
+    c.add_many_shapes(2000).await;
     let mut w = TestClient::connect(&server.url("big")).await;
     w.until("durable", |s| common::sync_doc_contents(s).len() == 2000).await;
     c.close().await;

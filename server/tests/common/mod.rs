@@ -178,6 +178,19 @@ impl TestClient {
         true
     }
 
+    /// Adds `count` rectangles with some text in one update (2,000 make a room of ~700 KB: big
+    /// enough to be loaded lazily after a restart).
+    pub async fn add_many_shapes(&mut self, count: usize) {
+        self.edit(|b, t| {
+            for i in 0..count {
+                let mut shape = Shape::new(format!("s{i}"), ShapeKind::Rect);
+                shape.text = format!("shape number {i}");
+                b.put_shape(t, &shape);
+            }
+        })
+        .await;
+    }
+
     pub async fn add_shape(&mut self, id: &str, kind: ShapeKind) {
         let shape = Shape::new(id, kind);
         self.edit(|b, t| b.put_shape(t, &shape)).await;
