@@ -420,17 +420,14 @@ impl Room {
     /// meanwhile with our sync step 1 (they got everyone's presence already).
     async fn build_in_background(self: Arc<Self>, stored: StoredRoom) {
         let name = self.name.clone();
-        let built = tokio::task::spawn_blocking(move || build_doc(&name, &stored)).await;
+        let built = tokio::task::spawn_blocking(move || build_doc(&name, &stored))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|built| built.map_err(|e| e.to_string()));
         let doc = match built {
-            Ok(Ok(doc)) => doc,
-            Ok(Err(e)) => {
-                tracing::error!(room = %self.name, error = %e, "stored room is corrupt");
-                self.break_room();
-                self.ready.send_replace(true);
-                return;
-            }
+            Ok(doc) => doc,
             Err(e) => {
-                tracing::error!(room = %self.name, error = %e, "building the room failed");
+                tracing::error!(room = %self.name, error = %e, "building the stored room failed");
                 self.break_room();
                 self.ready.send_replace(true);
                 return;
