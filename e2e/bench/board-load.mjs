@@ -79,7 +79,12 @@ function instrumentPage() {
   const Native = window.WebSocket;
   window.WebSocket = function (...args) {
     const ws = new Native(...args);
-    ws.addEventListener('message', () => { window.__msg = { frame: window.__frame, t: performance.now() }; });
+    ws.addEventListener('message', (e) => {
+      window.__msg = { frame: window.__frame, t: performance.now() };
+      const bytes = e.data.byteLength || e.data.length || 0;
+      if (!window.__bigMsg || bytes > window.__bigMsg.bytes) window.__bigMsg = { t: window.__msg.t, bytes };
+    });
+    window.__wsOpenedAt = performance.now();
     return ws;
   };
   window.WebSocket.prototype = Native.prototype;
@@ -87,16 +92,18 @@ function instrumentPage() {
   const watch = () => {
     const board = document.querySelector('[data-testid=board]');
     if (!board) { setTimeout(watch, 20); return; }
+    window.__boardAt = performance.now();
     new MutationObserver(() => {
+      if (!window.__syncedAt && board.getAttribute('data-synced') === 'true') window.__syncedAt = performance.now();
       window.__drawn = { count: Number(board.getAttribute('data-shape-count')), frame: window.__frame, t: performance.now(), msg: window.__msg };
-    }).observe(board, { attributes: true, attributeFilter: ['data-shape-count'] });
+    }).observe(board, { attributes: true, attributeFilter: ['data-shape-count', 'data-synced'] });
   };
   watch();
 }
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', ...(process.env.CHROMIUM_FLAGS ? process.env.CHROMIUM_FLAGS.split(' ') : [])],
 });
 const rows = [];
 for (const n of sizes) {
@@ -105,19 +112,48 @@ for (const n of sizes) {
   const room = `bench-${n}`;
   await seed(url, room, n);
   console.error('seeded', n);
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
-  await context.addInitScript(instrumentPage);
-  const page = await context.newPage();
-  // Warm the HTTP cache for the bundle (a returning user), then measure a fresh navigation.
-  await page.goto(`${url}/`);
-  const t0 = Date.now();
-  await page.goto(`${url}/r/${room}`);
-  await page.waitForFunction((n) => {
-    const b = document.querySelector('[data-testid=board]');
-    return b && b.getAttribute('data-synced') === 'true' && Number(b.getAttribute('data-shape-count')) === n;
-  }, n, { polling: 'raf', timeout: 120000 });
-  const loadMs = Date.now() - t0;
+  // Each open is a fresh browser context (no IndexedDB copy of the room) with the bundle in its
+  // HTTP cache (a returning visitor); this VM is noisy, so the open is repeated and the median
+  // reported. The last context stays open for the pan and remote-edit measurements.
+  const runs = Number(process.env.RUNS || 5);
+  const opens = [];
+  let context, page;
+  for (let run = 0; run < runs; run++) {
+    if (context) await context.close();
+    context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
+    await context.addInitScript(instrumentPage);
+    page = await context.newPage();
+    await page.goto(`${url}/`);
+    const t0 = Date.now();
+    await page.goto(`${url}/r/${room}`);
+    await page.waitForFunction((n) => {
+      const b = document.querySelector('[data-testid=board]');
+      return b && b.getAttribute('data-synced') === 'true' && Number(b.getAttribute('data-shape-count')) === n;
+    }, n, { polling: 'raf', timeout: 120000 });
+    const loadMs = Date.now() - t0;
+    // Where the time went, from the page's own clocks (ms since navigation start).
+    const phases = await page.evaluate(() => {
+      const res = (name) => performance.getEntriesByType('resource').find((e) => e.name.endsWith(name));
+      const nav = performance.getEntriesByType('navigation')[0];
+      const r = (x) => (x === undefined ? '-' : Math.round(x));
+      const out = {
+        html: r(nav && nav.responseEnd),
+        wasm_fetched: r(res('huddle_web_bg.wasm') && res('huddle_web_bg.wasm').responseEnd),
+        socket_created: r(window.__wsOpenedAt),
+        sync_arrived: r(window.__bigMsg && window.__bigMsg.t),
+        sync_kib: r(window.__bigMsg && window.__bigMsg.bytes / 1024),
+        synced: r(window.__syncedAt),
+      };
+      for (const m of performance.getEntriesByType('mark')) if (m.name.startsWith('huddle-')) out[m.name.slice(7)] = r(m.startTime);
+      return out;
+    });
+    console.error(`open ${run + 1}/${runs} of ${n} shapes: ${loadMs} ms; phases (ms since navigation):`, JSON.stringify(phases));
+    opens.push(loadMs);
+  }
+  opens.sort((a, b) => a - b);
+  const loadMs = opens[Math.floor(opens.length / 2)];
+  const loadMinMs = opens[0];
   // Pan with the hand tool for about 2 s and count animation frames.
   await page.getByTestId('tool-hand').click();
   const box = await page.getByTestId('board').boundingBox();
@@ -146,7 +182,7 @@ for (const n of sizes) {
   editor.provider.destroy();
   gaps.sort((a, b) => a.ms - b.ms);
   const maxFrames = Math.max(...gaps.map((g) => g.frames));
-  rows.push({ shapes: n, load_ms: loadMs, pan_fps: Math.round(fps), remote_edit_ms_p50: gaps[10].ms.toFixed(1), remote_edit_ms_max: gaps[gaps.length - 1].ms.toFixed(1), remote_edit_frames_max: maxFrames });
+  rows.push({ shapes: n, load_ms_median: loadMs, load_ms_min: loadMinMs, pan_fps: Math.round(fps), remote_edit_ms_p50: gaps[10].ms.toFixed(1), remote_edit_ms_max: gaps[gaps.length - 1].ms.toFixed(1), remote_edit_frames_max: maxFrames });
   await context.close();
   proc.kill('SIGTERM');
 }

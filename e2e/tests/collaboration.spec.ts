@@ -160,3 +160,42 @@ test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) 
   const sel = require('node:fs').readFileSync(await (await selDownload).path());
   expect(sel.readUInt32BE(16)).toBeLessThan(200);
 });
+
+test('a big room shows how far opening has got, then every shape, over one socket', async ({ browser, server }) => {
+  const shapes = 3000; // about 0.8 MB: big enough for the "Opening the board" step
+  const ws = server.url.replace('http', 'ws') + '/ws';
+  const code = await new Promise<number>((resolve) => {
+    const p = spawn('node', [join(__dirname, 'yjs-fill.mjs'), ws, 'big-room', String(shapes)], { stdio: 'inherit' });
+    p.on('exit', (c) => resolve(c ?? 1));
+  });
+  expect(code).toBe(0);
+  const context = await browser.newContext();
+  await context.addInitScript(() => {
+    localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-ada', name: 'Ada', color: '#1971c2' }));
+    // What the loading display says at each animation frame (what could be on screen), and
+    // how many sockets the page opens.
+    (window as any).__loadingSeen = [];
+    const sample = () => {
+      const text = document.querySelector('[data-testid=loading]')?.textContent;
+      const seen = (window as any).__loadingSeen;
+      if (text && seen[seen.length - 1] !== text) seen.push(text);
+      requestAnimationFrame(sample);
+    };
+    requestAnimationFrame(sample);
+    (window as any).__sockets = 0;
+    const Native = window.WebSocket;
+    (window as any).WebSocket = function (...args: any[]) { (window as any).__sockets++; return new (Native as any)(...args); };
+    Object.assign((window as any).WebSocket, { prototype: Native.prototype, CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  });
+  const page = await context.newPage();
+  await page.goto(`${server.url}/r/big-room`);
+  const board = page.getByTestId('board');
+  await expect(board).toHaveAttribute('data-synced', 'true');
+  await expect(board).toHaveAttribute('data-shape-count', String(shapes));
+  await expect(page.getByTestId('loading')).toHaveCount(0);
+  const seen: string[] = await page.evaluate(() => (window as any).__loadingSeen);
+  expect(seen.some((t) => /^Opening the board \(\d+\.\d MB\)…$/.test(t))).toBe(true);
+  // The socket index.html opened before the app loaded was the one the app used.
+  expect(await page.evaluate(() => (window as any).__sockets)).toBe(1);
+  await page.screenshot(shot('big-room-open'));
+});

@@ -197,9 +197,14 @@ impl ClientSession {
         let sink = Arc::clone(&local);
         let remote = Origin::from(REMOTE);
         // Only fails if a transaction is open on this fresh doc, which cannot be.
-        let _ = doc.observe_update_v1(OBSERVER_KEY, move |txn, event| {
-            if txn.origin() != Some(&remote) {
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push(event.update.clone());
+        // Not `observe_update_v1`: that encodes every transaction's update before the callback
+        // can look at its origin, so applying a big room's sync would re-encode all of it only
+        // to throw it away. This hook runs at the same point (after the transaction's blocks
+        // are merged) and encodes local transactions only.
+        let _ = doc.observe_transaction_cleanup(OBSERVER_KEY, move |txn, event| {
+            let changed = !event.delete_set.is_empty() || event.before_state != event.after_state;
+            if changed && txn.origin() != Some(&remote) {
+                sink.lock().unwrap_or_else(PoisonError::into_inner).push(txn.encode_update_v1());
             }
         });
         Self { awareness: Awareness::with_clock(doc, clock), synced: false, local }

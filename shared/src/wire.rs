@@ -218,6 +218,11 @@ pub fn awareness(update: AwarenessUpdate) -> Vec<u8> {
 /// nothing new; recognised so a relay need not persist or relay it.
 pub const EMPTY_UPDATE: [u8; 2] = [0, 0];
 
+/// Sync step 1 with an empty state vector: "send me everything". The web client's
+/// `index.html` sends these bytes from plain JavaScript to ask for a room's board before the
+/// app has loaded, so they are spelled out here and pinned by a test.
+pub const EMPTY_SYNC_STEP1: [u8; 4] = [0, 0, 1, 0];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +234,16 @@ mod tests {
         let mut txn = doc.transact_mut();
         text.insert(&mut txn, 0, "hello");
         txn.encode_update_v1()
+    }
+
+    #[test]
+    fn the_empty_step1_constant_is_what_the_encoder_writes() {
+        assert_eq!(sync_step1(&StateVector::default()), EMPTY_SYNC_STEP1);
+        let page = include_str!("../../web/index.html");
+        assert!(
+            page.contains("new Uint8Array([0, 0, 1, 0])"),
+            "web/index.html sends EMPTY_SYNC_STEP1"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use wasm_bindgen::JsCast;
 use crate::geometry::{bounds, hit, inside, to_board, to_screen, zoom_at};
 use crate::render::{draw_board, draw_outline, draw_shape, text_box};
 use crate::state::{RoomState, Tool};
+use crate::sync::Loading;
 
 /// The document's shapes in z order, brought up to date when the document changes: only the
 /// shapes the board's observer saw change are re-read (see [`Board::observe_shapes`]).
@@ -196,6 +197,8 @@ pub fn BoardView() -> impl IntoView {
         cache.with_value(|c| Rc::clone(&c.shapes))
     };
 
+    // Whether the synced board has been drawn once (marked on the performance timeline).
+    let drawn_synced = StoredValue::new(false);
     let draw = move || {
         // The room view may be gone by the time the frame comes (Back to the landing page).
         if frame_pending.try_set_value(false).is_some() || room.view.try_get_untracked().is_none() {
@@ -209,6 +212,10 @@ pub fn BoardView() -> impl IntoView {
         let dark = room.dark.get_untracked();
         let all = shapes();
         draw_board(&ctx, &all, &view, w, h, dpr, dark);
+        if !drawn_synced.get_value() && room.signals.synced.get_untracked() {
+            drawn_synced.set_value(true);
+            crate::sync::mark("huddle-board-drawn");
+        }
         // Our selection, with a resize handle when one shape is selected.
         let selection = room.selection.get_untracked();
         for s in all.iter().filter(|s| selection.contains(&s.id)) {
@@ -728,9 +735,26 @@ pub fn BoardView() -> impl IntoView {
                 on:pointerleave=on_leave on:wheel=on_wheel on:dblclick=on_dblclick
             ></canvas>
             <div class="cursors">{cursors}</div>
-            {move || (!room.signals.synced.get() && shape_count.get() == 0).then(|| view! {
-                <div class="loading" data-testid="loading" role="status"><span class="spinner"></span>"Loading the board…"</div>
-            })}
+            {move || {
+                let stage = room.signals.loading.get();
+                let opening = matches!(stage, Loading::Opening { .. });
+                // Over a board shown from the offline cache, only the (blocking) opening step.
+                (!room.signals.synced.get() && (shape_count.get() == 0 || opening)).then(|| {
+                    let text = match stage {
+                        Loading::Connecting => "Connecting…".to_owned(),
+                        Loading::Receiving => "Receiving the board…".to_owned(),
+                        Loading::Opening { bytes } => {
+                            format!("Opening the board ({:.1} MB)…", bytes as f64 / 1e6)
+                        }
+                        Loading::Done => "Loading the board…".to_owned(),
+                    };
+                    view! {
+                        <div class="loading" data-testid="loading" role="status">
+                            <span class="spinner"></span>{text}
+                        </div>
+                    }
+                })
+            }}
             {editor}
         </div>
     }

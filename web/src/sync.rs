@@ -63,6 +63,25 @@ pub struct Signals {
     pub presence_version: RwSignal<u64>,
     /// True when everything in the document is also in the offline cache.
     pub cached: RwSignal<bool>,
+    /// How far the first sync of the current connection has got, for the loading display.
+    pub loading: RwSignal<Loading>,
+}
+
+/// Stages of opening a room, shown while the board is not yet synced: a big room takes a
+/// moment, and people should see what it is doing rather than a blank board.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Loading {
+    /// Opening the socket.
+    Connecting,
+    /// Connected; the server's copy of the board is on its way.
+    Receiving,
+    /// The board arrived and is being read (this many bytes).
+    Opening {
+        /// Size of the server's answer.
+        bytes: usize,
+    },
+    /// Synced.
+    Done,
 }
 
 impl Signals {
@@ -74,6 +93,7 @@ impl Signals {
             status: RwSignal::new(Status::Connecting),
             presence_version: RwSignal::new(0),
             cached: RwSignal::new(false),
+            loading: RwSignal::new(Loading::Connecting),
         }
     }
 }
@@ -115,6 +135,53 @@ pub struct Connection {
     presence: RefCell<Presence>,
     presence_sent_at: Cell<f64>,
     presence_timer: Cell<bool>,
+    /// Frames held back so the page can paint the loading display before a big first sync
+    /// blocks it (see [`BIG_SYNC_BYTES`]); later frames queue behind them, in order.
+    deferred: RefCell<std::collections::VecDeque<Vec<u8>>>,
+}
+
+/// A first sync answer at least this big is applied only after the page has painted "Opening
+/// the board", since applying it blocks the page for a while (~20 ms per 1,000 shapes).
+const BIG_SYNC_BYTES: usize = 256 * 1024;
+
+/// A socket that `index.html` opened for this room before the app loaded, and what it
+/// received meanwhile.
+struct EarlySocket {
+    ws: WebSocket,
+    frames: Vec<Vec<u8>>,
+    /// It already asked for the whole board (an empty sync step 1).
+    asked: bool,
+}
+
+/// Takes the socket `index.html` opened for `url`, if it is still usable. Taken at most once:
+/// later connections open their own.
+fn take_early_socket(url: &str) -> Option<EarlySocket> {
+    let window = web_sys::window()?;
+    let key = wasm_bindgen::JsValue::from_str("__huddleEarlySocket");
+    let early = js_sys::Reflect::get(&window, &key).ok().filter(|e| e.is_object())?;
+    let _ = js_sys::Reflect::delete_property(window.unchecked_ref::<js_sys::Object>(), &key);
+    let get = |name: &str| js_sys::Reflect::get(&early, &wasm_bindgen::JsValue::from_str(name));
+    let ws: WebSocket = get("ws").ok()?.dyn_into().ok()?;
+    if get("url").ok()?.as_string().as_deref() != Some(url) || ws.ready_state() > WebSocket::OPEN {
+        let _ = ws.close();
+        return None;
+    }
+    let frames: js_sys::Array = get("frames").ok()?.dyn_into().ok()?;
+    let frames = frames
+        .iter()
+        .filter_map(|f| f.dyn_into::<js_sys::ArrayBuffer>().ok())
+        .map(|b| js_sys::Uint8Array::new(&b).to_vec())
+        .collect();
+    let asked = get("step1Sent").ok().and_then(|v| v.as_bool()).unwrap_or(false);
+    Some(EarlySocket { ws, frames, asked })
+}
+
+/// Puts a named mark on the page's performance timeline, so a benchmark (or a person in the
+/// browser's profiler) can see where opening a room spends its time.
+pub fn mark(name: &str) {
+    if let Some(p) = web_sys::window().and_then(|w| w.performance()) {
+        let _ = p.mark(name);
+    }
 }
 
 /// Milliseconds since the epoch, from the browser.
@@ -150,6 +217,7 @@ impl Connection {
             presence: RefCell::new(presence),
             presence_sent_at: Cell::new(0.0),
             presence_timer: Cell::new(false),
+            deferred: RefCell::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -159,12 +227,17 @@ impl Connection {
             return;
         }
         self.signals.status.set(Status::Connecting);
-        let ws = match WebSocket::new(&self.url) {
-            Ok(ws) => ws,
-            Err(_) => {
-                self.schedule_reconnect();
-                return;
-            }
+        self.signals.loading.set(Loading::Connecting);
+        let early = take_early_socket(&self.url);
+        let ws = match &early {
+            Some(early) => early.ws.clone(),
+            None => match WebSocket::new(&self.url) {
+                Ok(ws) => ws,
+                Err(_) => {
+                    self.schedule_reconnect();
+                    return;
+                }
+            },
         };
         ws.set_binary_type(BinaryType::Arraybuffer);
         let weak = Rc::downgrade(self);
@@ -194,8 +267,22 @@ impl Connection {
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        *self.socket.borrow_mut() =
-            Some(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+        *self.socket.borrow_mut() = Some(Socket {
+            ws: ws.clone(),
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+        });
+        // An adopted socket: what it received goes first, then the handshake if it is open
+        // already (otherwise `on_open` does it when it opens).
+        if let Some(early) = early {
+            if ws.ready_state() == WebSocket::OPEN {
+                self.greet(early.asked);
+            }
+            for frame in early.frames {
+                self.on_frame(&frame);
+            }
+        }
     }
 
     /// Closes for good (the room view is going away).
@@ -210,15 +297,63 @@ impl Connection {
     }
 
     fn on_open(&self) {
+        self.greet(false);
+    }
+
+    /// The handshake. `asked`: the socket already sent an empty sync step 1 (an adopted
+    /// early socket), so ours is not sent again: the server would answer with the whole board
+    /// twice.
+    fn greet(&self, asked: bool) {
         let frames = self.session.borrow_mut().handshake();
-        for f in frames {
-            self.send(&f);
+        for f in frames.iter().skip(usize::from(asked)) {
+            self.send(f);
         }
         // Our presence goes with the handshake so others see us at once.
         self.send_presence_now();
+        if !self.session.borrow().is_synced() {
+            self.signals.loading.set(Loading::Receiving);
+        }
     }
 
     fn on_frame(self: &Rc<Self>, frame: &[u8]) {
+        let mut deferred = self.deferred.borrow_mut();
+        if !deferred.is_empty() {
+            deferred.push_back(frame.to_vec());
+            return;
+        }
+        if frame.len() >= BIG_SYNC_BYTES && !self.session.borrow().is_synced() {
+            deferred.push_back(frame.to_vec());
+            drop(deferred);
+            mark("huddle-sync-received");
+            self.signals.loading.set(Loading::Opening { bytes: frame.len() });
+            // After the next paint: a timeout queued from an animation frame callback runs
+            // once that frame is on screen.
+            let weak = Rc::downgrade(self);
+            request_animation_frame(move || {
+                set_timeout(
+                    move || {
+                        if let Some(c) = weak.upgrade() {
+                            c.apply_deferred();
+                        }
+                    },
+                    std::time::Duration::ZERO,
+                )
+            });
+            return;
+        }
+        drop(deferred);
+        self.handle_frame(frame);
+    }
+
+    fn apply_deferred(self: &Rc<Self>) {
+        mark("huddle-sync-applying");
+        loop {
+            let Some(frame) = self.deferred.borrow_mut().pop_front() else { return };
+            self.handle_frame(&frame);
+        }
+    }
+
+    fn handle_frame(self: &Rc<Self>, frame: &[u8]) {
         let received = self.session.borrow_mut().receive(frame);
         match received {
             Ok(received) => {
@@ -228,6 +363,8 @@ impl Connection {
                 for event in received.events {
                     match event {
                         ClientEvent::Synced => {
+                            mark("huddle-synced");
+                            self.signals.loading.set(Loading::Done);
                             self.attempt.set(0);
                             self.signals.synced.set(true);
                             self.signals.status.set(Status::Connected);
@@ -252,6 +389,8 @@ impl Connection {
 
     fn on_close(self: &Rc<Self>) {
         self.socket.borrow_mut().take();
+        // Held-back frames belong to the connection that just ended (the next one resyncs).
+        self.deferred.borrow_mut().clear();
         self.session.borrow_mut().disconnected();
         // Others' presence is stale until we are back.
         self.signals.presence_version.update(|v| *v += 1);
