@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use yrs::DeepObservable;
 use yrs::types::{Event, PathSegment, ToJson};
-use yrs::{Any, Array, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn, TransactionMut};
+use yrs::{
+    Any, Array, ArrayPrelim, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn,
+    TransactionMut,
+};
 
 /// Name of the root map holding the shapes.
 pub const SHAPES: &str = "shapes";
@@ -170,7 +173,22 @@ impl Shape {
         let mut shape = Shape::new(key, ShapeKind::Rect);
         let mut kind = None;
         for (name, value) in map.iter(txn) {
-            let Out::Any(value) = value else { continue };
+            let value = match value {
+                Out::Any(value) => value,
+                // A growing pen stroke keeps its points in a nested array (see
+                // [`Board::append_points`]).
+                Out::YArray(points) if name == "points" => {
+                    shape.points = points
+                        .iter(txn)
+                        .filter_map(|p| match p {
+                            Out::Any(p) => any_number(&p),
+                            _ => None,
+                        })
+                        .collect();
+                    continue;
+                }
+                _ => continue,
+            };
             match (name, value) {
                 ("kind", Any::String(k)) => kind = ShapeKind::parse(&k),
                 ("id", Any::String(v)) => shape.id = v.to_string(),
@@ -300,6 +318,31 @@ impl Board {
             }
             _ => false,
         }
+    }
+
+    /// Appends `more` (flat `x, y` pairs) to a shape's `points`, sending only the new points:
+    /// a pen stroke grows by appending, so drawing a long stroke costs O(its length) on the
+    /// wire and in the server's log, not O(length²) as rewriting the whole list each time did.
+    /// The first append turns a plain `points` list into a nested `Y.Array` holding the same
+    /// numbers. Returns false if there is no such shape or it is stored as a plain object.
+    pub fn append_points(&self, txn: &mut TransactionMut<'_>, id: &str, more: &[f64]) -> bool {
+        let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
+        let more = more.iter().map(|&v| Any::from(v));
+        match map.get(txn, "points") {
+            Some(Out::YArray(points)) => {
+                let end = points.len(txn);
+                points.insert_range(txn, end, more);
+            }
+            existing => {
+                let mut all: Vec<Any> = match existing {
+                    Some(Out::Any(Any::Array(old))) => old.iter().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                all.extend(more);
+                map.insert(txn, "points", ArrayPrelim::from(all));
+            }
+        }
+        true
     }
 
     /// Removes a shape; returns whether it existed.
@@ -479,6 +522,50 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Transact, Update};
+
+    #[test]
+    fn a_growing_stroke_sends_only_its_new_points_and_reads_back_whole() {
+        let doc = Doc::with_client_id(1);
+        let board = Board::new(&doc);
+        let mut pen = Shape::new("p1", ShapeKind::Pen);
+        pen.points = vec![0.0, 0.0];
+        board.put_shape(&mut doc.transact_mut(), &pen);
+        let peer = Doc::with_client_id(2);
+        let sync = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        peer.transact_mut()
+            .apply_update(Update::decode_v1(&sync).expect("decodes"))
+            .expect("applies");
+
+        // Append 2,000 points in steps of 10, as a pen stroke does while drawing.
+        let mut sizes = Vec::new();
+        for step in 0..200 {
+            let more: Vec<f64> = (0..10).map(|i| f64::from(step * 10 + i)).collect();
+            let mut txn = doc.transact_mut();
+            assert!(board.append_points(&mut txn, "p1", &more));
+            let update = txn.encode_update_v1();
+            drop(txn);
+            sizes.push(update.len());
+            peer.transact_mut()
+                .apply_update(Update::decode_v1(&update).expect("decodes"))
+                .expect("applies");
+        }
+        // The last step costs what an early one did: the update carries the new points only.
+        assert!(sizes[199] <= sizes[1] + 8, "update sizes grew: {} then {}", sizes[1], sizes[199]);
+        let expected: Vec<f64> = [0.0, 0.0].into_iter().chain((0..2000).map(f64::from)).collect();
+        for d in [&doc, &peer] {
+            let got = Board::new(d).shape(&d.transact(), "p1").expect("the stroke");
+            assert_eq!(got.points, expected);
+        }
+        // Rewriting the points (a resize) goes back to a plain list, still read the same way.
+        assert!(board.set_field(
+            &mut doc.transact_mut(),
+            "p1",
+            "points",
+            Any::from(vec![1.0, 2.0])
+        ));
+        assert_eq!(board.shape(&doc.transact(), "p1").expect("the stroke").points, vec![1.0, 2.0]);
+        assert!(!board.append_points(&mut doc.transact_mut(), "missing", &[1.0, 2.0]));
+    }
 
     #[test]
     fn a_refreshed_list_matches_a_full_read_after_local_and_remote_changes() {

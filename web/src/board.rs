@@ -69,6 +69,8 @@ enum Drag {
         points: Vec<f64>,
         /// When the stroke was last written to the document (`Date.now()` ms).
         written_at: f64,
+        /// How many of `points` are in the document already.
+        written: usize,
     },
     Marquee {
         start: (f64, f64),
@@ -391,6 +393,7 @@ pub fn BoardView() -> impl IntoView {
                     origin: p,
                     points: vec![0.0, 0.0],
                     written_at: 0.0,
+                    written: 2,
                 });
             }
             Tool::Rect | Tool::Ellipse | Tool::Line | Tool::Arrow => {
@@ -506,17 +509,18 @@ pub fn BoardView() -> impl IntoView {
                     }
                 });
             }
-            Drag::Pen { id, origin, mut points, mut written_at } => {
+            Drag::Pen { id, origin, mut points, mut written_at, mut written } => {
                 points.push(p.0 - origin.0);
                 points.push(p.1 - origin.1);
-                // The whole point list is rewritten on each write, so write at most every
-                // PEN_WRITE_MS (others still see the stroke grow live); pointer-up writes the rest.
+                // New points are appended at most every PEN_WRITE_MS (one update each, which
+                // others see as the stroke growing live); pointer-up appends the rest.
                 let now = crate::sync::now_ms();
                 if now - written_at >= PEN_WRITE_MS {
-                    write_points(&conn, &id, &points);
+                    append_points(&conn, &id, &points[written..]);
+                    written = points.len();
                     written_at = now;
                 }
-                drag.set_value(Drag::Pen { id, origin, points, written_at });
+                drag.set_value(Drag::Pen { id, origin, points, written_at, written });
             }
             Drag::Marquee { start, .. } => {
                 drag.set_value(Drag::Marquee { start, current: p });
@@ -577,7 +581,7 @@ pub fn BoardView() -> impl IntoView {
                 room.selection.set(sel);
             }
             Drag::Laser { .. } => conn.update_presence(|pr| pr.laser.clear()),
-            Drag::Pen { id, points, .. } => write_points(&conn, &id, &points),
+            Drag::Pen { id, points, written, .. } => append_points(&conn, &id, &points[written..]),
             _ => {}
         }
         drag.set_value(Drag::None);
@@ -760,14 +764,16 @@ pub fn BoardView() -> impl IntoView {
     }
 }
 
-/// Milliseconds between writes of a growing pen stroke.
-const PEN_WRITE_MS: f64 = 50.0;
+/// Milliseconds between appends to a growing pen stroke (~30 Hz, like cursors).
+const PEN_WRITE_MS: f64 = 33.0;
 
-/// Writes a pen stroke's points.
-fn write_points(conn: &Rc<crate::sync::Connection>, id: &str, points: &[f64]) {
-    let arr: Vec<Any> = points.iter().map(|v| Any::from(*v)).collect();
+/// Appends new points to a pen stroke (only they go over the wire).
+fn append_points(conn: &Rc<crate::sync::Connection>, id: &str, more: &[f64]) {
+    if more.is_empty() {
+        return;
+    }
     conn.edit(|b, t| {
-        b.set_field(t, id, "points", Any::Array(arr.into()));
+        b.append_points(t, id, more);
     });
 }
 
