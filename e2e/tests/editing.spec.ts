@@ -4,6 +4,8 @@
 import { test, expect, newUser, dragOnBoard } from './fixtures';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 
 type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string; width: number; points: number[] };
 
@@ -162,4 +164,34 @@ test('a reload while the server is down still shows the board, and offline edits
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '3');
+});
+
+test('a long pen stroke reaches the other user and a stock Yjs client whole', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await a.getByTestId('tool-pen').click();
+  const box = (await a.getByTestId('board').boundingBox())!;
+  await a.mouse.move(box.x + 100, box.y + 200);
+  await a.mouse.down();
+  // A wavy stroke, drawn over many pointer moves (it is appended to while it grows).
+  for (let i = 1; i <= 120; i++) await a.mouse.move(box.x + 100 + i * 5, box.y + 200 + Math.sin(i / 6) * 60);
+  await a.mouse.up();
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  const [mine] = await shapesOf(a);
+  expect(mine.kind).toBe('pen');
+  expect(mine.points.length).toBeGreaterThan(40);
+  await expect.poll(async () => (await shapesOf(b))[0].points).toEqual(mine.points);
+
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+  const out = await new Promise<string>((resolve, reject) => {
+    const p = spawn('node', [join(__dirname, 'yjs-read.mjs'), server.url.replace('http', 'ws') + '/ws', room]);
+    let text = '';
+    p.stdout.on('data', (d) => (text += d));
+    p.on('exit', (c) => (c === 0 ? resolve(text) : reject(new Error(`yjs-read exited with ${c}`))));
+  });
+  const [read] = Object.values(JSON.parse(out)) as { kind: string; pointsType: string; points: number[] }[];
+  expect(read.kind).toBe('pen');
+  expect(read.pointsType).toBe('Y.Array');
+  expect(read.points).toEqual(mine.points);
+  await b.screenshot({ path: 'test-results/screens/long-stroke-bob.png' });
 });
