@@ -255,7 +255,7 @@ impl Connection {
                 if let (Some(c), Ok(buf)) =
                     (weak.upgrade(), ev.data().dyn_into::<js_sys::ArrayBuffer>())
                 {
-                    c.on_frame(&js_sys::Uint8Array::new(&buf).to_vec());
+                    c.on_frame(js_sys::Uint8Array::new(&buf).to_vec());
                 }
             }
         });
@@ -280,7 +280,7 @@ impl Connection {
                 self.greet(early.asked);
             }
             for frame in early.frames {
-                self.on_frame(&frame);
+                self.on_frame(frame);
             }
         }
     }
@@ -315,17 +315,18 @@ impl Connection {
         }
     }
 
-    fn on_frame(self: &Rc<Self>, frame: &[u8]) {
+    fn on_frame(self: &Rc<Self>, frame: Vec<u8>) {
         let mut deferred = self.deferred.borrow_mut();
         if !deferred.is_empty() {
-            deferred.push_back(frame.to_vec());
+            deferred.push_back(frame);
             return;
         }
         if frame.len() >= BIG_SYNC_BYTES && !self.session.borrow().is_synced() {
-            deferred.push_back(frame.to_vec());
+            let bytes = frame.len();
+            deferred.push_back(frame);
             drop(deferred);
             mark("huddle-sync-received");
-            self.signals.loading.set(Loading::Opening { bytes: frame.len() });
+            self.signals.loading.set(Loading::Opening { bytes });
             // After the next paint: a timeout queued from an animation frame callback runs
             // once that frame is on screen.
             let weak = Rc::downgrade(self);
@@ -342,7 +343,7 @@ impl Connection {
             return;
         }
         drop(deferred);
-        self.handle_frame(frame);
+        self.handle_frame(&frame);
     }
 
     fn apply_deferred(self: &Rc<Self>) {
