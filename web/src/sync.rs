@@ -144,6 +144,10 @@ pub struct Connection {
 /// the board", since applying it blocks the page for a while (~20 ms per 1,000 shapes).
 const BIG_SYNC_BYTES: usize = 256 * 1024;
 
+/// A held-back sync is applied after this long even without a paint (hidden tabs get no
+/// animation frames).
+const HIDDEN_APPLY_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A socket that `index.html` opened for this room before the app loaded, and what it
 /// received meanwhile.
 struct EarlySocket {
@@ -228,6 +232,8 @@ impl Connection {
         }
         self.signals.status.set(Status::Connecting);
         self.signals.loading.set(Loading::Connecting);
+        // Frames held back from an earlier connection must not count for this one.
+        self.deferred.borrow_mut().clear();
         let early = take_early_socket(&self.url);
         let ws = match &early {
             Some(early) => early.ws.clone(),
@@ -280,6 +286,10 @@ impl Connection {
                 self.greet(early.asked);
             }
             for frame in early.frames {
+                // A bad frame closes the connection: the rest belongs to a dead socket.
+                if self.socket.borrow().is_none() {
+                    break;
+                }
                 self.on_frame(frame);
             }
         }
@@ -328,18 +338,28 @@ impl Connection {
             mark("huddle-sync-received");
             self.signals.loading.set(Loading::Opening { bytes });
             // After the next paint: a timeout queued from an animation frame callback runs
-            // once that frame is on screen.
+            // once that frame is on screen. Hidden tabs get no animation frames, so a plain
+            // timeout applies it too; whichever comes second finds nothing left to do.
             let weak = Rc::downgrade(self);
+            let after_paint = weak.clone();
             request_animation_frame(move || {
                 set_timeout(
                     move || {
-                        if let Some(c) = weak.upgrade() {
+                        if let Some(c) = after_paint.upgrade() {
                             c.apply_deferred();
                         }
                     },
                     std::time::Duration::ZERO,
                 )
             });
+            set_timeout(
+                move || {
+                    if let Some(c) = weak.upgrade() {
+                        c.apply_deferred();
+                    }
+                },
+                HIDDEN_APPLY_DELAY,
+            );
             return;
         }
         drop(deferred);
@@ -347,6 +367,9 @@ impl Connection {
     }
 
     fn apply_deferred(self: &Rc<Self>) {
+        if self.deferred.borrow().is_empty() {
+            return;
+        }
         mark("huddle-sync-applying");
         loop {
             let Some(frame) = self.deferred.borrow_mut().pop_front() else { return };
@@ -392,6 +415,7 @@ impl Connection {
         self.socket.borrow_mut().take();
         // Held-back frames belong to the connection that just ended (the next one resyncs).
         self.deferred.borrow_mut().clear();
+        self.signals.loading.set(Loading::Connecting);
         self.session.borrow_mut().disconnected();
         // Others' presence is stale until we are back.
         self.signals.presence_version.update(|v| *v += 1);
