@@ -79,6 +79,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..))]
     pub pong_timeout_ms: u64,
 
+    /// Milliseconds a client may take to send a request's headers before its connection is
+    /// closed (bounds connections that open and then trickle or send nothing).
+    #[arg(long, env = "HUDDLE_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub header_timeout_ms: u64,
+
     /// Milliseconds a room with nobody in it stays in memory before it is saved and unloaded.
     #[arg(long, env = "HUDDLE_ROOM_IDLE_MS", default_value_t = 30_000)]
     pub room_idle_ms: u64,

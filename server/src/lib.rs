@@ -30,7 +30,6 @@ pub mod web;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -124,14 +123,9 @@ impl Server {
                 cancel.cancel();
             });
         }
-        // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
-        // ourselves (see `connection`), so every frame can leave at once.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .await;
+        let header_timeout = std::time::Duration::from_millis(self.config.header_timeout_ms);
+        let served =
+            http::serve_http1(listener, http::router(state), header_timeout, cancel.clone()).await;
         cancel.cancel();
         tracing::info!("shutting down: closing sockets");
         socket_tasks.close();

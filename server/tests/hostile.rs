@@ -112,6 +112,28 @@ async fn bad_room_names_get_400_before_any_upgrade() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.header_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    // One sends half a request and stalls; one sends nothing at all.
+    let mut trickle = tokio::net::TcpStream::connect(server.addr).await.expect("connects");
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("writes");
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.expect("connects");
+    for (what, stream) in [("half a request", &mut trickle), ("nothing", &mut silent)] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a connection that sent {what} was still open after the deadline");
+    }
+    // Others are served as usual.
+    let mut ok = TestClient::connect(&server.url("after-stalls")).await;
+    ok.synced().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_silent_client_is_dropped_at_the_ping_timeout_with_its_presence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
