@@ -75,6 +75,11 @@ pub async fn serve_http1(
     header_timeout: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
+    // ourselves (see `connection`), so every frame can leave at once. Linux copies the option
+    // from the listening socket to every accepted one, which saves a syscall per connection.
+    let nodelay_inherited = cfg!(target_os = "linux")
+        && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
     let connections = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -87,9 +92,9 @@ pub async fn serve_http1(
             },
             () = stop.cancelled() => break,
         };
-        // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
-        // ourselves (see `connection`), so every frame can leave at once.
-        let _ = tcp.set_nodelay(true);
+        if !nodelay_inherited {
+            let _ = tcp.set_nodelay(true);
+        }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         connections.spawn(async move {
@@ -183,4 +188,19 @@ async fn websocket(
             drop(permit);
             drop(tracked);
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    /// `serve_http1` relies on this to skip a `setsockopt` per connection on Linux.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        socket2::SockRef::from(&listener).set_tcp_nodelay(true).expect("sets TCP_NODELAY");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let (accepted, _) = listener.accept().await.expect("accepts");
+        assert!(accepted.nodelay().expect("reads TCP_NODELAY"));
+    }
 }
