@@ -174,7 +174,12 @@ test('a long pen stroke reaches the other user and a stock Yjs client whole', as
   await a.mouse.move(box.x + 100, box.y + 200);
   await a.mouse.down();
   // A wavy stroke, drawn over many pointer moves (it is appended to while it grows).
-  for (let i = 1; i <= 120; i++) await a.mouse.move(box.x + 100 + i * 5, box.y + 200 + Math.sin(i / 6) * 60);
+  for (let i = 1; i <= 120; i++) {
+    await a.mouse.move(box.x + 100 + i * 5, box.y + 200 + Math.sin(i / 6) * 60);
+    // Ada holds still mid-stroke for longer than separate edits are merged for (400 ms): the
+    // stroke must still be one undo step (this is user input, not a wait for a result).
+    if (i === 60) await a.waitForTimeout(700);
+  }
   await a.mouse.up();
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   const [mine] = await shapesOf(a);
@@ -194,4 +199,11 @@ test('a long pen stroke reaches the other user and a stock Yjs client whole', as
   expect(read.pointsType).toBe('Y.Array');
   expect(read.points).toEqual(mine.points);
   await b.screenshot({ path: 'test-results/screens/long-stroke-bob.png' });
+
+  // The stroke, pause included, is one undo step for Ada, and redo brings it back whole.
+  await a.keyboard.press('Control+z');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
+  await a.keyboard.press('Control+Shift+z');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await expect.poll(async () => (await shapesOf(b))[0].points).toEqual(mine.points);
 });

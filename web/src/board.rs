@@ -324,6 +324,8 @@ pub fn BoardView() -> impl IntoView {
             });
             return;
         }
+        // Whatever this press starts (a shape, a stroke, a move, a resize) is one undo step.
+        conn.begin_action();
         let mut style = Shape::new(new_id(conn.client_id()), ShapeKind::Rect);
         style.x = p.0;
         style.y = p.1;
@@ -550,6 +552,7 @@ pub fn BoardView() -> impl IntoView {
         if matches!(drag.get_value(), Drag::Pinch { .. }) {
             if pinch_state().is_none() {
                 drag.set_value(Drag::None);
+                room.conn.get_value().end_action();
             }
             return;
         }
@@ -584,6 +587,7 @@ pub fn BoardView() -> impl IntoView {
             Drag::Pen { id, points, written, .. } => append_points(&conn, &id, &points[written..]),
             _ => {}
         }
+        conn.end_action();
         drag.set_value(Drag::None);
         redraw();
     };

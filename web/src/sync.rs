@@ -26,6 +26,8 @@ const LOCAL: &str = "huddle-local";
 const BACKOFF_BASE_MS: f64 = 500.0;
 /// Longest reconnection delay.
 const BACKOFF_CAP_MS: f64 = 30_000.0;
+/// Edits outside a gesture closer together than this share an undo step (typing a word).
+const UNDO_MERGE_MS: f64 = 400.0;
 /// Edits are written to the offline cache at most this often.
 const SAVE_DELAY_MS: u64 = 300;
 /// Presence (cursor) updates are sent at most this often (~30 Hz).
@@ -135,6 +137,10 @@ pub struct Connection {
     presence: RefCell<Presence>,
     presence_sent_at: Cell<f64>,
     presence_timer: Cell<bool>,
+    /// A pointer gesture (drag, stroke) is in progress: its edits are one undo step.
+    in_action: Cell<bool>,
+    /// When the last edit outside a gesture was made (`Date.now()` ms; 0 after a gesture).
+    last_edit_at: Cell<f64>,
     /// Frames held back so the page can paint the loading display before a big first sync
     /// blocks it (see [`BIG_SYNC_BYTES`]); later frames queue behind them, in order.
     deferred: RefCell<std::collections::VecDeque<Vec<u8>>>,
@@ -206,7 +212,9 @@ impl Connection {
         let doc = Doc::new();
         let shapes = doc.get_or_insert_map(SHAPES);
         let mut undo = UndoManager::with_options(UndoOptions {
-            capture_timeout_millis: 400,
+            // Undo steps are cut by `edit`, `begin_action` and `end_action`, not by time: a
+            // slow pen stroke or drag is still one step.
+            capture_timeout_millis: u64::MAX,
             tracked_origins: HashSet::from([Origin::from(LOCAL)]),
             capture_transaction: None,
             timestamp: Arc::new(|| now_ms() as u64),
@@ -229,6 +237,8 @@ impl Connection {
             presence_sent_at: Cell::new(0.0),
             presence_timer: Cell::new(false),
             deferred: RefCell::new(std::collections::VecDeque::new()),
+            in_action: Cell::new(false),
+            last_edit_at: Cell::new(0.0),
         })
     }
 
@@ -476,8 +486,17 @@ impl Connection {
         }
     }
 
-    /// Runs a local edit (tracked by undo) and sends it.
+    /// Runs a local edit (tracked by undo) and sends it. Inside a gesture (see
+    /// [`Connection::begin_action`]) it joins the gesture's undo step; otherwise edits less than
+    /// [`UNDO_MERGE_MS`] apart (typing) share a step.
     pub fn edit(self: &Rc<Self>, f: impl FnOnce(&Board, &mut TransactionMut<'_>)) {
+        if !self.in_action.get() {
+            let now = now_ms();
+            if now - self.last_edit_at.get() >= UNDO_MERGE_MS {
+                self.undo.borrow_mut().reset();
+            }
+            self.last_edit_at.set(now);
+        }
         {
             let session = self.session.borrow();
             let doc = session.doc();
@@ -486,6 +505,19 @@ impl Connection {
             f(&board, &mut txn);
         }
         self.after_local_change();
+    }
+
+    /// Starts a pointer gesture: every edit until [`Connection::end_action`] is one undo step,
+    /// however long it takes (a slow pen stroke, a drag with pauses).
+    pub fn begin_action(&self) {
+        self.undo.borrow_mut().reset();
+        self.in_action.set(true);
+    }
+
+    /// Ends the gesture begun by [`Connection::begin_action`]; the next edit starts a new step.
+    pub fn end_action(&self) {
+        self.in_action.set(false);
+        self.last_edit_at.set(0.0);
     }
 
     /// Undoes this user's last edit (never anyone else's).
