@@ -10,6 +10,7 @@
 //! - [`chat`]: the chat panel.
 //! - [`cache`]: the offline cache of each room's document in IndexedDB.
 //! - [`export`]: PNG / SVG / JSON export, copy and paste.
+//! - [`icons`]: the toolbar's SVG icons.
 //!
 //! This file holds the top-level components: routing, the landing page, the room layout.
 
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod chat;
 pub mod export;
 pub mod geometry;
+pub mod icons;
 pub mod identity;
 pub mod render;
 pub mod state;
@@ -319,7 +321,7 @@ fn RoomView(
                 <div class="spacer"></div>
                 <StatusBadge/>
                 <button class="ghost" data-testid="theme-toggle" aria-label="Toggle dark theme" title="Toggle dark theme"
-                    on:click=move |_| dark.update(|d| *d = !*d)>{move || if dark.get() { "☀" } else { "☾" }}</button>
+                    on:click=move |_| dark.update(|d| *d = !*d)>{move || icons::icon(if dark.get() { icons::SUN } else { icons::MOON })}</button>
             </header>
             <Toolbar/>
             <BoardView/>
@@ -451,7 +453,7 @@ fn Toolbar() -> impl IntoView {
                         title=format!("{} ({})", tool.name(), tool.key().to_ascii_uppercase())
                         aria-pressed=move || (state.tool.get() == tool).to_string()
                         class:active=move || state.tool.get() == tool
-                        on:click=move |_| state.tool.set(tool)>{tool.icon()}</button>
+                        on:click=move |_| state.tool.set(tool)>{icons::icon(tool.icon())}</button>
                 }).collect_view()}
             </div>
             <div class="tool-group" aria-label="Stroke colour">
@@ -483,21 +485,21 @@ fn Toolbar() -> impl IntoView {
                 </label>
             </div>
             <div class="tool-group">
-                <button class="tool" data-testid="undo" aria-label="Undo (Ctrl+Z)" title="Undo (Ctrl+Z)" on:click=move |_| state.conn.get_value().undo()>"↶"</button>
-                <button class="tool" data-testid="redo" aria-label="Redo (Ctrl+Shift+Z)" title="Redo (Ctrl+Shift+Z)" on:click=move |_| state.conn.get_value().redo()>"↷"</button>
-                <button class="tool" data-testid="bring-front" aria-label="Bring to front" title="Bring to front" on:click=move |_| restack(state, true)>"⤒"</button>
-                <button class="tool" data-testid="send-back" aria-label="Send to back" title="Send to back" on:click=move |_| restack(state, false)>"⤓"</button>
-                <button class="tool" data-testid="duplicate" aria-label="Duplicate (Ctrl+D)" title="Duplicate (Ctrl+D)" on:click=move |_| duplicate(state)>"❐"</button>
-                <button class="tool" data-testid="delete" aria-label="Delete (Del)" title="Delete (Del)" on:click=move |_| delete_selection(state)>"✕"</button>
+                <button class="tool" data-testid="undo" aria-label="Undo (Ctrl+Z)" title="Undo (Ctrl+Z)" on:click=move |_| state.conn.get_value().undo()>{icons::icon(icons::UNDO)}</button>
+                <button class="tool" data-testid="redo" aria-label="Redo (Ctrl+Shift+Z)" title="Redo (Ctrl+Shift+Z)" on:click=move |_| state.conn.get_value().redo()>{icons::icon(icons::REDO)}</button>
+                <button class="tool" data-testid="bring-front" aria-label="Bring to front" title="Bring to front" on:click=move |_| restack(state, true)>{icons::icon(icons::FRONT)}</button>
+                <button class="tool" data-testid="send-back" aria-label="Send to back" title="Send to back" on:click=move |_| restack(state, false)>{icons::icon(icons::BACK)}</button>
+                <button class="tool" data-testid="duplicate" aria-label="Duplicate (Ctrl+D)" title="Duplicate (Ctrl+D)" on:click=move |_| duplicate(state)>{icons::icon(icons::DUPLICATE)}</button>
+                <button class="tool" data-testid="delete" aria-label="Delete (Del)" title="Delete (Del)" on:click=move |_| delete_selection(state)>{icons::icon(icons::DELETE)}</button>
             </div>
             <div class="tool-group">
-                <button class="tool" data-testid="zoom-out" aria-label="Zoom out" title="Zoom out" on:click=move |_| zoom_by(0.8)>"−"</button>
+                <button class="tool" data-testid="zoom-out" aria-label="Zoom out" title="Zoom out" on:click=move |_| zoom_by(0.8)>{icons::icon(icons::MINUS)}</button>
                 <button class="tool zoom-label" data-testid="zoom-reset" aria-label="Reset zoom" title="Reset zoom"
                     on:click=move |_| { state.follow.set(None); state.view.set(Viewport::default()); }>
                     {move || format!("{:.0}%", state.view.get().zoom * 100.0)}
                 </button>
-                <button class="tool" data-testid="zoom-in" aria-label="Zoom in" title="Zoom in" on:click=move |_| zoom_by(1.25)>"+"</button>
-                <button class="tool" data-testid="zoom-fit" aria-label="Zoom to fit" title="Zoom to fit" on:click=move |_| export::zoom_to_fit(state)>"⤢"</button>
+                <button class="tool" data-testid="zoom-in" aria-label="Zoom in" title="Zoom in" on:click=move |_| zoom_by(1.25)>{icons::icon(icons::PLUS)}</button>
+                <button class="tool" data-testid="zoom-fit" aria-label="Zoom to fit" title="Zoom to fit" on:click=move |_| export::zoom_to_fit(state)>{icons::icon(icons::FIT)}</button>
             </div>
             <div class="tool-group">
                 <button class="tool text" data-testid="export-png" aria-label="Export PNG" title="Export the board (or selection) as PNG" on:click=move |_| export::export_png(state)>"PNG"</button>

@@ -85,20 +85,21 @@ impl Tool {
         }
     }
 
-    /// Icon (a glyph, so the bundle needs no image assets for the palette).
+    /// Icon: SVG path data (see [`crate::icons`]).
     pub fn icon(self) -> &'static str {
+        use crate::icons;
         match self {
-            Tool::Select => "⬉",
-            Tool::Hand => "☚",
-            Tool::Pen => "✎",
-            Tool::Rect => "▭",
-            Tool::Ellipse => "◯",
-            Tool::Line => "╱",
-            Tool::Arrow => "➚",
-            Tool::Text => "T",
-            Tool::Sticky => "▤",
-            Tool::Eraser => "⌫",
-            Tool::Laser => "✦",
+            Tool::Select => icons::SELECT,
+            Tool::Hand => icons::HAND,
+            Tool::Pen => icons::PEN,
+            Tool::Rect => icons::RECT,
+            Tool::Ellipse => icons::ELLIPSE,
+            Tool::Line => icons::LINE,
+            Tool::Arrow => icons::ARROW,
+            Tool::Text => icons::TEXT,
+            Tool::Sticky => icons::STICKY,
+            Tool::Eraser => icons::ERASER,
+            Tool::Laser => icons::LASER,
         }
     }
 }
