@@ -1,13 +1,11 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
-import { test, expect, newUser, dragOnBoard, shapeCount } from './fixtures';
-import { spawn } from 'node:child_process';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount } from './fixtures';
 import { join } from 'node:path';
 
 const shot = (name: string) => ({ path: join('test-results', 'screens', `${name}.png`) });
 
 test('drawing, chat, presence and cursors flow between two users', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await expect(a.getByTestId('presence-item').filter({ hasText: 'Bob' })).toBeVisible();
   await expect(b.getByTestId('presence-item').filter({ hasText: 'Ada' })).toBeVisible();
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
@@ -59,8 +57,7 @@ test('drawing, chat, presence and cursors flow between two users', async ({ brow
 });
 
 test('undo only undoes your own edits', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 100, 100, 200, 200);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
@@ -79,12 +76,7 @@ test('undo only undoes your own edits', async ({ browser, server }) => {
 test('a stock Yjs client adds a rectangle and a chat message the page shows', async ({ browser, server }) => {
   const page = await newUser(await browser.newContext(), server.url, 'Ada');
   const room = new URL(page.url()).pathname.split('/').pop()!;
-  const ws = server.url.replace('http', 'ws') + '/ws';
-  const code = await new Promise<number>((resolve) => {
-    const p = spawn('node', [join(__dirname, 'yjs-peer.mjs'), ws, room], { stdio: 'inherit' });
-    p.on('exit', (c) => resolve(c ?? 1));
-  });
-  expect(code).toBe(0);
+  await runYjsScript(server, 'yjs-peer.mjs', room);
   await expect(page.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   await expect(page.getByTestId('chat-message').filter({ hasText: 'hello from a plain Yjs client' })).toBeVisible();
   await page.screenshot(shot('stock-yjs-client'));
@@ -108,8 +100,7 @@ test('text from peers is shown as text, never run as HTML', async ({ browser, se
 });
 
 test('both clients ride out a server restart and keep the edits made during the outage', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 100, 100, 200, 200);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
@@ -163,12 +154,7 @@ test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) 
 
 test('a big room shows how far opening has got, then every shape, over one socket', async ({ browser, server }) => {
   const shapes = 3000; // about 0.8 MB: big enough for the "Opening the board" step
-  const ws = server.url.replace('http', 'ws') + '/ws';
-  const code = await new Promise<number>((resolve) => {
-    const p = spawn('node', [join(__dirname, 'yjs-fill.mjs'), ws, 'big-room', String(shapes)], { stdio: 'inherit' });
-    p.on('exit', (c) => resolve(c ?? 1));
-  });
-  expect(code).toBe(0);
+  await runYjsScript(server, 'yjs-fill.mjs', 'big-room', String(shapes));
   const context = await browser.newContext();
   await context.addInitScript(() => {
     localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-ada', name: 'Ada', color: '#1971c2' }));

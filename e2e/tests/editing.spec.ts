@@ -1,11 +1,9 @@
 // Editing propagates: move, resize, delete, z-order and colour changes made by one user reach the
 // other; follow mode moves one user's view with another's. Shape attributes are read from the
 // room's JSON export (a user-visible feature), not from hooks into the code.
-import { test, expect, newUser, dragOnBoard } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard } from './fixtures';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 
 type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string; width: number; points: number[] };
 
@@ -20,8 +18,7 @@ async function shapesOf(page: Page): Promise<ShapeJson[]> {
 }
 
 test('move, resize, recolour, restack and delete reach the other user', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 100, 100, 200, 180);
   await a.getByTestId('tool-ellipse').click();
@@ -64,8 +61,7 @@ test('move, resize, recolour, restack and delete reach the other user', async ({
 });
 
 test('lines and pen strokes resize with the handle too', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-line').click();
   await dragOnBoard(a, 100, 300, 200, 350);
   await a.getByTestId('tool-pen').click();
@@ -119,8 +115,7 @@ test('copy and paste go through the system clipboard: shapes into another tab\'s
 });
 
 test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await b.getByTestId('presence-item').filter({ hasText: 'Ada' }).getByTestId('follow').click();
   await expect(b.getByTestId('follow')).toHaveAttribute('aria-pressed', 'true');
   // Ada zooms in twice: Bob's zoom label follows.
@@ -167,8 +162,7 @@ test('a reload while the server is down still shows the board, and offline edits
 });
 
 test('a long pen stroke reaches the other user and a stock Yjs client whole', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext(), server.url, 'Ada');
-  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-pen').click();
   const box = (await a.getByTestId('board').boundingBox())!;
   await a.mouse.move(box.x + 100, box.y + 200);
@@ -188,12 +182,7 @@ test('a long pen stroke reaches the other user and a stock Yjs client whole', as
   await expect.poll(async () => (await shapesOf(b))[0].points).toEqual(mine.points);
 
   const room = new URL(a.url()).pathname.split('/').pop()!;
-  const out = await new Promise<string>((resolve, reject) => {
-    const p = spawn('node', [join(__dirname, 'yjs-read.mjs'), server.url.replace('http', 'ws') + '/ws', room]);
-    let text = '';
-    p.stdout.on('data', (d) => (text += d));
-    p.on('exit', (c) => (c === 0 ? resolve(text) : reject(new Error(`yjs-read exited with ${c}`))));
-  });
+  const out = await runYjsScript(server, 'yjs-read.mjs', room);
   const [read] = Object.values(JSON.parse(out)) as { kind: string; pointsType: string; points: number[] }[];
   expect(read.kind).toBe('pen');
   expect(read.pointsType).toBe('Y.Array');

@@ -1,6 +1,6 @@
 // Fixtures: a real Huddle server per test (the built binary, a fresh data dir, a free port) and
 // helpers to act as a user in a browser context.
-import { test as base, expect, Page, BrowserContext } from '@playwright/test';
+import { test as base, expect, Page, Browser, BrowserContext } from '@playwright/test';
 import { spawn, ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -53,6 +53,27 @@ export async function newUser(context: BrowserContext, url: string, name: string
   const page = await context.newPage();
   await enterRoom(page, url, name);
   return page;
+}
+
+/** Ada creates a room and Bob joins it, each in a browser context of their own. */
+export async function adaAndBob(browser: Browser, url: string): Promise<[Page, Page]> {
+  const a = await newUser(await browser.newContext(), url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  return [a, b];
+}
+
+/**
+ * Runs one of the stock-Yjs scripts beside these tests (`node tests/<script> ws://…/ws <args>`)
+ * and resolves to what it printed; rejects if it exits with an error.
+ */
+export function runYjsScript(server: HuddleServer, script: string, ...args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const ws = server.url.replace('http', 'ws') + '/ws';
+    const p = spawn('node', [join(__dirname, script), ws, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout!.on('data', (d) => (out += d));
+    p.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`${script} exited with ${c}`))));
+  });
 }
 
 /** Drags on the board from (x1, y1) to (x2, y2), in board-element pixels. */

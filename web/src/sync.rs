@@ -357,26 +357,16 @@ impl Connection {
             // After the next paint: a timeout queued from an animation frame callback runs
             // once that frame is on screen. Hidden tabs get no animation frames, so a plain
             // timeout applies it too; whichever comes second finds nothing left to do.
-            let weak = Rc::downgrade(self);
-            let after_paint = weak.clone();
-            request_animation_frame(move || {
-                set_timeout(
-                    move || {
-                        if let Some(c) = after_paint.upgrade() {
-                            c.apply_deferred();
-                        }
-                    },
-                    std::time::Duration::ZERO,
-                )
-            });
-            set_timeout(
+            let apply = |weak: std::rc::Weak<Self>| {
                 move || {
                     if let Some(c) = weak.upgrade() {
                         c.apply_deferred();
                     }
-                },
-                HIDDEN_APPLY_DELAY,
-            );
+                }
+            };
+            let after_paint = apply(Rc::downgrade(self));
+            request_animation_frame(move || set_timeout(after_paint, std::time::Duration::ZERO));
+            set_timeout(apply(Rc::downgrade(self)), HIDDEN_APPLY_DELAY);
             return;
         }
         drop(deferred);
