@@ -14,7 +14,7 @@ use huddle_protocol::yrs::{Doc, ReadTxn, StateVector, Transact};
 use tokio::time::Instant;
 
 use crate::client;
-use crate::docgen;
+use crate::docgen::{self, ShapeForm};
 use crate::stats::{Latencies, Report, bytes, us};
 use crate::target::{Server, Target};
 
@@ -30,6 +30,9 @@ pub struct Opts {
     /// Cold syncs (each after a server restart); only when the tool started the server.
     #[arg(long, default_value_t = 3)]
     pub cold: usize,
+    /// How the shapes are stored.
+    #[arg(long, value_enum, default_value = "object")]
+    pub form: ShapeForm,
 }
 
 /// Parameters of an edit-into-big run.
@@ -45,6 +48,9 @@ pub struct EditOpts {
     /// ticks) is measured to a percent or two.
     #[arg(long, default_value_t = 8.0)]
     pub edit_secs: f64,
+    /// How the shapes are stored.
+    #[arg(long, value_enum, default_value = "object")]
+    pub form: ShapeForm,
 }
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,7 +58,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Puts `shapes` shapes into `room`, 5,000 per update as a board grows (one update of a
 /// 100k-shape room would exceed servers' message limits), and waits until a fresh client sees
 /// them all. Returns the size of the whole document as one update.
-pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
+pub async fn seed(target: &Target, room: &str, shapes: usize, form: ShapeForm) -> Result<usize> {
     target.prepare(room).await?;
     let doc = Doc::new();
     let url = target.room_url(room);
@@ -62,7 +68,7 @@ pub async fn seed(target: &Target, room: &str, shapes: usize) -> Result<usize> {
     while done < shapes {
         let n = SEED_CHUNK.min(shapes - done);
         let before = doc.transact().state_vector();
-        docgen::mixed_shapes(&doc, done, n);
+        docgen::mixed_shapes(&doc, done, n, form);
         let update = doc.transact().encode_state_as_update_v1(&before);
         client::send(&mut writer, wire::update(update)).await?;
         done += n;
@@ -108,7 +114,7 @@ async fn fresh_sync(url: &str, count: bool) -> Result<(usize, usize)> {
 /// Runs bigdoc against `target`; with `server`, also the cold syncs.
 pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Result<Report> {
     let room = format!("big-{}", crate::run_salt());
-    let size = seed(target, &room, o.shapes).await?;
+    let size = seed(target, &room, o.shapes, o.form).await?;
     let url = target.room_url(&room);
     let mut report = Report::new(format!("bigdoc {} shapes", o.shapes), &target.name);
     report.row("document size", bytes(size as f64));
@@ -170,7 +176,7 @@ pub async fn run_edits(target: &Target, o: &EditOpts) -> Result<Report> {
     let mut report = Report::new("edit-into-big", &target.name);
     for &shapes in &o.sizes {
         let room = format!("edit-{}-{shapes}", crate::run_salt());
-        seed(target, &room, shapes).await?;
+        seed(target, &room, shapes, o.form).await?;
         let url = target.room_url(&room);
         let doc = Doc::new();
         let board = Board::new(&doc);

@@ -34,18 +34,26 @@ async function startServer() {
   return { proc, url: line.split('listening on ')[1].trim() };
 }
 
+/// Each shape is written with every documented field, as one plain object (the form Huddle
+/// itself stores), or with FORM=ymap as a nested Y.Map per shape (the form older rooms hold).
+const nested = process.env.FORM === 'ymap';
 function preload(doc, n) {
   const kinds = ['rect', 'ellipse', 'pen', 'text', 'arrow'];
   const shapes = doc.getMap('shapes');
   doc.transact(() => {
     for (let i = 0; i < n; i++) {
       const kind = kinds[i % kinds.length];
-      const m = new Y.Map();
       const x = (i % 200) * 60, y = Math.floor(i / 200) * 60;
       const points = kind === 'pen' ? [0, 0, 10, 12, 20, 8, 30, 20, 40, 14] : kind === 'arrow' ? [0, 0, 40, 30] : [];
-      for (const [k, v] of Object.entries({ id: `s${i}`, kind, x, y, w: 44, h: 36, points, stroke: '#1e1e1e',
-        fill: i % 3 ? 'transparent' : '#a5d8ff', width: 2, text: kind === 'text' ? `note ${i}` : '', z: i, author: 'bench' })) m.set(k, v);
-      shapes.set(`s${i}`, m);
+      const fields = { id: `s${i}`, kind, x, y, w: 44, h: 36, points, stroke: '#1e1e1e',
+        fill: i % 3 ? 'transparent' : '#a5d8ff', width: 2, text: kind === 'text' ? `note ${i}` : '', z: i, author: 'bench' };
+      if (nested) {
+        const m = new Y.Map();
+        for (const [k, v] of Object.entries(fields)) m.set(k, v);
+        shapes.set(`s${i}`, m);
+      } else {
+        shapes.set(`s${i}`, fields);
+      }
     }
   });
 }

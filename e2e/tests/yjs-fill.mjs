@@ -13,12 +13,11 @@ const kinds = ['rect', 'ellipse', 'pen', 'text', 'arrow']
 doc.transact(() => {
   for (let i = 0; i < n; i++) {
     const kind = kinds[i % kinds.length]
-    const m = new Y.Map()
     const points = kind === 'pen' ? [0, 0, 10, 12, 20, 8, 30, 20, 40, 14] : kind === 'arrow' ? [0, 0, 40, 30] : []
-    Object.entries({ id: `s${i}`, kind, x: (i % 60) * 60, y: Math.floor(i / 60) * 60, w: 44, h: 36, points,
-      stroke: '#1e1e1e', fill: i % 3 ? 'transparent' : '#a5d8ff', width: 2, text: kind === 'text' ? `note ${i}` : '',
-      z: i, author: 'fill' }).forEach(([k, v]) => m.set(k, v))
-    doc.getMap('shapes').set(`s${i}`, m)
+    // Each shape one plain object, as Huddle itself stores them.
+    doc.getMap('shapes').set(`s${i}`, { id: `s${i}`, kind, x: (i % 60) * 60, y: Math.floor(i / 60) * 60, w: 44, h: 36,
+      points, stroke: '#1e1e1e', fill: i % 3 ? 'transparent' : '#a5d8ff', width: 2,
+      text: kind === 'text' ? `note ${i}` : '', z: i, author: 'fill' })
   }
 })
 const provider = new WebsocketProvider(serverUrl, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true })

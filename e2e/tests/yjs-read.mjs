@@ -1,6 +1,6 @@
 // Reads a room through a stock Yjs client (yjs + y-websocket from npm) and prints its shapes as
-// JSON on stdout, noting for each whether `points` is a plain array or a nested Y.Array (the
-// documented schema allows both).
+// JSON on stdout, noting for each whether it is a plain object or a nested Y.Map, and whether
+// `points` is a plain array or a nested Y.Array (the documented schema allows both).
 // usage: node yjs-read.mjs ws://HOST:PORT/ws ROOM
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -15,6 +15,7 @@ provider.once('sync', () => {
   doc.getMap('shapes').forEach((shape, id) => {
     const points = shape instanceof Y.Map ? shape.get('points') : shape.points
     out[id] = {
+      form: shape instanceof Y.Map ? 'Y.Map' : 'object',
       kind: shape instanceof Y.Map ? shape.get('kind') : shape.kind,
       pointsType: points instanceof Y.Array ? 'Y.Array' : 'array',
       points: points instanceof Y.Array ? points.toArray() : points,

@@ -206,9 +206,9 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
     let url = server.url("big");
     let mut ada = TestClient::connect(&url).await;
     ada.synced().await;
-    ada.add_many_shapes(2000).await;
+    ada.add_many_shapes(5000).await;
     let mut check = TestClient::connect(&url).await;
-    check.until("all 2000 stored", |s| common::sync_doc_contents(s).len() == 2000).await;
+    check.until("all 5000 stored", |s| common::sync_doc_contents(s).len() == 5000).await;
     let saved = ada.session.snapshot();
     ada.close().await;
     check.close().await;
@@ -240,7 +240,7 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
         client
             .until(&format!("{who} has everything"), |s| {
                 let ids = common::sync_doc_contents(s);
-                ids.len() == 2002
+                ids.len() == 5002
                     && ids.iter().any(|i| i == "late")
                     && ids.iter().any(|i| i == "made-offline")
             })

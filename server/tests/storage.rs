@@ -80,9 +80,9 @@ async fn a_damaged_big_snapshot_is_never_served() {
     let server = TestServer::start_with(test_config(dir.path())).await;
     let mut c = TestClient::connect(&server.url("big")).await;
     c.synced().await;
-    c.add_many_shapes(2000).await;
+    c.add_many_shapes(5000).await;
     let mut w = TestClient::connect(&server.url("big")).await;
-    w.until("durable", |s| common::sync_doc_contents(s).len() == 2000).await;
+    w.until("durable", |s| common::sync_doc_contents(s).len() == 5000).await;
     c.close().await;
     w.close().await;
     server.stop().await;

@@ -1,11 +1,14 @@
 //! The board + chat document schema, with typed accessors.
 //!
 //! One Yjs document per room holds:
-//! - `shapes`: a root `Y.Map` from shape id to a nested `Y.Map` of that shape's fields (nested so
-//!   that two people changing different fields of one shape — one moves it, one recolours it —
-//!   both win). A plain JSON object in place of the nested map is read as well, so a script can
-//!   `shapes.set(id, {...})`.
-//! - `chat`: a root `Y.Array` of chat messages, each a `Y.Map` (or plain object), in send order.
+//! - `shapes`: a root `Y.Map` from shape id to that shape's fields as one plain JSON object.
+//!   One value per shape, not a nested `Y.Map` of fields: opening a board costs one CRDT item
+//!   per shape instead of fourteen, which made applying a 10,000-shape room 3.7× faster (see
+//!   `docs/benchmarks.md`). The price is the one Excalidraw and tldraw pay too: two people
+//!   changing the *same* shape at the same instant keep the last writer's version. Shapes stored
+//!   as nested `Y.Map`s (older rooms, other clients, and a pen stroke while it is being drawn,
+//!   whose points grow by appending) are read and edited as well.
+//! - `chat`: a root `Y.Array` of chat messages, each a plain object (or `Y.Map`), in send order.
 //!
 //! Field names and types are listed in `shared/README.md` for non-Rust clients.
 
@@ -23,6 +26,12 @@ use yrs::{
 pub const SHAPES: &str = "shapes";
 /// Name of the root array holding the chat messages.
 pub const CHAT: &str = "chat";
+/// Stroke colour of a shape that names none.
+pub const DEFAULT_STROKE: &str = "#1e1e1e";
+/// Fill of a shape that names none: no fill.
+pub const DEFAULT_FILL: &str = "transparent";
+/// Stroke width of a shape that names none, board units.
+pub const DEFAULT_WIDTH: f64 = 2.0;
 /// Longest chat message accepted by Huddle's clients, in characters.
 pub const MAX_CHAT_CHARS: usize = 4000;
 
@@ -119,35 +128,62 @@ impl Shape {
             w: 0.0,
             h: 0.0,
             points: Vec::new(),
-            stroke: "#1e1e1e".into(),
-            fill: "transparent".into(),
-            width: 2.0,
+            stroke: DEFAULT_STROKE.into(),
+            fill: DEFAULT_FILL.into(),
+            width: DEFAULT_WIDTH,
             text: String::new(),
             z: 0.0,
             author: String::new(),
         }
     }
 
-    /// The shape as a plain object's fields (the schema's other accepted form).
+    /// The shape as the schema's plain object. Fields holding their documented default (empty
+    /// `points` and `text`, `"transparent"` fill, `"#1e1e1e"` stroke, width 2, `id` equal to the
+    /// key) are left out: fewer bytes to send, store and decode for every shape.
     fn to_fields(&self) -> HashMap<String, Any> {
-        let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
-        HashMap::from([
-            ("id".to_owned(), Any::from(self.id.as_str())),
-            ("kind".to_owned(), Any::from(self.kind.as_str())),
-            ("x".to_owned(), Any::from(self.x)),
-            ("y".to_owned(), Any::from(self.y)),
-            ("w".to_owned(), Any::from(self.w)),
-            ("h".to_owned(), Any::from(self.h)),
-            ("points".to_owned(), Any::Array(points.into())),
-            ("stroke".to_owned(), Any::from(self.stroke.as_str())),
-            ("fill".to_owned(), Any::from(self.fill.as_str())),
-            ("width".to_owned(), Any::from(self.width)),
-            ("text".to_owned(), Any::from(self.text.as_str())),
-            ("z".to_owned(), Any::from(self.z)),
-            ("author".to_owned(), Any::from(self.author.as_str())),
-        ])
+        self.fields(false)
     }
 
+    /// The shape's fields, those at their default included when `all` (for exports, which
+    /// people read).
+    fn fields(&self, all: bool) -> HashMap<String, Any> {
+        let mut fields = HashMap::with_capacity(13);
+        let mut put = |name: &str, value: Any| {
+            fields.insert(name.to_owned(), value);
+        };
+        put("kind", Any::from(self.kind.as_str()));
+        put("x", Any::from(self.x));
+        put("y", Any::from(self.y));
+        put("w", Any::from(self.w));
+        put("h", Any::from(self.h));
+        put("z", Any::from(self.z));
+        if all {
+            put("id", Any::from(self.id.as_str()));
+        }
+        if all || !self.points.is_empty() {
+            let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
+            put("points", Any::Array(points.into()));
+        }
+        if all || self.stroke != DEFAULT_STROKE {
+            put("stroke", Any::from(self.stroke.as_str()));
+        }
+        if all || self.fill != DEFAULT_FILL {
+            put("fill", Any::from(self.fill.as_str()));
+        }
+        if all || self.width != DEFAULT_WIDTH {
+            put("width", Any::from(self.width));
+        }
+        if all || !self.text.is_empty() {
+            put("text", Any::from(self.text.as_str()));
+        }
+        if all || !self.author.is_empty() {
+            put("author", Any::from(self.author.as_str()));
+        }
+        fields
+    }
+
+    /// The shape as a nested map whose `points` are a `Y.Array`, for a stroke that will grow
+    /// (see [`Board::begin_stroke`]).
     fn to_prelim(&self) -> MapPrelim {
         let points: Vec<Any> = self.points.iter().map(|&p| Any::from(p)).collect();
         MapPrelim::from([
@@ -157,7 +193,7 @@ impl Shape {
             ("y", In::from(self.y)),
             ("w", In::from(self.w)),
             ("h", In::from(self.h)),
-            ("points", In::Any(Any::Array(points.into()))),
+            ("points", In::from(ArrayPrelim::from(points))),
             ("stroke", In::from(self.stroke.as_str())),
             ("fill", In::from(self.fill.as_str())),
             ("width", In::from(self.width)),
@@ -167,110 +203,120 @@ impl Shape {
         ])
     }
 
-    /// Reads a shape straight from its nested map, without building an intermediate JSON value
-    /// (this runs for every shape when a board opens).
+    /// Reads a shape from its nested map, without building an intermediate JSON value.
     fn from_map<T: ReadTxn>(key: &str, map: &MapRef, txn: &T) -> Option<Self> {
-        // Strings start empty (no allocation) and get their defaults only when the map lacks
-        // them: a third fewer allocations per shape.
-        let mut shape = Shape {
-            id: String::new(),
-            kind: ShapeKind::Rect,
-            x: 0.0,
-            y: 0.0,
-            w: 0.0,
-            h: 0.0,
-            points: Vec::new(),
-            stroke: String::new(),
-            fill: String::new(),
-            width: 2.0,
-            text: String::new(),
-            z: 0.0,
-            author: String::new(),
-        };
-        let (mut kind, mut has_id, mut has_stroke, mut has_fill) = (None, false, false, false);
+        let mut reader = ShapeReader::default();
         for (name, value) in map.iter(txn) {
-            let value = match value {
-                Out::Any(value) => value,
-                // A growing pen stroke keeps its points in a nested array (see
-                // [`Board::append_points`]).
+            match value {
+                Out::Any(value) => reader.field(name, &value),
+                // A pen stroke being drawn keeps its points in a nested array (see
+                // [`Board::begin_stroke`]).
                 Out::YArray(points) if name == "points" => {
-                    shape.points = points
+                    reader.shape.points = points
                         .iter(txn)
                         .filter_map(|p| match p {
                             Out::Any(p) => any_number(&p),
                             _ => None,
                         })
                         .collect();
-                    continue;
                 }
-                _ => continue,
-            };
-            match (name, value) {
-                ("kind", Any::String(k)) => kind = ShapeKind::parse(&k),
-                ("id", Any::String(v)) => {
-                    shape.id = v.to_string();
-                    has_id = true;
-                }
-                ("x", v) => shape.x = any_number(&v).unwrap_or(0.0),
-                ("y", v) => shape.y = any_number(&v).unwrap_or(0.0),
-                ("w", v) => shape.w = any_number(&v).unwrap_or(0.0),
-                ("h", v) => shape.h = any_number(&v).unwrap_or(0.0),
-                ("width", v) => shape.width = any_number(&v).unwrap_or(shape.width),
-                ("z", v) => shape.z = any_number(&v).unwrap_or(0.0),
-                ("points", Any::Array(points)) => {
-                    shape.points = points.iter().filter_map(any_number).collect()
-                }
-                ("stroke", Any::String(v)) => {
-                    shape.stroke = v.to_string();
-                    has_stroke = true;
-                }
-                ("fill", Any::String(v)) => {
-                    shape.fill = v.to_string();
-                    has_fill = true;
-                }
-                ("text", Any::String(v)) => shape.text = v.to_string(),
-                ("author", Any::String(v)) => shape.author = v.to_string(),
                 _ => {}
             }
         }
-        shape.kind = kind?;
-        if !has_id {
-            shape.id = key.to_owned();
-        }
-        if !has_stroke || !has_fill {
-            let defaults = Shape::new(String::new(), shape.kind);
-            if !has_stroke {
-                shape.stroke = defaults.stroke;
-            }
-            if !has_fill {
-                shape.fill = defaults.fill;
-            }
-        }
-        Some(shape)
+        reader.finish(key)
     }
 
+    /// Reads a shape from its plain object.
     fn from_fields(key: &str, fields: &HashMap<String, Any>) -> Option<Self> {
-        let kind = ShapeKind::parse(&str_field(fields, "kind")?)?;
-        let mut shape = Shape::new(str_field(fields, "id").unwrap_or_else(|| key.to_owned()), kind);
-        let num = |name: &str, default: f64| num_field(fields, name).unwrap_or(default);
-        shape.x = num("x", 0.0);
-        shape.y = num("y", 0.0);
-        shape.w = num("w", 0.0);
-        shape.h = num("h", 0.0);
-        shape.width = num("width", shape.width);
-        shape.z = num("z", 0.0);
-        if let Some(Any::Array(points)) = fields.get("points") {
-            shape.points = points.iter().filter_map(any_number).collect();
+        let mut reader = ShapeReader::default();
+        for (name, value) in fields {
+            reader.field(name, value);
         }
-        for (name, slot) in [
-            ("stroke", &mut shape.stroke),
-            ("fill", &mut shape.fill),
-            ("text", &mut shape.text),
-            ("author", &mut shape.author),
-        ] {
-            if let Some(v) = str_field(fields, name) {
-                *slot = v;
+        reader.finish(key)
+    }
+}
+
+/// Builds a [`Shape`] from its fields in one pass over them, whichever form they are stored in.
+/// This runs for every shape when a board opens, so it looks each field up once instead of
+/// hashing every name, and gives strings their defaults only when they are missing.
+struct ShapeReader {
+    shape: Shape,
+    kind: Option<ShapeKind>,
+    has_id: bool,
+    has_stroke: bool,
+    has_fill: bool,
+}
+
+impl Default for ShapeReader {
+    fn default() -> Self {
+        Self {
+            // Strings start empty: no allocation until a field is read.
+            shape: Shape {
+                id: String::new(),
+                kind: ShapeKind::Rect,
+                x: 0.0,
+                y: 0.0,
+                w: 0.0,
+                h: 0.0,
+                points: Vec::new(),
+                stroke: String::new(),
+                fill: String::new(),
+                width: DEFAULT_WIDTH,
+                text: String::new(),
+                z: 0.0,
+                author: String::new(),
+            },
+            kind: None,
+            has_id: false,
+            has_stroke: false,
+            has_fill: false,
+        }
+    }
+}
+
+impl ShapeReader {
+    fn field(&mut self, name: &str, value: &Any) {
+        let shape = &mut self.shape;
+        match (name, value) {
+            ("kind", Any::String(k)) => self.kind = ShapeKind::parse(k),
+            ("id", Any::String(v)) => {
+                shape.id = v.to_string();
+                self.has_id = true;
             }
+            ("x", v) => shape.x = any_number(v).unwrap_or(0.0),
+            ("y", v) => shape.y = any_number(v).unwrap_or(0.0),
+            ("w", v) => shape.w = any_number(v).unwrap_or(0.0),
+            ("h", v) => shape.h = any_number(v).unwrap_or(0.0),
+            ("width", v) => shape.width = any_number(v).unwrap_or(DEFAULT_WIDTH),
+            ("z", v) => shape.z = any_number(v).unwrap_or(0.0),
+            ("points", Any::Array(points)) => {
+                shape.points = points.iter().filter_map(any_number).collect()
+            }
+            ("stroke", Any::String(v)) => {
+                shape.stroke = v.to_string();
+                self.has_stroke = true;
+            }
+            ("fill", Any::String(v)) => {
+                shape.fill = v.to_string();
+                self.has_fill = true;
+            }
+            ("text", Any::String(v)) => shape.text = v.to_string(),
+            ("author", Any::String(v)) => shape.author = v.to_string(),
+            _ => {}
+        }
+    }
+
+    fn finish(self, key: &str) -> Option<Shape> {
+        let mut shape = self.shape;
+        shape.kind = self.kind?;
+        if !self.has_id {
+            shape.id = key.to_owned();
+        }
+        if !self.has_stroke {
+            shape.stroke = DEFAULT_STROKE.to_owned();
+        }
+        if !self.has_fill {
+            shape.fill = DEFAULT_FILL.to_owned();
         }
         Some(shape)
     }
@@ -294,15 +340,17 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
-    fn to_prelim(&self) -> MapPrelim {
-        MapPrelim::from([
-            ("id", In::from(self.id.as_str())),
-            ("authorId", In::from(self.author_id.as_str())),
-            ("authorName", In::from(self.author_name.as_str())),
-            ("authorColor", In::from(self.author_color.as_str())),
-            ("text", In::from(self.text.as_str())),
-            ("ts", In::from(self.ts)),
-        ])
+    /// The message as one plain object: messages are never edited, so a nested map's per-field
+    /// items would only make the room slower to open.
+    fn to_any(&self) -> Any {
+        Any::from(HashMap::from([
+            ("id".to_owned(), Any::from(self.id.as_str())),
+            ("authorId".to_owned(), Any::from(self.author_id.as_str())),
+            ("authorName".to_owned(), Any::from(self.author_name.as_str())),
+            ("authorColor".to_owned(), Any::from(self.author_color.as_str())),
+            ("text".to_owned(), Any::from(self.text.as_str())),
+            ("ts".to_owned(), Any::from(self.ts)),
+        ]))
     }
 
     fn from_fields(fields: &HashMap<String, Any>) -> Option<Self> {
@@ -334,13 +382,31 @@ impl Board {
         Self { shapes: doc.get_or_insert_map(SHAPES), chat: doc.get_or_insert_array(CHAT) }
     }
 
-    /// Adds `shape`, or replaces the shape with the same id.
+    /// Adds `shape`, or replaces the shape with the same id, as one plain object.
     pub fn put_shape(&self, txn: &mut TransactionMut<'_>, shape: &Shape) {
+        self.shapes.insert(txn, shape.id.as_str(), Any::from(shape.to_fields()));
+    }
+
+    /// Adds a pen stroke that is about to grow: stored as a nested map whose `points` are a
+    /// `Y.Array`, so each [`Board::append_points`] sends only the new points (O(stroke) on the
+    /// wire and in the server's log, not O(stroke²) as rewriting the list each time did).
+    /// [`Board::settle`] turns it into the compact form once the stroke is finished.
+    pub fn begin_stroke(&self, txn: &mut TransactionMut<'_>, shape: &Shape) {
         self.shapes.insert(txn, shape.id.as_str(), shape.to_prelim());
     }
 
-    /// Sets one field of an existing shape (e.g. `"x"` when moving it). Returns false if there is
-    /// no such shape or it is stored as a plain object (then use [`Board::put_shape`]).
+    /// Turns a shape stored as a nested map (a finished stroke, or a shape written by another
+    /// client) into one plain object, the form that is cheapest to open. Returns false if
+    /// there is no such shape, or it already is a plain object.
+    pub fn settle(&self, txn: &mut TransactionMut<'_>, id: &str) -> bool {
+        let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
+        let Some(shape) = Shape::from_map(id, &map, txn) else { return false };
+        self.put_shape(txn, &shape);
+        true
+    }
+
+    /// Sets one field of an existing shape (e.g. `"z"` when restacking it). Returns false if
+    /// there is no such shape.
     pub fn set_field(
         &self,
         txn: &mut TransactionMut<'_>,
@@ -348,23 +414,56 @@ impl Board {
         field: &str,
         value: impl Into<Any>,
     ) -> bool {
+        self.set_fields(txn, id, [(field, value.into())])
+    }
+
+    /// Sets several fields of an existing shape in one write (moving it sets `x` and `y`).
+    /// A plain-object shape is replaced by a copy with the fields changed, so a concurrent
+    /// change of the same shape by someone else is settled as last writer wins; a nested-map
+    /// shape gets each field set on its own. Returns false if there is no such shape.
+    pub fn set_fields<'a>(
+        &self,
+        txn: &mut TransactionMut<'_>,
+        id: &str,
+        changes: impl IntoIterator<Item = (&'a str, Any)>,
+    ) -> bool {
         match self.shapes.get(txn, id) {
             Some(Out::YMap(map)) => {
-                map.insert(txn, field, In::Any(value.into()));
+                for (field, value) in changes {
+                    map.insert(txn, field, In::Any(value));
+                }
+                true
+            }
+            Some(Out::Any(Any::Map(fields))) => {
+                let mut fields = Arc::unwrap_or_clone(fields);
+                for (field, value) in changes {
+                    fields.insert(field.to_owned(), value);
+                }
+                self.shapes.insert(txn, id, Any::from(fields));
                 true
             }
             _ => false,
         }
     }
 
-    /// Appends `more` (flat `x, y` pairs) to a shape's `points`, sending only the new points:
-    /// a pen stroke grows by appending, so drawing a long stroke costs O(its length) on the
-    /// wire and in the server's log, not O(length²) as rewriting the whole list each time did.
-    /// The first append turns a plain `points` list into a nested `Y.Array` holding the same
-    /// numbers. Returns false if there is no such shape or it is stored as a plain object.
+    /// Appends `more` (flat `x, y` pairs) to the `points` of a stroke begun with
+    /// [`Board::begin_stroke`], sending only the new points. A nested-map shape whose `points`
+    /// are a plain list gets them turned into a `Y.Array` first; a plain-object shape is
+    /// rewritten whole. Returns false if there is no such shape.
     pub fn append_points(&self, txn: &mut TransactionMut<'_>, id: &str, more: &[f64]) -> bool {
-        let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
         let more = more.iter().map(|&v| Any::from(v));
+        let map = match self.shapes.get(txn, id) {
+            Some(Out::YMap(map)) => map,
+            Some(Out::Any(Any::Map(fields))) => {
+                let mut all: Vec<Any> = match fields.get("points") {
+                    Some(Any::Array(old)) => old.to_vec(),
+                    _ => Vec::new(),
+                };
+                all.extend(more);
+                return self.set_fields(txn, id, [("points", Any::Array(all.into()))]);
+            }
+            _ => return false,
+        };
         match map.get(txn, "points") {
             Some(Out::YArray(points)) => {
                 let end = points.len(txn);
@@ -409,15 +508,29 @@ impl Board {
     /// any field changed, in a nested map or a plain object — from inside the commit. Paired
     /// with [`Board::refresh`], this lets a view re-read only what changed: re-reading every
     /// shape after each remote edit took 37 ms at 10k shapes and 145 ms at 40k in the browser.
-    /// `changed` returns whether it wants more ids from this transaction (a view that will
-    /// re-read everything anyway returns false, and the rest of a big sync is skipped). `key`
-    /// names the observer for [`Board::unobserve_shapes`].
+    /// `changed` returns whether it wants more ids from this transaction. `wants` is asked
+    /// first, with how many elements the transaction added (CRDT clock ticks: one per shape
+    /// object, map field or array number, one per character of text), before anything is
+    /// worked out: a view that will re-read everything anyway (before its first full read, or
+    /// for a change that big) says no, and the rest is skipped — for a 10,000-shape sync,
+    /// listing what changed is a map of 10,000 entries. `key` names the observer for
+    /// [`Board::unobserve_shapes`].
     pub fn observe_shapes(
         &self,
         key: &str,
+        wants: impl Fn(u64) -> bool + Send + Sync + 'static,
         mut changed: impl FnMut(&str) -> bool + Send + Sync + 'static,
     ) {
         self.shapes.observe_deep(key, move |txn, events| {
+            let before = txn.before_state();
+            let added: u64 = txn
+                .after_state()
+                .iter()
+                .map(|(client, &clock)| u64::from(clock.saturating_sub(before.get(client))))
+                .sum();
+            if !wants(added) {
+                return;
+            }
             for event in events.iter() {
                 let more = match event.path().front() {
                     Some(PathSegment::Key(id)) => changed(id),
@@ -460,14 +573,36 @@ impl Board {
         }
     }
 
+    /// The whole room as JSON, `{"shapes": {<id>: {<every field>}}, "chat": [<message>]}`: each
+    /// shape of a known kind with all its fields, defaults included, whichever form it is
+    /// stored in, so the export reads the same for every room.
+    pub fn to_json<T: ReadTxn>(&self, txn: &T) -> String {
+        let shapes: HashMap<String, Any> = self
+            .shapes(txn)
+            .into_iter()
+            .map(|s| (s.id.clone(), Any::from(s.fields(true))))
+            .collect();
+        let chat: Vec<Any> = self.chat(txn).iter().map(ChatMessage::to_any).collect();
+        let mut out = String::new();
+        Any::from(HashMap::from([
+            ("shapes".to_owned(), Any::from(shapes)),
+            ("chat".to_owned(), Any::Array(chat.into())),
+        ]))
+        .to_json(&mut out);
+        out
+    }
+
     /// Appends a chat message.
     pub fn post_chat(&self, txn: &mut TransactionMut<'_>, message: &ChatMessage) {
-        self.chat.push_back(txn, message.to_prelim());
+        self.chat.push_back(txn, message.to_any());
     }
 
     /// Every chat message, in order.
     pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
-        self.chat.iter(txn).filter_map(|out| ChatMessage::from_fields(&fields(txn, out)?)).collect()
+        self.chat
+            .iter(txn)
+            .filter_map(|out| ChatMessage::from_fields(&*fields(txn, out)?))
+            .collect()
     }
 }
 
@@ -516,22 +651,25 @@ fn drawing_order(a: &Shape, b: &Shape) -> std::cmp::Ordering {
     a.z.total_cmp(&b.z).then_with(|| a.id.cmp(&b.id))
 }
 
-/// A shape stored as a nested map (Huddle's own) or as a plain object (a script's).
+/// A shape stored as a plain object (Huddle's own) or as a nested map (a stroke being drawn,
+/// an older room's, or another client's).
 fn read_shape<T: ReadTxn>(txn: &T, key: &str, out: Out) -> Option<Shape> {
     match out {
         Out::YMap(map) => Shape::from_map(key, &map, txn),
-        other => Shape::from_fields(key, &fields(txn, other)?),
+        // Read in place: cloning each shape's map first cost a third of opening a board.
+        Out::Any(Any::Map(fields)) => Shape::from_fields(key, &fields),
+        _ => None,
     }
 }
 
 /// The fields of a nested `Y.Map` or of a plain JSON object, as plain values.
-fn fields<T: ReadTxn>(txn: &T, out: Out) -> Option<HashMap<String, Any>> {
+fn fields<T: ReadTxn>(txn: &T, out: Out) -> Option<Arc<HashMap<String, Any>>> {
     match out {
         Out::YMap(map) => match map.to_json(txn) {
-            Any::Map(m) => Some(Arc::unwrap_or_clone(m)),
+            Any::Map(m) => Some(m),
             _ => None,
         },
-        Out::Any(Any::Map(m)) => Some(Arc::unwrap_or_clone(m)),
+        Out::Any(Any::Map(m)) => Some(m),
         _ => None,
     }
 }
@@ -581,7 +719,7 @@ mod tests {
         let board = Board::new(&doc);
         let mut pen = Shape::new("p1", ShapeKind::Pen);
         pen.points = vec![0.0, 0.0];
-        board.put_shape(&mut doc.transact_mut(), &pen);
+        board.begin_stroke(&mut doc.transact_mut(), &pen);
         let peer = Doc::with_client_id(2);
         let sync = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
         peer.transact_mut()
@@ -608,7 +746,26 @@ mod tests {
             let got = Board::new(d).shape(&d.transact(), "p1").expect("the stroke");
             assert_eq!(got.points, expected);
         }
-        // Rewriting the points (a resize) goes back to a plain list, still read the same way.
+        // The finished stroke becomes one plain object, read the same way by both.
+        assert!(board.settle(&mut doc.transact_mut(), "p1"));
+        assert!(!board.settle(&mut doc.transact_mut(), "p1"), "already settled");
+        let sync = doc.transact().encode_state_as_update_v1(&peer.transact().state_vector());
+        peer.transact_mut()
+            .apply_update(Update::decode_v1(&sync).expect("decodes"))
+            .expect("applies");
+        for d in [&doc, &peer] {
+            let board = Board::new(d);
+            let txn = d.transact();
+            assert!(matches!(board.shapes.get(&txn, "p1"), Some(Out::Any(Any::Map(_)))));
+            assert_eq!(board.shape(&txn, "p1").expect("the stroke").points, expected);
+        }
+        // Appending to a settled stroke rewrites its list; rewriting the points (a resize)
+        // replaces it; both read back.
+        assert!(board.append_points(&mut doc.transact_mut(), "p1", &[7.0, 8.0]));
+        assert_eq!(
+            board.shape(&doc.transact(), "p1").expect("the stroke").points[expected.len()..],
+            [7.0, 8.0]
+        );
         assert!(board.set_field(
             &mut doc.transact_mut(),
             "p1",
@@ -625,10 +782,14 @@ mod tests {
         let board = Board::new(&doc);
         let changed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let sink = Arc::clone(&changed);
-        board.observe_shapes("test", move |id| {
-            sink.lock().expect("lock").push(id.to_owned());
-            true
-        });
+        board.observe_shapes(
+            "test",
+            |_| true,
+            move |id| {
+                sink.lock().expect("lock").push(id.to_owned());
+                true
+            },
+        );
         let mut list = Vec::new();
         let mut check = |what: &str| {
             let ids = std::mem::take(&mut *changed.lock().expect("lock"));
@@ -726,6 +887,70 @@ mod tests {
         assert_eq!(remote.chat(&txn), vec![msg]);
         assert!(remote.remove_shape(&mut txn, "r1"));
         assert_eq!(remote.shape_count(&txn), 1);
+    }
+
+    #[test]
+    fn each_shape_is_one_plain_object_without_its_defaults_and_edits_replace_it() {
+        let sync = |from: &Doc, to: &Doc| {
+            let sv = to.transact().state_vector();
+            let update = from.transact().encode_state_as_update_v1(&sv);
+            to.transact_mut()
+                .apply_update(Update::decode_v1(&update).expect("decodes"))
+                .expect("applies");
+        };
+        let a = Doc::with_client_id(1);
+        let board = Board::new(&a);
+        let mut r1 = Shape::new("r1", ShapeKind::Rect);
+        r1.w = 10.0;
+        let r2 = Shape::new("r2", ShapeKind::Ellipse);
+        {
+            let mut txn = a.transact_mut();
+            board.put_shape(&mut txn, &r1);
+            board.put_shape(&mut txn, &r2);
+        }
+        {
+            let txn = a.transact();
+            let Some(Out::Any(Any::Map(stored))) = board.shapes.get(&txn, "r1") else {
+                panic!("r1 is not a plain object");
+            };
+            let mut keys: Vec<&str> = stored.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["h", "kind", "w", "x", "y", "z"], "defaults are left out");
+            assert_eq!(board.shape(&txn, "r1"), Some(r1.clone()));
+            // The export spells every field out.
+            let Ok(Any::Map(room)) = Any::from_json(&board.to_json(&txn)) else { panic!("json") };
+            let Some(Any::Map(shapes)) = room.get("shapes") else { panic!("shapes") };
+            let Some(Any::Map(exported)) = shapes.get("r1") else { panic!("r1") };
+            assert_eq!(exported.len(), 13, "{exported:?}");
+            assert_eq!(exported.get("fill"), Some(&Any::from(DEFAULT_FILL)));
+        }
+
+        // Concurrent edits of different shapes both survive.
+        let b = Doc::with_client_id(2);
+        sync(&a, &b);
+        assert!(board.set_fields(
+            &mut a.transact_mut(),
+            "r1",
+            [("x", 5.0.into()), ("y", 6.0.into())]
+        ));
+        assert!(Board::new(&b).set_field(&mut b.transact_mut(), "r2", "fill", "#ffec99"));
+        sync(&a, &b);
+        sync(&b, &a);
+        let (mut moved, mut filled) = (r1.clone(), r2.clone());
+        (moved.x, moved.y) = (5.0, 6.0);
+        filled.fill = "#ffec99".into();
+        for d in [&a, &b] {
+            assert_eq!(Board::new(d).shapes(&d.transact()), vec![moved.clone(), filled.clone()]);
+        }
+
+        // Concurrent edits of the same shape: both sides settle on one writer's version.
+        assert!(board.set_field(&mut a.transact_mut(), "r1", "x", 100.0));
+        assert!(Board::new(&b).set_field(&mut b.transact_mut(), "r1", "stroke", "#e03131"));
+        sync(&a, &b);
+        sync(&b, &a);
+        let seen = |d: &Doc| Board::new(d).shape(&d.transact(), "r1").expect("r1");
+        assert_eq!(seen(&a), seen(&b));
+        assert!(!board.set_field(&mut a.transact_mut(), "missing", "x", 1.0));
     }
 
     #[test]

@@ -29,6 +29,10 @@ struct ShapeCache {
 /// full read, and after a change too big to be worth patching in (then the list is re-read).
 type Changed = std::sync::Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>;
 
+/// Shapes (or elements) changed at once beyond which the board re-reads every shape instead of
+/// patching its list.
+const BIG_CHANGE: u64 = 4096;
+
 /// Name of the board view's shape observer.
 const OBSERVER: &str = "board-view";
 
@@ -135,12 +139,20 @@ pub fn BoardView() -> impl IntoView {
         let changed = std::sync::Arc::clone(&changed);
         room.conn.with_value(|c| {
             c.with_doc(|doc| {
-                Board::new(doc).observe_shapes(OBSERVER, move |id| {
+                // A big change (a sync, a paste of thousands) is cheaper to re-read whole.
+                let wants = std::sync::Arc::clone(&changed);
+                let wants = move |added: u64| {
+                    let Ok(mut guard) = wants.lock() else { return false };
+                    if added > BIG_CHANGE {
+                        *guard = None;
+                    }
+                    guard.is_some()
+                };
+                Board::new(doc).observe_shapes(OBSERVER, wants, move |id| {
                     let Ok(mut guard) = changed.lock() else { return false };
                     let Some(set) = guard.as_mut() else { return false };
                     set.insert(id.to_owned());
-                    // A big change (a sync, a paste of thousands) is cheaper to re-read.
-                    if set.len() > 4096 {
+                    if set.len() as u64 > BIG_CHANGE {
                         *guard = None;
                         return false;
                     }
@@ -389,7 +401,7 @@ pub fn BoardView() -> impl IntoView {
                 style.kind = ShapeKind::Pen;
                 style.points = vec![0.0, 0.0];
                 style.fill = "transparent".into();
-                conn.edit(|b, t| b.put_shape(t, &style));
+                conn.edit(|b, t| b.begin_stroke(t, &style));
                 drag.set_value(Drag::Pen {
                     id: style.id,
                     origin: p,
@@ -481,8 +493,7 @@ pub fn BoardView() -> impl IntoView {
                 let (dx, dy) = (p.0 - start.0, p.1 - start.1);
                 conn.edit(|b, t| {
                     for (id, x, y) in &orig {
-                        b.set_field(t, id, "x", Any::from(x + dx));
-                        b.set_field(t, id, "y", Any::from(y + dy));
+                        b.set_fields(t, id, [("x", Any::from(x + dx)), ("y", Any::from(y + dy))]);
                     }
                 });
             }
@@ -493,9 +504,9 @@ pub fn BoardView() -> impl IntoView {
                 });
             }
             Drag::Resize { id, anchor, points: None } => {
+                let (w, h) = ((p.0 - anchor.0).max(4.0), (p.1 - anchor.1).max(4.0));
                 conn.edit(|b, t| {
-                    b.set_field(t, &id, "w", Any::from((p.0 - anchor.0).max(4.0)));
-                    b.set_field(t, &id, "h", Any::from((p.1 - anchor.1).max(4.0)));
+                    b.set_fields(t, &id, [("w", Any::from(w)), ("h", Any::from(h))]);
                 });
             }
             Drag::Create { id, origin } => {
@@ -504,10 +515,16 @@ pub fn BoardView() -> impl IntoView {
                     if kind.is_some_and(crate::geometry::uses_points) {
                         b.set_field(t, &id, "points", segment(p.0 - origin.0, p.1 - origin.1));
                     } else {
-                        b.set_field(t, &id, "x", Any::from(origin.0.min(p.0)));
-                        b.set_field(t, &id, "y", Any::from(origin.1.min(p.1)));
-                        b.set_field(t, &id, "w", Any::from((p.0 - origin.0).abs()));
-                        b.set_field(t, &id, "h", Any::from((p.1 - origin.1).abs()));
+                        b.set_fields(
+                            t,
+                            &id,
+                            [
+                                ("x", Any::from(origin.0.min(p.0))),
+                                ("y", Any::from(origin.1.min(p.1))),
+                                ("w", Any::from((p.0 - origin.0).abs())),
+                                ("h", Any::from((p.1 - origin.1).abs())),
+                            ],
+                        );
                     }
                 });
             }
@@ -567,8 +584,7 @@ pub fn BoardView() -> impl IntoView {
                         if kind.is_some_and(crate::geometry::uses_points) {
                             b.set_field(t, &id, "points", segment(120.0, 0.0));
                         } else {
-                            b.set_field(t, &id, "w", Any::from(120.0));
-                            b.set_field(t, &id, "h", Any::from(80.0));
+                            b.set_fields(t, &id, [("w", Any::from(120.0)), ("h", Any::from(80.0))]);
                         }
                     });
                 }
@@ -584,7 +600,13 @@ pub fn BoardView() -> impl IntoView {
                 room.selection.set(sel);
             }
             Drag::Laser { .. } => conn.update_presence(|pr| pr.laser.clear()),
-            Drag::Pen { id, points, written, .. } => append_points(&conn, &id, &points[written..]),
+            Drag::Pen { id, points, written, .. } => {
+                append_points(&conn, &id, &points[written..]);
+                // The finished stroke becomes one plain object: cheapest for everyone to open.
+                conn.edit(|b, t| {
+                    b.settle(t, &id);
+                });
+            }
             _ => {}
         }
         conn.end_action();
@@ -682,11 +704,11 @@ pub fn BoardView() -> impl IntoView {
                     let text = event_target_value(&ev);
                     let (w, h) = text_box(&text);
                     room.conn.get_value().edit(|b, t| {
-                        b.set_field(t, &id_for_input, "text", Any::from(text.as_str()));
+                        let mut fields = vec![("text", Any::from(text.as_str()))];
                         if !sticky {
-                            b.set_field(t, &id_for_input, "w", Any::from(w));
-                            b.set_field(t, &id_for_input, "h", Any::from(h));
+                            fields.extend([("w", Any::from(w)), ("h", Any::from(h))]);
                         }
+                        b.set_fields(t, &id_for_input, fields);
                     });
                 }
                 on:blur=move |_| {

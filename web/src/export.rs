@@ -1,8 +1,7 @@
 //! Export (PNG, SVG, room JSON), copy/paste of shapes, and selection helpers.
 
-use huddle_protocol::schema::{Board, CHAT, SHAPES, Shape, ShapeKind};
-use huddle_protocol::yrs::types::ToJson;
-use huddle_protocol::yrs::{ReadTxn, Transact};
+use huddle_protocol::schema::{Board, Shape, ShapeKind};
+use huddle_protocol::yrs::Transact;
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -229,14 +228,9 @@ pub fn export_svg(state: RoomState) {
 pub fn export_json(state: RoomState) {
     let json = state.conn.with_value(|c| {
         c.with_doc(|doc| {
-            let shapes = doc.get_or_insert_map(SHAPES);
-            let chat = doc.get_or_insert_array(CHAT);
+            let board = Board::new(doc);
             let txn = doc.transact();
-            let (mut s, mut m) = (String::new(), String::new());
-            shapes.to_json(&txn).to_json(&mut s);
-            chat.to_json(&txn).to_json(&mut m);
-            let _ = txn.state_vector();
-            format!(r#"{{"shapes":{s},"chat":{m}}}"#)
+            board.to_json(&txn)
         })
     });
     download_text(&json, "application/json", "huddle-room.json");

@@ -29,7 +29,8 @@ const peerNames = () =>
 
 const report = () => ({
   shapes: [...shapes.keys()].sort(),
-  rustKind: shapes.get('rust-ellipse')?.get('kind'),
+  // Huddle writes a shape as one plain object; a Y.Map is read too.
+  rustKind: ((s) => (s instanceof Y.Map ? s.get('kind') : s?.kind))(shapes.get('rust-ellipse')),
   chat: chat.toArray().map((m) => (m instanceof Y.Map ? m.get('text') : m.text)),
   peers: peerNames()
 })
