@@ -153,7 +153,7 @@ test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) 
 });
 
 test('a big room shows how far opening has got, then every shape, over one socket', async ({ browser, server }) => {
-  const shapes = 3000; // about 0.8 MB: big enough for the "Opening the board" step
+  const shapes = 18000; // about 2.5 MB: big enough for the "Opening the board" step (2 MiB)
   await runYjsScript(server, 'yjs-fill.mjs', 'big-room', String(shapes));
   const context = await browser.newContext();
   await context.addInitScript(() => {

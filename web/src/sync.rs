@@ -147,8 +147,11 @@ pub struct Connection {
 }
 
 /// A first sync answer at least this big is applied only after the page has painted "Opening
-/// the board", since applying it blocks the page for a while (~20 ms per 1,000 shapes).
-const BIG_SYNC_BYTES: usize = 256 * 1024;
+/// the board", since applying it blocks the page for a while: about 60 ms per MB (1 MB is
+/// about 7,000 shapes) on the benchmark machine, so ≥ 120 ms here. Below that the freeze is
+/// shorter than waiting for that paint is worth: holding back a 10,000-shape room's 1.4 MB
+/// answer for it cost ~35 ms of its ~400 ms open.
+const BIG_SYNC_BYTES: usize = 2 << 20;
 
 /// Heap a document takes in yrs per byte of its encoded update: applying a 2.8 MB sync of
 /// 10,000 shapes grew the wasm memory from 4 to 61 MB, an 11 MB one of 40,000 from 13 to
