@@ -30,9 +30,6 @@ pub struct Opts {
     /// Cold syncs (each after a server restart); only when the tool started the server.
     #[arg(long, default_value_t = 3)]
     pub cold: usize,
-    /// How the shapes are stored.
-    #[arg(long, value_enum, default_value = "object")]
-    pub form: ShapeForm,
 }
 
 /// Parameters of an edit-into-big run.
@@ -48,9 +45,6 @@ pub struct EditOpts {
     /// ticks) is measured to a percent or two.
     #[arg(long, default_value_t = 8.0)]
     pub edit_secs: f64,
-    /// How the shapes are stored.
-    #[arg(long, value_enum, default_value = "object")]
-    pub form: ShapeForm,
 }
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -112,9 +106,14 @@ async fn fresh_sync(url: &str, count: bool) -> Result<(usize, usize)> {
 }
 
 /// Runs bigdoc against `target`; with `server`, also the cold syncs.
-pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Result<Report> {
+pub async fn run(
+    target: &Target,
+    server: Option<&mut Server>,
+    o: &Opts,
+    form: ShapeForm,
+) -> Result<Report> {
     let room = format!("big-{}", crate::run_salt());
-    let size = seed(target, &room, o.shapes, o.form).await?;
+    let size = seed(target, &room, o.shapes, form).await?;
     let url = target.room_url(&room);
     let mut report = Report::new(format!("bigdoc {} shapes", o.shapes), &target.name);
     report.row("document size", bytes(size as f64));
@@ -172,11 +171,11 @@ pub async fn run(target: &Target, server: Option<&mut Server>, o: &Opts) -> Resu
 }
 
 /// Runs edit-into-big against `target`.
-pub async fn run_edits(target: &Target, o: &EditOpts) -> Result<Report> {
+pub async fn run_edits(target: &Target, o: &EditOpts, form: ShapeForm) -> Result<Report> {
     let mut report = Report::new("edit-into-big", &target.name);
     for &shapes in &o.sizes {
         let room = format!("edit-{}-{shapes}", crate::run_salt());
-        seed(target, &room, shapes, o.form).await?;
+        seed(target, &room, shapes, form).await?;
         let url = target.room_url(&room);
         let doc = Doc::new();
         let board = Board::new(&doc);

@@ -43,6 +43,9 @@ pub struct Cli {
     /// For y-sweet at `--url`: its HTTP base (rooms are created with `POST /doc/new`).
     #[arg(long, requires = "url", global = true)]
     create_url: Option<String>,
+    /// How bigdoc and edit-into-big store the room's shapes.
+    #[arg(long, value_enum, default_value = "object", global = true)]
+    form: docgen::ShapeForm,
     #[command(flatten)]
     programs: Programs,
     #[command(subcommand)]
@@ -122,7 +125,7 @@ pub(crate) async fn first_failure<T>(
 pub async fn run(cli: Cli) -> Result<()> {
     system::raise_fd_limit();
     if let Command::Compare(o) = &cli.command {
-        return compare(&cli.programs, o).await;
+        return compare(&cli.programs, o, cli.form).await;
     }
     let mut server = match cli.server {
         Some(kind) => Some(Server::start(kind, &cli.programs).await?),
@@ -148,8 +151,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     let report = match &cli.command {
         Command::Fanout(o) => fanout::run(&target, o).await?,
         Command::Connections(o) => connections::run(&target, o).await?,
-        Command::Bigdoc(o) => bigdoc::run(&target, server.as_mut(), o).await?,
-        Command::EditIntoBig(o) => bigdoc::run_edits(&target, o).await?,
+        Command::Bigdoc(o) => bigdoc::run(&target, server.as_mut(), o, cli.form).await?,
+        Command::EditIntoBig(o) => bigdoc::run_edits(&target, o, cli.form).await?,
         Command::Awareness(o) => awareness::run(&target, o).await?,
         Command::Compare(_) => unreachable!("handled above"),
     };
@@ -158,7 +161,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Every scenario against each server, each on a freshly started server.
-async fn compare(programs: &Programs, o: &CompareOpts) -> Result<()> {
+async fn compare(programs: &Programs, o: &CompareOpts, form: docgen::ShapeForm) -> Result<()> {
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|s| s == name);
     let mut reports: Vec<Report> = Vec::new();
     for &kind in &o.servers {
@@ -176,9 +179,9 @@ async fn compare(programs: &Programs, o: &CompareOpts) -> Result<()> {
                 "connections" => connections::run(&target, &o.connections).await,
                 "bigdoc" => {
                     let restartable = server.kind() != Kind::Reference;
-                    bigdoc::run(&target, restartable.then_some(&mut server), &o.bigdoc).await
+                    bigdoc::run(&target, restartable.then_some(&mut server), &o.bigdoc, form).await
                 }
-                "edit-into-big" => bigdoc::run_edits(&target, &o.edits).await,
+                "edit-into-big" => bigdoc::run_edits(&target, &o.edits, form).await,
                 _ => awareness::run(&target, &o.awareness).await,
             };
             let report = result.unwrap_or_else(|e| {

@@ -3,7 +3,7 @@
 //! One Yjs document per room holds:
 //! - `shapes`: a root `Y.Map` from shape id to that shape's fields as one plain JSON object.
 //!   One value per shape, not a nested `Y.Map` of fields: opening a board costs one CRDT item
-//!   per shape instead of fourteen, which made applying a 10,000-shape room 3.7× faster (see
+//!   per shape instead of fourteen, which made applying a 10,000-shape room about 4× faster (see
 //!   `docs/benchmarks.md`). The price is the one Excalidraw and tldraw pay too: two people
 //!   changing the *same* shape at the same instant keep the last writer's version. Shapes stored
 //!   as nested `Y.Map`s (older rooms, other clients, and a pen stroke while it is being drawn,
