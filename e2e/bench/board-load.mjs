@@ -147,7 +147,7 @@ for (const n of sizes) {
     const loadMs = Date.now() - t0;
     // Where the time went, from the page's own clocks (ms since navigation start).
     const phases = await page.evaluate(() => {
-      const res = (name) => performance.getEntriesByType('resource').find((e) => e.name.endsWith(name));
+      const res = (name) => performance.getEntriesByType('resource').find((e) => new URL(e.name).pathname.endsWith(name));
       const nav = performance.getEntriesByType('navigation')[0];
       const r = (x) => (x === undefined ? '-' : Math.round(x));
       const out = {

@@ -4,6 +4,12 @@
 //!
 //! Any path that is not a file (`/`, `/r/{room}`) gets `index.html`, so room links work as
 //! deep links.
+//!
+//! `index.html` names every other file with its version, `/huddle_web_bg.wasm?v=<hash>`, and
+//! such a versioned URL is served as immutable: a returning visitor's browser (and the service
+//! worker, `assets/sw.js`) then uses its copy without asking the server again. Unversioned
+//! URLs are revalidated on every use (cheap: a 304 via the ETag). The HTML itself is always
+//! revalidated, so a new build is picked up at the next load.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -15,6 +21,34 @@ use rust_embed::RustEmbed;
 #[folder = "../web/dist"]
 #[allow_missing = true]
 struct Bundle;
+
+/// Files whose URLs `index.html` versions: all but the HTML and the service worker (whose URL
+/// must stay the same for its registration).
+fn versioned(name: &str) -> bool {
+    name != "index.html" && name != "sw.js"
+}
+
+/// A file's version: the start of its SHA-256, as in its ETag.
+fn version(file: &rust_embed::EmbeddedFile) -> String {
+    hex(&file.metadata.sha256_hash()[..8])
+}
+
+/// `html` with every quoted reference to a bundle file (`"/huddle_web.js"`) given its version
+/// (`"/huddle_web.js?v=…"`).
+fn with_versions(html: &str) -> String {
+    let mut out = html.to_owned();
+    for name in Bundle::iter().filter(|name| versioned(name)) {
+        let Some(file) = Bundle::get(&name) else { continue };
+        let v = version(&file);
+        for quote in ['"', '\''] {
+            out = out.replace(
+                &format!("{quote}/{name}{quote}"),
+                &format!("{quote}/{name}?v={v}{quote}"),
+            );
+        }
+    }
+    out
+}
 
 /// Serves a bundle file, or `index.html` for app routes.
 pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
@@ -34,12 +68,27 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
             }
         },
     };
-    let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()[..16]));
+    let mime = file.metadata.mimetype().to_owned();
+    // Immutable only when the URL names this very version (an older page may still ask for
+    // an older one: it gets today's file, revalidated like any unversioned URL).
+    let immutable = versioned(name)
+        && uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == format!("v={}", version(&file))));
+    // The HTML's content includes the other files' versions, so its ETag is taken from what is
+    // sent: a new wasm under an unchanged `index.html` still changes it.
+    let (body, etag) = if name == "index.html" {
+        let html = with_versions(&String::from_utf8_lossy(&file.data));
+        let etag = format!("\"{}-{:08x}\"", version(&file), crc32fast::hash(html.as_bytes()));
+        (Body::from(html), etag)
+    } else {
+        let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()[..16]));
+        (Body::from(file.data.into_owned()), etag)
+    };
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }
-    let mime = file.metadata.mimetype().to_owned();
-    let mut response = Response::new(Body::from(file.data.into_owned()));
+    let mut response = Response::new(body);
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&mime) {
         h.insert(header::CONTENT_TYPE, v);
@@ -47,9 +96,14 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    // File names carry no hash, so browsers revalidate (cheap: 304 via the ETag).
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    let _ = name;
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if immutable {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        }),
+    );
     response
 }
 
