@@ -145,6 +145,12 @@ test('a reload while the server is down still shows the board, and offline edits
   await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
   // The service worker holds the app shell once it controls the page.
   await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  // The page names the app's files by version, and a versioned file is cached for good, so a
+  // returning visitor does not wait on the server for them; the bare name is revalidated.
+  const html = await (await a.request.get(`${server.url}/r/any`)).text();
+  const wasm = html.match(/\/huddle_web_bg\.wasm\?v=[0-9a-f]+/)![0];
+  expect((await a.request.get(server.url + wasm)).headers()['cache-control']).toContain('immutable');
+  expect((await a.request.get(`${server.url}/huddle_web_bg.wasm`)).headers()['cache-control']).toBe('no-cache');
 
   await server.stop();
   await a.reload();

@@ -36,10 +36,17 @@ fn version(file: &rust_embed::EmbeddedFile) -> String {
 /// `html` with every quoted reference to a bundle file (`"/huddle_web.js"`) given its version
 /// (`"/huddle_web.js?v=…"`).
 fn with_versions(html: &str) -> String {
+    let files = Bundle::iter()
+        .filter(|name| versioned(name))
+        .filter_map(|name| Bundle::get(&name).map(|file| (name.into_owned(), version(&file))));
+    add_versions(html, files)
+}
+
+/// `html` with each `"/<name>"` or `'/<name>'` of `files` (name, version) turned into
+/// `"/<name>?v=<version>"`.
+fn add_versions(html: &str, files: impl IntoIterator<Item = (String, String)>) -> String {
     let mut out = html.to_owned();
-    for name in Bundle::iter().filter(|name| versioned(name)) {
-        let Some(file) = Bundle::get(&name) else { continue };
-        let v = version(&file);
+    for (name, v) in files {
         for quote in ['"', '\''] {
             out = out.replace(
                 &format!("{quote}/{name}{quote}"),
@@ -109,4 +116,23 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_names_each_file_with_its_version_and_nothing_else_changes() {
+        let html = r#"<link href="/huddle_web.js"><script>import x from '/huddle_web.js'; f('/huddle_web_bg.wasm'); g("/huddle_web.jsx"); register('/sw.js')</script>"#;
+        let files = [
+            ("huddle_web.js".to_owned(), "aa".to_owned()),
+            ("huddle_web_bg.wasm".to_owned(), "bb".to_owned()),
+        ];
+        assert_eq!(
+            add_versions(html, files),
+            r#"<link href="/huddle_web.js?v=aa"><script>import x from '/huddle_web.js?v=aa'; f('/huddle_web_bg.wasm?v=bb'); g("/huddle_web.jsx"); register('/sw.js')</script>"#
+        );
+        assert!(!versioned("sw.js") && !versioned("index.html") && versioned("assets/style.css"));
+    }
 }
