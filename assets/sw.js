@@ -3,10 +3,13 @@
 //
 // The HTML goes to the network first (with navigation preload), so a new build is picked up as
 // soon as the server answers. It names every other file with its version
-// (`/huddle_web_bg.wasm?v=<hash>`, see server/src/web.rs), and a versioned file never changes,
-// so those are served from this worker's cache without asking anyone: going through the network
-// for them cost a returning visitor 30–50 ms per page load.
-const CACHE = 'huddle-shell-v2';
+// (`/huddle_web_bg.wasm?v=<hash>`, see server/src/web.rs). A versioned file never changes: the
+// server marks it immutable, so the browser's HTTP cache answers for it without a request, and
+// this worker keeps a copy of each for when the server is unreachable.
+const CACHE = 'huddle-shell-v3';
+
+/// Pages (client ids) whose HTML came from this cache because the server was unreachable.
+const offlinePages = new Set();
 
 /// The versioned files an HTML page names.
 function versionedIn(html) {
@@ -35,13 +38,6 @@ async function keepIfNew(response) {
 }
 
 self.addEventListener('install', (event) => {
-  // Versioned files are read straight from the cache by the browser, without starting this
-  // worker, where the browser supports it (static routing); a miss goes to the network.
-  if (event.addRoutes) {
-    try {
-      event.addRoutes({ condition: { urlPattern: new URLPattern({ search: 'v=*' }) }, source: 'cache' });
-    } catch (e) { /* older browsers: the fetch handler below does the same */ }
-  }
   event.waitUntil((async () => {
     const response = await fetch('/', { cache: 'no-cache' });
     if (response.ok) await keepShell(await response.clone().text(), response);
@@ -68,23 +64,18 @@ self.addEventListener('fetch', (event) => {
         if (response.ok) event.waitUntil(keepIfNew(response.clone()));
         return response;
       } catch (e) {
+        // Offline: this page's versioned files come from this cache too (see below).
+        if (offlinePages.size > 100) offlinePages.clear();
+        if (event.resultingClientId) offlinePages.add(event.resultingClientId);
         return (await caches.match('/')) || Response.error();
       }
     })());
     return;
   }
-  if (url.search.startsWith('?v=')) {
-    // A versioned file never changes: the cached copy, else the network (and keep it).
-    event.respondWith((async () => {
-      const cached = await caches.match(event.request);
-      if (cached) return cached;
-      const response = await fetch(event.request);
-      if (response.ok) {
-        const copy = response.clone();
-        event.waitUntil(caches.open(CACHE).then((c) => c.put(event.request, copy)));
-      }
-      return response;
-    })());
+  if (url.search.startsWith('?v=') && offlinePages.has(event.clientId)) {
+    event.respondWith((async () => (await caches.match(event.request)) || fetch(event.request))());
   }
-  // Anything else goes to the network as usual.
+  // Anything else, versioned files of pages loaded online included, goes to the network: the
+  // HTTP cache holds versioned files as immutable and answers at once, with the wasm's
+  // compiled code cached alongside; answering them from this worker's cache cost 30–70 ms.
 });
