@@ -16,12 +16,25 @@ function versionedIn(html) {
   return [...new Set(html.match(/\/[A-Za-z0-9_./-]+\?v=[0-9a-f]+/g) || [])];
 }
 
+/// The versioned files of `wanted` missing from `cache`.
+async function missing(cache, wanted) {
+  const have = new Set((await cache.keys()).map((r) => new URL(r.url).pathname + new URL(r.url).search));
+  return wanted.filter((u) => !have.has(u));
+}
+
+/// Fetches a versioned file and stores it, only if the server sent that very version (during a
+/// deploy it may already serve the next one under this URL; its ETag starts with the version).
+async function keepVersioned(cache, u) {
+  const response = await fetch(u);
+  const v = u.slice(u.indexOf('?v=') + 3);
+  if (response.ok && (response.headers.get('etag') || '').startsWith('"' + v)) await cache.put(u, response);
+}
+
 /// Stores the current page and the files it names, and drops files of older versions.
 async function keepShell(html, response) {
   const cache = await caches.open(CACHE);
   const wanted = versionedIn(html);
-  const have = new Set((await cache.keys()).map((r) => new URL(r.url).pathname + new URL(r.url).search));
-  await Promise.all(wanted.filter((u) => !have.has(u)).map((u) => cache.add(u)));
+  await Promise.all((await missing(cache, wanted)).map((u) => keepVersioned(cache, u)));
   await cache.put('/', response);
   for (const key of await cache.keys()) {
     const u = new URL(key.url);
@@ -29,12 +42,15 @@ async function keepShell(html, response) {
   }
 }
 
-/// Keeps a freshly loaded page unless the cached one is the same version (same ETag).
+/// Keeps a freshly loaded page unless the cached one is the same version (same ETag) and every
+/// file it names is in the cache (an interrupted or interleaved store is repaired this way).
 async function keepIfNew(response) {
-  const cached = await caches.match('/');
+  const cache = await caches.open(CACHE);
+  const cached = await cache.match('/');
   const etag = response.headers.get('etag');
-  if (cached && etag && cached.headers.get('etag') === etag) return;
-  await keepShell(await response.clone().text(), response);
+  const html = await response.clone().text();
+  if (cached && etag && cached.headers.get('etag') === etag && !(await missing(cache, versionedIn(html))).length) return;
+  await keepShell(html, response);
 }
 
 self.addEventListener('install', (event) => {

@@ -60,6 +60,30 @@ test('move, resize, recolour, restack and delete reach the other user', async ({
   await b.screenshot({ path: 'test-results/screens/after-edits-bob.png' });
 });
 
+test('undo never brings back a shape someone else deleted', async ({ browser, server }) => {
+  const [a, b] = await adaAndBob(browser, server.url);
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  // Ada moves her rectangle 200 px right and 100 px down.
+  await a.getByTestId('tool-select').click();
+  await dragOnBoard(a, 150, 150, 350, 250);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  // Bob selects it where it now is and deletes it.
+  await b.getByTestId('tool-select').click();
+  const box = (await b.getByTestId('board').boundingBox())!;
+  await b.mouse.click(box.x + 350, box.y + 250);
+  await b.keyboard.press('Delete');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
+  // Ada undoes her move: that must not restore the rectangle Bob deleted. Then she draws an
+  // ellipse; once Bob has it, he has everything her undo sent.
+  await a.keyboard.press('Control+z');
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 500, 100, 600, 200);
+  for (const page of [b, a]) {
+    await expect.poll(async () => (await shapesOf(page)).map((s) => s.kind)).toEqual(['ellipse']);
+  }
+});
+
 test('lines and pen strokes resize with the handle too', async ({ browser, server }) => {
   const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-line').click();

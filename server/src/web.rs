@@ -6,10 +6,11 @@
 //! deep links.
 //!
 //! `index.html` names every other file with its version, `/huddle_web_bg.wasm?v=<hash>`, and
-//! such a versioned URL is served as immutable: a returning visitor's browser (and the service
-//! worker, `assets/sw.js`) then uses its copy without asking the server again. Unversioned
-//! URLs are revalidated on every use (cheap: a 304 via the ETag). The HTML itself is always
-//! revalidated, so a new build is picked up at the next load.
+//! such a versioned URL is served as immutable: a returning visitor's browser then loads it from
+//! its HTTP cache without asking the server again (the service worker, `assets/sw.js`, keeps
+//! copies too, for a page it serves offline). Unversioned URLs are revalidated on every use
+//! (cheap: a 304 via the ETag). The HTML itself is always revalidated, so a new build is picked
+//! up at the next load.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};

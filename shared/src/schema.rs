@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use yrs::DeepObservable;
 use yrs::types::{Event, PathSegment, ToJson};
 use yrs::{
     Any, Array, ArrayPrelim, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn,
     TransactionMut,
 };
+use yrs::{DeepObservable, Observable};
 
 /// Name of the root map holding the shapes.
 pub const SHAPES: &str = "shapes";
@@ -606,6 +606,81 @@ impl Board {
     }
 }
 
+/// Shapes that someone else removed, so that this user's undo and redo never bring one back.
+///
+/// A shape is one value in the `shapes` map, and a move replaces that value. Undoing a move
+/// restores the value it replaced — which, if someone else deleted the shape meanwhile, would
+/// bring their deleted shape back (with nested maps, the restored field landed in the deleted
+/// map and nobody saw it). The web client calls [`OthersRemovals::remove_revived`] right after
+/// each undo and redo, in a transaction its undo manager does not track.
+#[derive(Debug, Clone, Default)]
+pub struct OthersRemovals {
+    ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Most shape ids [`OthersRemovals`] remembers; past that it starts over (an undo may then
+/// revive a shape deleted long ago, as before this guard).
+const MAX_REMEMBERED_REMOVALS: usize = 100_000;
+
+impl OthersRemovals {
+    /// Starts watching `board`'s shapes under observer `key`. Transactions with origin `own`
+    /// are this user's edits and `undo` its undo manager's; every other origin (remote updates,
+    /// a restored offline copy, [`OthersRemovals::remove_revived`] itself) is someone else.
+    pub fn watch(board: &Board, key: &str, own: yrs::Origin, undo: yrs::Origin) -> Self {
+        let this = Self::default();
+        let ids = Arc::clone(&this.ids);
+        board.shapes.observe(key, move |txn, event| {
+            // The first sync into an empty document has nothing this user could undo into, and
+            // listing its 10,000 keys would slow every big room's opening.
+            if txn.before_state().is_empty() {
+                return;
+            }
+            let origin = txn.origin();
+            let mine = origin == Some(&own);
+            let undoing = origin == Some(&undo);
+            let Ok(mut ids) = ids.lock() else { return };
+            for (id, change) in event.keys(txn) {
+                let removed = matches!(change, yrs::types::EntryChange::Removed(_));
+                match (mine || undoing, removed) {
+                    // This user removed it: undoing that must bring it back.
+                    (true, true) => {
+                        ids.remove(id.as_ref());
+                    }
+                    // Someone else removed it.
+                    (false, true) => {
+                        if ids.len() >= MAX_REMEMBERED_REMOVALS {
+                            ids.clear();
+                        }
+                        ids.insert(id.to_string());
+                    }
+                    // Put back by an undo: left for `remove_revived` to judge.
+                    (_, false) if undoing => {}
+                    // Added or changed by anyone else: it exists again on its own.
+                    (_, false) => {
+                        ids.remove(id.as_ref());
+                    }
+                }
+            }
+        });
+        this
+    }
+
+    /// Removes again every shape that someone else had removed and that is back (call right
+    /// after an undo or redo). Returns how many.
+    pub fn remove_revived(&self, board: &Board, txn: &mut TransactionMut<'_>) -> usize {
+        let revived: Vec<String> = match self.ids.lock() {
+            Ok(ids) => {
+                ids.iter().filter(|id| board.shapes.contains_key(txn, id)).cloned().collect()
+            }
+            Err(_) => return 0,
+        };
+        for id in &revived {
+            board.shapes.remove(txn, id);
+        }
+        revived.len()
+    }
+}
+
 /// The key that marks Huddle shapes in clipboard text, so a paste can tell them from ordinary
 /// text (and from another app's JSON).
 pub const CLIPBOARD_KEY: &str = "huddle-shapes";
@@ -951,6 +1026,66 @@ mod tests {
         let seen = |d: &Doc| Board::new(d).shape(&d.transact(), "r1").expect("r1");
         assert_eq!(seen(&a), seen(&b));
         assert!(!board.set_field(&mut a.transact_mut(), "missing", "x", 1.0));
+    }
+
+    #[test]
+    fn undo_and_redo_never_bring_back_a_shape_someone_else_removed() {
+        use yrs::undo::Options;
+        use yrs::{Origin, UndoManager};
+        let (own, fixup) = (Origin::from("own"), Origin::from("fixup"));
+        let ada = Doc::with_client_id(1);
+        let board = Board::new(&ada);
+        let mut undo = UndoManager::with_options(Options {
+            tracked_origins: [own.clone()].into(),
+            capture_timeout_millis: u64::MAX,
+            ..Options::default()
+        });
+        undo.expand_scope(&ada, &board.shapes);
+        let removals = OthersRemovals::watch(&board, "guard", own.clone(), undo.as_origin());
+        let bob = Doc::with_client_id(2);
+        let sync = |from: &Doc, to: &Doc| {
+            let update = from.transact().encode_state_as_update_v1(&to.transact().state_vector());
+            to.transact_mut_with("remote")
+                .apply_update(Update::decode_v1(&update).expect("decodes"))
+                .expect("applies");
+        };
+        let undo_guarded = |undo: &mut UndoManager, redo: bool| {
+            if redo {
+                undo.redo_blocking()
+            } else {
+                undo.undo_blocking()
+            };
+            removals.remove_revived(&board, &mut ada.transact_mut_with(fixup.clone()))
+        };
+        let present = |d: &Doc, id: &str| Board::new(d).shape(&d.transact(), id).is_some();
+
+        // Ada draws r1 and r2, then moves r1; Bob deletes r1.
+        board
+            .put_shape(&mut ada.transact_mut_with(own.clone()), &Shape::new("r1", ShapeKind::Rect));
+        board
+            .put_shape(&mut ada.transact_mut_with(own.clone()), &Shape::new("r2", ShapeKind::Rect));
+        undo.reset();
+        // A drag: several moves in one undo step.
+        for x in [10.0, 30.0, 50.0] {
+            assert!(board.set_field(&mut ada.transact_mut_with(own.clone()), "r1", "x", x));
+        }
+        sync(&ada, &bob);
+        assert!(Board::new(&bob).remove_shape(&mut bob.transact_mut(), "r1"));
+        sync(&bob, &ada);
+        assert!(!present(&ada, "r1"));
+        // Undoing the move would restore the replaced value: the guard takes it away again.
+        assert_eq!(undo_guarded(&mut undo, false), 1, "r1 came back and was removed again");
+        assert!(!present(&ada, "r1"));
+        sync(&ada, &bob);
+        assert!(!present(&bob, "r1"), "Bob's delete stands for Bob too");
+        undo_guarded(&mut undo, true);
+        assert!(!present(&ada, "r1"), "nor does redo bring it back");
+
+        // Ada's own delete is hers to undo.
+        undo.reset();
+        assert!(board.remove_shape(&mut ada.transact_mut_with(own.clone()), "r2"));
+        assert_eq!(undo_guarded(&mut undo, false), 0);
+        assert!(present(&ada, "r2"));
     }
 
     #[test]

@@ -32,10 +32,14 @@ fn main() -> Result<()> {
     }
 }
 
+/// The checkout this run belongs to. `cargo run` sets `CARGO_MANIFEST_DIR` for the program it
+/// runs, so that comes first: the compile-time value names whichever checkout built the binary
+/// last, and two checkouts sharing one `CARGO_TARGET_DIR` (a working copy and CI's clean clone)
+/// share the binary, so it once built the other checkout's web client.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Runs `cmd`, echoing it, and fails with its exit status.
