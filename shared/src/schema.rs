@@ -395,8 +395,10 @@ impl Board {
         self.shapes.insert(txn, shape.id.as_str(), shape.to_prelim());
     }
 
-    /// Turns a shape stored as a nested map (a finished stroke, or a shape written by another
-    /// client) into one plain object, the form that is cheapest to open. Returns false if
+    /// Turns a shape stored as a nested map (this client's finished stroke) into one plain
+    /// object, the form that is cheapest to open. It keeps the schema's fields only, and a
+    /// change someone else makes to the nested map while this is in flight (one round trip) is
+    /// lost, so Huddle settles only its own strokes, once, on pointer-up. Returns false if
     /// there is no such shape, or it already is a plain object.
     pub fn settle(&self, txn: &mut TransactionMut<'_>, id: &str) -> bool {
         let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
