@@ -579,10 +579,13 @@ impl Board {
     /// shape of a known kind with all its fields, defaults included, whichever form it is
     /// stored in, so the export reads the same for every room.
     pub fn to_json<T: ReadTxn>(&self, txn: &T) -> String {
+        // Keyed by the map's keys, not by the `id` fields, which a script may have set apart.
         let shapes: HashMap<String, Any> = self
-            .shapes(txn)
-            .into_iter()
-            .map(|s| (s.id.clone(), Any::from(s.fields(true))))
+            .shapes
+            .iter(txn)
+            .filter_map(|(key, out)| {
+                read_shape(txn, key, out).map(|s| (key.to_owned(), Any::from(s.fields(true))))
+            })
             .collect();
         let chat: Vec<Any> = self.chat(txn).iter().map(ChatMessage::to_any).collect();
         let mut out = String::new();
