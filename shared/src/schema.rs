@@ -1031,6 +1031,18 @@ mod tests {
         let seen = |d: &Doc| Board::new(d).shape(&d.transact(), "r1").expect("r1");
         assert_eq!(seen(&a), seen(&b));
         assert!(!board.set_field(&mut a.transact_mut(), "missing", "x", 1.0));
+
+        // A nested-map shape (an older room's) is edited field by field and stays nested.
+        {
+            let mut txn = a.transact_mut();
+            let old = MapPrelim::from([("kind", In::from("rect")), ("x", In::from(1.0))]);
+            board.shapes.insert(&mut txn, "old", old);
+            assert!(board.set_fields(&mut txn, "old", [("x", 7.0.into()), ("y", 8.0.into())]));
+        }
+        let txn = a.transact();
+        assert!(matches!(board.shapes.get(&txn, "old"), Some(Out::YMap(_))));
+        let old = board.shape(&txn, "old").expect("old");
+        assert_eq!((old.x, old.y), (7.0, 8.0));
     }
 
     #[test]
