@@ -396,13 +396,15 @@ impl Board {
     }
 
     /// Turns a shape stored as a nested map (this client's finished stroke) into one plain
-    /// object, the form that is cheapest to open. It keeps the schema's fields only, and a
-    /// change someone else makes to the nested map while this is in flight (one round trip) is
-    /// lost, so Huddle settles only its own strokes, once, on pointer-up. Returns false if
-    /// there is no such shape, or it already is a plain object.
-    pub fn settle(&self, txn: &mut TransactionMut<'_>, id: &str) -> bool {
+    /// object, the form that is cheapest to open, with `more` points (flat `x, y` pairs not
+    /// yet appended) added at the end: one write finishes the stroke. It keeps the schema's
+    /// fields only, and a change someone else makes to the nested map while this is in flight
+    /// (one round trip) is lost, so Huddle settles only its own strokes, once, on pointer-up.
+    /// Returns false if there is no such shape, or it already is a plain object.
+    pub fn settle(&self, txn: &mut TransactionMut<'_>, id: &str, more: &[f64]) -> bool {
         let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
-        let Some(shape) = Shape::from_map(id, &map, txn) else { return false };
+        let Some(mut shape) = Shape::from_map(id, &map, txn) else { return false };
+        shape.points.extend_from_slice(more);
         self.put_shape(txn, &shape);
         true
     }
@@ -827,8 +829,10 @@ mod tests {
             assert_eq!(got.points, expected);
         }
         // The finished stroke becomes one plain object, read the same way by both.
-        assert!(board.settle(&mut doc.transact_mut(), "p1"));
-        assert!(!board.settle(&mut doc.transact_mut(), "p1"), "already settled");
+        // The last points not yet appended come with the settling write.
+        assert!(board.settle(&mut doc.transact_mut(), "p1", &[5000.0, 5001.0]));
+        assert!(!board.settle(&mut doc.transact_mut(), "p1", &[]), "already settled");
+        let expected: Vec<f64> = expected.into_iter().chain([5000.0, 5001.0]).collect();
         let sync = doc.transact().encode_state_as_update_v1(&peer.transact().state_vector());
         peer.transact_mut()
             .apply_update(Update::decode_v1(&sync).expect("decodes"))

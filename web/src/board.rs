@@ -600,13 +600,11 @@ pub fn BoardView() -> impl IntoView {
                 room.selection.set(sel);
             }
             Drag::Laser { .. } => conn.update_presence(|pr| pr.laser.clear()),
-            Drag::Pen { id, points, written, .. } => {
-                append_points(&conn, &id, &points[written..]);
-                // The finished stroke becomes one plain object: cheapest for everyone to open.
-                conn.edit(|b, t| {
-                    b.settle(t, &id);
-                });
-            }
+            // The finished stroke, with the points not yet sent, becomes one plain object in a
+            // single write: cheapest for everyone to open.
+            Drag::Pen { id, points, written, .. } => conn.edit(|b, t| {
+                b.settle(t, &id, &points[written..]);
+            }),
             _ => {}
         }
         conn.end_action();
