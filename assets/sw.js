@@ -4,12 +4,10 @@
 // The HTML goes to the network first (with navigation preload), so a new build is picked up as
 // soon as the server answers. It names every other file with its version
 // (`/huddle_web_bg.wasm?v=<hash>`, see server/src/web.rs). A versioned file never changes: the
-// server marks it immutable, so the browser's HTTP cache answers for it without a request, and
-// this worker keeps a copy of each for when the server is unreachable.
+// server marks it immutable, so the browser's HTTP cache answers for it without a request, even
+// offline. This worker also keeps a copy of each, which answers for the same path without a
+// version (the app's logo) when the server cannot be reached.
 const CACHE = 'huddle-shell-v3';
-
-/// Pages (client ids) whose HTML came from this cache because the server was unreachable.
-const offlinePages = new Set();
 
 /// The versioned files an HTML page names.
 function versionedIn(html) {
@@ -80,18 +78,17 @@ self.addEventListener('fetch', (event) => {
         if (response.ok) event.waitUntil(keepIfNew(response.clone()));
         return response;
       } catch (e) {
-        // Offline: this page's versioned files come from this cache too (see below).
-        if (offlinePages.size > 100) offlinePages.clear();
-        if (event.resultingClientId) offlinePages.add(event.resultingClientId);
         return (await caches.match('/')) || Response.error();
       }
     })());
     return;
   }
-  if (url.search.startsWith('?v=') && offlinePages.has(event.clientId)) {
-    event.respondWith((async () => (await caches.match(event.request)) || fetch(event.request))());
+  if (!url.search.startsWith('?v=')) {
+    // Unversioned files (the app names its logo without a version) go to the network first,
+    // and to this worker's copy of the same path when the server cannot be reached.
+    event.respondWith(fetch(event.request).catch(async () => (await caches.match(url.pathname, { ignoreSearch: true })) || Response.error()));
   }
-  // Anything else, versioned files of pages loaded online included, goes to the network: the
-  // HTTP cache holds versioned files as immutable and answers at once, with the wasm's
-  // compiled code cached alongside; answering them from this worker's cache cost 30–70 ms.
+  // Versioned files go straight to the HTTP cache, which holds them as immutable and answers
+  // at once, even offline, with the wasm's compiled code cached alongside; answering them from
+  // this worker's cache cost 30–70 ms per page load.
 });

@@ -183,6 +183,8 @@ test('a reload while the server is down still shows the board, and offline edits
   await a.getByTestId('tool-ellipse').click();
   await dragOnBoard(a, 100, 300, 200, 400);
   await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  // The app's own images come from the service worker's copy too (no broken logo).
+  await expect.poll(() => a.locator('.brand img').evaluate((img: HTMLImageElement) => img.naturalWidth)).toBeGreaterThan(0);
   await a.screenshot({ path: 'test-results/screens/offline-reload.png' });
 
   await server.start();
