@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use huddle_protocol::RoomName;
@@ -19,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Error as WsError, Message};
 
 use crate::registry::{Lease, Registry};
 use crate::room::{ConnId, PeerTx, Room, RoomError};
@@ -74,10 +75,7 @@ enum End {
 /// Serves one upgraded socket in `room` until it ends.
 pub async fn serve_socket<S>(socket: S, room: RoomName, ctx: SocketContext)
 where
-    S: Stream<Item = Result<Message, axum::Error>>
-        + Sink<Message, Error = axum::Error>
-        + Send
-        + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
 {
     let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("socket", conn = id.0, %room);
@@ -86,10 +84,7 @@ where
 
 async fn serve<S>(socket: S, room: RoomName, id: ConnId, ctx: SocketContext)
 where
-    S: Stream<Item = Result<Message, axum::Error>>
-        + Sink<Message, Error = axum::Error>
-        + Send
-        + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
 {
     let (mut sink, mut stream) = socket.split();
 
@@ -186,9 +181,9 @@ impl Drop for Member {
 /// Sends a close frame, giving up after [`CLOSE_WRITE_TIMEOUT`] (a peer that does not read).
 async fn close<S>(sink: &mut S, code: CloseCode, reason: &str)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
-    let frame = CloseFrame { code: code.0, reason: reason.into() };
+    let frame = CloseFrame { code: code.0.into(), reason: reason.into() };
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
 }
 
@@ -201,7 +196,7 @@ async fn write_loop<S>(
     ping_interval: Duration,
 ) -> End
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -244,7 +239,7 @@ async fn read_loop<S>(
     first: &tokio::sync::Notify,
 ) -> End
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
     let liveness = liveness(ctx);
@@ -265,7 +260,7 @@ where
                     "text frames are not supported; send binary".into(),
                 );
             }
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => return End::PeerGone,
         };
         if let Err((code, reason)) =
@@ -350,29 +345,28 @@ fn liveness(ctx: &SocketContext) -> Duration {
 
 /// Maps a transport error to how the socket ends: an oversized frame earns 1009, anything else
 /// means the connection is already unusable.
-fn transport_error(e: axum::Error, ctx: &SocketContext) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(c)) => {
+fn transport_error(e: WsError, ctx: &SocketContext) -> End {
+    match e {
+        WsError::Capacity(c) => {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(error = %c, "frame over the size limit");
             End::Close(CloseCode::MESSAGE_TOO_BIG, "message too big".into())
         }
         // The peer vanished (tab killed, network gone): nothing to answer, nothing to log.
-        Some(tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => End::PeerGone,
-        Some(tungstenite::Error::Protocol(p)) => {
+        WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            End::PeerGone
+        }
+        WsError::Protocol(p) => {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(error = %p, "websocket protocol error");
             End::Close(CloseCode::PROTOCOL_ERROR, "websocket protocol error".into())
         }
-        Some(tungstenite::Error::Utf8(_)) => {
+        WsError::Utf8(_) => {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             End::Close(CloseCode::INVALID_PAYLOAD, "invalid UTF-8 in text frame".into())
         }
-        _ => {
-            tracing::debug!(error = %inner, "transport error");
+        e => {
+            tracing::debug!(error = %e, "transport error");
             End::PeerGone
         }
     }

@@ -1,23 +1,29 @@
 //! The HTTP edge: routes, the one place a socket is admitted, and the error type that turns
 //! failures into responses without leaking internals.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-
-/// Initial read buffer per socket (see where it is used).
-const READ_BUFFER_BYTES: usize = 1024;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use huddle_protocol::RoomName;
 use huddle_protocol::room::RoomNameError;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::connection::{SocketContext, serve_socket};
+
+/// Initial read buffer per socket (see where it is used).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -56,10 +62,14 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Accepts connections on `listener` and serves `app` over HTTP/1.1 until `stop` is cancelled;
+/// Accepts connections on `listener` and serves them over HTTP/1.1 until `stop` is cancelled;
 /// then stops accepting and lets requests in flight finish (upgraded sockets are not waited
 /// for here: they have their own shutdown). A client that takes longer than `header_timeout`
 /// to send a request's headers is disconnected.
+///
+/// A connection that opens with a WebSocket upgrade for a room, which is nearly every
+/// connection a busy server accepts, is upgraded right here (see [`serve_connection`]);
+/// anything else is served by hyper and the router of [`router`].
 ///
 /// Not `axum::serve`: it negotiates HTTP/1 vs HTTP/2 by first reading the 24 bytes of an
 /// HTTP/2 preface, which costs every connection an extra `recv` before the request is parsed
@@ -71,7 +81,7 @@ impl IntoResponse for AppError {
 /// None in practice: accept errors are logged and retried (see [`wait_after_accept_error`]).
 pub async fn serve_http1(
     listener: tokio::net::TcpListener,
-    app: Router,
+    state: AppState,
     header_timeout: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
@@ -80,6 +90,7 @@ pub async fn serve_http1(
     // from the listening socket to every accepted one, which saves a syscall per connection.
     let nodelay_inherited = cfg!(target_os = "linux")
         && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
+    let app = router(state.clone());
     let connections = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -95,27 +106,301 @@ pub async fn serve_http1(
         if !nodelay_inherited {
             let _ = tcp.set_nodelay(true);
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        connections.spawn(serve_connection(
+            tcp,
+            state.clone(),
+            app.clone(),
+            header_timeout,
+            stop.clone(),
+        ));
     }
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Serves one accepted connection.
+///
+/// The request head is read and parsed here (with `httparse`, hyper's own parser). If it is a
+/// WebSocket upgrade to `/ws/{room}` that [`admit`] accepts, the 101 is written and the
+/// connection becomes the room's socket in this same task. Anything else — other requests,
+/// refused or malformed upgrades — goes to hyper and the router, with the bytes read so far
+/// replayed first, so every HTTP response (400, 503, files) still comes from one place.
+///
+/// Why not hyper for upgrades too: per connect it spawned a second task for the socket, went
+/// through the router, the compression layer and a `oneshot` to hand the connection over,
+/// and left every socket behind a boxed `Upgraded` with its own buffer; all of that was a
+/// large share of the CPU of a connect, which is what a server that thousands of people join
+/// after a restart spends its time on (docs/benchmarks.md).
+async fn serve_connection(
+    tcp: TcpStream,
+    state: AppState,
+    app: Router,
+    header_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    // Boxed: reading the head and serving plain HTTP are short, and unboxed their state would
+    // be part of every socket's task for as long as the socket lives.
+    match Box::pin(read_head(tcp, &state, header_timeout, &stop)).await {
+        Opening::Socket { tcp, upgrade, pipelined, admission } => {
+            let ctx = state.sockets.clone();
+            drop((state, app, stop));
+            accept_socket(tcp, upgrade, pipelined, admission, ctx).await;
+        }
+        Opening::Http { tcp, head } => {
+            Box::pin(serve_hyper(tcp, head, app, header_timeout, stop)).await;
+        }
+        Opening::Gone => {}
+    }
+}
+
+/// How a connection opened.
+enum Opening {
+    /// With an upgrade to a room's socket, admitted.
+    Socket {
+        tcp: TcpStream,
+        /// The `Sec-WebSocket-Accept` to answer with.
+        upgrade: String,
+        /// Bytes the client sent after its request, ahead of the 101.
+        pipelined: Vec<u8>,
+        admission: Admission,
+    },
+    /// With anything else; `head` is what was read of it so far.
+    Http { tcp: TcpStream, head: Vec<u8> },
+    /// Closed, broken or too slow before a whole request head arrived: nothing to answer.
+    Gone,
+}
+
+/// Reads the start of a connection until it is clear whether it asks for a room's socket.
+async fn read_head(
+    mut tcp: TcpStream,
+    state: &AppState,
+    header_timeout: std::time::Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Opening {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let mut head = Vec::with_capacity(HEAD_READ_BYTES);
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut head)) => read,
+            () = stop.cancelled() => return Opening::Gone,
+        };
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return Opening::Gone;
+        }
+        match upgrade_request(&head) {
+            Head::Partial if head.len() < MAX_HEAD_BYTES => {
+                if head.len() == head.capacity() {
+                    head.reserve(head.len());
+                }
+            }
+            Head::Upgrade { room, accept, len } => {
+                // A refusal (400, 503) is answered by the router, like any other request's.
+                let Ok(admission) = admit(state, room) else { return Opening::Http { tcp, head } };
+                let pipelined = head.split_off(len);
+                return Opening::Socket { tcp, upgrade: accept, pipelined, admission };
+            }
+            Head::Partial | Head::Other => return Opening::Http { tcp, head },
+        }
+    }
+}
+
+/// Serves a connection over HTTP/1.1 with hyper and the router, `head` (already read) first.
+async fn serve_hyper(
+    tcp: TcpStream,
+    head: Vec<u8>,
+    app: Router,
+    header_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let io = hyper_util::rt::TokioIo::new(Replay { head, read: 0, tcp });
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// First read of a request head: browsers send theirs in well under a kilobyte.
+const HEAD_READ_BYTES: usize = 1024;
+/// Longest head the WebSocket fast path waits for; a longer one goes to hyper, which has its
+/// own limit.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers the fast path parses; a request with more goes to hyper.
+const MAX_HEADERS: usize = 32;
+
+/// What the start of a connection holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Head<'a> {
+    /// Not a whole request head yet.
+    Partial,
+    /// A WebSocket upgrade to `/ws/{room}` (the room name not yet checked).
+    Upgrade {
+        /// The room segment of the path.
+        room: &'a str,
+        /// The `Sec-WebSocket-Accept` to answer with.
+        accept: String,
+        /// Length of the head; anything after it was sent ahead of the 101.
+        len: usize,
+    },
+    /// Anything else, for hyper (including requests it will refuse).
+    Other,
+}
+
+/// Parses the head at the start of `bytes`.
+fn upgrade_request(bytes: &[u8]) -> Head<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    if request.method != Some("GET") || request.version != Some(1) {
+        return Head::Other;
+    }
+    let path = request.path.unwrap_or_default();
+    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    let Some(room) = path.strip_prefix("/ws/") else { return Head::Other };
+    let header = |name: &str| {
+        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    };
+    match websocket_accept(header) {
+        Some(accept) => Head::Upgrade { room, accept, len },
+        None => Head::Other,
+    }
+}
+
+/// The `Sec-WebSocket-Accept` for a request whose headers (looked up by `header`) ask for a
+/// WebSocket (RFC 6455 section 4.2.1), or `None` if they do not. Both ways a socket is
+/// upgraded check the same things here.
+fn websocket_accept<'h>(header: impl Fn(&str) -> Option<&'h [u8]>) -> Option<String> {
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| {
+            v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if !has_token("connection", "upgrade")
+        || !has_token("upgrade", "websocket")
+        || header("sec-websocket-version") != Some(b"13")
+    {
+        return None;
+    }
+    let key = header("sec-websocket-key")?;
+    Some(tungstenite::handshake::derive_accept_key(key))
+}
+
+/// The WebSocket settings of every socket.
+fn websocket_config(ctx: &SocketContext) -> WebSocketConfig {
+    let limit = ctx.config.max_message_bytes;
+    WebSocketConfig::default()
+        // tungstenite zero-fills its whole read buffer before every read and allocates it up
+        // front: at the 128 KiB default that is a 128 KiB memset per incoming frame and 128 KiB
+        // per idle socket. Frames are small; big ones grow the buffer as they arrive.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+/// Answers an admitted upgrade with 101 and serves the socket on this task.
+async fn accept_socket(
+    mut tcp: TcpStream,
+    accept: String,
+    pipelined: Vec<u8>,
+    admission: Admission,
+    ctx: SocketContext,
+) {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-accept: {accept}\r\n\r\n"
+    );
+    drop(accept);
+    // Its own statement, so the response is freed before the socket's long life begins.
+    let written = tcp.write_all(response.as_bytes()).await;
+    drop(response);
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "websocket upgrade failed");
+        return;
+    }
+    let config = Some(websocket_config(&ctx));
+    let socket = if pipelined.is_empty() {
+        WebSocketStream::from_raw_socket(tcp, Role::Server, config).await
+    } else {
+        WebSocketStream::from_partially_read(tcp, pipelined, Role::Server, config).await
+    };
+    admission.serve(socket, ctx).await;
+}
+
+/// A connection whose first bytes were already read (while looking for an upgrade): hyper
+/// reads those again before the socket's next bytes.
+struct Replay {
+    head: Vec<u8>,
+    read: usize,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.read);
+            buf.put_slice(&this.head[this.read..this.read + n]);
+            this.read += n;
+            if this.read == this.head.len() {
+                this.head = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 /// After a failed `accept`: a connection that died before it was accepted is nothing; anything
@@ -153,45 +438,141 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-/// Admits a socket: the room name is checked before anything else (so a bad one is a plain 400
-/// whether or not the request is an upgrade), then the connection limit, then the upgrade.
-async fn websocket(
-    Path(room): Path<String>,
-    State(state): State<AppState>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Result<Response, AppError> {
-    let room = RoomName::parse(&room)?;
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
+/// A socket let into a room: it holds one of the connection permits, and shutdown waits for it.
+pub struct Admission {
+    room: RoomName,
+    permit: OwnedSemaphorePermit,
+    tracked: TaskTrackerToken,
+}
+
+impl Admission {
+    /// Serves the socket in its room until it ends, then gives the permit back.
+    async fn serve<S>(self, socket: WebSocketStream<S>, ctx: SocketContext)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        serve_socket(socket, self.room, ctx).await;
+        drop(self.permit);
+        drop(self.tracked);
+    }
+}
+
+/// The one place a socket is admitted, whichever way it was upgraded: the room name is checked
+/// first, then that the server is not stopping, then the connection limit.
+///
+/// # Errors
+/// The [`AppError`] to answer the request with.
+pub fn admit(state: &AppState, room: &str) -> Result<Admission, AppError> {
+    let room = RoomName::parse(room)?;
     if state.sockets.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
     let permit = Arc::clone(&state.connection_permits)
         .try_acquire_owned()
         .map_err(|_| AppError::TooManyConnections)?;
-    let limit = state.sockets.config.max_message_bytes;
-    let ctx = state.sockets.clone();
     // Taken now, so shutdown waits for this socket even if its upgrade completes late.
-    let tracked = state.socket_tasks.token();
-    Ok(upgrade
-        // tungstenite zero-fills its whole read buffer before every read and allocates it up
-        // front: at the 128 KiB default that is a 128 KiB memset per incoming frame and 128 KiB
-        // per idle socket. Frames are small; big ones grow the buffer as they arrive.
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            serve_socket(socket, room, ctx).await;
-            drop(permit);
-            drop(tracked);
-        }))
+    Ok(Admission { room, permit, tracked: state.socket_tasks.token() })
+}
+
+/// `GET /ws/{room}` as a request hyper serves: refusals (bad room name, limits), requests that
+/// are not upgrades, and the rare upgrade that arrives on a connection already used for other
+/// requests. (The first request of a connection is upgraded in [`serve_connection`].)
+async fn websocket(
+    Path(room): Path<String>,
+    State(state): State<AppState>,
+    mut request: Request,
+) -> Result<Response, AppError> {
+    let admission = admit(&state, &room)?;
+    let headers = request.headers();
+    let Some(accept) = websocket_accept(|name| headers.get(name).map(HeaderValue::as_bytes)) else {
+        return Ok((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket"), (header::CACHE_CONTROL, "no-store")],
+            "this endpoint speaks WebSocket (the y-websocket protocol)",
+        )
+            .into_response());
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    let ctx = state.sockets.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let config = Some(websocket_config(&ctx));
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                admission.serve(socket, ctx).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade".to_owned()),
+            (header::UPGRADE, "websocket".to_owned()),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Head, upgrade_request};
+
+    const KEY: &str = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    fn request(first_line: &str, headers: &str) -> String {
+        format!("{first_line}\r\nHost: x\r\n{headers}\r\n")
+    }
+
+    #[test]
+    fn a_room_upgrade_is_recognised_however_its_headers_are_spelled() {
+        let head = request(
+            "GET /ws/team-board?token=1 HTTP/1.1",
+            &format!(
+                "Connection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\nSec-WebSocket-Version: 13\r\n{KEY}"
+            ),
+        );
+        let mut bytes = head.clone().into_bytes();
+        bytes.extend_from_slice(&[0x82, 0x84]); // the client's first frame, sent early
+        match upgrade_request(&bytes) {
+            Head::Upgrade { room, accept, len } => {
+                assert_eq!(room, "team-board");
+                // RFC 6455's own example.
+                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(len, head.len());
+            }
+            other => panic!("not recognised: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_router() {
+        let upgrade = format!(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{KEY}"
+        );
+        for (what, head) in [
+            ("a page", request("GET /r/room HTTP/1.1", &upgrade)),
+            ("no upgrade headers", request("GET /ws/room HTTP/1.1", "")),
+            (
+                "no key",
+                request(
+                    "GET /ws/room HTTP/1.1",
+                    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+                ),
+            ),
+            ("an old version", request("GET /ws/room HTTP/1.1", &upgrade.replace(": 13", ": 8"))),
+            ("another method", request("POST /ws/room HTTP/1.1", &upgrade)),
+            ("HTTP/1.0", request("GET /ws/room HTTP/1.0", &upgrade)),
+            ("not HTTP", "\x16\x03\x01 hello\r\n\r\n".to_owned()),
+        ] {
+            assert_eq!(upgrade_request(head.as_bytes()), Head::Other, "{what}");
+        }
+        let half = request("GET /ws/room HTTP/1.1", &upgrade);
+        assert_eq!(upgrade_request(&half.as_bytes()[..half.len() - 2]), Head::Partial);
+    }
+
     /// `serve_http1` relies on this to skip a `setsockopt` per connection on Linux.
     #[cfg(target_os = "linux")]
     #[tokio::test]

@@ -124,8 +124,7 @@ impl Server {
             });
         }
         let header_timeout = std::time::Duration::from_millis(self.config.header_timeout_ms);
-        let served =
-            http::serve_http1(listener, http::router(state), header_timeout, cancel.clone()).await;
+        let served = http::serve_http1(listener, state, header_timeout, cancel.clone()).await;
         cancel.cancel();
         tracing::info!("shutting down: closing sockets");
         socket_tasks.close();

@@ -1,0 +1,191 @@
+//! How sockets get in: the upgrade the server's accept loop handles itself (a connection's
+//! first request), the one hyper handles (an upgrade on a connection that already served a
+//! request), a first frame sent before the 101 arrived, requests to the socket endpoint that
+//! are not upgrades, and the connection limit.
+
+mod common;
+
+use common::{DEADLINE, TestClient, TestServer, test_config};
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::schema::{Board, ShapeKind};
+use huddle_protocol::session::ClientSession;
+use huddle_protocol::yrs::{Doc, Transact};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// Reads one HTTP response head (and whatever followed it in the same reads) from `tcp`.
+async fn read_head(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut chunk))
+            .await
+            .expect("answers in time")
+            .expect("reads");
+        assert!(n > 0, "connection closed before a whole response head: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return (String::from_utf8(buf).expect("ASCII head"), rest);
+        }
+    }
+}
+
+fn upgrade_request(room: &str) -> String {
+    format!(
+        "GET /ws/{room} HTTP/1.1\r\nHost: test\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked client frame carrying `payload` as one binary message (RFC 6455 section 5.2).
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads frames until the server's answer to a sync step 1 arrives; returns the session that
+/// applied them.
+async fn read_until_synced<S>(ws: &mut WebSocketStream<S>) -> ClientSession
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut session = ClientSession::new(Doc::new(), common::now_millis);
+    let _ = session.handshake();
+    while !session.is_synced() {
+        let message = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("synced in time")
+            .expect("socket open")
+            .expect("reads a frame");
+        if let Message::Binary(frame) = message {
+            session.receive(&frame).expect("a valid frame");
+        }
+    }
+    session
+}
+
+#[tokio::test]
+async fn the_first_frame_may_arrive_with_the_upgrade_request() {
+    let server = TestServer::start().await;
+    let mut author = TestClient::connect(&server.url("pipelined")).await;
+    author.synced().await;
+    author.add_shape("shape-1", ShapeKind::Rect).await;
+    // Wait until the server has relayed the shape (a second client sees it).
+    let mut witness = TestClient::connect(&server.url("pipelined")).await;
+    witness
+        .until("the shape is relayed", |s| {
+            Board::new(s.doc()).shape(&s.doc().transact(), "shape-1").is_some()
+        })
+        .await;
+
+    // Request and sync step 1 (an empty state vector) in one write, before any 101.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    let mut bytes = upgrade_request("pipelined").into_bytes();
+    bytes.extend(client_frame(&[0, 0, 1, 0]));
+    tcp.write_all(&bytes).await.expect("writes");
+    let (head, rest) = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "RFC 6455's sample key gets its sample answer: {head}"
+    );
+    let mut ws = WebSocketStream::from_partially_read(tcp, rest, Role::Client, None).await;
+    let session = read_until_synced(&mut ws).await;
+    let doc = session.doc();
+    let board = Board::new(doc);
+    assert!(board.shape(&doc.transact(), "shape-1").is_some(), "the answer holds the shape");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_on_a_connection_that_served_a_request_still_joins_the_room() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("writes");
+    let (head, rest) = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .expect("a content length")
+        .trim()
+        .parse()
+        .expect("a number");
+    let mut body = rest;
+    while body.len() < length {
+        let mut chunk = [0u8; 256];
+        let n = tcp.read(&mut chunk).await.expect("reads");
+        assert!(n > 0, "body cut short");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(&body[..length], br#"{"status":"ok"}"#);
+
+    // The same connection now asks for a socket.
+    let (mut ws, response) = tokio_tungstenite::client_async(server.url("reused-connection"), tcp)
+        .await
+        .expect("upgrades");
+    assert_eq!(response.status(), 101);
+    let mut session = ClientSession::new(Doc::new(), common::now_millis);
+    for frame in session.handshake() {
+        ws.send(Message::Binary(frame.into())).await.expect("sends");
+    }
+    let _ = read_until_synced(&mut ws).await;
+    assert_eq!(server.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_request_to_a_room_socket_is_told_to_upgrade() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    tcp.write_all(b"GET /ws/some-room HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("writes");
+    let (head, _) = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_connections = 2;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("full");
+    let mut first = TestClient::connect(&url).await;
+    first.synced().await;
+    let mut second = TestClient::connect(&url).await;
+    second.synced().await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        Err(other) => panic!("expected HTTP 503, got {other}"),
+        Ok(_) => panic!("a third socket was let in over a limit of two"),
+    }
+    first.close().await;
+    // The permit comes back once the first socket's task has ended.
+    let start = tokio::time::Instant::now();
+    let mut third = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(_) => {
+                assert!(start.elapsed() < DEADLINE, "the freed place was never given out");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    third.send(Message::Binary(vec![0, 0, 1, 0].into())).await.expect("sends");
+    let _ = read_until_synced(&mut third).await;
+    drop(second);
+    server.stop().await;
+}
