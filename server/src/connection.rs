@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use huddle_protocol::RoomName;
 use huddle_protocol::session::PeerPresence;
@@ -73,21 +74,38 @@ enum End {
 }
 
 /// Serves one upgraded socket in `room` until it ends.
-pub async fn serve_socket<S>(socket: S, room: RoomName, ctx: SocketContext)
+///
+/// Not an `async fn`: one keeps its arguments in its state for as long as it runs, and this
+/// future lives as long as the socket, so every idle socket would carry a dead copy of the
+/// whole WebSocket next to the two halves it is split into. Splitting first leaves just the
+/// halves.
+pub fn serve_socket<S>(
+    socket: S,
+    room: RoomName,
+    ctx: SocketContext,
+) -> impl Future<Output = ()> + Send
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Send
+        + Unpin
+        + 'static,
 {
     let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("socket", conn = id.0, %room);
-    serve(socket, room, id, ctx).instrument(span).await;
+    let (sink, stream) = socket.split();
+    serve(sink, stream, room, id, ctx).instrument(span)
 }
 
-async fn serve<S>(socket: S, room: RoomName, id: ConnId, ctx: SocketContext)
-where
+async fn serve<S>(
+    mut sink: SplitSink<S, Message>,
+    mut stream: SplitStream<S>,
+    room: RoomName,
+    id: ConnId,
+    ctx: SocketContext,
+) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
 {
-    let (mut sink, mut stream) = socket.split();
-
     // Futures that run once or briefly (joining, handling one frame) are boxed: an async fn's
     // state is as big as its biggest await point, and this one lives as long as the socket, so
     // unboxed they would make every idle socket carry room-loading and sync-answering state.

@@ -309,7 +309,7 @@ fn websocket_config(ctx: &SocketContext) -> WebSocketConfig {
         .max_frame_size(Some(limit))
 }
 
-/// Answers an admitted upgrade with 101 and serves the socket on this task.
+/// Answers an admitted upgrade with 101 and starts serving the socket.
 async fn accept_socket(
     mut tcp: TcpStream,
     accept: String,
@@ -335,7 +335,7 @@ async fn accept_socket(
     } else {
         WebSocketStream::from_partially_read(tcp, pipelined, Role::Server, config).await
     };
-    admission.serve(socket, ctx).await;
+    admission.serve(socket, ctx);
 }
 
 /// A connection whose first bytes were already read (while looking for an upgrade): hyper
@@ -446,14 +446,20 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Serves the socket in its room until it ends, then gives the permit back.
-    async fn serve<S>(self, socket: WebSocketStream<S>, ctx: SocketContext)
+    /// Serves the socket in its room on a task of its own until it ends, then gives the permit
+    /// back. A task of its own, rather than the rest of the connection's: that future would
+    /// carry everything the connection needed to get here for the socket's whole life.
+    fn serve<S>(self, socket: WebSocketStream<S>, ctx: SocketContext)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_socket(socket, self.room, ctx).await;
-        drop(self.permit);
-        drop(self.tracked);
+        let Self { room, permit, tracked } = self;
+        let serving = serve_socket(socket, room, ctx);
+        tokio::spawn(async move {
+            serving.await;
+            drop(permit);
+            drop(tracked);
+        });
     }
 }
 
@@ -500,7 +506,7 @@ async fn websocket(
                 let config = Some(websocket_config(&ctx));
                 let io = hyper_util::rt::TokioIo::new(upgraded);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
-                admission.serve(socket, ctx).await;
+                admission.serve(socket, ctx);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
