@@ -204,6 +204,15 @@ pub struct User {
     pub color: String,
 }
 
+/// How often a client re-sends its presence even when nothing changed, so peers know it is
+/// still there (Yjs clients renew theirs every 15 s too, and drop states not renewed for 30 s).
+pub const HEARTBEAT_MS: u64 = 15_000;
+
+/// A peer not heard from for this long is shown as away, whatever its state says: two
+/// heartbeats missed (a frozen tab, a laptop gone to sleep, a background tab whose timers the
+/// browser throttles), with some slack for a slow network.
+pub const SILENT_AFTER_MS: u64 = 2 * HEARTBEAT_MS + 5_000;
+
 /// The awareness state of one Huddle client. Every field but `user` is optional on the wire so a
 /// plain Yjs client that only sets `user` is still shown; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -219,7 +228,9 @@ pub struct Presence {
     /// What this user's screen shows (for follow mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub viewport: Option<Viewport>,
-    /// True when the user has not interacted for a while (tab hidden, no input).
+    /// True when the user has not interacted for a while (tab hidden, no input). As read by
+    /// [`crate::session::ClientSession::peers`], also true when the peer has gone silent (see
+    /// [`SILENT_AFTER_MS`]).
     #[serde(default)]
     pub idle: bool,
     /// The recent trail of the laser pointer; ephemeral, so it lives here and not in the doc.

@@ -178,6 +178,8 @@ pub struct Received {
 /// and reach the server through the sync step 1/2 exchange of the next handshake.
 pub struct ClientSession {
     awareness: Awareness,
+    /// The awareness's clock, also read to tell silent peers (see [`ClientSession::peers`]).
+    clock: Arc<dyn Clock>,
     synced: bool,
     /// Updates produced by local transactions, waiting to be sent. Filled by a doc observer.
     local: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -207,7 +209,10 @@ impl ClientSession {
                 sink.lock().unwrap_or_else(PoisonError::into_inner).push(txn.encode_update_v1());
             }
         });
-        Self { awareness: Awareness::with_clock(doc, clock), synced: false, local }
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let stamps = Arc::clone(&clock);
+        let awareness = Awareness::with_clock(doc, move || stamps.now());
+        Self { awareness, clock, synced: false, local }
     }
 
     /// The document this session syncs.
@@ -348,15 +353,22 @@ impl ClientSession {
     }
 
     /// The presence of every other client in the room, by awareness client id. States that are
-    /// not Huddle presences (some other app's awareness) are skipped.
+    /// not Huddle presences (some other app's awareness) are skipped. A peer not heard from for
+    /// [`crate::presence::SILENT_AFTER_MS`] (by the session's clock) is marked idle: its tab
+    /// may be frozen or asleep even though its socket is still open.
     pub fn peers(&self) -> Vec<(u64, Presence)> {
         let me = self.awareness.client_id();
+        let now = self.clock.now();
         self.awareness
             .iter()
             .filter(|(id, _)| *id != me)
             .filter_map(|(id, state)| {
                 let json = state.data?;
-                Some((id.get(), serde_json::from_str(&json).ok()?))
+                let mut presence: Presence = serde_json::from_str(&json).ok()?;
+                if now.saturating_sub(state.last_updated) > crate::presence::SILENT_AFTER_MS {
+                    presence.idle = true;
+                }
+                Some((id.get(), presence))
             })
             .collect()
     }
@@ -437,6 +449,31 @@ mod tests {
         a.receive(&frames[0]).expect("applies");
         assert!(a.drain_local_updates().is_empty());
         assert_eq!(Board::new(a.doc()).shape_count(&a.doc().transact()), 2);
+    }
+
+    #[test]
+    fn a_peer_that_stops_heartbeating_shows_as_away_until_it_speaks_again() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let now = Arc::new(AtomicU64::new(1_000));
+        let b_now = Arc::clone(&now);
+        let mut a = ClientSession::new(Doc::with_client_id(1), clock);
+        let mut b =
+            ClientSession::new(Doc::with_client_id(2), move || b_now.load(Ordering::SeqCst));
+        let mut p = Presence::default();
+        p.user.name = "Ada".into();
+        let frame = a.set_presence(&p).expect("presence");
+        b.receive(&frame).expect("b receives");
+        assert!(!b.peers()[0].1.idle, "just heard from");
+
+        now.fetch_add(crate::presence::SILENT_AFTER_MS, Ordering::SeqCst);
+        assert!(!b.peers()[0].1.idle, "a heartbeat may still be on its way");
+        now.fetch_add(1, Ordering::SeqCst);
+        assert!(b.peers()[0].1.idle, "two heartbeats missed: away");
+
+        // The same state again (a heartbeat) brings it back.
+        let frame = a.set_presence(&p).expect("presence");
+        b.receive(&frame).expect("b receives");
+        assert!(!b.peers()[0].1.idle);
     }
 
     #[test]

@@ -171,7 +171,11 @@ pub fn BoardView() -> impl IntoView {
     let drag = StoredValue::new_local(Drag::None);
     let size = RwSignal::new((0.0f64, 0.0f64));
     let frame_pending = StoredValue::new_local(false);
+    // What the canvas shows, as of its last frame: the board's `data-shape-count` and
+    // `data-synced`, set after each draw so that tests and outside benchmarks that wait for
+    // them see a board that is on screen, not one that is only in memory.
     let shape_count = RwSignal::new(0usize);
+    let synced_drawn = RwSignal::new(false);
     let space_held = StoredValue::new(false);
     // Pointers currently down (touch points), for pinch zoom.
     let touches = StoredValue::new_local(Vec::<(i32, f64, f64)>::new());
@@ -205,14 +209,11 @@ pub fn BoardView() -> impl IntoView {
                     })
                 });
                 c.version = Some(version);
-                shape_count.set(c.shapes.len());
             });
         }
         cache.with_value(|c| Rc::clone(&c.shapes))
     };
 
-    // Whether the synced board has been drawn once (marked on the performance timeline).
-    let drawn_synced = StoredValue::new(false);
     let draw = move || {
         // The room view may be gone by the time the frame comes (Back to the landing page).
         if frame_pending.try_set_value(false).is_some() || room.view.try_get_untracked().is_none() {
@@ -226,8 +227,11 @@ pub fn BoardView() -> impl IntoView {
         let dark = room.dark.get_untracked();
         let all = shapes();
         draw_board(&ctx, &all, &view, w, h, dpr, dark);
-        if !drawn_synced.get_value() && room.signals.synced.get_untracked() {
-            drawn_synced.set_value(true);
+        if shape_count.get_untracked() != all.len() {
+            shape_count.set(all.len());
+        }
+        if !synced_drawn.get_untracked() && room.signals.synced.get_untracked() {
+            synced_drawn.set(true);
             crate::sync::mark("huddle-board-drawn");
         }
         // Our selection, with a resize handle when one shape is selected.
@@ -262,8 +266,6 @@ pub fn BoardView() -> impl IntoView {
         room.selection.track();
         room.dark.track();
         size.track();
-        // Keep the count fresh even when nothing needs a frame.
-        let _ = shapes();
         if !frame_pending.get_value() {
             frame_pending.set_value(true);
             request_animation_frame(draw);
@@ -751,7 +753,7 @@ pub fn BoardView() -> impl IntoView {
 
     view! {
         <div class="board" node_ref=host_ref data-testid="board"
-            data-synced=move || room.signals.synced.get().to_string()
+            data-synced=move || synced_drawn.get().to_string()
             data-shape-count=move || shape_count.get().to_string()
             data-cached=move || room.signals.cached.get().to_string()
             data-view=move || { let v = room.view.get(); format!("{:.1},{:.1},{:.3}", v.x, v.y, v.zoom) }

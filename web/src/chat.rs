@@ -47,12 +47,14 @@ pub fn ChatPanel() -> impl IntoView {
         if collapsed.get() { messages.with(Vec::len).saturating_sub(seen.get()) } else { 0 }
     };
 
-    // Keep the newest message in view unless the reader scrolled up.
+    // Keep the newest message in view unless the reader scrolled up; a panel opened again
+    // shows the newest too (its list is built anew, scrolled to the top).
     Effect::new(move |_| {
         let count = messages.with(Vec::len);
-        if !collapsed.get_untracked() {
-            seen.set(count);
+        if collapsed.get() {
+            return;
         }
+        seen.set(count);
         if stick.get_value() {
             request_animation_frame(move || {
                 if let Some(list) = list_ref.try_get_untracked().flatten() {
@@ -89,7 +91,7 @@ pub fn ChatPanel() -> impl IntoView {
                     aria-expanded=move || (!collapsed.get()).to_string()
                     on:click=move |_| {
                         collapsed.update(|c| *c = !*c);
-                        if !collapsed.get_untracked() { seen.set(messages.with_untracked(Vec::len)); }
+                        if !collapsed.get_untracked() { stick.set_value(true); }
                     }>
                     "Chat"
                     {move || (unread() > 0).then(|| view! {

@@ -5,7 +5,7 @@ use huddle_protocol::yrs::Transact;
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::geometry::bounds;
+use crate::geometry::{bounds, smooth_stroke};
 use crate::render::{TEXT_SIZE, draw_shape};
 use crate::state::RoomState;
 
@@ -173,6 +173,19 @@ pub fn to_svg(shapes: &[Shape]) -> String {
                 (s.w / 2.0).abs(),
                 (s.h / 2.0).abs()
             ),
+            ShapeKind::Pen if s.points.len() >= 4 => {
+                let pts: Vec<(f64, f64)> =
+                    s.points.chunks_exact(2).map(|p| (s.x + p[0], s.y + p[1])).collect();
+                let mut d = format!("M{},{}", pts[0].0, pts[0].1);
+                for (control, end) in smooth_stroke(&pts) {
+                    d.push_str(&format!(" Q{},{} {},{}", control.0, control.1, end.0, end.1));
+                }
+                format!(
+                    r#"<path d="{d}" stroke="{stroke}" stroke-width="{}" fill="none" stroke-linecap="round" stroke-linejoin="round" data-id="{}"/>"#,
+                    s.width,
+                    esc(&s.id)
+                )
+            }
             ShapeKind::Pen | ShapeKind::Line | ShapeKind::Arrow => format!(
                 r#"<polyline points="{}" stroke="{stroke}" stroke-width="{}" fill="none" stroke-linecap="round" stroke-linejoin="round" data-id="{}"{}/>"#,
                 points.join(" "),

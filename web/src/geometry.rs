@@ -14,6 +14,24 @@ pub fn to_screen(view: &Viewport, bx: f64, by: f64) -> (f64, f64) {
     ((bx - view.x) * view.zoom, (by - view.y) * view.zoom)
 }
 
+/// A freehand stroke smoothed: from the first point, quadratic curves through the midpoints
+/// between successive points, each with the point between them as its control point, then a
+/// straight end to the last point. The canvas and the SVG export both draw it this way, so an
+/// exported stroke looks like the one on screen. Yields `(control, end)` pairs; a line with no
+/// control point has the control point at its start.
+pub fn smooth_stroke(points: &[(f64, f64)]) -> Vec<((f64, f64), (f64, f64))> {
+    let mut segments: Vec<_> = points
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[0], ((w[0].0 + w[1].0) / 2.0, (w[0].1 + w[1].1) / 2.0)))
+        .collect();
+    if let [.., before, last] = points {
+        let from = segments.last().map_or(*before, |s| s.1);
+        segments.push((from, *last));
+    }
+    segments
+}
+
 /// Axis-aligned bounds `(x0, y0, x1, y1)` with `x0 <= x1`, `y0 <= y1`, including the stroke.
 pub fn bounds(shape: &Shape) -> (f64, f64, f64, f64) {
     let pad = shape.width / 2.0;
@@ -103,6 +121,15 @@ mod tests {
         let z = zoom_at(&v, 1.5, 100.0, 50.0);
         let (bx2, by2) = to_board(&z, 100.0, 50.0);
         assert!((bx - bx2).abs() < 1e-9 && (by - by2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_stroke_is_smoothed_through_the_midpoints_and_ends_on_its_last_point() {
+        let segments = smooth_stroke(&[(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)]);
+        assert_eq!(segments, vec![((10.0, 0.0), (10.0, 5.0)), ((10.0, 5.0), (10.0, 10.0))]);
+        // Two points: one straight segment.
+        assert_eq!(smooth_stroke(&[(0.0, 0.0), (4.0, 3.0)]), vec![((0.0, 0.0), (4.0, 3.0))]);
+        assert!(smooth_stroke(&[(1.0, 1.0)]).is_empty());
     }
 
     #[test]

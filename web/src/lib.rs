@@ -38,13 +38,15 @@ use crate::board::BoardView;
 use crate::chat::ChatPanel;
 use crate::identity::{Identity, USER_COLORS, random_room_name};
 use crate::state::{RoomState, Tool};
-use crate::sync::{Connection, PRESENCE_HEARTBEAT_MS, Signals, Status, now_ms};
+use crate::sync::{Connection, Signals, Status, now_ms};
 
 /// Most selected shape ids published in presence.
 const MAX_SELECTION_IN_PRESENCE: usize = 500;
 
 /// No input for this long marks a user as away.
 const IDLE_AFTER_MS: f64 = 120_000.0;
+/// Where the theme someone chose is remembered (`dark` or `light`).
+const THEME_KEY: &str = "huddle.theme";
 
 /// Whether a key event happens while typing in a text field (shortcuts must not fire then).
 pub fn typing_in_field(ev: &web_sys::KeyboardEvent) -> bool {
@@ -77,16 +79,28 @@ pub fn App() -> impl IntoView {
     let popstate = window_event_listener(ev::popstate, move |_| path.set(current_path()));
     on_cleanup(move || popstate.remove());
     let identity = RwSignal::new(Identity::load());
-    let dark = RwSignal::new(
-        window()
+    // The theme someone picked is remembered; until they pick one, the system's is used.
+    let storage = window().local_storage().ok().flatten();
+    let chosen = storage.as_ref().and_then(|s| s.get_item(THEME_KEY).ok().flatten());
+    let dark = RwSignal::new(match chosen.as_deref() {
+        Some("dark") => true,
+        Some("light") => false,
+        _ => window()
             .match_media("(prefers-color-scheme: dark)")
             .ok()
             .flatten()
             .is_some_and(|m| m.matches()),
-    );
-    Effect::new(move |_| {
+    });
+    Effect::new(move |first: Option<()>| {
+        let dark = dark.get();
         if let Some(body) = document().body() {
-            body.set_class_name(if dark.get() { "theme-dark" } else { "theme-light" });
+            body.set_class_name(if dark { "theme-dark" } else { "theme-light" });
+        }
+        // Only a change is a choice: the first run applies the system's theme.
+        if first.is_some()
+            && let Some(storage) = &storage
+        {
+            let _ = storage.set_item(THEME_KEY, if dark { "dark" } else { "light" });
         }
     });
 
@@ -245,7 +259,7 @@ fn RoomView(
     });
     let heartbeat = set_interval_with_handle(
         move || state.conn.get_value().send_presence_now(),
-        std::time::Duration::from_millis(PRESENCE_HEARTBEAT_MS),
+        std::time::Duration::from_millis(huddle_protocol::presence::HEARTBEAT_MS),
     );
     // Away: the tab is hidden, or no input for a while.
     let last_input = StoredValue::new(now_ms());
@@ -269,7 +283,15 @@ fn RoomView(
     let online = window_event_listener(ev::online, move |_| state.conn.get_value().reconnect_now());
     // Leaving the page: write pending edits to the offline cache.
     let pagehide = window_event_listener(ev::pagehide, move |_| state.conn.get_value().save_now());
-    let idle_check = set_interval_with_handle(refresh_idle, std::time::Duration::from_secs(10));
+    // Also re-reads everyone's presence: a peer that went silent shows as away without any
+    // message arriving to say so.
+    let idle_check = set_interval_with_handle(
+        move || {
+            refresh_idle();
+            state.signals.presence_version.update(|v| *v += 1);
+        },
+        std::time::Duration::from_secs(10),
+    );
     // Follow mode: copy the followed person's viewport whenever it changes.
     Effect::new(move |_| {
         let Some(target) = state.follow.get() else { return };
@@ -311,7 +333,7 @@ fn RoomView(
     view! {
         <div class="room" data-testid="room">
             <header class="topbar">
-                <a class="brand small" href="/" aria-label="Huddle home"><img src="/assets/favicon.svg" alt="" width="22" height="22"/>"Huddle"</a>
+                <a class="brand small" href="/" aria-label="Huddle home" data-testid="home"><img src="/assets/favicon.svg" alt="" width="22" height="22"/>"Huddle"</a>
                 <span class="room-name" data-testid="room-name" title="Room name">{room.clone()}</span>
                 <button class="ghost" data-testid="copy-link" aria-label="Copy the room link" title="Copy the room link"
                     on:click=move |_| {

@@ -4,7 +4,7 @@ use huddle_protocol::presence::Viewport;
 use huddle_protocol::schema::{Shape, ShapeKind};
 use web_sys::CanvasRenderingContext2d as Ctx;
 
-use crate::geometry::{bounds, visible};
+use crate::geometry::{bounds, smooth_stroke, visible};
 
 /// Font used for text shapes and sticky notes.
 const FONT: &str = "system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -151,12 +151,9 @@ fn draw_smooth_path(ctx: &Ctx, s: &Shape, dark: bool) {
         _ => {
             ctx.begin_path();
             ctx.move_to(pts[0].0, pts[0].1);
-            for w in pts.windows(2).skip(1) {
-                let mid = ((w[0].0 + w[1].0) / 2.0, (w[0].1 + w[1].1) / 2.0);
-                ctx.quadratic_curve_to(w[0].0, w[0].1, mid.0, mid.1);
+            for (control, end) in smooth_stroke(&pts) {
+                ctx.quadratic_curve_to(control.0, control.1, end.0, end.1);
             }
-            let last = pts[pts.len() - 1];
-            ctx.line_to(last.0, last.1);
             ctx.stroke();
         }
     }

@@ -4,6 +4,12 @@
 //!
 //! Edits always go into the local document first, so drawing keeps working while offline; the
 //! sync step 1/2 exchange of the next connection carries them to the server.
+//!
+//! The socket is `web_sys::WebSocket` itself rather than gloo-net's wrapper: the page opens
+//! the room's socket before the app has loaded (`index.html`), and the app adopts that very
+//! socket and what it already received, which gloo-net (it only opens sockets of its own)
+//! cannot do; and messages are handled in the socket's own callback, not through a stream
+//! polled by a spawned task, so a big sync is applied without an extra task hop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -35,9 +41,6 @@ const UNDO_MERGE_MS: f64 = 400.0;
 const SAVE_DELAY_MS: u64 = 300;
 /// Presence (cursor) updates are sent at most this often (~30 Hz).
 const PRESENCE_INTERVAL_MS: f64 = 33.0;
-/// Presence is re-sent this often even when unchanged, so no peer times us out (Yjs drops
-/// states not renewed for 30 s).
-pub const PRESENCE_HEARTBEAT_MS: u64 = 15_000;
 
 /// What the connection is doing, as shown in the status bar.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,6 +211,14 @@ pub fn mark(name: &str) {
     if let Some(p) = web_sys::window().and_then(|w| w.performance()) {
         let _ = p.mark(name);
     }
+}
+
+/// How long to wait before reconnect attempt `attempt` (0 for the first): exponential backoff
+/// with full jitter, a uniformly random share (`random` in `[0, 1)`) of a ceiling that doubles
+/// per attempt up to [`BACKOFF_CAP_MS`].
+fn backoff_ms(attempt: u32, random: f64) -> f64 {
+    let ceiling = (BACKOFF_BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(BACKOFF_CAP_MS);
+    random * ceiling
 }
 
 /// Milliseconds since the epoch, from the browser.
@@ -460,8 +471,7 @@ impl Connection {
         // server restart over the whole window instead of hitting it at once.
         let attempt = self.attempt.get();
         self.attempt.set(attempt.saturating_add(1));
-        let ceiling = (BACKOFF_BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(BACKOFF_CAP_MS);
-        let delay = js_sys::Math::random() * ceiling;
+        let delay = backoff_ms(attempt, js_sys::Math::random());
         let offline = web_sys::window().is_some_and(|w| !w.navigator().on_line());
         self.signals.status.set(if offline {
             Status::Offline
@@ -690,4 +700,21 @@ fn socket_url(room: &str) -> String {
         .unwrap_or_default();
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
     format!("{scheme}://{host}/ws/{room}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_full_jitter_up_to_the_cap() {
+        let ceiling = |attempt| backoff_ms(attempt, 1.0);
+        assert_eq!(ceiling(1), 2.0 * ceiling(0));
+        assert_eq!(ceiling(3), 8.0 * ceiling(0));
+        assert_eq!(ceiling(30), BACKOFF_CAP_MS);
+        assert_eq!(ceiling(u32::MAX), BACKOFF_CAP_MS);
+        // Full jitter: anywhere from nothing to the ceiling.
+        assert_eq!(backoff_ms(5, 0.0), 0.0);
+        assert_eq!(backoff_ms(5, 0.5), ceiling(5) / 2.0);
+    }
 }
