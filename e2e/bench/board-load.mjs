@@ -140,6 +140,7 @@ for (const n of sizes) {
     await page.evaluate(() => navigator.serviceWorker.ready.then(() => new Promise((r) => setTimeout(r, 200))));
     const t0 = Date.now();
     await page.goto(`${url}/r/${room}`);
+    const gotoMs = Date.now() - t0;
     await page.waitForFunction((n) => {
       const b = document.querySelector('[data-testid=board]');
       return b && b.getAttribute('data-synced') === 'true' && Number(b.getAttribute('data-shape-count')) === n;
@@ -156,12 +157,18 @@ for (const n of sizes) {
         socket_created: r(window.__wsOpenedAt),
         sync_arrived: r(window.__bigMsg && window.__bigMsg.t),
         sync_kib: r(window.__bigMsg && window.__bigMsg.bytes / 1024),
-        synced: r(window.__syncedAt),
+        synced_attr: r(window.__syncedAt),
+        // Wall clock of the navigation's start, to tell the page's time from Playwright's.
+        nav_start_epoch: performance.timeOrigin,
       };
       for (const m of performance.getEntriesByType('mark')) if (m.name.startsWith('huddle-')) out[m.name.slice(7)] = r(m.startTime);
       return out;
     });
-    console.error(`open ${run + 1}/${runs} of ${n} shapes: ${loadMs} ms; phases (ms since navigation):`, JSON.stringify(phases));
+    // Where Playwright's own time went: from its `goto` call to the navigation's start in the
+    // page, and from the board showing (the page's own clock) to `waitForFunction` returning.
+    const navStartMs = Math.round(phases.nav_start_epoch - t0);
+    delete phases.nav_start_epoch;
+    console.error(`open ${run + 1}/${runs} of ${n} shapes: ${loadMs} ms (goto returned at ${gotoMs}; navigation started ${navStartMs} ms after goto was called; board shown at ${navStartMs + phases.synced_attr} ms); phases (ms since navigation):`, JSON.stringify(phases));
     opens.push(loadMs);
   }
   opens.sort((a, b) => a - b);

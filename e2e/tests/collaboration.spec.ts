@@ -1,5 +1,7 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount, shapesOf } from './fixtures';
+import { Page } from '@playwright/test';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const shot = (name: string) => ({ path: join('test-results', 'screens', `${name}.png`) });
@@ -30,10 +32,28 @@ test('drawing, chat, presence and cursors flow between two users', async ({ brow
   await a.mouse.click(box.x + 900, box.y + 600);
   expected += 1;
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', String(expected));
+  // Bob has each tool's kind of shape, in order, and the text Ada typed.
+  await expect.poll(async () => (await shapesOf(b)).map((s) => s.kind))
+    .toEqual(['rect', 'ellipse', 'line', 'arrow', 'pen', 'sticky', 'text']);
+  await expect.poll(async () => (await shapesOf(b)).find((s) => s.kind === 'text')?.text).toBe('Plan for Monday');
 
-  // B sees A's cursor, labelled with A's name.
+  // B sees A's cursor where A's pointer is, with A's name on a visible label, and it follows
+  // A's pointer (both views are at the origin, zoom 1: board and screen points coincide).
+  const cursor = b.locator('[data-testid=cursor][data-name="Ada"]');
+  const label = cursor.locator('.cursor-label');
+  const bBox = (await b.getByTestId('board').boundingBox())!;
   await a.mouse.move(box.x + 500, box.y + 450);
-  await expect(b.locator('[data-testid=cursor][data-name="Ada"]')).toBeVisible();
+  await expect(cursor).toBeVisible();
+  await expect(label).toBeVisible();
+  await expect(label).toHaveText('Ada');
+  await expect(cursor).toHaveAttribute('style', /translate\(500(\.0)?px, 450(\.0)?px\)/);
+  await a.mouse.move(box.x + 300, box.y + 200, { steps: 5 });
+  await expect(cursor).toHaveAttribute('style', /translate\(300(\.0)?px, 200(\.0)?px\)/);
+  // Where it is drawn, too: the label sits 14 px right of and below the pointer's tip.
+  await expect.poll(async () => {
+    const l = (await label.boundingBox())!;
+    return [Math.round(l.x - bBox.x), Math.round(l.y - bBox.y)];
+  }).toEqual([314, 214]);
 
   // Chat both ways, with names.
   await a.getByTestId('chat-input').fill('hello from Ada');
@@ -85,18 +105,41 @@ test('a stock Yjs client adds a rectangle and a chat message the page shows', as
 test('text from peers is shown as text, never run as HTML', async ({ browser, server }) => {
   const a = await newUser(await browser.newContext(), server.url, 'Mallory');
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');
-  const payload = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>';
+  const dialogs: string[] = [];
+  for (const page of [a, b]) page.on('dialog', (d) => { dialogs.push(d.message()); void d.dismiss(); });
+  const payload = '<img src=x onerror="window.__pwned=1;alert(1)"><script>window.__pwned=2</script><b>bold</b>';
   await a.getByTestId('chat-input').fill(payload);
   await a.keyboard.press('Enter');
-  await expect(b.getByTestId('chat-message').last()).toContainText('<img src=x onerror=');
+  // Bob's chat shows the payload's characters, exactly, as text.
+  await expect(b.getByTestId('chat-message').last().locator('.text')).toHaveText(payload);
   await a.getByTestId('tool-text').click();
   const box = (await a.getByTestId('board').boundingBox())!;
   await a.mouse.click(box.x + 200, box.y + 200);
   await a.getByTestId('text-editor').fill(payload);
   await a.mouse.click(box.x + 700, box.y + 500);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
-  expect(await b.evaluate(() => (window as any).__pwned)).toBeUndefined();
-  expect(await b.locator('img[src=x]').count()).toBe(0);
+  // Bob has the text shape with the payload as its text...
+  await expect.poll(async () => (await shapesOf(b))[0]?.text).toBe(payload);
+  // ...and his SVG export of it carries it escaped, so the file cannot run it either.
+  const svgDownload = b.waitForEvent('download');
+  await b.getByTestId('export-svg').click();
+  const svg = readFileSync(await (await svgDownload).path(), 'utf8');
+  expect(svg).toContain('&lt;img src=x onerror=&quot;window.__pwned=1;alert(1)&quot;&gt;&lt;script&gt;');
+  expect(svg).not.toContain('<img');
+  expect(svg).not.toContain('<script');
+  // An image that fails to load, as the payload's would: once its error handler has run, the
+  // payload's would have run too, had it been parsed as HTML.
+  for (const page of [a, b]) {
+    await page.evaluate(() => new Promise((resolve) => {
+      const probe = new Image();
+      probe.onerror = resolve;
+      probe.src = 'x';
+    }));
+    expect(await page.evaluate(() => (window as any).__pwned)).toBeUndefined();
+    expect(await page.locator('img[src="x"]').count()).toBe(0);
+    expect(await page.locator('b', { hasText: 'bold' }).count()).toBe(0);
+  }
+  expect(dialogs).toEqual([]);
 });
 
 test('both clients ride out a server restart and keep the edits made during the outage', async ({ browser, server }) => {
@@ -106,8 +149,11 @@ test('both clients ride out a server restart and keep the edits made during the 
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
 
   await server.stop();
-  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', /reconnecting|offline|connecting/);
-  await expect(b.getByTestId('connection-status')).toHaveAttribute('data-state', /reconnecting|offline|connecting/);
+  // Both say when they will try again (the countdown of the backoff).
+  for (const page of [a, b]) {
+    await expect(page.getByTestId('connection-status')).toHaveText(/^Reconnecting in \d+ s$/);
+    await expect(page.getByTestId('connection-status')).toHaveAttribute('data-state', 'reconnecting');
+  }
   await a.screenshot(shot('outage-ada'));
   // Both keep drawing while the server is down.
   await dragOnBoard(a, 250, 100, 350, 200);
@@ -123,6 +169,36 @@ test('both clients ride out a server restart and keep the edits made during the 
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '3');
 });
 
+/**
+ * Decodes a PNG in the page and reports its size, how many of its pixels are not white, and for
+ * each probe point the darkest pixel (sum of R, G and B, 765 = white) within 2 px of it.
+ */
+async function decodePng(page: Page, png: Buffer, probes: [number, number][]) {
+  return page.evaluate(async ({ b64, probes }) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+    const canvas = document.createElement('canvas');
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+    const ctx = canvas.getContext('2d')!;
+    ctx.drawImage(bitmap, 0, 0);
+    const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    let nonWhite = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) nonWhite++;
+    const darkest = probes.map(([x, y]) => {
+      let best = 765;
+      for (let dy = -2; dy <= 2; dy++) for (let dx = -2; dx <= 2; dx++) {
+        const px = Math.round(x) + dx, py = Math.round(y) + dy;
+        if (px < 0 || py < 0 || px >= canvas.width || py >= canvas.height) continue;
+        const i = (py * canvas.width + px) * 4;
+        best = Math.min(best, d[i] + d[i + 1] + d[i + 2]);
+      }
+      return best;
+    });
+    return { width: canvas.width, height: canvas.height, nonWhite, darkest };
+  }, { b64: png.toString('base64'), probes });
+}
+
 test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) => {
   const page = await newUser(await browser.newContext(), server.url, 'Ada');
   await page.getByTestId('tool-rect').click();
@@ -130,26 +206,59 @@ test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) 
   await page.getByTestId('tool-ellipse').click();
   await dragOnBoard(page, 350, 100, 450, 250);
   await page.keyboard.press('Escape'); // nothing selected: export the whole board
+  const [rect, ellipse] = await shapesOf(page);
+  expect([rect.kind, ellipse.kind]).toEqual(['rect', 'ellipse']);
+
+  // SVG: one element per shape, each carrying its shape's id, of the right kind.
   const svgDownload = page.waitForEvent('download');
   await page.getByTestId('export-svg').click();
-  const svg = await (await svgDownload).path();
-  const text = require('node:fs').readFileSync(svg, 'utf8');
-  expect(text).toContain('<rect x="');
-  expect(text).toContain('<ellipse');
+  const text = readFileSync(await (await svgDownload).path(), 'utf8');
+  expect(text.match(/data-id="/g)).toHaveLength(2);
+  expect(text).toMatch(new RegExp(`<rect [^>]*data-id="${rect.id}"`));
+  expect(text).toMatch(new RegExp(`<ellipse [^>]*data-id="${ellipse.id}"`));
+
+  // PNG: the image spans both shapes (plus 20 px of padding around their strokes), and the
+  // shapes' outlines are drawn where they are, the empty inside of the rectangle is white.
   const pngDownload = page.waitForEvent('download');
   await page.getByTestId('export-png').click();
-  const png = require('node:fs').readFileSync(await (await pngDownload).path());
+  const png = readFileSync(await (await pngDownload).path());
   expect(png.subarray(1, 4).toString()).toBe('PNG');
-  // Both shapes span 350 board units across, plus padding.
-  expect(png.readUInt32BE(16)).toBeGreaterThan(350);
+  const half = rect.width / 2;
+  const ox = Math.min(rect.x, ellipse.x) - half - 20;
+  const oy = Math.min(rect.y, ellipse.y) - half - 20;
+  const decoded = await decodePng(page, png, [
+    [rect.x - ox, rect.y + rect.h / 2 - oy], // the rectangle's left side
+    [rect.x + rect.w / 2 - ox, rect.y + rect.h - oy], // its bottom side
+    [rect.x + rect.w / 2 - ox, rect.y + rect.h / 2 - oy], // its (unfilled) middle
+    [ellipse.x - ox, ellipse.y + ellipse.h / 2 - oy], // the ellipse's leftmost point
+    [ellipse.x + ellipse.w / 2 - ox, ellipse.y + ellipse.h - oy], // its lowest point
+  ]);
+  expect(decoded.width).toBeCloseTo(ellipse.x + ellipse.w - rect.x + 2 * half + 40, -1);
+  expect(decoded.height).toBeCloseTo(ellipse.h + 2 * half + 40, -1);
+  const [left, bottom, middle, ellLeft, ellBottom] = decoded.darkest;
+  expect(left, 'rectangle side drawn').toBeLessThan(300);
+  expect(bottom, 'rectangle side drawn').toBeLessThan(300);
+  expect(middle, 'inside of the rectangle white').toBe(765);
+  expect(ellLeft, 'ellipse drawn').toBeLessThan(300);
+  expect(ellBottom, 'ellipse drawn').toBeLessThan(300);
+  // Outlines only: some pixels are drawn, most are background.
+  expect(decoded.nonWhite).toBeGreaterThan(400);
+  expect(decoded.nonWhite).toBeLessThan((decoded.width * decoded.height) / 4);
+
   // With the ellipse selected, only the selection is exported.
   await page.getByTestId('tool-select').click();
   const box = (await page.getByTestId('board').boundingBox())!;
   await page.mouse.click(box.x + 400, box.y + 175);
   const selDownload = page.waitForEvent('download');
   await page.getByTestId('export-png').click();
-  const sel = require('node:fs').readFileSync(await (await selDownload).path());
+  const sel = readFileSync(await (await selDownload).path());
   expect(sel.readUInt32BE(16)).toBeLessThan(200);
+  const selected = await decodePng(page, sel, [[20 + half, sel.readUInt32BE(20) / 2]]);
+  expect(selected.darkest[0], 'ellipse drawn at the left of the selection export').toBeLessThan(300);
+  const selSvgDownload = page.waitForEvent('download');
+  await page.getByTestId('export-svg').click();
+  const selSvg = readFileSync(await (await selSvgDownload).path(), 'utf8');
+  expect(selSvg.match(/data-id="([^"]+)"/g)).toEqual([`data-id="${ellipse.id}"`]);
 });
 
 test('a big room shows how far opening has got, then every shape, over one socket', async ({ browser, server }) => {

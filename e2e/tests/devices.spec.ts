@@ -1,5 +1,5 @@
 // The board on a phone (touch: pinch zoom), the dark theme, the eraser and the laser pointer.
-import { test, expect, newUser, dragOnBoard } from './fixtures';
+import { test, expect, newUser, dragOnBoard, boardPixels } from './fixtures';
 
 test('on a phone: two-finger pinch zooms the board', async ({ browser, server }) => {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true });
@@ -29,11 +29,25 @@ test('dark theme, eraser and laser pointer', async ({ browser, server }) => {
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 400, 100, 500, 200);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
-  // The laser is ephemeral: Bob sees it through presence, the document does not change.
+  // The laser is ephemeral: Bob sees it through presence while Ada holds it down (a red trail
+  // on his board along her path), it is gone when she lets go, and the document never changes.
+  const laserRed: [number, number, number] = [250, 82, 82];
+  const onPath = { x: 280, y: 310, w: 40, h: 30 }; // around (300, 325), halfway along her path
+  expect(await boardPixels(b, onPath, laserRed, 30)).toBe(0);
   await a.getByTestId('tool-laser').click();
-  await dragOnBoard(a, 150, 300, 450, 350);
-  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  const box = (await a.getByTestId('board').boundingBox())!;
+  await a.mouse.move(box.x + 150, box.y + 300);
+  await a.mouse.down();
+  await a.mouse.move(box.x + 300, box.y + 325, { steps: 5 });
+  await a.mouse.move(box.x + 450, box.y + 350, { steps: 5 });
+  await expect.poll(() => boardPixels(b, onPath, laserRed, 30), { message: "Ada's laser on Bob's board" }).toBeGreaterThan(20);
+  // Off her path, nothing red.
+  expect(await boardPixels(b, { x: 280, y: 400, w: 40, h: 30 }, laserRed, 30)).toBe(0);
   await a.screenshot({ path: 'test-results/screens/dark-theme.png' });
+  await b.screenshot({ path: 'test-results/screens/laser-bob.png' });
+  await a.mouse.up();
+  await expect.poll(() => boardPixels(b, onPath, laserRed, 30), { message: 'the laser fades when released' }).toBe(0);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
   // The eraser removes what it crosses (the pen stroke), for everyone.
   await a.getByTestId('tool-eraser').click();
   await dragOnBoard(a, 200, 80, 200, 180);

@@ -2,7 +2,7 @@
 // helpers to act as a user in a browser context.
 import { test as base, expect, Page, Browser, BrowserContext } from '@playwright/test';
 import { spawn, ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -40,18 +40,20 @@ export class HuddleServer {
   }
 }
 
-export async function enterRoom(page: Page, url: string, name: string): Promise<void> {
+export async function enterRoom(page: Page, url: string, name: string, color?: string): Promise<void> {
   await page.goto(url);
   await page.getByTestId('name-input').fill(name);
+  if (color) await page.getByTestId(`color-${color.replace('#', '')}`).click();
   const create = page.getByTestId('create-room');
   if (await create.isVisible()) await create.click();
   else await page.getByTestId('enter-room').click();
   await expect(page.getByTestId('board')).toHaveAttribute('data-synced', 'true');
 }
 
-export async function newUser(context: BrowserContext, url: string, name: string): Promise<Page> {
+/** A user with `name` (and, if given, the colour `color`, e.g. '#2f9e44') in a new page of `context`. */
+export async function newUser(context: BrowserContext, url: string, name: string, color?: string): Promise<Page> {
   const page = await context.newPage();
-  await enterRoom(page, url, name);
+  await enterRoom(page, url, name, color);
   return page;
 }
 
@@ -88,6 +90,63 @@ export async function dragOnBoard(page: Page, x1: number, y1: number, x2: number
 
 export async function shapeCount(page: Page): Promise<number> {
   return Number(await page.getByTestId('board').getAttribute('data-shape-count'));
+}
+
+export type ShapeJson = {
+  id: string; kind: string; x: number; y: number; w: number; h: number; z: number;
+  stroke: string; fill: string; width: number; points: number[]; text?: string;
+};
+export type RoomJson = { shapes: Record<string, ShapeJson>; chat: { text: string; author_name?: string }[] };
+
+/** The room as its "Export JSON" button downloads it (a user-visible view of the document). */
+export async function roomJson(page: Page): Promise<RoomJson> {
+  const download = page.waitForEvent('download');
+  await page.getByTestId('export-json').click();
+  return JSON.parse(readFileSync(await (await download).path(), 'utf8'));
+}
+
+/** The room's shapes, bottom to top. */
+export async function shapesOf(page: Page): Promise<ShapeJson[]> {
+  return Object.values((await roomJson(page)).shapes).sort((a, b) => a.z - b.z);
+}
+
+/** The board element's `data-view` as numbers: [x, y, zoom]. */
+export async function viewOf(page: Page): Promise<[number, number, number]> {
+  const v = (await page.getByTestId('board').getAttribute('data-view'))!.split(',').map(Number);
+  return [v[0], v[1], v[2]];
+}
+
+/**
+ * How many pixels of the board's canvas inside the rectangle (board-element CSS pixels) are
+ * painted (alpha > 100) in about the colour `rgb` (each channel within a distance `tol`). The
+ * canvas is cleared to transparent each frame, so an anti-aliased line keeps its colour and only
+ * its alpha drops.
+ */
+export async function boardPixels(
+  page: Page, rect: { x: number; y: number; w: number; h: number }, rgb: [number, number, number], tol = 40,
+): Promise<number> {
+  return page.evaluate(({ rect, rgb, tol }) => {
+    const canvas = document.querySelector('[data-testid=board] canvas') as HTMLCanvasElement;
+    const dpr = canvas.width / canvas.clientWidth;
+    const data = canvas.getContext('2d')!.getImageData(
+      Math.round(rect.x * dpr), Math.round(rect.y * dpr), Math.round(rect.w * dpr), Math.round(rect.h * dpr)).data;
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i + 3] > 100 && Math.hypot(data[i] - rgb[0], data[i + 1] - rgb[1], data[i + 2] - rgb[2]) <= tol) n++;
+    }
+    return n;
+  }, { rect, rgb, tol });
+}
+
+/** `#rrggbb` → [r, g, b]. */
+export function rgbOf(hex: string): [number, number, number] {
+  const n = parseInt(hex.replace('#', ''), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+/** Resolves after the page has rendered two more animation frames (what it queued is done). */
+export async function nextFrames(page: Page): Promise<void> {
+  await page.evaluate(() => new Promise<void>((r) => requestAnimationFrame(() => requestAnimationFrame(() => r()))));
 }
 
 export const test = base.extend<{ server: HuddleServer }>({

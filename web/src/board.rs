@@ -261,11 +261,15 @@ pub fn BoardView() -> impl IntoView {
     // Redraw (once per animation frame at most) whenever anything visible changes.
     Effect::new(move |_| {
         room.signals.doc_version.track();
+        room.signals.synced.track();
         room.signals.presence_version.track();
         room.view.track();
         room.selection.track();
         room.dark.track();
         size.track();
+        // Read the shapes now rather than in the frame: after a big sync, reading them all
+        // takes a while, and done here it overlaps the wait for the next frame.
+        let _ = shapes();
         if !frame_pending.get_value() {
             frame_pending.set_value(true);
             request_animation_frame(draw);

@@ -258,7 +258,7 @@ fn RoomView(
         state.conn.get_value().update_presence(|p| p.selection = shown);
     });
     let heartbeat = set_interval_with_handle(
-        move || state.conn.get_value().send_presence_now(),
+        move || state.conn.get_value().heartbeat(),
         std::time::Duration::from_millis(huddle_protocol::presence::HEARTBEAT_MS),
     );
     // Away: the tab is hidden, or no input for a while.
@@ -281,6 +281,8 @@ fn RoomView(
     });
     // Back online: retry at once instead of waiting out the backoff.
     let online = window_event_listener(ev::online, move |_| state.conn.get_value().reconnect_now());
+    let offline =
+        window_event_listener(ev::offline, move |_| state.conn.get_value().went_offline());
     // Leaving the page: write pending edits to the offline cache.
     let pagehide = window_event_listener(ev::pagehide, move |_| state.conn.get_value().save_now());
     // Also re-reads everyone's presence: a peer that went silent shows as away without any
@@ -317,6 +319,7 @@ fn RoomView(
         activity.remove();
         typing.remove();
         online.remove();
+        offline.remove();
         pagehide.remove();
         if let Ok(h) = idle_check {
             h.clear();

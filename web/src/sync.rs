@@ -149,6 +149,10 @@ pub struct Connection {
     in_action: Cell<bool>,
     /// When the last edit outside a gesture was made (`Date.now()` ms; 0 after a gesture).
     last_edit_at: Cell<f64>,
+    /// When the last frame arrived from the server (`Date.now()` ms).
+    last_received: Cell<f64>,
+    /// When the last heartbeat asked the server for an answer (0: none outstanding).
+    asked_at: Cell<f64>,
     /// Frames held back so the page can paint the loading display before a big first sync
     /// blocks it (see [`BIG_SYNC_BYTES`]); later frames queue behind them, in order.
     deferred: RefCell<std::collections::VecDeque<Vec<u8>>>,
@@ -266,6 +270,8 @@ impl Connection {
             deferred: RefCell::new(std::collections::VecDeque::new()),
             in_action: Cell::new(false),
             last_edit_at: Cell::new(0.0),
+            last_received: Cell::new(0.0),
+            asked_at: Cell::new(0.0),
         })
     }
 
@@ -370,6 +376,7 @@ impl Connection {
     }
 
     fn on_frame(self: &Rc<Self>, frame: Vec<u8>) {
+        self.last_received.set(now_ms());
         let mut deferred = self.deferred.borrow_mut();
         if !deferred.is_empty() {
             deferred.push_back(frame);
@@ -455,6 +462,7 @@ impl Connection {
 
     fn on_close(self: &Rc<Self>) {
         self.socket.borrow_mut().take();
+        self.asked_at.set(0.0);
         // Held-back frames belong to the connection that just ended (the next one resyncs).
         self.deferred.borrow_mut().clear();
         self.signals.loading.set(Loading::Connecting);
@@ -593,6 +601,46 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// The heartbeat, every [`huddle_protocol::presence::HEARTBEAT_MS`]: re-sends our presence
+    /// (so peers know we are here) and asks the server for everyone's, which it always
+    /// answers. A socket that has not answered the previous heartbeat's question by now is
+    /// dead even though the browser has not noticed (a network that went away without closing
+    /// anything, a laptop that slept): it is dropped and the connection starts over, so the
+    /// status never says "Connected" over a dead socket for long.
+    pub fn heartbeat(self: &Rc<Self>) {
+        if !self.is_open() {
+            return;
+        }
+        let asked = self.asked_at.get();
+        if asked > 0.0 && self.last_received.get() < asked {
+            leptos::logging::warn!("no answer from the server for a heartbeat; reconnecting");
+            self.drop_socket();
+            return;
+        }
+        self.send_presence_now();
+        self.send(&huddle_protocol::wire::encode(
+            &huddle_protocol::yrs::sync::Message::AwarenessQuery,
+        ));
+        self.asked_at.set(now_ms());
+    }
+
+    /// The browser says the network is gone: the socket cannot work, whatever its state says,
+    /// so it is dropped at once and the status shows offline (edits keep going into the
+    /// document and leave when the network is back).
+    pub fn went_offline(self: &Rc<Self>) {
+        if self.socket.borrow().is_some() {
+            self.drop_socket();
+        } else if !self.closed.get() {
+            self.signals.status.set(Status::Offline);
+        }
+    }
+
+    /// Drops the socket as if it had closed.
+    fn drop_socket(self: &Rc<Self>) {
+        self.socket.borrow_mut().take();
+        self.on_close();
     }
 
     /// Reconnects now if the socket is down (the browser came back online).
