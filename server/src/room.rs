@@ -617,9 +617,25 @@ impl Room {
             } else {
                 Bytes::from(wire::awareness(effective))
             };
-            self.broadcast(Some(from), &frame);
+            self.relay_presence(from, &frame);
         }
         Ok(())
+    }
+
+    /// Relays a presence frame from `from` to everyone else; a socket alone in the room gets
+    /// its own frame back instead. Stock y-websocket clients close a socket that has received
+    /// nothing for 30 s, and one alone in a room would receive nothing after its sync: echoing
+    /// its presence heartbeat (every 15 s) keeps it from reconnecting every 30 s. (The Node
+    /// reference server echoes every update to its sender; with company, others' heartbeats
+    /// arrive anyway, so Huddle spends nothing on echoes then.)
+    fn relay_presence(&self, from: ConnId, frame: &Bytes) {
+        let peers = self.peers.lock();
+        let alone = peers.len() == 1;
+        for (id, tx) in peers.iter() {
+            if (*id != from || alone) && tx.offer(frame.clone(), self.config.max_queue_bytes) {
+                self.stats.frames_relayed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Everyone's presence as one frame (the answer to a query-awareness message).

@@ -254,3 +254,74 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
     returning.close().await;
     server.stop().await;
 }
+
+/// Reads `client`'s frames (handling them) until one satisfies `stop`; returns whether any
+/// frame before it, or it, satisfied `seen`.
+async fn read_until(
+    client: &mut TestClient,
+    mut stop: impl FnMut(&[huddle_protocol::wire::WireMessage]) -> bool,
+    mut seen: impl FnMut(&[huddle_protocol::wire::WireMessage]) -> bool,
+) -> bool {
+    use futures_util::StreamExt;
+    let mut saw = false;
+    loop {
+        let next = tokio::time::timeout(common::DEADLINE, client.ws.next()).await.expect("in time");
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(frame))) = next else {
+            continue;
+        };
+        let messages = huddle_protocol::wire::decode_frame(&frame).expect("valid frame");
+        client.session.receive(&frame).expect("applies");
+        saw |= seen(&messages);
+        if stop(&messages) {
+            return saw;
+        }
+    }
+}
+
+/// Whether `messages` hold a presence entry of awareness client `id`.
+fn names_client(messages: &[huddle_protocol::wire::WireMessage], id: u64) -> bool {
+    messages.iter().any(|m| {
+        matches!(m, huddle_protocol::wire::WireMessage::Awareness(u)
+            if u.clients.contains_key(&huddle_protocol::yrs::ClientID::new(id)))
+    })
+}
+
+/// Stock y-websocket clients drop a socket that has received nothing for 30 s. Alone in a
+/// room, a client would receive nothing after its sync, so its presence heartbeat comes back
+/// to it; with company it does not (others' heartbeats arrive anyway).
+#[tokio::test]
+async fn a_client_alone_gets_its_presence_back_and_one_with_company_does_not() {
+    let server = TestServer::start().await;
+    let url = server.url("lonely");
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    let ada_id = ada.session.client_id();
+    ada.set_name("Ada").await;
+    let echoed = read_until(&mut ada, |m| names_client(m, ada_id), |_| false).await;
+    assert!(!echoed, "stopped at the echo itself");
+
+    let mut bob = TestClient::connect(&url).await;
+    bob.synced().await;
+    bob.until("Bob sees Ada", |s| s.peers().iter().any(|(_, p)| p.user.name == "Ada")).await;
+    // Ada's next heartbeat reaches Bob; then Bob edits. Whatever the server sent Ada for her
+    // heartbeat would be queued to her before Bob's edit.
+    ada.set_name("Ada again").await;
+    bob.until("Bob sees the heartbeat", |s| {
+        s.peers().iter().any(|(_, p)| p.user.name == "Ada again")
+    })
+    .await;
+    bob.add_shape("after-the-heartbeat", ShapeKind::Rect).await;
+    let is_update = |m: &[huddle_protocol::wire::WireMessage]| {
+        m.iter().any(|m| {
+            matches!(
+                m,
+                huddle_protocol::wire::WireMessage::Sync(
+                    huddle_protocol::wire::WireSyncMessage::Update(_)
+                )
+            )
+        })
+    };
+    let echoed = read_until(&mut ada, is_update, |m| names_client(m, ada_id)).await;
+    assert!(!echoed, "with company, Ada's own presence was sent back to her");
+    server.stop().await;
+}
