@@ -123,7 +123,7 @@ pub async fn serve_http1(
 ///
 /// The request head is read and parsed here (with `httparse`, hyper's own parser). If it is a
 /// WebSocket upgrade to `/ws/{room}` that [`admit`] accepts, the 101 is written and the
-/// connection becomes the room's socket in this same task. Anything else — other requests,
+/// connection becomes the room's socket (see [`Admission::serve`]). Anything else — other requests,
 /// refused or malformed upgrades — goes to hyper and the router, with the bytes read so far
 /// replayed first, so every HTTP response (400, 503, files) still comes from one place.
 ///
@@ -139,17 +139,11 @@ async fn serve_connection(
     header_timeout: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    // Boxed: reading the head and serving plain HTTP are short, and unboxed their state would
-    // be part of every socket's task for as long as the socket lives.
-    match Box::pin(read_head(tcp, &state, header_timeout, &stop)).await {
+    match read_head(tcp, &state, header_timeout, &stop).await {
         Opening::Socket { tcp, upgrade, pipelined, admission } => {
-            let ctx = state.sockets.clone();
-            drop((state, app, stop));
-            accept_socket(tcp, upgrade, pipelined, admission, ctx).await;
+            accept_socket(tcp, upgrade, pipelined, admission, state.sockets.clone()).await;
         }
-        Opening::Http { tcp, head } => {
-            Box::pin(serve_hyper(tcp, head, app, header_timeout, stop)).await;
-        }
+        Opening::Http { tcp, head } => serve_hyper(tcp, head, app, header_timeout, stop).await,
         Opening::Gone => {}
     }
 }
@@ -321,11 +315,7 @@ async fn accept_socket(
         "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
          sec-websocket-accept: {accept}\r\n\r\n"
     );
-    drop(accept);
-    // Its own statement, so the response is freed before the socket's long life begins.
-    let written = tcp.write_all(response.as_bytes()).await;
-    drop(response);
-    if let Err(e) = written {
+    if let Err(e) = tcp.write_all(response.as_bytes()).await {
         tracing::debug!(error = %e, "websocket upgrade failed");
         return;
     }

@@ -629,13 +629,8 @@ impl Room {
     /// reference server echoes every update to its sender; with company, others' heartbeats
     /// arrive anyway, so Huddle spends nothing on echoes then.)
     fn relay_presence(&self, from: ConnId, frame: &Bytes) {
-        let peers = self.peers.lock();
-        let alone = peers.len() == 1;
-        for (id, tx) in peers.iter() {
-            if (*id != from || alone) && tx.offer(frame.clone(), self.config.max_queue_bytes) {
-                self.stats.frames_relayed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let alone = self.peers.lock().len() == 1;
+        self.broadcast((!alone).then_some(from), frame);
     }
 
     /// Everyone's presence as one frame (the answer to a query-awareness message).
