@@ -149,7 +149,14 @@ export async function nextFrames(page: Page): Promise<void> {
   await page.evaluate(() => new Promise<void>((r) => requestAnimationFrame(() => requestAnimationFrame(() => r()))));
 }
 
-export const test = base.extend<{ server: HuddleServer }>({
+export const test = base.extend<{ server: HuddleServer; closeContexts: void }>({
+  // Tests open their users' browser contexts themselves; every one still open is closed when
+  // the test ends, so pages of finished tests do not keep running (reconnecting to a stopped
+  // server, drawing frames) and slow down the tests after them.
+  closeContexts: [async ({ browser }, use) => {
+    await use();
+    await Promise.all(browser.contexts().map((c) => c.close()));
+  }, { auto: true }],
   server: async ({}, use) => {
     const dir = mkdtempSync(join(tmpdir(), 'huddle-e2e-'));
     const server = new HuddleServer(dir);
