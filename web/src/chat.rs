@@ -115,7 +115,7 @@ pub fn ChatPanel() -> impl IntoView {
                     </For>
                 </ol>
                 <div class="composer">
-                    <textarea data-testid="chat-input" aria-label="Message" placeholder="Message (Enter to send, Shift+Enter for a new line)"
+                    <textarea data-testid="chat-input" aria-label="Message" placeholder="Message…" title="Enter to send, Shift+Enter for a new line"
                         rows="2" prop:value=move || draft.get()
                         on:input=move |ev| draft.set(event_target_value(&ev))
                         on:keydown=move |ev: web_sys::KeyboardEvent| {
