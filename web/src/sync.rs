@@ -153,6 +153,8 @@ pub struct Connection {
     last_received: Cell<f64>,
     /// When the last heartbeat asked the server for an answer (0: none outstanding).
     asked_at: Cell<f64>,
+    /// When the last heartbeat ran.
+    heartbeat_at: Cell<f64>,
     /// Frames held back so the page can paint the loading display before a big first sync
     /// blocks it (see [`BIG_SYNC_BYTES`]); later frames queue behind them, in order.
     deferred: RefCell<std::collections::VecDeque<Vec<u8>>>,
@@ -272,6 +274,7 @@ impl Connection {
             last_edit_at: Cell::new(0.0),
             last_received: Cell::new(0.0),
             asked_at: Cell::new(0.0),
+            heartbeat_at: Cell::new(0.0),
         })
     }
 
@@ -604,26 +607,34 @@ impl Connection {
     }
 
     /// The heartbeat, every [`huddle_protocol::presence::HEARTBEAT_MS`]: re-sends our presence
-    /// (so peers know we are here) and asks the server for everyone's, which it always
-    /// answers. A socket that has not answered the previous heartbeat's question by now is
-    /// dead even though the browser has not noticed (a network that went away without closing
-    /// anything, a laptop that slept): it is dropped and the connection starts over, so the
-    /// status never says "Connected" over a dead socket for long.
+    /// (so peers know we are here) and checks that the socket is alive. A socket that brought
+    /// nothing since the previous heartbeat is asked for everyone's presence, which the server
+    /// always answers; one that has not answered by the next heartbeat is dead even though the
+    /// browser has not noticed (a network that went away without closing anything, a laptop
+    /// that slept): it is dropped and the connection starts over, so the status never says
+    /// "Connected" over a dead socket for long. In a room with company, others' heartbeats
+    /// keep arriving and nothing is asked (the answer lists everyone: big in a big room).
     pub fn heartbeat(self: &Rc<Self>) {
         if !self.is_open() {
             return;
         }
+        let now = now_ms();
+        let heard = self.last_received.get();
         let asked = self.asked_at.get();
-        if asked > 0.0 && self.last_received.get() < asked {
+        if asked > 0.0 && heard < asked {
             leptos::logging::warn!("no answer from the server for a heartbeat; reconnecting");
             self.drop_socket();
             return;
         }
         self.send_presence_now();
-        self.send(&huddle_protocol::wire::encode(
-            &huddle_protocol::yrs::sync::Message::AwarenessQuery,
-        ));
-        self.asked_at.set(now_ms());
+        if heard < self.heartbeat_at.replace(now) {
+            self.send(&huddle_protocol::wire::encode(
+                &huddle_protocol::yrs::sync::Message::AwarenessQuery,
+            ));
+            self.asked_at.set(now);
+        } else {
+            self.asked_at.set(0.0);
+        }
     }
 
     /// The browser says the network is gone: the socket cannot work, whatever its state says,
