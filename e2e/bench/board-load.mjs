@@ -8,7 +8,7 @@
 //
 // For each size N it starts a fresh server, preloads a room with N mixed shapes (rectangles,
 // ellipses, pen strokes, text, arrows) through a stock Yjs client, then opens the room in
-// Chromium (1280x800) and reports: navigation → `data-synced` with all N shapes counted, the
+// Chromium (1280x800) (as a returning visitor; COLD=1: as a first visit) and reports: navigation → `data-synced` with all N shapes counted, the
 // frame rate while panning with the hand tool for 2 s, and the wasm bundle size.
 import { chromium } from '@playwright/test';
 import { spawn } from 'node:child_process';
@@ -124,6 +124,9 @@ for (const n of sizes) {
   // HTTP cache (a returning visitor); this VM is noisy, so the open is repeated and the median
   // reported. The last context stays open for the pan and remote-edit measurements.
   const runs = Number(process.env.RUNS || 5);
+  // COLD=1: a first visit instead (empty HTTP cache, no service worker; only the name is
+  // already known, as the bench never answers the name prompt).
+  const cold = process.env.COLD === '1';
   const opens = [];
   let context, page;
   for (let run = 0; run < runs; run++) {
@@ -132,12 +135,17 @@ for (const n of sizes) {
     await context.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-bench', name: 'Bench', color: '#1971c2' })));
     await context.addInitScript(instrumentPage);
     page = await context.newPage();
-    await page.goto(`${url}/`);
-    // A returning visitor: the landing page has started and its service worker is installed
-    // and idle (its install step downloads the app shell; left running, it competed with the
-    // open being measured and made it much noisier).
-    await page.waitForFunction(() => performance.getEntriesByName('huddle-started').length > 0);
-    await page.evaluate(() => navigator.serviceWorker.ready.then(() => new Promise((r) => setTimeout(r, 200))));
+    if (!cold) {
+      // A returning visitor: the landing page has started and its service worker is installed
+      // and idle (its install step downloads the app shell; left running, it competed with the
+      // open being measured and made it much noisier).
+      await page.goto(`${url}/`);
+      await page.waitForFunction(() => performance.getEntriesByName('huddle-started').length > 0);
+      await page.evaluate(() => navigator.serviceWorker.ready.then(() => new Promise((r) => setTimeout(r, 200))));
+    }
+    // TRACE=file.json: a Chromium trace of the last open (chrome://tracing, Perfetto).
+    const trace = process.env.TRACE && run === runs - 1;
+    if (trace) await browser.startTracing(page, { path: process.env.TRACE, categories: ['devtools.timeline', 'v8', 'v8.wasm', 'blink', 'loading', 'disabled-by-default-devtools.timeline', 'toplevel', 'net', 'netlog', 'mojom', 'ipc', 'blink.user_timing'] });
     const t0 = Date.now();
     await page.goto(`${url}/r/${room}`);
     const gotoMs = Date.now() - t0;
@@ -146,6 +154,7 @@ for (const n of sizes) {
       return b && b.getAttribute('data-synced') === 'true' && Number(b.getAttribute('data-shape-count')) === n;
     }, n, { polling: 'raf', timeout: 120000 });
     const loadMs = Date.now() - t0;
+    if (trace) await browser.stopTracing();
     // Where the time went, from the page's own clocks (ms since navigation start).
     const phases = await page.evaluate(() => {
       const res = (name) => performance.getEntriesByType('resource').find((e) => new URL(e.name).pathname.endsWith(name));

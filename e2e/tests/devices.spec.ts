@@ -21,7 +21,7 @@ test('on a phone: two-finger pinch zooms the board', async ({ browser, server })
 });
 
 test('dark theme, eraser and laser pointer', async ({ browser, server }) => {
-  const a = await newUser(await browser.newContext({ colorScheme: 'dark' }), server.url, 'Ada');
+  const a = await newUser(await browser.newContext({ colorScheme: 'dark' }), server.url, 'Ada', '#2f9e44');
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');
   await expect(a.locator('body')).toHaveClass(/theme-dark/);
   await a.getByTestId('tool-pen').click();
@@ -29,24 +29,26 @@ test('dark theme, eraser and laser pointer', async ({ browser, server }) => {
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 400, 100, 500, 200);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
-  // The laser is ephemeral: Bob sees it through presence while Ada holds it down (a red trail
-  // on his board along her path), it is gone when she lets go, and the document never changes.
-  const laserRed: [number, number, number] = [250, 82, 82];
+  // The laser is ephemeral: Bob sees it through presence while Ada holds it down (a trail in
+  // her colour, green, on his board along her path), it is gone when she lets go, and the
+  // document never changes.
+  const laserGreen: [number, number, number] = [47, 158, 68];
   const onPath = { x: 280, y: 310, w: 40, h: 30 }; // around (300, 325), halfway along her path
-  expect(await boardPixels(b, onPath, laserRed, 30)).toBe(0);
+  expect(await boardPixels(b, onPath, laserGreen, 30)).toBe(0);
   await a.getByTestId('tool-laser').click();
   const box = (await a.getByTestId('board').boundingBox())!;
   await a.mouse.move(box.x + 150, box.y + 300);
   await a.mouse.down();
   await a.mouse.move(box.x + 300, box.y + 325, { steps: 5 });
   await a.mouse.move(box.x + 450, box.y + 350, { steps: 5 });
-  await expect.poll(() => boardPixels(b, onPath, laserRed, 30), { message: "Ada's laser on Bob's board" }).toBeGreaterThan(20);
-  // Off her path, nothing red.
-  expect(await boardPixels(b, { x: 280, y: 400, w: 40, h: 30 }, laserRed, 30)).toBe(0);
+  await expect.poll(() => boardPixels(b, onPath, laserGreen, 30), { message: "Ada's laser on Bob's board" }).toBeGreaterThan(20);
+  // Off her path, nothing of it; and it is hers, not a red of its own.
+  expect(await boardPixels(b, { x: 280, y: 400, w: 40, h: 30 }, laserGreen, 30)).toBe(0);
+  expect(await boardPixels(b, onPath, [250, 82, 82], 60)).toBe(0);
   await a.screenshot({ path: 'test-results/screens/dark-theme.png' });
   await b.screenshot({ path: 'test-results/screens/laser-bob.png' });
   await a.mouse.up();
-  await expect.poll(() => boardPixels(b, onPath, laserRed, 30), { message: 'the laser fades when released' }).toBe(0);
+  await expect.poll(() => boardPixels(b, onPath, laserGreen, 30), { message: 'the laser fades when released' }).toBe(0);
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
   // The eraser removes what it crosses (the pen stroke), for everyone.
   await a.getByTestId('tool-eraser').click();

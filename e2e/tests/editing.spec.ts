@@ -175,6 +175,21 @@ test('a reload while the server is down still shows the board, and offline edits
   const wasm = html.match(/\/huddle_web_bg\.wasm\?v=[0-9a-f]+/)![0];
   expect((await a.request.get(server.url + wasm)).headers()['cache-control']).toContain('immutable');
   expect((await a.request.get(`${server.url}/huddle_web_bg.wasm`)).headers()['cache-control']).toBe('no-cache');
+  // It is sent precompressed in the best coding the browser takes, and it is the same file.
+  const plain = await a.request.get(server.url + wasm, { headers: { 'accept-encoding': 'identity' } });
+  expect(plain.headers()['content-encoding']).toBeUndefined();
+  for (const [accept, coding] of [['gzip, deflate', 'gzip'], ['gzip, deflate, br, zstd', 'br']]) {
+    const r = await a.request.get(server.url + wasm, { headers: { 'accept-encoding': accept } });
+    expect(r.headers()['content-encoding']).toBe(coding);
+    expect(r.headers()['vary']).toBe('accept-encoding');
+    expect((await r.body()).equals(await plain.body())).toBe(true);
+  }
+  const sent = await a.evaluate(() => {
+    const e = performance.getEntriesByType('resource').find((r) => r.name.includes('huddle_web_bg.wasm')) as PerformanceResourceTiming;
+    return { encoded: e.encodedBodySize, decoded: e.decodedBodySize };
+  });
+  expect(sent.encoded).toBeGreaterThan(0);
+  expect(sent.encoded).toBeLessThan(sent.decoded / 2);
 
   await server.stop();
   await a.reload();

@@ -26,7 +26,39 @@ struct Bundle;
 /// Files whose URLs `index.html` versions: all but the HTML and the service worker (whose URL
 /// must stay the same for its registration).
 fn versioned(name: &str) -> bool {
-    name != "index.html" && name != "sw.js"
+    name != "index.html" && name != "sw.js" && !is_variant(name)
+}
+
+/// Precompressed copies that `cargo xtask web` writes beside a file (`x.wasm.br`, `x.wasm.gz`),
+/// best first, with the content coding each is sent as.
+const VARIANTS: [(&str, &str); 2] = [("br", "br"), ("gz", "gzip")];
+
+/// Whether `name` is a precompressed copy of another file rather than a file of its own.
+fn is_variant(name: &str) -> bool {
+    VARIANTS.iter().any(|(ext, _)| name.strip_suffix(ext).is_some_and(|n| n.ends_with('.')))
+}
+
+/// Whether an `Accept-Encoding` header value accepts `coding` (named, or by `*`, and not with
+/// `q=0`).
+fn accepts(accept_encoding: &str, coding: &str) -> bool {
+    let mut by_star = false;
+    for item in accept_encoding.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or_default().trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if name.eq_ignore_ascii_case(coding) {
+            return !refused;
+        }
+        if name == "*" {
+            by_star = !refused;
+        }
+    }
+    by_star
 }
 
 /// A file's version: the start of its SHA-256, as in its ETag.
@@ -85,13 +117,28 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
             .is_some_and(|q| q.split('&').any(|kv| kv == format!("v={}", version(&file))));
     // The HTML's content includes the other files' versions, so its ETag is taken from what is
     // sent: a new wasm under an unchanged `index.html` still changes it.
+    // Other files go out precompressed when the browser takes it (the compression layer leaves
+    // a response that has a `Content-Encoding` alone). Each coding has its own ETag, which
+    // still starts with the version (the service worker checks that).
+    let accept = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut coding = None;
     let (body, etag) = if name == "index.html" {
         let html = with_versions(&String::from_utf8_lossy(&file.data));
         let etag = format!("\"{}-{:08x}\"", version(&file), crc32fast::hash(html.as_bytes()));
         (Body::from(html), etag)
     } else {
-        let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()[..16]));
-        (Body::from(file.data.into_owned()), etag)
+        let hash = hex(&file.metadata.sha256_hash()[..16]);
+        let variant = VARIANTS
+            .iter()
+            .filter(|(_, c)| accepts(accept, c))
+            .find_map(|(ext, c)| Bundle::get(&format!("{name}.{ext}")).map(|v| (v, *ext, *c)));
+        match variant {
+            Some((v, ext, c)) => {
+                coding = Some(c);
+                (Body::from(v.data.into_owned()), format!("\"{hash}-{ext}\""))
+            }
+            None => (Body::from(file.data.into_owned()), format!("\"{hash}\"")),
+        }
     };
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         return StatusCode::NOT_MODIFIED.into_response();
@@ -103,6 +150,12 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
+    }
+    if name != "index.html" {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c));
     }
     h.insert(
         header::CACHE_CONTROL,
@@ -135,5 +188,18 @@ mod tests {
             r#"<link href="/huddle_web.js?v=aa"><script>import x from '/huddle_web.js?v=aa'; f('/huddle_web_bg.wasm?v=bb'); g("/huddle_web.jsx"); register('/sw.js')</script>"#
         );
         assert!(!versioned("sw.js") && !versioned("index.html") && versioned("assets/style.css"));
+        assert!(!versioned("huddle_web_bg.wasm.br") && !versioned("assets/style.css.gz"));
+        assert!(versioned("assets/logo.brand.svg"));
+    }
+
+    #[test]
+    fn a_coding_is_used_only_when_the_browser_accepts_it() {
+        // What Chromium sends over plain HTTP, and over HTTPS.
+        assert!(accepts("gzip, deflate", "gzip") && !accepts("gzip, deflate", "br"));
+        assert!(accepts("gzip, deflate, br, zstd", "br"));
+        assert!(!accepts("", "gzip"));
+        assert!(!accepts("br;q=0, gzip;q=0.5", "br") && accepts("br;q=0, gzip;q=0.5", "gzip"));
+        assert!(accepts("*", "br") && !accepts("*, br;q=0", "br") && !accepts("*;q=0", "gzip"));
+        assert!(accepts("GZIP", "gzip") && !accepts("gzipx", "gzip"));
     }
 }

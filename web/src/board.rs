@@ -215,10 +215,15 @@ pub fn BoardView() -> impl IntoView {
     };
 
     let draw = move || {
-        // The room view may be gone by the time the frame comes (Back to the landing page).
-        if frame_pending.try_set_value(false).is_some() || room.view.try_get_untracked().is_none() {
+        // The room view may be gone by the time the frame comes (Back to the landing page). A
+        // frame with nothing pending was already drawn (the first draw after the sync is
+        // drawn at once, see below).
+        if !frame_pending.try_get_value().unwrap_or(false)
+            || room.view.try_get_untracked().is_none()
+        {
             return;
         }
+        frame_pending.set_value(false);
         let Some(canvas) = canvas_ref.try_get_untracked().flatten() else { return };
         let Some(ctx) = crate::export::context_2d(&canvas) else { return };
         let (w, h) = size.get_untracked();
@@ -244,7 +249,7 @@ pub fn BoardView() -> impl IntoView {
             for s in all.iter().filter(|s| p.selection.contains(&s.id)) {
                 draw_outline(&ctx, s, &view, &p.user.color, false);
             }
-            draw_laser(&ctx, &p.laser, &view);
+            draw_laser(&ctx, &p.laser, &view, &p.user.color);
         }
         match drag.get_value() {
             Drag::Marquee { start, current } => {
@@ -252,7 +257,9 @@ pub fn BoardView() -> impl IntoView {
                 ctx.set_line_width(1.0 / view.zoom);
                 ctx.stroke_rect(start.0, start.1, current.0 - start.0, current.1 - start.1);
             }
-            Drag::Laser { trail } => draw_laser(&ctx, &trail, &view),
+            Drag::Laser { trail } => {
+                draw_laser(&ctx, &trail, &view, &room.me.with_value(|me| me.color.clone()))
+            }
             _ => {}
         }
         let _ = draw_shape; // drawn through draw_board
@@ -270,6 +277,19 @@ pub fn BoardView() -> impl IntoView {
         // Read the shapes now rather than in the frame: after a big sync, reading them all
         // takes a while, and done here it overlaps the wait for the next frame.
         let _ = shapes();
+        // The board the sync brought is drawn at once: the canvas shows it in the next frame
+        // either way, and `data-synced` need not wait for that frame to start (8 ms on
+        // average). Not before the canvas has its size: that draw would show nothing.
+        let (w, h) = size.get_untracked();
+        if room.signals.synced.get_untracked()
+            && !synced_drawn.get_untracked()
+            && w > 0.0
+            && h > 0.0
+        {
+            frame_pending.set_value(true);
+            draw();
+            return;
+        }
         if !frame_pending.get_value() {
             frame_pending.set_value(true);
             request_animation_frame(draw);
@@ -830,16 +850,27 @@ fn remove_if_empty_text(room: RoomState, id: &str) {
     }
 }
 
-fn draw_laser(ctx: &web_sys::CanvasRenderingContext2d, trail: &[Point], view: &Viewport) {
+/// A laser pointer's trail, in its owner's colour (so people can tell whose it is).
+fn draw_laser(
+    ctx: &web_sys::CanvasRenderingContext2d,
+    trail: &[Point],
+    view: &Viewport,
+    color: &str,
+) {
     if trail.len() < 2 {
         return;
     }
-    ctx.set_stroke_style_str("rgba(250, 82, 82, 0.85)");
+    ctx.save();
+    ctx.set_global_alpha(0.85);
+    ctx.set_stroke_style_str(color);
     ctx.set_line_width(4.0 / view.zoom);
+    ctx.set_line_cap("round");
+    ctx.set_line_join("round");
     ctx.begin_path();
     ctx.move_to(trail[0].x, trail[0].y);
     for p in &trail[1..] {
         ctx.line_to(p.x, p.y);
     }
     ctx.stroke();
+    ctx.restore();
 }
