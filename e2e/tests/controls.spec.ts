@@ -206,15 +206,34 @@ test('landing page: a readable random room, joining by name or link, a name is r
   await expect(b.getByTestId('presence-item').filter({ hasText: 'Ada' })).toBeVisible();
   await expect(a.getByTestId('presence-item').filter({ hasText: 'Bob' })).toBeVisible();
 
-  // Carol opens the link itself: she is asked her name first, and cannot skip it.
+  // Carol opens the link itself: the board loads at once behind the name prompt, so she sees
+  // what she is joining; nobody sees her and she cannot draw until she gives a name, and she
+  // cannot skip it.
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 180);
   const c = await (await browser.newContext()).newPage();
   await c.goto(`${server.url}/r/team-standup`);
+  await expect(c.getByTestId('join-prompt')).toBeVisible();
+  await expect(c.getByTestId('board')).toHaveAttribute('data-synced', 'true');
+  await expect(c.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   await c.getByTestId('enter-room').click();
   await expect(c.getByTestId('landing-error')).toHaveText('Please enter your name first.');
-  await expect(c.getByTestId('board')).toHaveCount(0);
+  await c.screenshot({ path: 'test-results/screens/join-prompt.png' });
+  await c.locator('body').press('Control+a');
+  await c.locator('body').press('Delete');
+  await expect(a.getByTestId('presence-item')).toHaveCount(1);
+  await expect(c.getByTestId('presence-me')).toHaveCount(0);
   await c.getByTestId('name-input').fill('Carol');
   await c.getByTestId('enter-room').click();
+  await expect(c.getByTestId('join-prompt')).toHaveCount(0);
+  await expect(c).toHaveURL(`${server.url}/r/team-standup`);
+  await expect(c.getByTestId('presence-me')).toHaveText(/Carol \(you\)/);
   await expect(c.getByTestId('presence-item')).toHaveCount(2);
+  await expect(a.getByTestId('presence-item').filter({ hasText: 'Carol' })).toBeVisible();
+  // Her keys before joining changed nothing (anything she had sent would have reached Ada
+  // before her presence did: one socket, relayed in order).
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await expect(c.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
 });
 
 test('chat: times, new lines, the length limit, the unread badge and scrolling', async ({ browser, server }) => {

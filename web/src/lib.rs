@@ -66,6 +66,10 @@ fn current_path() -> String {
 }
 
 fn navigate(path: RwSignal<String>, to: &str) {
+    // Already there (joining the room whose link was opened): nothing to re-render.
+    if path.get_untracked() == to {
+        return;
+    }
     if let Ok(history) = window().history() {
         let _ = history.push_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(to));
     }
@@ -109,14 +113,15 @@ pub fn App() -> impl IntoView {
             .get()
             .strip_prefix("/r/")
             .and_then(|r| RoomName::parse(r.trim_end_matches('/')).ok());
-        match (room, identity.get()) {
-            (Some(room), Some(me)) => {
-                view! { <RoomView room=room.to_string() me=me dark=dark/> }.into_any()
-            }
-            (room, _) => {
-                view! { <Landing path=path identity=identity room=room.map(|r| r.to_string())/> }
+        // A room opens at once, also for someone who has not given a name yet: the board
+        // loads behind the name prompt (they can see what they are joining, and nobody sees
+        // them until they join).
+        match room {
+            Some(room) => {
+                view! { <RoomView room=room.to_string() path=path identity=identity dark=dark/> }
                     .into_any()
             }
+            None => view! { <Landing path=path identity=identity room=None/> }.into_any(),
         }
     }
 }
@@ -216,17 +221,22 @@ fn Landing(
 fn RoomView(
     /// The room's name.
     room: String,
-    /// The local user.
-    me: Identity,
+    /// The router's path (the name prompt may navigate).
+    path: RwSignal<String>,
+    /// The local user, once they have given a name.
+    identity: RwSignal<Option<Identity>>,
     /// Dark theme switch.
     dark: RwSignal<bool>,
 ) -> impl IntoView {
     let signals = Signals::new();
-    let presence = Presence {
-        user: User { id: me.id.clone(), name: me.name.clone(), color: me.color.clone() },
-        ..Presence::default()
-    };
-    let conn = Connection::new(&room, presence, signals);
+    let named = identity.get_untracked();
+    let joined = RwSignal::new(named.is_some());
+    // Until they join, nothing is authored or announced under this placeholder.
+    let me = named.unwrap_or_else(|| Identity::new("", USER_COLORS[0]));
+    let user =
+        |me: &Identity| User { id: me.id.clone(), name: me.name.clone(), color: me.color.clone() };
+    let presence = Presence { user: user(&me), ..Presence::default() };
+    let conn = Connection::new(&room, presence, joined.get_untracked(), signals);
     conn.start();
     let state = RoomState {
         conn: StoredValue::new_local(Rc::clone(&conn)),
@@ -241,7 +251,18 @@ fn RoomView(
         follow: RwSignal::new(None),
         editing: RwSignal::new(None),
         dark,
+        joined,
     };
+    // Joining: the name given in the prompt becomes who we are here, and others see us.
+    Effect::new(move |_| {
+        if let Some(me) = identity.get()
+            && !joined.get_untracked()
+        {
+            state.conn.get_value().join(user(&me));
+            state.me.set_value(me);
+            joined.set(true);
+        }
+    });
     provide_context(state);
     document().set_title(&format!("{room} · Huddle"));
 
@@ -307,7 +328,7 @@ fn RoomView(
     let keys =
         window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| shortcut(state, &ev));
     let pastes = window_event_listener(ev::paste, move |ev: web_sys::ClipboardEvent| {
-        if !in_field(ev.target()) {
+        if !in_field(ev.target()) && state.joined.get_untracked() {
             export::paste_event(state, &ev);
         }
     });
@@ -354,13 +375,18 @@ fn RoomView(
                 <People/>
                 <ChatPanel/>
             </aside>
+            {move || (!joined.get()).then(|| view! {
+                <div class="join-overlay" data-testid="join-prompt" role="dialog" aria-modal="true" aria-label="Join the room">
+                    <Landing path=path identity=identity room=Some(room.clone())/>
+                </div>
+            })}
         </div>
     }
 }
 
 /// Keyboard shortcuts for every tool and the common commands.
 fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
-    if typing_in_field(ev) {
+    if typing_in_field(ev) || !state.joined.get_untracked() {
         return;
     }
     let key = ev.key().to_lowercase();
@@ -577,7 +603,8 @@ fn StatusBadge() -> impl IntoView {
 #[component]
 fn People() -> impl IntoView {
     let state = expect_context::<RoomState>();
-    let me = state.me.get_value();
+    // Shown once the user joins (their name comes from the prompt).
+    let me = move || state.me.get_value();
     let people = move || {
         let mut peers = state.peers();
         peers.sort_by(|a, b| a.1.user.name.cmp(&b.1.user.name));
@@ -587,10 +614,12 @@ fn People() -> impl IntoView {
         <section class="people" aria-label="People in this room">
             <h2>"People"</h2>
             <ul data-testid="presence-list">
-                <li class="person me" data-testid="presence-me">
-                    <span class="avatar" style:background=me.color.clone()>{me.name.chars().next().unwrap_or('?').to_string()}</span>
-                    <span class="name">{me.name.clone()}" (you)"</span>
-                </li>
+                {move || state.joined.get().then(|| view! {
+                    <li class="person me" data-testid="presence-me">
+                        <span class="avatar" style:background=me().color>{me().name.chars().next().unwrap_or('?').to_string()}</span>
+                        <span class="name">{me().name}" (you)"</span>
+                    </li>
+                })}
                 {move || people().into_iter().map(|(id, p)| {
                     let following = move || state.follow.get() == Some(id);
                     let name = p.user.name.clone();

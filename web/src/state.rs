@@ -131,6 +131,9 @@ pub struct RoomState {
     pub editing: RwSignal<Option<String>>,
     /// Dark theme.
     pub dark: RwSignal<bool>,
+    /// The user has given a name and joined; before that they only look (no edits, no
+    /// presence).
+    pub joined: RwSignal<bool>,
 }
 
 impl RoomState {

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use huddle_protocol::presence::Presence;
+use huddle_protocol::presence::{Presence, User};
 use huddle_protocol::schema::{Board, OthersRemovals, SHAPES};
 use huddle_protocol::session::{ClientEvent, ClientSession};
 use huddle_protocol::yrs::undo::Options as UndoOptions;
@@ -143,6 +143,8 @@ pub struct Connection {
     /// Shapes others removed, which undo and redo must not bring back.
     removals: OthersRemovals,
     presence: RefCell<Presence>,
+    /// Whether others may see our presence (false until the user gives a name).
+    announced: Cell<bool>,
     presence_sent_at: Cell<f64>,
     presence_timer: Cell<bool>,
     /// A pointer gesture (drag, stroke) is in progress: its edits are one undo step.
@@ -234,7 +236,9 @@ pub fn now_ms() -> f64 {
 
 impl Connection {
     /// A connection to `room` (not yet open: call [`Connection::connect`]).
-    pub fn new(room: &str, presence: Presence, signals: Signals) -> Rc<Self> {
+    /// Our `presence` is announced only once `announced`; until then (someone who has not
+    /// given a name yet) others do not see us, see [`Connection::join`].
+    pub fn new(room: &str, presence: Presence, announced: bool, signals: Signals) -> Rc<Self> {
         let doc = Doc::new();
         let shapes = doc.get_or_insert_map(SHAPES);
         let mut undo = UndoManager::with_options(UndoOptions {
@@ -267,6 +271,7 @@ impl Connection {
             undo: RefCell::new(undo),
             removals,
             presence: RefCell::new(presence),
+            announced: Cell::new(announced),
             presence_sent_at: Cell::new(0.0),
             presence_timer: Cell::new(false),
             deferred: RefCell::new(std::collections::VecDeque::new()),
@@ -740,8 +745,18 @@ impl Connection {
         self.presence.borrow().clone()
     }
 
-    /// Sends our presence now (also the heartbeat).
+    /// Announces us as `user` from now on (the name prompt was answered).
+    pub fn join(self: &Rc<Self>, user: User) {
+        self.presence.borrow_mut().user = user;
+        self.announced.set(true);
+        self.send_presence_now();
+    }
+
+    /// Sends our presence now (also the heartbeat), once we are announced.
     pub fn send_presence_now(&self) {
+        if !self.announced.get() {
+            return;
+        }
         self.presence_sent_at.set(now_ms());
         let presence = self.presence.borrow().clone();
         let frame = self.session.borrow_mut().set_presence(&presence);
