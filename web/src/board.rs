@@ -214,26 +214,18 @@ pub fn BoardView() -> impl IntoView {
         cache.with_value(|c| Rc::clone(&c.shapes))
     };
 
-    let draw = move || {
-        // The room view may be gone by the time the frame comes (Back to the landing page). A
-        // frame with nothing pending was already drawn (the first draw after the sync is
-        // drawn at once, see below).
-        if !frame_pending.try_get_value().unwrap_or(false)
-            || room.view.try_get_untracked().is_none()
-        {
-            return;
-        }
-        frame_pending.set_value(false);
+    // Paints `all` (the document's shapes, or at least all those in view) and what goes over
+    // them; `count` is how many shapes the document holds.
+    let paint = move |all: &[Shape], count: usize| {
         let Some(canvas) = canvas_ref.try_get_untracked().flatten() else { return };
         let Some(ctx) = crate::export::context_2d(&canvas) else { return };
         let (w, h) = size.get_untracked();
         let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
         let view = room.view.get_untracked();
         let dark = room.dark.get_untracked();
-        let all = shapes();
-        draw_board(&ctx, &all, &view, w, h, dpr, dark);
-        if shape_count.get_untracked() != all.len() {
-            shape_count.set(all.len());
+        draw_board(&ctx, all, &view, w, h, dpr, dark);
+        if shape_count.get_untracked() != count {
+            shape_count.set(count);
         }
         if !synced_drawn.get_untracked() && room.signals.synced.get_untracked() {
             synced_drawn.set(true);
@@ -264,6 +256,52 @@ pub fn BoardView() -> impl IntoView {
         }
         let _ = draw_shape; // drawn through draw_board
     };
+    let draw = move || {
+        // The room view may be gone by the time the frame comes (Back to the landing page). A
+        // frame with nothing pending was already drawn (the first draw after the sync is
+        // drawn at once, see below).
+        if !frame_pending.try_get_value().unwrap_or(false)
+            || room.view.try_get_untracked().is_none()
+        {
+            return;
+        }
+        frame_pending.set_value(false);
+        let all = shapes();
+        paint(&all, all.len());
+    };
+    // The first frame of a freshly synced board, when every shape is still to be read: only
+    // the shapes in view are built for it ([`Board::shapes_meeting`]); the full list is read
+    // right after, in a task of its own, and the board redrawn from it. Returns whether it
+    // drew.
+    let paint_first = move || -> bool {
+        let version = room.signals.doc_version.get_untracked();
+        let unread = cache.with_value(|c| c.version != Some(version))
+            && changed.with_value(|c| c.lock().is_ok_and(|guard| guard.is_none()));
+        if !unread {
+            return false;
+        }
+        let (w, h) = size.get_untracked();
+        let view = room.view.get_untracked();
+        let area = (view.x, view.y, view.x + w / view.zoom, view.y + h / view.zoom);
+        let (in_view, count) = room.conn.with_value(|conn| {
+            conn.with_doc(|doc| Board::new(doc).shapes_meeting(&doc.transact(), area))
+        });
+        frame_pending.set_value(false);
+        paint(&in_view, count);
+        set_timeout(
+            move || {
+                if room.view.try_get_untracked().is_some() {
+                    let _ = shapes();
+                    if !frame_pending.get_value() {
+                        frame_pending.set_value(true);
+                        request_animation_frame(draw);
+                    }
+                }
+            },
+            std::time::Duration::ZERO,
+        );
+        true
+    };
 
     // Redraw (once per animation frame at most) whenever anything visible changes.
     Effect::new(move |_| {
@@ -274,9 +312,6 @@ pub fn BoardView() -> impl IntoView {
         room.selection.track();
         room.dark.track();
         size.track();
-        // Read the shapes now rather than in the frame: after a big sync, reading them all
-        // takes a while, and done here it overlaps the wait for the next frame.
-        let _ = shapes();
         // The board the sync brought is drawn at once: the canvas shows it in the next frame
         // either way, and `data-synced` need not wait for that frame to start (8 ms on
         // average). Not before the canvas has its size: that draw would show nothing.
@@ -286,10 +321,15 @@ pub fn BoardView() -> impl IntoView {
             && w > 0.0
             && h > 0.0
         {
-            frame_pending.set_value(true);
-            draw();
+            if !paint_first() {
+                frame_pending.set_value(true);
+                draw();
+            }
             return;
         }
+        // Read the shapes now rather than in the frame: after a big sync, reading them all
+        // takes a while, and done here it overlaps the wait for the next frame.
+        let _ = shapes();
         if !frame_pending.get_value() {
             frame_pending.set_value(true);
             request_animation_frame(draw);

@@ -34,27 +34,12 @@ pub fn smooth_stroke(points: &[(f64, f64)]) -> Vec<((f64, f64), (f64, f64))> {
 
 /// Axis-aligned bounds `(x0, y0, x1, y1)` with `x0 <= x1`, `y0 <= y1`, including the stroke.
 pub fn bounds(shape: &Shape) -> (f64, f64, f64, f64) {
-    let pad = shape.width / 2.0;
-    let (x0, y0, x1, y1) = if uses_points(shape.kind) && shape.points.len() >= 2 {
-        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-        for p in shape.points.chunks_exact(2) {
-            x0 = x0.min(p[0]);
-            y0 = y0.min(p[1]);
-            x1 = x1.max(p[0]);
-            y1 = y1.max(p[1]);
-        }
-        (shape.x + x0, shape.y + y0, shape.x + x1, shape.y + y1)
-    } else {
-        let (ax, bx) = (shape.x, shape.x + shape.w);
-        let (ay, by) = (shape.y, shape.y + shape.h);
-        (ax.min(bx), ay.min(by), ax.max(bx), ay.max(by))
-    };
-    (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+    shape.bounds()
 }
 
 /// Whether a kind is drawn through `points` rather than a box.
 pub fn uses_points(kind: ShapeKind) -> bool {
-    matches!(kind, ShapeKind::Pen | ShapeKind::Line | ShapeKind::Arrow)
+    kind.uses_points()
 }
 
 /// Whether board point `(px, py)` hits `shape`, with `tol` board units of slack.
