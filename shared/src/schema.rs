@@ -893,7 +893,7 @@ mod tests {
         // origin is far off but whose points reach in, a wide stroke whose edge just reaches
         // in, a nested-map shape, and one of a kind this version does not know.
         for i in 0..10 {
-            let mut r = Shape::new(&format!("r{i}"), ShapeKind::Rect);
+            let mut r = Shape::new(format!("r{i}"), ShapeKind::Rect);
             (r.x, r.y, r.w, r.h, r.z) = (f64::from(i) * 100.0, 0.0, 50.0, 50.0, f64::from(10 - i));
             shapes.push(r);
         }
