@@ -171,7 +171,15 @@ fn Landing(
         <main class="landing">
             <div class="landing-card">
                 <h1 class="brand"><img src="/assets/favicon.svg" alt="" width="36" height="36"/>"Huddle"</h1>
-                <p class="tagline">"Draw together, see each other, talk beside the board."</p>
+                {match room.clone() {
+                    // Over a room's board: say which room they are joining.
+                    Some(room) => view! {
+                        <p class="tagline" data-testid="join-room-name">"You are joining "<strong>{room}</strong>". Who are you?"</p>
+                    }.into_any(),
+                    None => view! {
+                        <p class="tagline">"Draw together, see each other, talk beside the board."</p>
+                    }.into_any(),
+                }}
                 <label class="field">
                     <span>"Your name"</span>
                     <input type="text" data-testid="name-input" aria-label="Your name" maxlength="40"
