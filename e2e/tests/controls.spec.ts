@@ -215,6 +215,7 @@ test('landing page: a readable random room, joining by name or link, a name is r
   await c.goto(`${server.url}/r/team-standup`);
   await expect(c.getByTestId('join-prompt')).toBeVisible();
   await expect(c.getByTestId('join-room-name')).toHaveText('You are joining team-standup. Who are you?');
+  await expect(c.getByTestId('name-input')).toBeFocused();
   await expect(c.getByTestId('board')).toHaveAttribute('data-synced', 'true');
   await expect(c.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   await c.getByTestId('enter-room').click();

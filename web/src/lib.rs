@@ -182,7 +182,7 @@ fn Landing(
                 }}
                 <label class="field">
                     <span>"Your name"</span>
-                    <input type="text" data-testid="name-input" aria-label="Your name" maxlength="40"
+                    <input type="text" data-testid="name-input" aria-label="Your name" maxlength="40" autofocus=true
                         prop:value=move || name.get() on:input=move |ev| name.set(event_target_value(&ev))
                         placeholder="e.g. Ada"/>
                 </label>
