@@ -148,7 +148,7 @@ for (const n of sizes) {
     }
     // TRACE=file.json: a Chromium trace of the last open (chrome://tracing, Perfetto).
     const trace = process.env.TRACE && run === runs - 1;
-    if (trace) await browser.startTracing(page, { path: process.env.TRACE, categories: ['devtools.timeline', 'v8', 'v8.wasm', 'blink', 'loading', 'disabled-by-default-devtools.timeline', 'toplevel', 'net', 'netlog', 'mojom', 'ipc', 'blink.user_timing'] });
+    if (trace) await browser.startTracing(page, { path: process.env.TRACE, categories: ['devtools.timeline', 'v8', 'v8.wasm', 'blink', 'loading', 'disabled-by-default-devtools.timeline', 'toplevel', 'net', 'netlog', 'mojom', 'ipc', 'blink.user_timing', 'IndexedDB', 'storage'] });
     const t0 = Date.now();
     await page.goto(`${url}/r/${room}`);
     const gotoMs = Date.now() - t0;
