@@ -269,6 +269,13 @@ pub fn BoardView() -> impl IntoView {
         let all = shapes();
         paint(&all, all.len());
     };
+    // Draws in the next animation frame (once, however often it is asked for before then).
+    let redraw = move || {
+        if !frame_pending.get_value() {
+            frame_pending.set_value(true);
+            request_animation_frame(draw);
+        }
+    };
     // The first frame of a freshly synced board, when every shape is still to be read: only
     // the shapes in view are built for it ([`Board::shapes_meeting`]); the full list is read
     // right after, in a task of its own, and the board redrawn from it. Returns whether it
@@ -292,10 +299,7 @@ pub fn BoardView() -> impl IntoView {
             move || {
                 if room.view.try_get_untracked().is_some() {
                     let _ = shapes();
-                    if !frame_pending.get_value() {
-                        frame_pending.set_value(true);
-                        request_animation_frame(draw);
-                    }
+                    redraw();
                 }
             },
             std::time::Duration::ZERO,
@@ -330,17 +334,8 @@ pub fn BoardView() -> impl IntoView {
         // Read the shapes now rather than in the frame: after a big sync, reading them all
         // takes a while, and done here it overlaps the wait for the next frame.
         let _ = shapes();
-        if !frame_pending.get_value() {
-            frame_pending.set_value(true);
-            request_animation_frame(draw);
-        }
+        redraw();
     });
-    let redraw = move || {
-        if !frame_pending.get_value() {
-            frame_pending.set_value(true);
-            request_animation_frame(draw);
-        }
-    };
 
     // Size the canvas to its container, in device pixels.
     let resize = move || {
