@@ -261,7 +261,7 @@ test('export PNG and SVG contain the drawn shapes', async ({ browser, server }) 
   expect(selSvg.match(/data-id="([^"]+)"/g)).toEqual([`data-id="${ellipse.id}"`]);
 });
 
-test('a big room shows how far opening has got, then every shape, over one socket', async ({ browser, server }) => {
+test('a big room shows how far opening has got, then every shape, over one socket, compressed', async ({ browser, server }) => {
   const shapes = 18000; // about 2.5 MB: big enough for the "Opening the board" step (2 MiB)
   await runYjsScript(server, 'yjs-fill.mjs', 'big-room', String(shapes));
   const context = await browser.newContext();
@@ -283,6 +283,8 @@ test('a big room shows how far opening has got, then every shape, over one socke
     Object.assign((window as any).WebSocket, { prototype: Native.prototype, CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
   });
   const page = await context.newPage();
+  const received: number[] = [];
+  page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push(f.payload.length)));
   await page.goto(`${server.url}/r/big-room`);
   const board = page.getByTestId('board');
   await expect(board).toHaveAttribute('data-synced', 'true');
@@ -292,5 +294,8 @@ test('a big room shows how far opening has got, then every shape, over one socke
   expect(seen.some((t) => /^Opening the board \(\d+\.\d MB\)…$/.test(t))).toBe(true);
   // The socket index.html opened before the app loaded was the one the app used.
   expect(await page.evaluate(() => (window as any).__sockets)).toBe(1);
+  // The 2.5 MB board travelled deflated: everything the socket received is under 1 MB.
+  const total = received.reduce((a, b) => a + b, 0);
+  expect(total, `bytes received: ${received.join(', ')}`).toBeLessThan(1_000_000);
   await page.screenshot(shot('big-room-open'));
 });

@@ -62,6 +62,14 @@ pub struct SocketContext {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Who a socket is in its room, and what its client asked for when it connected.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    id: ConnId,
+    /// Big answers go as [`wire::MSG_DEFLATED`] frames.
+    deflate: bool,
+}
+
 /// How a socket's session ended.
 #[derive(Debug)]
 enum End {
@@ -73,7 +81,8 @@ enum End {
     Close(CloseCode, String),
 }
 
-/// Serves one upgraded socket in `room` until it ends.
+/// Serves one upgraded socket in `room` until it ends. `deflate`: the client asked for big
+/// answers as [`wire::MSG_DEFLATED`] frames ([`wire::DEFLATE_QUERY`]).
 ///
 /// Not an `async fn`: one keeps its arguments in its state for as long as it runs, and this
 /// future lives as long as the socket, so every idle socket would carry a dead copy of the
@@ -82,6 +91,7 @@ enum End {
 pub fn serve_socket<S>(
     socket: S,
     room: RoomName,
+    deflate: bool,
     ctx: SocketContext,
 ) -> impl Future<Output = ()> + Send
 where
@@ -94,7 +104,7 @@ where
     let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("socket", conn = id.0, %room);
     let (sink, stream) = socket.split();
-    serve(sink, stream, room, id, ctx).instrument(span)
+    serve(sink, stream, room, id, deflate, ctx).instrument(span)
 }
 
 async fn serve<S>(
@@ -102,6 +112,7 @@ async fn serve<S>(
     mut stream: SplitStream<S>,
     room: RoomName,
     id: ConnId,
+    deflate: bool,
     ctx: SocketContext,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
@@ -134,7 +145,15 @@ async fn serve<S>(
 
     let end = {
         let first = tokio::sync::Notify::new();
-        let reader = read_loop(&mut stream, &room, id, &tx, &mut member.presence, &ctx, &first);
+        let reader = read_loop(
+            &mut stream,
+            &room,
+            Peer { id, deflate },
+            &tx,
+            &mut member.presence,
+            &ctx,
+            &first,
+        );
         let writer = async {
             // Clients send their sync step 1 as soon as the socket opens: give it a moment, so
             // our greeting and the answer leave in one write (on loopback a write costs about
@@ -250,7 +269,7 @@ where
 async fn read_loop<S>(
     stream: &mut S,
     room: &Arc<Room>,
-    id: ConnId,
+    peer: Peer,
     tx: &PeerTx,
     presence: &mut PeerPresence,
     ctx: &SocketContext,
@@ -282,7 +301,7 @@ where
             Message::Close(_) => return End::PeerGone,
         };
         if let Err((code, reason)) =
-            Box::pin(handle_frame(frame, room, id, tx, presence, ctx)).await
+            Box::pin(handle_frame(frame, room, peer, tx, presence, ctx)).await
         {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             return End::Close(code, reason);
@@ -298,7 +317,7 @@ where
 async fn handle_frame(
     frame: Bytes,
     room: &Arc<Room>,
-    id: ConnId,
+    peer: Peer,
     tx: &PeerTx,
     presence: &mut PeerPresence,
     ctx: &SocketContext,
@@ -319,16 +338,16 @@ async fn handle_frame(
         }
         match message {
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
-                let reply = room.sync_step2(&sv).await.map_err(room_err)?;
+                let reply = room.sync_step2(&sv, peer.deflate).await.map_err(room_err)?;
                 tx.offer_reply(reply, ctx.config.max_queue_bytes, liveness(ctx)).await;
             }
             WireMessage::Sync(WireSyncMessage::Update(update)) => {
                 // The received frame is exactly this update message: relay it as is.
                 let relay = single.then(|| frame.clone());
-                room.apply_update(id, &update, relay).await.map_err(room_err)?;
+                room.apply_update(peer.id, &update, relay).await.map_err(room_err)?;
             }
             WireMessage::Sync(WireSyncMessage::SyncStep2(update)) => {
-                room.apply_update(id, &update, None).await.map_err(room_err)?;
+                room.apply_update(peer.id, &update, None).await.map_err(room_err)?;
             }
             WireMessage::Awareness(update) => {
                 // Presence goes into the room's document's awareness: wait for a lazily loaded
@@ -339,7 +358,7 @@ async fn handle_frame(
                 } else {
                     Bytes::from(wire::awareness(update.clone()))
                 };
-                room.apply_awareness(id, presence, update, relay).map_err(room_err)?;
+                room.apply_awareness(peer.id, presence, update, relay).map_err(room_err)?;
             }
             WireMessage::AwarenessQuery => {
                 if let Some(frame) = room.awareness_frame() {

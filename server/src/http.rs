@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use huddle_protocol::RoomName;
 use huddle_protocol::room::RoomNameError;
+use huddle_protocol::{RoomName, wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -188,9 +188,11 @@ async fn read_head(
                     head.reserve(head.len());
                 }
             }
-            Head::Upgrade { room, accept, len } => {
+            Head::Upgrade { room, deflate, accept, len } => {
                 // A refusal (400, 503) is answered by the router, like any other request's.
-                let Ok(admission) = admit(state, room) else { return Opening::Http { tcp, head } };
+                let Ok(admission) = admit(state, room, deflate) else {
+                    return Opening::Http { tcp, head };
+                };
                 let pipelined = head.split_off(len);
                 return Opening::Socket { tcp, upgrade: accept, pipelined, admission };
             }
@@ -239,6 +241,8 @@ enum Head<'a> {
     Upgrade {
         /// The room segment of the path.
         room: &'a str,
+        /// The client reads deflated frames ([`wire::DEFLATE_QUERY`]).
+        deflate: bool,
         /// The `Sec-WebSocket-Accept` to answer with.
         accept: String,
         /// Length of the head; anything after it was sent ahead of the 101.
@@ -261,13 +265,13 @@ fn upgrade_request(bytes: &[u8]) -> Head<'_> {
         return Head::Other;
     }
     let path = request.path.unwrap_or_default();
-    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let Some(room) = path.strip_prefix("/ws/") else { return Head::Other };
     let header = |name: &str| {
         request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     };
     match websocket_accept(header) {
-        Some(accept) => Head::Upgrade { room, accept, len },
+        Some(accept) => Head::Upgrade { room, deflate: wire::wants_deflate(query), accept, len },
         None => Head::Other,
     }
 }
@@ -431,6 +435,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// A socket let into a room: it holds one of the connection permits, and shutdown waits for it.
 pub struct Admission {
     room: RoomName,
+    deflate: bool,
     permit: OwnedSemaphorePermit,
     tracked: TaskTrackerToken,
 }
@@ -443,8 +448,8 @@ impl Admission {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Self { room, permit, tracked } = self;
-        let serving = serve_socket(socket, room, ctx);
+        let Self { room, deflate, permit, tracked } = self;
+        let serving = serve_socket(socket, room, deflate, ctx);
         tokio::spawn(async move {
             serving.await;
             drop(permit);
@@ -454,11 +459,12 @@ impl Admission {
 }
 
 /// The one place a socket is admitted, whichever way it was upgraded: the room name is checked
-/// first, then that the server is not stopping, then the connection limit.
+/// first, then that the server is not stopping, then the connection limit. `deflate`: the
+/// client asked for deflated frames ([`wire::wants_deflate`] of the URL's query).
 ///
 /// # Errors
 /// The [`AppError`] to answer the request with.
-pub fn admit(state: &AppState, room: &str) -> Result<Admission, AppError> {
+pub fn admit(state: &AppState, room: &str, deflate: bool) -> Result<Admission, AppError> {
     let room = RoomName::parse(room)?;
     if state.sockets.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
@@ -467,7 +473,7 @@ pub fn admit(state: &AppState, room: &str) -> Result<Admission, AppError> {
         .try_acquire_owned()
         .map_err(|_| AppError::TooManyConnections)?;
     // Taken now, so shutdown waits for this socket even if its upgrade completes late.
-    Ok(Admission { room, permit, tracked: state.socket_tasks.token() })
+    Ok(Admission { room, deflate, permit, tracked: state.socket_tasks.token() })
 }
 
 /// `GET /ws/{room}` as a request hyper serves: refusals (bad room name, limits), requests that
@@ -475,10 +481,12 @@ pub fn admit(state: &AppState, room: &str) -> Result<Admission, AppError> {
 /// requests. (The first request of a connection is upgraded in [`serve_connection`].)
 async fn websocket(
     Path(room): Path<String>,
+    RawQuery(query): RawQuery,
     State(state): State<AppState>,
     mut request: Request,
 ) -> Result<Response, AppError> {
-    let admission = admit(&state, &room)?;
+    let deflate = query.is_some_and(|q| wire::wants_deflate(&q));
+    let admission = admit(&state, &room, deflate)?;
     let headers = request.headers();
     let Some(accept) = websocket_accept(|name| headers.get(name).map(HeaderValue::as_bytes)) else {
         return Ok((
@@ -533,14 +541,17 @@ mod tests {
         let mut bytes = head.clone().into_bytes();
         bytes.extend_from_slice(&[0x82, 0x84]); // the client's first frame, sent early
         match upgrade_request(&bytes) {
-            Head::Upgrade { room, accept, len } => {
+            Head::Upgrade { room, deflate, accept, len } => {
                 assert_eq!(room, "team-board");
+                assert!(!deflate, "only `deflate=1` asks for deflated frames");
                 // RFC 6455's own example.
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
                 assert_eq!(len, head.len());
             }
             other => panic!("not recognised: {other:?}"),
         }
+        let asks = head.replace("?token=1", "?token=1&deflate=1");
+        assert!(matches!(upgrade_request(asks.as_bytes()), Head::Upgrade { deflate: true, .. }));
     }
 
     #[test]

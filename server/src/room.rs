@@ -253,6 +253,9 @@ struct DocState {
     /// position it was encoded at. Encoding a big document is the most expensive thing the
     /// relay does; a room that many people open between edits encodes it once.
     full_answer: Option<(Seq, Bytes)>,
+    /// The same answer as a [`wire::MSG_DEFLATED`] frame, for clients that read those
+    /// (the web client); made on the first such request, dropped with `full_answer`.
+    full_deflated: Option<(Seq, Bytes)>,
     /// False while a big stored room is still being built in the background (see
     /// [`Room::load`]); the document is empty until then and only cached answers are served.
     ready: bool,
@@ -393,6 +396,7 @@ impl Room {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
                 full_answer,
+                full_deflated: None,
                 ready: !lazy,
             }),
             peers: Mutex::new(HashMap::new()),
@@ -478,11 +482,16 @@ impl Room {
         frames
     }
 
-    /// The answer to a client's sync step 1: everything it lacks, once that is durable.
+    /// The answer to a client's sync step 1: everything it lacks, once that is durable. With
+    /// `deflate` (the client reads [`wire::MSG_DEFLATED`] frames) a big answer is compressed.
     ///
     /// # Errors
     /// [`RoomError::NotDurable`] if storage failed before the state was saved.
-    pub async fn sync_step2(&self, client_sv: &StateVector) -> Result<Bytes, RoomError> {
+    pub async fn sync_step2(
+        &self,
+        client_sv: &StateVector,
+        deflate: bool,
+    ) -> Result<Bytes, RoomError> {
         let fresh = client_sv.is_empty();
         let cached = fresh && self.state.lock().full_answer.is_some();
         if !cached {
@@ -506,8 +515,39 @@ impl Room {
                 }
             }
         };
+        let answer = if deflate && answer.len() >= wire::DEFLATE_MIN_BYTES {
+            self.deflated(answer, seq, fresh).await
+        } else {
+            answer
+        };
         self.watermark.wait_for(seq).await?;
         Ok(answer)
+    }
+
+    /// `answer` (encoded at `seq`) as a [`wire::MSG_DEFLATED`] frame. Compressing a big board
+    /// takes milliseconds (about 7 ms for 1.4 MB), so it runs on the blocking pool, off the
+    /// thread that relays everyone's updates; the copy for fresh joiners is cached like the
+    /// plain one, so a room opened many times between edits is compressed once.
+    async fn deflated(&self, answer: Bytes, seq: Seq, fresh: bool) -> Bytes {
+        if fresh
+            && let Some((at, cached)) = &self.state.lock().full_deflated
+            && *at == seq
+        {
+            return cached.clone();
+        }
+        let plain = answer.clone();
+        let Ok(deflated) = tokio::task::spawn_blocking(move || wire::deflate(&plain)).await else {
+            // The blocking pool is gone (the runtime is shutting down): plain works too.
+            return answer;
+        };
+        let deflated = Bytes::from(deflated);
+        if fresh {
+            let mut state = self.state.lock();
+            if state.full_answer.as_ref().is_some_and(|(at, _)| *at == seq) {
+                state.full_deflated = Some((seq, deflated.clone()));
+            }
+        }
+        deflated
     }
 
     /// Applies an update from socket `from`, makes it durable, then relays it to everyone else.
@@ -569,6 +609,7 @@ impl Room {
             }
             state.applied = Seq(state.applied.0 + 1);
             state.full_answer = None;
+            state.full_deflated = None;
             let seq = state.applied;
             self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
             let entry =

@@ -325,3 +325,63 @@ async fn a_client_alone_gets_its_presence_back_and_one_with_company_does_not() {
     assert!(!echoed, "with company, Ada's own presence was sent back to her");
     server.stop().await;
 }
+
+/// The first answer a fresh client gets to its sync step 1 at `url` (the greeting and presence
+/// skipped), as the raw frame.
+async fn first_answer(url: &str) -> Vec<u8> {
+    use futures_util::{SinkExt, StreamExt};
+    use huddle_protocol::wire::{self, WireMessage, WireSyncMessage};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects");
+    ws.send(Message::Binary(wire::EMPTY_SYNC_STEP1.to_vec().into())).await.expect("asks");
+    loop {
+        let next = tokio::time::timeout(common::DEADLINE, ws.next()).await.expect("in time");
+        let Some(Ok(Message::Binary(frame))) = next else { continue };
+        if frame[0] == wire::MSG_DEFLATED {
+            return frame.to_vec();
+        }
+        let messages = wire::decode_frame(&frame).expect("valid frame");
+        if matches!(messages[..], [WireMessage::Sync(WireSyncMessage::SyncStep2(_))]) {
+            return frame.to_vec();
+        }
+    }
+}
+
+/// The web client asks (`?deflate=1`) for big answers deflated: a big room's first sync then
+/// travels several times smaller. Stock clients, which do not ask, and small answers get the
+/// plain y-websocket frame.
+#[tokio::test]
+async fn a_client_that_asks_gets_a_big_first_sync_deflated_and_others_get_it_plain() {
+    use huddle_protocol::wire;
+    let server = TestServer::start().await;
+    let url = server.url("deflated");
+    let asking = format!("{url}?deflate=1");
+    let mut ada = TestClient::connect(&url).await;
+    let mut bob = TestClient::connect(&url).await;
+    ada.synced().await;
+    bob.synced().await;
+    ada.add_shape("first", ShapeKind::Rect).await;
+    bob.until("bob sees the first shape", |s| {
+        common::sync_doc_contents(s).contains(&"first".into())
+    })
+    .await;
+    assert_eq!(first_answer(&asking).await[0], 0, "a small answer stays plain");
+
+    ada.add_many_shapes(2_000).await;
+    bob.until("bob sees the big board", |s| {
+        huddle_protocol::schema::Board::new(s.doc()).shape_count(&s.doc().transact()) == 2_001
+    })
+    .await;
+    let plain = first_answer(&url).await;
+    let deflated = first_answer(&asking).await;
+    assert_eq!(plain[0], 0, "stock clients get the y-websocket frame");
+    assert_eq!(deflated[0], wire::MSG_DEFLATED);
+    assert!(deflated.len() * 4 < plain.len(), "{} of {} bytes", deflated.len(), plain.len());
+    assert_eq!(wire::inflate(&deflated, usize::MAX).expect("inflates"), Some(plain.clone()));
+    // A second asking joiner gets the same bytes, and a client session syncs from them.
+    assert_eq!(first_answer(&asking).await, deflated);
+    let mut cy = TestClient::connect(&asking).await;
+    cy.synced().await;
+    assert_eq!(cy.shape_ids().len(), 2_001);
+    server.stop().await;
+}

@@ -284,6 +284,9 @@ impl ClientSession {
     /// close the socket (and will resync on reconnect).
     pub fn receive(&mut self, frame: &[u8]) -> Result<Received, WireError> {
         let mut out = Received::default();
+        // A big answer may come deflated (the client asked with `wire::DEFLATE_QUERY`).
+        let inflated = wire::inflate(frame, wire::MAX_INFLATED_BYTES)?;
+        let frame = inflated.as_deref().unwrap_or(frame);
         for message in wire::decode_frame(frame)? {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {
@@ -449,6 +452,33 @@ mod tests {
         a.receive(&frames[0]).expect("applies");
         assert!(a.drain_local_updates().is_empty());
         assert_eq!(Board::new(a.doc()).shape_count(&a.doc().transact()), 2);
+    }
+
+    #[test]
+    fn a_deflated_answer_syncs_like_a_plain_one_and_a_corrupt_one_changes_nothing() {
+        let server = Doc::with_client_id(1);
+        {
+            let board = Board::new(&server);
+            let mut txn = server.transact_mut();
+            for i in 0..2_000 {
+                board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
+            }
+        }
+        let answer =
+            wire::sync_step2(server.transact().encode_state_as_update_v1(&Default::default()));
+        let deflated = wire::deflate(&answer);
+
+        let mut client = ClientSession::new(Doc::with_client_id(2), clock);
+        let mut corrupt = deflated.clone();
+        corrupt.truncate(corrupt.len() / 2);
+        assert!(client.receive(&corrupt).is_err());
+        assert!(!client.is_synced());
+        assert_eq!(Board::new(client.doc()).shape_count(&client.doc().transact()), 0);
+
+        let received = client.receive(&deflated).expect("applies");
+        assert!(received.events.iter().any(|e| matches!(e, ClientEvent::Synced)));
+        assert!(client.is_synced());
+        assert_eq!(Board::new(client.doc()).shape_count(&client.doc().transact()), 2_000);
     }
 
     #[test]

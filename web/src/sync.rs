@@ -19,6 +19,7 @@ use std::sync::Arc;
 use huddle_protocol::presence::{Presence, User};
 use huddle_protocol::schema::{Board, OthersRemovals, SHAPES};
 use huddle_protocol::session::{ClientEvent, ClientSession};
+use huddle_protocol::wire;
 use huddle_protocol::yrs::undo::Options as UndoOptions;
 use huddle_protocol::yrs::{Doc, Origin, Transact, TransactionMut, UndoManager};
 use leptos::prelude::*;
@@ -385,6 +386,12 @@ impl Connection {
 
     fn on_frame(self: &Rc<Self>, frame: Vec<u8>) {
         self.last_received.set(now_ms());
+        // A deflated answer is inflated here, so the size check below sees its real size. A
+        // corrupt one goes on as it is and fails in `handle_frame` like any bad frame.
+        let frame = match wire::inflate(&frame, wire::MAX_INFLATED_BYTES) {
+            Ok(Some(inner)) => inner,
+            _ => frame,
+        };
         let mut deferred = self.deferred.borrow_mut();
         if !deferred.is_empty() {
             deferred.push_back(frame);
@@ -605,7 +612,7 @@ impl Connection {
                 // If the handshake already happened, offline edits in the cache would not reach
                 // the server until the next one: send them now (the server skips what it has).
                 if me.is_open() {
-                    me.send(&huddle_protocol::wire::update(saved));
+                    me.send(&wire::update(saved));
                 }
             }
         });
@@ -633,9 +640,7 @@ impl Connection {
         }
         self.send_presence_now();
         if heard < self.heartbeat_at.replace(now) {
-            self.send(&huddle_protocol::wire::encode(
-                &huddle_protocol::yrs::sync::Message::AwarenessQuery,
-            ));
+            self.send(&wire::encode(&huddle_protocol::yrs::sync::Message::AwarenessQuery));
             self.asked_at.set(now);
         } else {
             self.asked_at.set(0.0);
@@ -766,14 +771,16 @@ impl Connection {
     }
 }
 
-/// `ws(s)://<this host>/ws/<room>`.
+/// `ws(s)://<this host>/ws/<room>?deflate=1`: the session reads deflated frames, so a big
+/// room's first sync comes compressed (`wire::MSG_DEFLATED`). `index.html`'s early socket
+/// uses the same URL.
 fn socket_url(room: &str) -> String {
     let location = web_sys::window().map(|w| w.location());
     let (protocol, host) = location
         .map(|l| (l.protocol().unwrap_or_default(), l.host().unwrap_or_default()))
         .unwrap_or_default();
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
-    format!("{scheme}://{host}/ws/{room}")
+    format!("{scheme}://{host}/ws/{room}?{}", wire::DEFLATE_QUERY)
 }
 
 #[cfg(test)]
