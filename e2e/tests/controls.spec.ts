@@ -592,5 +592,7 @@ test('every control has an accessible name and a test id', async ({ browser, ser
   expect(await unlabelledControls(b), 'room page with a too-long message').toEqual([]);
   // The room page on a phone.
   const phone = await newUser(await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true }), a.url(), 'Pia');
+  await phone.getByTestId('chat-toggle').click();
+  await expect(phone.getByTestId('chat-input')).toBeVisible();
   expect(await unlabelledControls(phone), 'room page on a phone').toEqual([]);
 });

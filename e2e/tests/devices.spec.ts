@@ -20,6 +20,33 @@ test('on a phone: two-finger pinch zooms the board', async ({ browser, server })
   await page.screenshot({ path: 'test-results/screens/phone.png' });
 });
 
+test('on a phone the board gets the screen and the chat is a tap away', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  await a.getByTestId('chat-input').fill('before you came');
+  await a.getByTestId('chat-input').press('Enter');
+  const phoneSize = { width: 390, height: 844 };
+  const phone = await newUser(await browser.newContext({ viewport: phoneSize, hasTouch: true, isMobile: true }), a.url(), 'Pia');
+  await expect(phone.getByTestId('board')).toHaveAttribute('data-synced', 'true');
+  // The chat starts collapsed, so the board has most of the screen.
+  await expect(phone.getByTestId('chat-toggle')).toHaveAttribute('aria-expanded', 'false');
+  await expect(phone.getByTestId('chat-input')).toHaveCount(0);
+  expect((await phone.getByTestId('board').boundingBox())!.height).toBeGreaterThan(phoneSize.height * 0.6);
+  // A message sent now is news; the one from before Pia came is not.
+  await a.getByTestId('chat-input').fill('are you there?');
+  await a.getByTestId('chat-input').press('Enter');
+  await expect(phone.getByTestId('chat-unread')).toHaveText('1');
+  await phone.screenshot({ path: 'test-results/screens/phone-chat-collapsed.png' });
+  await phone.getByTestId('chat-toggle').tap();
+  await expect(phone.getByTestId('chat-unread')).toHaveCount(0);
+  await expect(phone.getByTestId('chat-message').locator('.text')).toHaveText(['before you came', 'are you there?']);
+  // Open, the chat still leaves the board more than half of the rest.
+  expect((await phone.getByTestId('board').boundingBox())!.height).toBeGreaterThan(phoneSize.height * 0.4);
+  await phone.getByTestId('chat-input').fill('yes, on my phone');
+  await phone.getByTestId('chat-send').tap();
+  await expect(a.getByTestId('chat-message').last().locator('.text')).toHaveText('yes, on my phone');
+  await phone.screenshot({ path: 'test-results/screens/phone-chat-open.png' });
+});
+
 test('dark theme, eraser and laser pointer', async ({ browser, server }) => {
   const a = await newUser(await browser.newContext({ colorScheme: 'dark' }), server.url, 'Ada', '#2f9e44');
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');

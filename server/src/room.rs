@@ -254,8 +254,10 @@ struct DocState {
     /// relay does; a room that many people open between edits encodes it once.
     full_answer: Option<(Seq, Bytes)>,
     /// The same answer as a [`wire::MSG_DEFLATED`] frame, for clients that read those
-    /// (the web client); made on the first such request, dropped with `full_answer`.
-    full_deflated: Option<(Seq, Bytes)>,
+    /// (the web client), dropped with `full_answer`. A cell rather than the bytes so that
+    /// fresh joiners arriving together (a team opening a shared link) wait for one
+    /// compression instead of each starting their own.
+    full_deflated: Option<(Seq, Arc<tokio::sync::OnceCell<Bytes>>)>,
     /// False while a big stored room is still being built in the background (see
     /// [`Room::load`]); the document is empty until then and only cached answers are served.
     ready: bool,
@@ -526,28 +528,40 @@ impl Room {
 
     /// `answer` (encoded at `seq`) as a [`wire::MSG_DEFLATED`] frame. Compressing a big board
     /// takes milliseconds (about 8.5 ms for 1.4 MB), so it runs on the blocking pool, off the
-    /// thread that relays everyone's updates; the copy for fresh joiners is cached like the
-    /// plain one, so a room opened many times between edits is compressed once.
+    /// thread that relays everyone's updates. The copy for fresh joiners is made once per
+    /// document version, however many ask at the same time, and cached like the plain one.
     async fn deflated(&self, answer: Bytes, seq: Seq, fresh: bool) -> Bytes {
-        if fresh
-            && let Some((at, cached)) = &self.state.lock().full_deflated
-            && *at == seq
-        {
-            return cached.clone();
+        if !fresh {
+            return self.deflate_now(answer).await;
         }
+        let cell = {
+            let mut state = self.state.lock();
+            // A room changed since this answer was encoded has nothing to share it with.
+            let current = state.full_answer.as_ref().is_some_and(|(at, _)| *at == seq);
+            match &state.full_deflated {
+                _ if !current => None,
+                Some((at, cell)) if *at == seq => Some(Arc::clone(cell)),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    state.full_deflated = Some((seq, Arc::clone(&cell)));
+                    Some(cell)
+                }
+            }
+        };
+        let Some(cell) = cell else { return self.deflate_now(answer).await };
+        // If the joiner compressing goes away mid-way, the next waiter takes over.
+        cell.get_or_init(|| self.deflate_now(answer)).await.clone()
+    }
+
+    /// Compresses one answer on the blocking pool.
+    async fn deflate_now(&self, answer: Bytes) -> Bytes {
         let plain = answer.clone();
         let Ok(deflated) = tokio::task::spawn_blocking(move || wire::deflate(&plain)).await else {
             // The blocking pool is gone (the runtime is shutting down): plain works too.
             return answer;
         };
-        let deflated = Bytes::from(deflated);
-        if fresh {
-            let mut state = self.state.lock();
-            if state.full_answer.as_ref().is_some_and(|(at, _)| *at == seq) {
-                state.full_deflated = Some((seq, deflated.clone()));
-            }
-        }
-        deflated
+        self.stats.answers_deflated.fetch_add(1, Ordering::Relaxed);
+        Bytes::from(deflated)
     }
 
     /// Applies an update from socket `from`, makes it durable, then relays it to everyone else.

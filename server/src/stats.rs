@@ -27,6 +27,9 @@ pub struct Stats {
     pub slow_peers: AtomicU64,
     /// Sockets closed for not answering pings.
     pub dead_peers: AtomicU64,
+    /// Sync answers compressed for clients that asked (a big room's first sync is compressed
+    /// once per version of the room, however many open it).
+    pub answers_deflated: AtomicU64,
 }
 
 impl Stats {
@@ -73,6 +76,11 @@ impl Stats {
                 "huddle_dead_peers_total",
                 "Sockets closed for missing pongs.",
                 self.dead_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_answers_deflated_total",
+                "Sync answers compressed.",
+                self.answers_deflated.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

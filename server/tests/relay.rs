@@ -385,3 +385,29 @@ async fn a_client_that_asks_gets_a_big_first_sync_deflated_and_others_get_it_pla
     assert_eq!(cy.shape_ids().len(), 2_001);
     server.stop().await;
 }
+
+/// Many people opening a big room at once (a shared link pasted into a meeting) cost one
+/// compression of its first sync, not one each: they all get the same bytes.
+#[tokio::test]
+async fn joiners_arriving_together_share_one_compression_of_the_first_sync() {
+    use std::sync::atomic::Ordering;
+    let server = TestServer::start().await;
+    let url = server.url("rush");
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    ada.add_many_shapes(3_000).await;
+    // Ada's edits are durable and applied once a plain fresh joiner sees all of them.
+    let mut bob = TestClient::connect(&url).await;
+    bob.until("bob sees the big board", |s| {
+        huddle_protocol::schema::Board::new(s.doc()).shape_count(&s.doc().transact()) == 3_000
+    })
+    .await;
+    let before = server.stats.answers_deflated.load(Ordering::Relaxed);
+    let asking = format!("{url}?deflate=1");
+    let answers = futures_util::future::join_all((0..8).map(|_| first_answer(&asking))).await;
+    assert!(answers.iter().all(|a| a[0] == huddle_protocol::wire::MSG_DEFLATED));
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "every joiner gets the same answer");
+    let compressions = server.stats.answers_deflated.load(Ordering::Relaxed) - before;
+    assert_eq!(compressions, 1, "eight joiners at once, one compression");
+    server.stop().await;
+}

@@ -17,13 +17,25 @@ fn time_of_day(ts: f64) -> String {
     format!("{:02}:{:02}", d.get_hours(), d.get_minutes())
 }
 
+/// Screens this narrow stack the side panel under the board (see `style.css`).
+const NARROW_SCREEN: &str = "(max-width: 760px)";
+
+/// True on a phone-sized screen, where an open chat would take a third of the board's room:
+/// there the chat starts collapsed, a tap away, with the unread badge telling when to look.
+fn narrow_screen() -> bool {
+    window().match_media(NARROW_SCREEN).ok().flatten().is_some_and(|m| m.matches())
+}
+
 /// The chat panel.
 #[component]
 pub fn ChatPanel() -> impl IntoView {
     let state = expect_context::<RoomState>();
     let draft = RwSignal::new(String::new());
-    let collapsed = RwSignal::new(false);
+    let collapsed = RwSignal::new(narrow_screen());
     let seen = RwSignal::new(0usize);
+    // Messages already there when the room opened are history, not news: a chat that starts
+    // collapsed counts as unread only what arrives after the first sync.
+    let history_read = StoredValue::new(false);
     let stick = StoredValue::new(true);
     let list_ref = NodeRef::<html::Ol>::new();
     // Chat only grows: re-read the messages only when their count changed, not on every
@@ -51,9 +63,15 @@ pub fn ChatPanel() -> impl IntoView {
     // shows the newest too (its list is built anew, scrolled to the top).
     Effect::new(move |_| {
         let count = messages.with(Vec::len);
+        let synced = state.signals.synced.get();
         if collapsed.get() {
+            if !history_read.get_value() {
+                seen.set(count);
+                history_read.set_value(synced);
+            }
             return;
         }
+        history_read.set_value(true);
         seen.set(count);
         if stick.get_value() {
             request_animation_frame(move || {
