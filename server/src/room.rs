@@ -249,18 +249,55 @@ struct DocState {
     awareness: Awareness,
     /// Log position of the last update applied to the document.
     applied: Seq,
-    /// The sync answer for a client that has nothing (every fresh joiner), and the log
-    /// position it was encoded at. Encoding a big document is the most expensive thing the
-    /// relay does; a room that many people open between edits encodes it once.
-    full_answer: Option<(Seq, Bytes)>,
-    /// The same answer as a [`wire::MSG_DEFLATED`] frame, for clients that read those
-    /// (the web client), dropped with `full_answer`. A cell rather than the bytes so that
-    /// fresh joiners arriving together (a team opening a shared link) wait for one
-    /// compression instead of each starting their own.
-    full_deflated: Option<(Seq, Arc<tokio::sync::OnceCell<Bytes>>)>,
+    /// The whole document as fresh joiners get it, at the version it was encoded at; dropped
+    /// by the next update. Encoding a big document is the most expensive thing the relay
+    /// does; a room that many people open between edits encodes it once.
+    full: Option<Arc<FullState>>,
     /// False while a big stored room is still being built in the background (see
     /// [`Room::load`]); the document is empty until then and only cached answers are served.
     ready: bool,
+}
+
+/// The whole document at one version, encoded once and shared by everyone who asks for it
+/// before the next update, in the forms they ask for.
+struct FullState {
+    /// Log position it was encoded at.
+    seq: Seq,
+    /// The sync step 2 frame that answers a client that has nothing.
+    frame: Bytes,
+    /// The Yjs update inside `frame` (for `GET /rooms/{room}/update`).
+    update: Bytes,
+    /// `frame` as a [`wire::MSG_DEFLATED`] frame, for sockets that read those. Cells rather
+    /// than bytes so that joiners arriving together (a team opening a shared link) wait for
+    /// one compression instead of each starting their own.
+    deflated: tokio::sync::OnceCell<Bytes>,
+    /// `update` zlib-compressed, for HTTP clients that accept `Content-Encoding: deflate`.
+    zlib: tokio::sync::OnceCell<Bytes>,
+}
+
+impl FullState {
+    fn new(seq: Seq, update: Vec<u8>) -> Arc<Self> {
+        let len = update.len();
+        let frame = Bytes::from(wire::sync_step2(update));
+        // The frame ends with the update: share its bytes rather than keep a second copy.
+        let update = frame.slice(frame.len() - len..);
+        Arc::new(Self {
+            seq,
+            frame,
+            update,
+            deflated: tokio::sync::OnceCell::new(),
+            zlib: tokio::sync::OnceCell::new(),
+        })
+    }
+}
+
+/// The whole room as one Yjs update, as [`Room::full_update`] gives it.
+#[derive(Debug, Clone)]
+pub struct FullUpdate {
+    /// The update, compressed if `zlib`.
+    pub body: Bytes,
+    /// `body` is zlib-compressed (`Content-Encoding: deflate`).
+    pub zlib: bool,
 }
 
 /// One loaded room.
@@ -367,16 +404,15 @@ impl Room {
         let log_bytes = stored.log.iter().map(|(_, d)| d.len() as u64).sum();
         // The answer for fresh joiners: when the snapshot is the whole story it is that answer
         // already, and whoever opens a room first does not wait for a re-encode.
-        let full_answer = match (&stored.snapshot, stored.log.is_empty()) {
-            (Some((seq, data)), true) => Some((*seq, Bytes::from(wire::sync_step2(data.clone())))),
+        let full = match (&stored.snapshot, stored.log.is_empty()) {
+            (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone())),
             _ => None,
         };
         // Building a big document in yrs takes ~12 ms per MB here. A big room that is only a
         // snapshot is built in the background instead: fresh joiners get the snapshot at once,
         // and everything that needs the document (edits, other syncs, presence) waits for it.
         // Only a snapshot whose checksum matched may be served before it is decoded.
-        let lazy =
-            full_answer.is_some() && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
+        let lazy = full.is_some() && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
         let (doc, stored) = if lazy {
             (Doc::new(), Some(stored))
         } else {
@@ -397,8 +433,7 @@ impl Room {
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
-                full_answer,
-                full_deflated: None,
+                full,
                 ready: !lazy,
             }),
             peers: Mutex::new(HashMap::new()),
@@ -494,31 +529,31 @@ impl Room {
         client_sv: &StateVector,
         deflate: bool,
     ) -> Result<Bytes, RoomError> {
-        let fresh = client_sv.is_empty();
-        let cached = fresh && self.state.lock().full_answer.is_some();
-        if !cached {
-            self.ready().await;
+        if client_sv.is_empty() {
+            let full = self.full().await?;
+            let answer = if deflate && full.frame.len() >= wire::DEFLATE_MIN_BYTES {
+                let frame = full.frame.clone();
+                let deflated =
+                    full.deflated.get_or_try_init(|| self.compress(frame, wire::deflate));
+                // Unless the runtime is shutting down: then plain works too.
+                deflated.await.map_or_else(|()| full.frame.clone(), Bytes::clone)
+            } else {
+                full.frame.clone()
+            };
+            self.watermark.wait_for(full.seq).await?;
+            return Ok(answer);
         }
+        self.ready().await;
         let (answer, seq) = {
-            let mut state = self.state.lock();
+            let state = self.state.lock();
             if self.is_broken() {
                 return Err(RoomError::Unavailable);
             }
-            let seq = state.applied;
-            match &state.full_answer {
-                Some((at, answer)) if fresh && *at == seq => (answer.clone(), seq),
-                _ => {
-                    let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
-                    let answer = Bytes::from(wire::sync_step2(diff));
-                    if fresh {
-                        state.full_answer = Some((seq, answer.clone()));
-                    }
-                    (answer, seq)
-                }
-            }
+            let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
+            (Bytes::from(wire::sync_step2(diff)), state.applied)
         };
         let answer = if deflate && answer.len() >= wire::DEFLATE_MIN_BYTES {
-            self.deflated(answer, seq, fresh).await
+            self.compress(answer.clone(), wire::deflate).await.unwrap_or(answer)
         } else {
             answer
         };
@@ -526,42 +561,58 @@ impl Room {
         Ok(answer)
     }
 
-    /// `answer` (encoded at `seq`) as a [`wire::MSG_DEFLATED`] frame. Compressing a big board
-    /// takes milliseconds (about 8.5 ms for 1.4 MB), so it runs on the blocking pool, off the
-    /// thread that relays everyone's updates. The copy for fresh joiners is made once per
-    /// document version, however many ask at the same time, and cached like the plain one.
-    async fn deflated(&self, answer: Bytes, seq: Seq, fresh: bool) -> Bytes {
-        if !fresh {
-            return self.deflate_now(answer).await;
-        }
-        let cell = {
-            let mut state = self.state.lock();
-            // A room changed since this answer was encoded has nothing to share it with.
-            let current = state.full_answer.as_ref().is_some_and(|(at, _)| *at == seq);
-            match &state.full_deflated {
-                _ if !current => None,
-                Some((at, cell)) if *at == seq => Some(Arc::clone(cell)),
-                _ => {
-                    let cell = Arc::new(tokio::sync::OnceCell::new());
-                    state.full_deflated = Some((seq, Arc::clone(&cell)));
-                    Some(cell)
-                }
+    /// The whole room as one Yjs update, once durable, for `GET /rooms/{room}/update`: a big
+    /// room's first load over HTTP, which browsers receive and decompress off the page's main
+    /// thread. With `zlib` (the client accepts `deflate`) a big one comes compressed, made once
+    /// per version of the room like the socket's answer.
+    ///
+    /// # Errors
+    /// [`RoomError::NotDurable`] if storage failed before the state was saved.
+    pub async fn full_update(&self, zlib: bool) -> Result<FullUpdate, RoomError> {
+        let full = self.full().await?;
+        let update = if zlib && full.update.len() >= wire::DEFLATE_MIN_BYTES {
+            let plain = full.update.clone();
+            let compress = |u: &[u8]| miniz_oxide::deflate::compress_to_vec_zlib(u, 1);
+            match full.zlib.get_or_try_init(|| self.compress(plain, compress)).await {
+                Ok(body) => FullUpdate { body: body.clone(), zlib: true },
+                Err(()) => FullUpdate { body: full.update.clone(), zlib: false },
             }
+        } else {
+            FullUpdate { body: full.update.clone(), zlib: false }
         };
-        let Some(cell) = cell else { return self.deflate_now(answer).await };
-        // If the joiner compressing goes away mid-way, the next waiter takes over.
-        cell.get_or_init(|| self.deflate_now(answer)).await.clone()
+        self.watermark.wait_for(full.seq).await?;
+        Ok(update)
     }
 
-    /// Compresses one answer on the blocking pool.
-    async fn deflate_now(&self, answer: Bytes) -> Bytes {
-        let plain = answer.clone();
-        let Ok(deflated) = tokio::task::spawn_blocking(move || wire::deflate(&plain)).await else {
-            // The blocking pool is gone (the runtime is shutting down): plain works too.
-            return answer;
-        };
+    /// The whole document at its current version, encoded now unless it was since the last
+    /// update. A room still being built serves the stored snapshot it is built from.
+    async fn full(&self) -> Result<Arc<FullState>, RoomError> {
+        if self.state.lock().full.is_none() {
+            self.ready().await;
+        }
+        let mut state = self.state.lock();
+        if self.is_broken() {
+            return Err(RoomError::Unavailable);
+        }
+        match &state.full {
+            Some(full) if full.seq == state.applied => Ok(Arc::clone(full)),
+            _ => {
+                let update = self.encode_guarded(state.awareness.doc(), &StateVector::default())?;
+                let full = FullState::new(state.applied, update);
+                state.full = Some(Arc::clone(&full));
+                Ok(full)
+            }
+        }
+    }
+
+    /// `compress(data)` on the blocking pool: compressing a big board takes milliseconds
+    /// (about 8.5 ms for 1.4 MB at level 1), which would hold up everyone's updates on the
+    /// relay's thread. `Err` if the pool is gone (the runtime is shutting down).
+    async fn compress(&self, data: Bytes, compress: fn(&[u8]) -> Vec<u8>) -> Result<Bytes, ()> {
+        let compressed =
+            tokio::task::spawn_blocking(move || compress(&data)).await.map_err(|_| ())?;
         self.stats.answers_deflated.fetch_add(1, Ordering::Relaxed);
-        Bytes::from(deflated)
+        Ok(Bytes::from(compressed))
     }
 
     /// Applies an update from socket `from`, makes it durable, then relays it to everyone else.
@@ -622,8 +673,7 @@ impl Room {
                 }
             }
             state.applied = Seq(state.applied.0 + 1);
-            state.full_answer = None;
-            state.full_deflated = None;
+            state.full = None;
             let seq = state.applied;
             self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
             let entry =

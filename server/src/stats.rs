@@ -27,8 +27,8 @@ pub struct Stats {
     pub slow_peers: AtomicU64,
     /// Sockets closed for not answering pings.
     pub dead_peers: AtomicU64,
-    /// Sync answers compressed for clients that asked (a big room's first sync is compressed
-    /// once per version of the room, however many open it).
+    /// Answers compressed for clients that asked (a big room's whole state, over a socket or
+    /// HTTP, is compressed once per version of the room, however many open it).
     pub answers_deflated: AtomicU64,
 }
 
@@ -79,7 +79,7 @@ impl Stats {
             ),
             (
                 "huddle_answers_deflated_total",
-                "Sync answers compressed.",
+                "Answers compressed for clients that asked.",
                 self.answers_deflated.load(Ordering::Relaxed),
             ),
         ];

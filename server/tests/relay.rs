@@ -386,6 +386,74 @@ async fn a_client_that_asks_gets_a_big_first_sync_deflated_and_others_get_it_pla
     server.stop().await;
 }
 
+/// `GET /rooms/{room}/update` gives the whole room as one Yjs update: compressed once per
+/// version for clients that accept `deflate`, plain for those that do not; a bad room name is
+/// a 400 naming the problem.
+#[tokio::test]
+async fn a_room_s_state_is_served_over_http_as_one_update() {
+    use huddle_protocol::yrs::{Doc, Transact, Update, updates::decoder::Decode};
+    use std::sync::atomic::Ordering;
+    let server = TestServer::start().await;
+    let mut ada = TestClient::connect(&server.url("over-http")).await;
+    let mut bob = TestClient::connect(&server.url("over-http")).await;
+    ada.synced().await;
+    bob.synced().await;
+    // Bob seeing a shape means the server has applied it (and saved it: it relays after that).
+    let mut bob_sees = async |count: u32| {
+        bob.until("bob sees ada's shapes", |s| {
+            huddle_protocol::schema::Board::new(s.doc()).shape_count(&s.doc().transact()) == count
+        })
+        .await;
+    };
+    ada.add_shape("first", ShapeKind::Rect).await;
+    bob_sees(1).await;
+    let shapes_in = |update: &[u8]| {
+        let doc = Doc::new();
+        let board = huddle_protocol::schema::Board::new(&doc);
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).expect("decodes"))
+            .expect("applies");
+        board.shape_count(&doc.transact())
+    };
+    let path = "/rooms/over-http/update";
+    let deflate = "Accept-Encoding: gzip, deflate, br";
+    let header = |h: &[(String, String)], name: &str| {
+        h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    // Small: plain whatever the client accepts.
+    let (status, headers, body) = common::http_get(server.addr, path, &[deflate]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-encoding"), None);
+    assert_eq!(header(&headers, "cache-control").as_deref(), Some("no-store"));
+    assert_eq!(shapes_in(&body), 1);
+
+    ada.add_many_shapes(2_000).await;
+    bob_sees(2_001).await;
+    let before = server.stats.answers_deflated.load(Ordering::Relaxed);
+    let (status, headers, compressed) = common::http_get(server.addr, path, &[deflate]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-encoding").as_deref(), Some("deflate"));
+    let body = miniz_oxide::inflate::decompress_to_vec_zlib(&compressed).expect("zlib");
+    assert!(compressed.len() * 3 < body.len(), "{} of {} bytes", compressed.len(), body.len());
+    assert_eq!(shapes_in(&body), 2_001, "everything ada sent, durable before it was served");
+    // Asked again before anything changes: the same bytes, not compressed again.
+    let (_, _, again) = common::http_get(server.addr, path, &[deflate]).await;
+    assert_eq!(again, compressed);
+    assert_eq!(server.stats.answers_deflated.load(Ordering::Relaxed) - before, 1);
+    // A client that does not accept deflate (or refuses it) gets it plain.
+    for refusing in [&[][..], &["Accept-Encoding: gzip, deflate;q=0"][..]] {
+        let (status, headers, plain) = common::http_get(server.addr, path, refusing).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "content-encoding"), None, "{refusing:?}");
+        assert_eq!(plain, body);
+    }
+
+    let (status, _, body) = common::http_get(server.addr, "/rooms/no%20spaces/update", &[]).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("invalid room name"));
+    server.stop().await;
+}
+
 /// Many people opening a big room at once (a shared link pasted into a meeting) cost one
 /// compression of its first sync, not one each: they all get the same bytes.
 #[tokio::test]
