@@ -445,11 +445,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 const ROOM_UPDATE_TYPE: &str = "application/octet-stream";
 
 /// `GET /rooms/{room}/update`: the whole room as one Yjs update (v1), everything in it durable,
-/// zlib-compressed (`Content-Encoding: deflate`) when big and the client accepts that. The web
-/// client loads a room this way while its socket opens: a browser receives an HTTP body and
-/// decompresses it off the page's main thread, where a WebSocket message reaches the page in
-/// 64 KiB pieces between the page's other work. Admitted like a socket (room name, shutdown,
-/// connection limit), and the room is held only while the request is answered.
+/// zlib-compressed (`Content-Encoding: deflate`) when big and the client accepts that: a room
+/// for backups, scripts and tools without a WebSocket client (y-sweet has the same). Admitted
+/// like a socket (room name, shutdown, connection limit), and the room is held only while the
+/// request is answered. (The web client tried loading rooms this way, beside its socket: no
+/// faster, see docs/benchmarks.md, session 8.)
 async fn room_update(
     Path(room): Path<String>,
     State(state): State<AppState>,

@@ -561,10 +561,9 @@ impl Room {
         Ok(answer)
     }
 
-    /// The whole room as one Yjs update, once durable, for `GET /rooms/{room}/update`: a big
-    /// room's first load over HTTP, which browsers receive and decompress off the page's main
-    /// thread. With `zlib` (the client accepts `deflate`) a big one comes compressed, made once
-    /// per version of the room like the socket's answer.
+    /// The whole room as one Yjs update, once durable, for `GET /rooms/{room}/update`. With
+    /// `zlib` (the client accepts `deflate`) a big one comes compressed, made once per version
+    /// of the room like the socket's answer.
     ///
     /// # Errors
     /// [`RoomError::NotDurable`] if storage failed before the state was saved.

@@ -1,61 +1,89 @@
-//! Throwaway: how long applying a 10k-shape first sync takes natively, and where it goes.
+//! What opening a big room costs a client, natively: decoding the first sync's update,
+//! integrating it into a document, and reading the shapes back. The room is the one
+//! `e2e/bench/board-load.mjs` opens (mixed shapes, every documented field written).
+//!
+//! ```sh
+//! cargo run --release -p huddle-protocol --example apply_cost -- 10000 5
+//! # also write the update and its sync step 2 frame (e.g. to time them in wasm):
+//! DUMP=/tmp cargo run --release -p huddle-protocol --example apply_cost -- 10000 1
+//! ```
+
 use std::collections::HashMap;
 use std::time::Instant;
-use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, Update, updates::decoder::Decode};
+
+use huddle_protocol::schema::{Board, SHAPES};
+use huddle_protocol::wire;
+use yrs::updates::decoder::Decode;
+use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, Update};
+
+/// A board of `n` shapes as the benchmark seeds it, encoded as one update.
+fn board_update(n: usize) -> Vec<u8> {
+    let doc = Doc::new();
+    let shapes = doc.get_or_insert_map(SHAPES);
+    let mut txn = doc.transact_mut();
+    let kinds = ["rect", "ellipse", "pen", "text", "arrow"];
+    for i in 0..n {
+        let kind = kinds[i % kinds.len()];
+        let points: &[f64] = match kind {
+            "pen" => &[0., 0., 10., 12., 20., 8., 30., 20., 40., 14.],
+            "arrow" => &[0., 0., 40., 30.],
+            _ => &[],
+        };
+        let text = if kind == "text" { format!("note {i}") } else { String::new() };
+        let fill = if i % 3 == 0 { "#a5d8ff" } else { "transparent" };
+        let fields: HashMap<String, Any> = [
+            ("id", Any::from(format!("s{i}"))),
+            ("kind", Any::from(kind)),
+            ("x", Any::from((i % 100) as f64 * 60.0)),
+            ("y", Any::from((i / 100) as f64 * 50.0)),
+            ("w", Any::from(44.0)),
+            ("h", Any::from(36.0)),
+            ("points", Any::from(points.iter().map(|&v| Any::from(v)).collect::<Vec<_>>())),
+            ("stroke", Any::from("#1e1e1e")),
+            ("fill", Any::from(fill)),
+            ("width", Any::from(2.0)),
+            ("text", Any::from(text)),
+            ("z", Any::from(i as f64)),
+            ("author", Any::from("bench")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        shapes.insert(&mut txn, format!("s{i}"), Any::from(fields));
+    }
+    drop(txn);
+    doc.transact().encode_state_as_update_v1(&StateVector::default())
+}
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let reps: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let src = Doc::new();
-    let shapes = src.get_or_insert_map("shapes");
-    {
-        let mut txn = src.transact_mut();
-        let kinds = ["rect", "ellipse", "pen", "text", "arrow"];
-        for i in 0..n {
-            let kind = kinds[i % 5];
-            let points: Vec<Any> = match kind {
-                "pen" => [0., 0., 10., 12., 20., 8., 30., 20., 40., 14.]
-                    .iter()
-                    .map(|&v| Any::from(v))
-                    .collect(),
-                "arrow" => [0., 0., 40., 30.].iter().map(|&v| Any::from(v)).collect(),
-                _ => vec![],
-            };
-            let mut f: HashMap<String, Any> = HashMap::new();
-            f.insert("id".into(), Any::from(format!("s{i}")));
-            f.insert("kind".into(), Any::from(kind));
-            f.insert("x".into(), Any::from((i % 100) as f64 * 60.0));
-            f.insert("y".into(), Any::from((i / 100) as f64 * 50.0));
-            f.insert("w".into(), Any::from(44.0));
-            f.insert("h".into(), Any::from(36.0));
-            f.insert("points".into(), Any::from(points));
-            f.insert("stroke".into(), Any::from("#1e1e1e"));
-            f.insert("fill".into(), Any::from(if i % 3 != 0 { "transparent" } else { "#a5d8ff" }));
-            f.insert("width".into(), Any::from(2.0));
-            f.insert(
-                "text".into(),
-                Any::from(if kind == "text" { format!("note {i}") } else { String::new() }),
-            );
-            f.insert("z".into(), Any::from(i as f64));
-            f.insert("author".into(), Any::from("bench"));
-            shapes.insert(&mut txn, format!("s{i}"), Any::from(f));
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let n = args.next().and_then(Result::ok).unwrap_or(10_000);
+    let reps = args.next().and_then(Result::ok).unwrap_or(5);
+    let update = board_update(n);
+    println!("{n} shapes: update of {} bytes", update.len());
+    if let Ok(dir) = std::env::var("DUMP") {
+        let frame = wire::sync_step2(update.clone());
+        for (name, bytes) in [("update", &update), ("frame", &frame)] {
+            if let Err(e) = std::fs::write(format!("{dir}/{name}{n}.bin"), bytes) {
+                eprintln!("cannot write to {dir}: {e}");
+                std::process::exit(2);
+            }
         }
     }
-    let update = src.transact().encode_state_as_update_v1(&StateVector::default());
-    eprintln!("update: {} bytes", update.len());
     for _ in 0..reps {
-        let t = Instant::now();
-        let u = Update::decode_v1(&update).unwrap();
-        let decoded = t.elapsed();
+        let started = Instant::now();
+        let Ok(decoded) = Update::decode_v1(&update) else { unreachable!("we encoded it") };
+        let decode = started.elapsed();
         let doc = Doc::new();
-        let _m = doc.get_or_insert_map("shapes");
-        let t2 = Instant::now();
-        doc.transact_mut().apply_update(u).unwrap();
-        let applied = t2.elapsed();
-        let t3 = Instant::now();
-        let board = huddle_protocol::schema::Board::new(&doc);
-        let all = board.shapes(&doc.transact());
-        let read = t3.elapsed();
-        eprintln!("decode {decoded:?} apply {applied:?} read {read:?} ({} shapes)", all.len());
+        let board = Board::new(&doc);
+        let started = Instant::now();
+        if doc.transact_mut().apply_update(decoded).is_err() {
+            unreachable!("a fresh document takes any update");
+        }
+        let apply = started.elapsed();
+        let started = Instant::now();
+        let read = board.shapes(&doc.transact()).len();
+        let reading = started.elapsed();
+        println!("decode {decode:.1?}, integrate {apply:.1?}, read {read} shapes {reading:.1?}");
     }
 }
