@@ -350,9 +350,7 @@ async fn handle_frame(
                 room.apply_update(peer.id, &update, None).await.map_err(room_err)?;
             }
             WireMessage::Awareness(update) => {
-                // Presence goes into the room's document's awareness: wait for a lazily loaded
-                // room to be built.
-                room.ready().await;
+                // Presence needs no document: a big room not built yet takes it as it is.
                 let relay = if single {
                     frame.clone()
                 } else {

@@ -24,6 +24,7 @@ use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::session::{PeerPresence, PresenceApplyError};
 use huddle_protocol::wire::{self, CloseCode};
 use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
+use huddle_protocol::yrs::updates::decoder::Decode;
 use huddle_protocol::yrs::updates::encoder::Encode;
 use huddle_protocol::yrs::{Doc, IdSet, ReadTxn, StateVector, Transact};
 use parking_lot::Mutex;
@@ -253,9 +254,14 @@ struct DocState {
     /// by the next update. Encoding a big document is the most expensive thing the relay
     /// does; a room that many people open between edits encodes it once.
     full: Option<Arc<FullState>>,
-    /// False while a big stored room is still being built in the background (see
-    /// [`Room::load`]); the document is empty until then and only cached answers are served.
+    /// False while a big stored room is not built (see [`Room::load`]); the document is an
+    /// empty placeholder until then, holding only presence, and only cached answers are served.
     ready: bool,
+    /// What the store held for a room not built yet, until its build starts.
+    stored: Option<StoredRoom>,
+    /// The state vector of the snapshot a room not built yet holds (stored with it), to greet
+    /// joiners with before it is built; `None` once built, or if the snapshot came without one.
+    stored_sv: Option<StateVector>,
 }
 
 /// The whole document at one version, encoded once and shared by everyone who asks for it
@@ -302,6 +308,8 @@ pub struct FullUpdate {
 
 /// One loaded room.
 pub struct Room {
+    /// This room, for starting its build on a task of its own from `&self`.
+    me: std::sync::Weak<Room>,
     name: RoomName,
     state: Mutex<DocState>,
     peers: Mutex<HashMap<ConnId, PeerTx>>,
@@ -408,11 +416,20 @@ impl Room {
             (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone())),
             _ => None,
         };
-        // Building a big document in yrs takes ~12 ms per MB here. A big room that is only a
-        // snapshot is built in the background instead: fresh joiners get the snapshot at once,
-        // and everything that needs the document (edits, other syncs, presence) waits for it.
-        // Only a snapshot whose checksum matched may be served before it is decoded.
+        // Building a big document in yrs takes ~12 ms per MB here, and holds several times the
+        // snapshot's size in memory. A big room that is only a snapshot is not built on load:
+        // fresh joiners get the snapshot at once and presence works without it; what needs the
+        // document (an edit, a sync of a client that has part of the room) builds it first. With
+        // the snapshot's state vector stored beside it, joiners are greeted with our sync step 1
+        // at once and a room people only look at is never built; without (older snapshots) it
+        // is built in the background straight away, and joiners are greeted once it is. Only a
+        // snapshot whose checksum matched may be served before it is decoded.
         let lazy = full.is_some() && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
+        let stored_sv = stored
+            .snapshot_state_vector
+            .as_deref()
+            .filter(|_| lazy)
+            .and_then(|sv| StateVector::decode_v1(sv).ok());
         let (doc, stored) = if lazy {
             (Doc::new(), Some(stored))
         } else {
@@ -428,13 +445,17 @@ impl Room {
             (doc, None)
         };
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
-        let room = Arc::new(Self {
+        let build_now = lazy && stored_sv.is_none();
+        let room = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             name,
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 applied: last,
                 full,
                 ready: !lazy,
+                stored,
+                stored_sv,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -450,16 +471,25 @@ impl Room {
             broken: AtomicBool::new(false),
             ready: tokio::sync::watch::Sender::new(!lazy),
         });
-        if let Some(stored) = stored {
-            let building = Arc::clone(&room);
-            room.tracker.spawn(async move { building.build_in_background(stored).await });
+        if build_now {
+            room.start_build();
         }
         Ok(room)
     }
 
-    /// Builds a lazily loaded room's document, swaps it in, and greets the sockets that joined
-    /// meanwhile with our sync step 1 (they got everyone's presence already).
-    async fn build_in_background(self: Arc<Self>, stored: StoredRoom) {
+    /// Starts building a lazily loaded room's document, once, on a task of its own (so a
+    /// caller that stops waiting does not stop it).
+    fn start_build(&self) {
+        let Some(stored) = self.state.lock().stored.take() else { return };
+        let Some(me) = self.me.upgrade() else { return };
+        self.tracker.spawn(async move { me.build(stored).await });
+    }
+
+    /// Builds a lazily loaded room's document and swaps it in, moving everyone's presence
+    /// over from the placeholder, and greets the sockets that joined meanwhile with our sync
+    /// step 1 if they could not be greeted before.
+    async fn build(self: Arc<Self>, stored: StoredRoom) {
+        self.stats.room_builds.fetch_add(1, Ordering::Relaxed);
         let name = self.name.clone();
         let built = tokio::task::spawn_blocking(move || build_doc(&name, &stored))
             .await
@@ -476,25 +506,36 @@ impl Room {
         };
         {
             let mut state = self.state.lock();
-            // Nobody wrote presence into the placeholder: everything but cached answers waits.
-            state.awareness = Awareness::with_clock(doc, now_millis);
+            let mut awareness = Awareness::with_clock(doc, now_millis);
+            // Presence lives beside the document, not in it: carry it over as it is.
+            if let Ok(everyone) = state.awareness.update()
+                && !everyone.clients.is_empty()
+                && let Err(e) = awareness.apply_update(everyone)
+            {
+                tracing::warn!(room = %self.name, error = %e, "presence not carried over to the built room");
+            }
+            state.awareness = awareness;
             state.ready = true;
-            let sv = state.awareness.doc().transact().state_vector();
-            let greeting = Bytes::from(wire::sync_step1(&sv));
-            for tx in self.peers.lock().values() {
-                // Past the byte budget if need be: the snapshot answer may still be queued.
-                tx.offer_unbudgeted(greeting.clone());
+            if state.stored_sv.take().is_none() {
+                let sv = state.awareness.doc().transact().state_vector();
+                let greeting = Bytes::from(wire::sync_step1(&sv));
+                for tx in self.peers.lock().values() {
+                    // Past the byte budget if need be: the snapshot answer may still be queued.
+                    tx.offer_unbudgeted(greeting.clone());
+                }
             }
         }
         self.ready.send_replace(true);
     }
 
-    /// Resolves once the document is built (at once for rooms that were not loaded lazily).
+    /// Resolves once the document is built, building it now if it was waiting to be needed
+    /// (at once for rooms that were not loaded lazily).
     pub async fn ready(&self) {
         // The usual case, on every update: no subscription.
         if *self.ready.borrow() {
             return;
         }
+        self.start_build();
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|&r| r).await;
     }
@@ -506,10 +547,13 @@ impl Room {
         self.peers.lock().insert(id, tx);
         let state = self.state.lock();
         let mut frames = Vec::with_capacity(2);
-        // A room still being built greets with our sync step 1 when it is ready.
         if state.ready {
             let sv = state.awareness.doc().transact().state_vector();
             frames.push(Bytes::from(wire::sync_step1(&sv)));
+        } else if let Some(sv) = &state.stored_sv {
+            // Not built yet: the snapshot's stored state vector says what we have. (Without
+            // one, the room is being built, and greets with our sync step 1 once it is.)
+            frames.push(Bytes::from(wire::sync_step1(sv)));
         }
         if let Ok(update) = state.awareness.update()
             && !update.clients.is_empty()
@@ -819,17 +863,20 @@ impl Room {
         if self.is_broken() {
             return Err(RoomError::Unavailable);
         }
-        let (snapshot, seq) = {
+        let (snapshot, state_vector, seq) = {
             let state = self.state.lock();
-            if state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
+            // A room not built has nothing beyond its snapshot (edits build it first), and its
+            // placeholder document is empty: never write that as the room.
+            if !state.ready || state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
                 return Ok(());
             }
             let snapshot = self.encode_guarded(state.awareness.doc(), &StateVector::default())?;
-            (snapshot, state.applied)
+            let state_vector = state.awareness.doc().transact().state_vector().encode_v1();
+            (snapshot, state_vector, state.applied)
         };
         self.watermark.wait_for(seq).await?;
         let snapshot_len = snapshot.len() as u64;
-        if let Err(e) = self.store.compact(&self.name, seq, snapshot).await {
+        if let Err(e) = self.store.compact(&self.name, seq, snapshot, state_vector).await {
             tracing::warn!(room = %self.name, error = %e, "compaction failed; the log still holds everything");
             return Ok(());
         }

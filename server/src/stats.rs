@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub struct Stats {
     /// Rooms loaded from the store (one per load, however many sockets wait for it).
     pub room_loads: AtomicU64,
+    /// Big stored rooms decoded into a document after loading, when first needed (a room
+    /// people only look at is served from its snapshot and never decoded).
+    pub room_builds: AtomicU64,
     /// Rooms written back and dropped from memory after going idle.
     pub room_unloads: AtomicU64,
     /// Open WebSocket connections.
@@ -41,6 +44,11 @@ impl Stats {
                 "huddle_room_loads_total",
                 "Rooms loaded from storage.",
                 self.room_loads.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_room_builds_total",
+                "Big stored rooms decoded when first needed.",
+                self.room_builds.load(Ordering::Relaxed),
             ),
             (
                 "huddle_room_unloads_total",

@@ -255,6 +255,85 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
     server.stop().await;
 }
 
+/// A big stored room that people only look at is served from its snapshot and never decoded:
+/// joiners get the whole board, see each other, and are asked for what they have that the room
+/// lacks (a client's offline edit arrives). That edit, the first, builds the room, and presence
+/// carries on across the build.
+#[tokio::test]
+async fn a_big_stored_room_that_people_only_look_at_is_never_decoded() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("gallery");
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    ada.add_many_shapes(5000).await;
+    let mut check = TestClient::connect(&url).await;
+    check.until("all 5000 stored", |s| common::sync_doc_contents(s).len() == 5000).await;
+    // Ada keeps her copy and draws one more shape while the server is away.
+    let saved = ada.session.snapshot();
+    ada.close().await;
+    check.close().await;
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("gallery");
+    let builds = || server.stats.room_builds.load(Ordering::Relaxed);
+    let mut bob = TestClient::connect(&url).await;
+    let mut cy = TestClient::connect(&url).await;
+    bob.set_name("Bob").await;
+    cy.set_name("Cy").await;
+    for (who, client, other) in [("bob", &mut bob, "Cy"), ("cy", &mut cy, "Bob")] {
+        client
+            .until(&format!("{who} has the board and sees {other}"), |s| {
+                common::sync_doc_contents(s).len() == 5000
+                    && s.peers().iter().any(|(_, p)| p.user.name == other)
+            })
+            .await;
+    }
+    assert_eq!(builds(), 0, "looking at a room does not decode it");
+
+    // Ada comes back with her offline shape: the server's greeting asks for what it lacks.
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    let mut session = huddle_protocol::session::ClientSession::new(
+        huddle_protocol::yrs::Doc::with_client_id(common::rand_id()),
+        common::now_millis,
+    );
+    session.restore(&saved).expect("restores");
+    {
+        let doc = session.doc();
+        let board = huddle_protocol::schema::Board::new(doc);
+        let shape = huddle_protocol::schema::Shape::new("drawn-offline", ShapeKind::Ellipse);
+        board.put_shape(&mut doc.transact_mut(), &shape);
+    }
+    session.drain_local_updates();
+    let frames = session.handshake();
+    let mut ada = TestClient { session, ws, closed: None };
+    for f in frames {
+        ada.send(f).await;
+    }
+    // Her session answers the server's sync step 1 as it reads the greeting.
+    ada.synced().await;
+    bob.until("bob gets ada's offline shape", |s| {
+        common::sync_doc_contents(s).iter().any(|i| i == "drawn-offline")
+    })
+    .await;
+    assert_eq!(builds(), 1, "the first edit builds the room, once");
+    // Presence made before the build is still there after it, and still changes.
+    ada.until("ada sees bob and cy", |s| {
+        let names: Vec<String> = s.peers().into_iter().map(|(_, p)| p.user.name).collect();
+        names.contains(&"Bob".to_owned()) && names.contains(&"Cy".to_owned())
+    })
+    .await;
+    cy.set_name("Cyrus").await;
+    bob.until("bob sees cy renamed", |s| s.peers().iter().any(|(_, p)| p.user.name == "Cyrus"))
+        .await;
+    for client in [ada, bob, cy] {
+        client.close().await;
+    }
+    server.stop().await;
+}
+
 /// Reads `client`'s frames (handling them) until one satisfies `stop`; returns whether any
 /// frame before it, or it, satisfied `seen`.
 async fn read_until(

@@ -18,6 +18,7 @@ pub struct MemoryStore {
 struct MemoryRoom {
     snapshot: Option<(Seq, Vec<u8>)>,
     log: BTreeMap<Seq, Vec<u8>>,
+    state_vector: Option<Vec<u8>>,
 }
 
 #[async_trait]
@@ -29,6 +30,7 @@ impl Store for MemoryStore {
         Ok(StoredRoom {
             snapshot: r.snapshot.clone(),
             snapshot_checked: true,
+            snapshot_state_vector: r.state_vector.clone(),
             log: r.log.range(Seq(after.0 + 1)..).map(|(s, d)| (*s, d.clone())).collect(),
         })
     }
@@ -46,6 +48,7 @@ impl Store for MemoryStore {
         room: &RoomName,
         upto: Seq,
         snapshot: Vec<u8>,
+        state_vector: Vec<u8>,
     ) -> Result<(), StoreError> {
         let mut rooms = self.rooms.lock();
         let r = rooms.entry(room.clone()).or_default();
@@ -53,6 +56,7 @@ impl Store for MemoryStore {
             return Ok(());
         }
         r.snapshot = Some((upto, snapshot));
+        r.state_vector = Some(state_vector);
         r.log.retain(|s, _| *s > upto);
         Ok(())
     }

@@ -44,6 +44,10 @@ pub struct StoredRoom {
     /// cannot have been damaged, in memory). Only a checked snapshot may be served before it
     /// has been decoded.
     pub snapshot_checked: bool,
+    /// The snapshot's state vector (v1 encoding), written with it and checked like it; `None`
+    /// for snapshots stored without one. With it, a room that is only a snapshot can greet
+    /// clients before (or without ever) decoding the snapshot.
+    pub snapshot_state_vector: Option<Vec<u8>>,
     /// Log entries after the snapshot, in order.
     pub log: Vec<(Seq, Vec<u8>)>,
 }
@@ -98,13 +102,14 @@ pub trait Store: Send + Sync + 'static {
     /// Appends `batch` (entries of any rooms) durably, all or nothing.
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError>;
 
-    /// Stores `snapshot` as covering `room`'s log up to `upto` and drops those log entries —
-    /// unless a snapshot covering more is already stored.
+    /// Stores `snapshot` (with its `state_vector`, v1 encoding) as covering `room`'s log up to
+    /// `upto` and drops those log entries — unless a snapshot covering more is already stored.
     async fn compact(
         &self,
         room: &RoomName,
         upto: Seq,
         snapshot: Vec<u8>,
+        state_vector: Vec<u8>,
     ) -> Result<(), StoreError>;
 
     /// Flushes and closes the store at shutdown.

@@ -130,17 +130,24 @@ fn compact_on(
     room: &RoomName,
     upto: Seq,
     snapshot: &[u8],
+    state_vector: &[u8],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let written = tx.execute(
-        "INSERT INTO room_snapshots (room, seq, data, checksum) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO room_snapshots \
+         (room, seq, data, checksum, state_vector, state_vector_checksum) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, data = excluded.data, \
-         checksum = excluded.checksum WHERE excluded.seq > room_snapshots.seq",
+         checksum = excluded.checksum, state_vector = excluded.state_vector, \
+         state_vector_checksum = excluded.state_vector_checksum \
+         WHERE excluded.seq > room_snapshots.seq",
         rusqlite::params![
             room.as_str(),
             seq_to(upto),
             snapshot,
-            i64::from(crc32fast::hash(snapshot))
+            i64::from(crc32fast::hash(snapshot)),
+            state_vector,
+            i64::from(crc32fast::hash(state_vector))
         ],
     )?;
     if written > 0 {
@@ -212,16 +219,25 @@ fn seq_to(seq: Seq) -> i64 {
 impl Store for SqliteStore {
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let snapshot = sqlx::query("SELECT seq, data, checksum FROM room_snapshots WHERE room = ?")
-            .bind(room.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let snapshot = sqlx::query(
+            "SELECT seq, data, checksum, state_vector, state_vector_checksum \
+             FROM room_snapshots WHERE room = ?",
+        )
+        .bind(room.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
         let mut snapshot_checked = false;
+        let mut snapshot_state_vector = None;
         let snapshot = match snapshot {
             Some(row) => {
                 let data = row.try_get::<Vec<u8>, _>("data")?;
                 let checksum = row.try_get::<Option<i64>, _>("checksum")?;
                 snapshot_checked = checksum == Some(i64::from(crc32fast::hash(&data)));
+                let sv = row.try_get::<Option<Vec<u8>>, _>("state_vector")?;
+                let sv_checksum = row.try_get::<Option<i64>, _>("state_vector_checksum")?;
+                snapshot_state_vector = sv.filter(|sv| {
+                    snapshot_checked && sv_checksum == Some(i64::from(crc32fast::hash(sv)))
+                });
                 Some((seq_from(room, row.try_get("seq")?)?, data))
             }
             None => None,
@@ -239,7 +255,7 @@ impl Store for SqliteStore {
         for row in rows {
             log.push((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?));
         }
-        Ok(StoredRoom { snapshot, snapshot_checked, log })
+        Ok(StoredRoom { snapshot, snapshot_checked, snapshot_state_vector, log })
     }
 
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
@@ -258,11 +274,14 @@ impl Store for SqliteStore {
         room: &RoomName,
         upto: Seq,
         snapshot: Vec<u8>,
+        state_vector: Vec<u8>,
     ) -> Result<(), StoreError> {
         let writer = Arc::clone(&self.writer);
         let room = room.clone();
-        tokio::task::spawn_blocking(move || compact_on(&mut writer.lock(), &room, upto, &snapshot))
-            .await?
+        tokio::task::spawn_blocking(move || {
+            compact_on(&mut writer.lock(), &room, upto, &snapshot, &state_vector)
+        })
+        .await?
     }
 
     async fn close(&self) {
@@ -293,13 +312,15 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Durability::Process).await.expect("opens");
         let room = RoomName::parse("r").expect("valid");
         store.append(&[entry(&room, 1), entry(&room, 2), entry(&room, 3)]).await.expect("append");
-        store.compact(&room, Seq(2), b"snap2".to_vec()).await.expect("compact");
+        store.compact(&room, Seq(2), b"snap2".to_vec(), b"sv2".to_vec()).await.expect("compact");
         let loaded = store.load(&room).await.expect("load");
         assert_eq!(loaded.snapshot, Some((Seq(2), b"snap2".to_vec())));
+        assert!(loaded.snapshot_checked);
+        assert_eq!(loaded.snapshot_state_vector, Some(b"sv2".to_vec()));
         assert_eq!(loaded.log, vec![(Seq(3), vec![3; 3])]);
         assert_eq!(loaded.last_seq(), Seq(3));
         // An older snapshot (a previous incarnation finishing late) changes nothing.
-        store.compact(&room, Seq(1), b"snap1".to_vec()).await.expect("compact");
+        store.compact(&room, Seq(1), b"snap1".to_vec(), b"sv1".to_vec()).await.expect("compact");
         assert_eq!(
             store.load(&room).await.expect("load").snapshot,
             Some((Seq(2), b"snap2".to_vec()))
