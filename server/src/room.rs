@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::persist::{NotDurable, Persister, Watermark};
 use crate::stats::Stats;
-use crate::store::{LogEntry, Seq, Store, StoreError, StoredRoom};
+use crate::store::{LogEntry, Seq, Store, StoreError};
 
 /// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log.
 const COMPACT_LOG_RATIO: u64 = 8;
@@ -257,8 +257,8 @@ struct DocState {
     /// False while a big stored room is not built (see [`Room::load`]); the document is an
     /// empty placeholder until then, holding only presence, and only cached answers are served.
     ready: bool,
-    /// What the store held for a room not built yet, until its build starts.
-    stored: Option<StoredRoom>,
+    /// The snapshot of a room not built yet (all there is of it), until its build starts.
+    unbuilt: Option<Bytes>,
     /// The state vector of the snapshot a room not built yet holds (stored with it), to greet
     /// joiners with before it is built; `None` once built, or if the snapshot came without one.
     stored_sv: Option<StateVector>,
@@ -284,7 +284,7 @@ struct FullState {
 impl FullState {
     fn new(seq: Seq, update: Vec<u8>) -> Arc<Self> {
         let len = update.len();
-        let frame = Bytes::from(wire::sync_step2(update));
+        let frame = Bytes::from(wire::into_sync_step2(update));
         // The frame ends with the update: share its bytes rather than keep a second copy.
         let update = frame.slice(frame.len() - len..);
         Arc::new(Self {
@@ -353,15 +353,18 @@ fn pending_fingerprint(txn: &impl ReadTxn) -> (Option<(StateVector, usize)>, Opt
     (pending, store.pending_ds().cloned())
 }
 
-/// Replays a stored room (snapshot, then the log) into a fresh document.
-fn build_doc(name: &RoomName, stored: &StoredRoom) -> Result<Doc, LoadError> {
+/// Replays a stored room (its snapshot, then its log) into a fresh document.
+fn build_doc(
+    name: &RoomName,
+    snapshot: Option<&[u8]>,
+    log: &[(Seq, Vec<u8>)],
+) -> Result<Doc, LoadError> {
     let doc = Doc::new();
     let mut txn = doc.transact_mut();
-    let rows = stored
-        .snapshot
-        .iter()
-        .map(|(_, data)| ("snapshot".to_owned(), data))
-        .chain(stored.log.iter().map(|(seq, data)| (format!("update {}", seq.0), data)));
+    let rows = snapshot
+        .into_iter()
+        .map(|data| ("snapshot".to_owned(), data))
+        .chain(log.iter().map(|(seq, data)| (format!("update {}", seq.0), data.as_slice())));
     for (what, data) in rows {
         let corrupt =
             |detail: String| LoadError::Corrupt { room: name.clone(), what: what.clone(), detail };
@@ -412,10 +415,7 @@ impl Room {
         let log_bytes = stored.log.iter().map(|(_, d)| d.len() as u64).sum();
         // The answer for fresh joiners: when the snapshot is the whole story it is that answer
         // already, and whoever opens a room first does not wait for a re-encode.
-        let full = match (&stored.snapshot, stored.log.is_empty()) {
-            (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone())),
-            _ => None,
-        };
+        let whole = stored.log.is_empty() && stored.snapshot.is_some();
         // Building a big document in yrs takes ~12 ms per MB here, and holds several times the
         // snapshot's size in memory. A big room that is only a snapshot is not built on load:
         // fresh joiners get the snapshot at once and presence works without it; what needs the
@@ -424,25 +424,37 @@ impl Room {
         // at once and a room people only look at is never built; without (older snapshots) it
         // is built in the background straight away, and joiners are greeted once it is. Only a
         // snapshot whose checksum matched may be served before it is decoded.
-        let lazy = full.is_some() && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
+        let lazy = whole && stored.snapshot_checked && snapshot_bytes >= LAZY_BUILD_BYTES;
         let stored_sv = stored
             .snapshot_state_vector
             .as_deref()
             .filter(|_| lazy)
             .and_then(|sv| StateVector::decode_v1(sv).ok());
-        let (doc, stored) = if lazy {
-            (Doc::new(), Some(stored))
+        let (doc, full, unbuilt) = if lazy {
+            // The snapshot becomes the answer in its own buffer (megabytes: not copied), and
+            // the build, when it comes, reads it from there.
+            let (seq, data) = stored.snapshot.unwrap_or_default();
+            let full = FullState::new(seq, data);
+            let unbuilt = full.update.clone();
+            (Doc::new(), Some(full), Some(unbuilt))
         } else {
+            let full = match (&stored.snapshot, whole) {
+                (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone())),
+                _ => None,
+            };
             // Decoding is CPU work: keep it off the async workers.
             let room = name.clone();
-            let doc = tokio::task::spawn_blocking(move || build_doc(&room, &stored))
-                .await
-                .map_err(|e| LoadError::Corrupt {
-                    room: name.clone(),
-                    what: "room".into(),
-                    detail: e.to_string(),
-                })??;
-            (doc, None)
+            let doc = tokio::task::spawn_blocking(move || {
+                let snapshot = stored.snapshot.as_ref().map(|(_, data)| data.as_slice());
+                build_doc(&room, snapshot, &stored.log)
+            })
+            .await
+            .map_err(|e| LoadError::Corrupt {
+                room: name.clone(),
+                what: "room".into(),
+                detail: e.to_string(),
+            })??;
+            (doc, full, None)
         };
         stats.room_loads.fetch_add(1, Ordering::Relaxed);
         let build_now = lazy && stored_sv.is_none();
@@ -454,7 +466,7 @@ impl Room {
                 applied: last,
                 full,
                 ready: !lazy,
-                stored,
+                unbuilt,
                 stored_sv,
             }),
             peers: Mutex::new(HashMap::new()),
@@ -480,18 +492,18 @@ impl Room {
     /// Starts building a lazily loaded room's document, once, on a task of its own (so a
     /// caller that stops waiting does not stop it).
     fn start_build(&self) {
-        let Some(stored) = self.state.lock().stored.take() else { return };
+        let Some(snapshot) = self.state.lock().unbuilt.take() else { return };
         let Some(me) = self.me.upgrade() else { return };
-        self.tracker.spawn(async move { me.build(stored).await });
+        self.tracker.spawn(async move { me.build(snapshot).await });
     }
 
     /// Builds a lazily loaded room's document and swaps it in, moving everyone's presence
     /// over from the placeholder, and greets the sockets that joined meanwhile with our sync
     /// step 1 if they could not be greeted before.
-    async fn build(self: Arc<Self>, stored: StoredRoom) {
+    async fn build(self: Arc<Self>, snapshot: Bytes) {
         self.stats.room_builds.fetch_add(1, Ordering::Relaxed);
         let name = self.name.clone();
-        let built = tokio::task::spawn_blocking(move || build_doc(&name, &stored))
+        let built = tokio::task::spawn_blocking(move || build_doc(&name, Some(&snapshot), &[]))
             .await
             .map_err(|e| e.to_string())
             .and_then(|built| built.map_err(|e| e.to_string()));
