@@ -39,7 +39,7 @@ use crate::store::{LogEntry, Seq, Store, StoreError};
 /// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log.
 const COMPACT_LOG_RATIO: u64 = 8;
 
-/// Stored rooms at least this big (snapshot only) are built in the background; see
+/// Stored rooms at least this big (snapshot only) are decoded only when first needed; see
 /// [`Room::load`].
 const LAZY_BUILD_BYTES: u64 = 256 << 10;
 
@@ -640,7 +640,7 @@ impl Room {
     }
 
     /// The whole document at its current version, encoded now unless it was since the last
-    /// update. A room still being built serves the stored snapshot it is built from.
+    /// update. A room not built yet serves the stored snapshot it will be built from.
     async fn full(&self) -> Result<Arc<FullState>, RoomError> {
         if self.state.lock().full.is_none() {
             self.ready().await;
