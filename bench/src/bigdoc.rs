@@ -91,7 +91,25 @@ const SEED_CHUNK: usize = 5_000;
 /// when `count` is set: decoding a big room costs the tool time) and the bytes received.
 async fn fresh_sync(url: &str, count: bool) -> Result<(usize, usize)> {
     let mut ws = client::connect(url, None).await?;
-    let updates = client::handshake(&mut ws, &Doc::new(), SYNC_TIMEOUT).await?;
+    let doc = Doc::new();
+    // A stock y-websocket client sends its presence as soon as the socket opens, beside its
+    // sync step 1: so does this one, so a server that does work for presence (a lazily loaded
+    // room that builds its document first, say) is measured as stock clients would find it.
+    let me = doc.client_id();
+    let presence = huddle_protocol::yrs::sync::AwarenessUpdate {
+        clients: std::collections::HashMap::from([(
+            me,
+            huddle_protocol::yrs::sync::awareness::AwarenessUpdateEntry {
+                clock: 1,
+                json: format!(
+                    r##"{{"user":{{"id":"bench-{me}","name":"bench","color":"#1971c2"}}}}"##
+                )
+                .into(),
+            },
+        )]),
+    };
+    client::send(&mut ws, wire::awareness(presence)).await?;
+    let updates = client::handshake(&mut ws, &doc, SYNC_TIMEOUT).await?;
     let received = updates.iter().map(Vec::len).sum();
     let _ = ws.close(None).await;
     let shapes = if count {
