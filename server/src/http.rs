@@ -18,7 +18,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::connection::{SocketContext, serve_socket};
@@ -49,18 +48,15 @@ pub enum AppError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
-    /// The room could not be loaded or answered (storage failed, or it is being reloaded).
-    #[error("room unavailable: {0}; try again")]
-    RoomUnavailable(String),
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match self {
             AppError::BadRoomName(_) => StatusCode::BAD_REQUEST,
-            AppError::TooManyConnections
-            | AppError::ShuttingDown
-            | AppError::RoomUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::TooManyConnections | AppError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         (status, [(header::CACHE_CONTROL, "no-store")], self.to_string()).into_response()
     }
@@ -422,13 +418,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws/{room}", get(websocket))
-        .route("/rooms/{room}/update", get(room_update))
         .fallback(crate::web::serve)
-        // Not the room's update: it comes compressed once per version of the room (see
-        // `room_update`); compressing it again per request would cost tens of milliseconds each.
-        .layer(tower_http::compression::CompressionLayer::new().compress_when(
-            DefaultPredicate::new().and(NotForContentType::const_new(ROOM_UPDATE_TYPE)),
-        ))
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
 
@@ -439,67 +430,6 @@ async fn healthz() -> impl IntoResponse {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.sockets.stats.render(state.sockets.registry.loaded());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-/// Content type of `GET /rooms/{room}/update`: a Yjs update (v1), as `Y.applyUpdate` reads.
-const ROOM_UPDATE_TYPE: &str = "application/octet-stream";
-
-/// `GET /rooms/{room}/update`: the whole room as one Yjs update (v1), everything in it durable,
-/// zlib-compressed (`Content-Encoding: deflate`) when big and the client accepts that: a room
-/// for backups, scripts and tools without a WebSocket client (y-sweet has the same). Admitted
-/// like a socket (room name, shutdown, connection limit), and the room is held only while the
-/// request is answered. (The web client tried loading rooms this way, beside its socket: no
-/// faster, see docs/benchmarks.md, session 8.)
-async fn room_update(
-    Path(room): Path<String>,
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, AppError> {
-    let admission = admit(&state, &room, false)?;
-    let registry = &state.sockets.registry;
-    let lease = registry.join(&admission.room).await.map_err(|e| {
-        tracing::error!(room = %admission.room, error = %e, "room failed to load for HTTP");
-        AppError::RoomUnavailable("it failed to load".into())
-    })?;
-    // Given back however this ends, the client going away mid-answer included.
-    let visit = crate::registry::Visit::new(registry.clone(), lease);
-    let zlib = accepts_deflate(&headers);
-    let full = visit
-        .room()
-        .full_update(zlib)
-        .await
-        .map_err(|e| AppError::RoomUnavailable(e.to_string()))?;
-    drop(visit);
-    drop(admission);
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, ROOM_UPDATE_TYPE),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::VARY, "accept-encoding"),
-        ],
-        full.body,
-    )
-        .into_response();
-    if full.zlib {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("deflate"));
-    }
-    Ok(response)
-}
-
-/// Whether an `Accept-Encoding` header lists `deflate` (or `*`) without `q=0`.
-fn accepts_deflate(headers: &axum::http::HeaderMap) -> bool {
-    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
-            });
-            (coding.eq_ignore_ascii_case("deflate") || coding == "*") && !refused
-        })
-    })
 }
 
 /// A socket let into a room: it holds one of the connection permits, and shutdown waits for it.

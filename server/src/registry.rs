@@ -66,34 +66,6 @@ impl Lease {
     }
 }
 
-/// A short visit to a room by something that is not a socket (an HTTP request for its
-/// state): gives the lease back when dropped, however the visit ends.
-pub struct Visit {
-    registry: Registry,
-    lease: Option<Lease>,
-}
-
-impl Visit {
-    /// Holds `lease` until the visit is dropped.
-    pub fn new(registry: Registry, lease: Lease) -> Self {
-        Self { registry, lease: Some(lease) }
-    }
-
-    /// The room visited.
-    pub fn room(&self) -> &Arc<Room> {
-        // Only taken in `drop`.
-        self.lease.as_ref().map(Lease::room).expect("a visit holds its lease until dropped")
-    }
-}
-
-impl Drop for Visit {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.registry.leave(lease);
-        }
-    }
-}
-
 impl Registry {
     /// An empty registry over `store`. Background work (unloads, compactions) runs on `tracker`.
     pub fn new(

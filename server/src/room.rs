@@ -271,14 +271,12 @@ struct FullState {
     seq: Seq,
     /// The sync step 2 frame that answers a client that has nothing.
     frame: Bytes,
-    /// The Yjs update inside `frame` (for `GET /rooms/{room}/update`).
+    /// The Yjs update inside `frame` (what a room not built yet is built from).
     update: Bytes,
     /// `frame` as a [`wire::MSG_DEFLATED`] frame, for sockets that read those. Cells rather
     /// than bytes so that joiners arriving together (a team opening a shared link) wait for
     /// one compression instead of each starting their own.
     deflated: tokio::sync::OnceCell<Bytes>,
-    /// `update` zlib-compressed, for HTTP clients that accept `Content-Encoding: deflate`.
-    zlib: tokio::sync::OnceCell<Bytes>,
 }
 
 impl FullState {
@@ -287,23 +285,20 @@ impl FullState {
         let frame = Bytes::from(wire::into_sync_step2(update));
         // The frame ends with the update: share its bytes rather than keep a second copy.
         let update = frame.slice(frame.len() - len..);
-        Arc::new(Self {
-            seq,
-            frame,
-            update,
-            deflated: tokio::sync::OnceCell::new(),
-            zlib: tokio::sync::OnceCell::new(),
-        })
+        Arc::new(Self { seq, frame, update, deflated: tokio::sync::OnceCell::new() })
     }
 }
 
-/// The whole room as one Yjs update, as [`Room::full_update`] gives it.
-#[derive(Debug, Clone)]
-pub struct FullUpdate {
-    /// The update, compressed if `zlib`.
-    pub body: Bytes,
-    /// `body` is zlib-compressed (`Content-Encoding: deflate`).
-    pub zlib: bool,
+/// Breaks its room when dropped while still holding it: see [`Room::build`].
+struct Unfinished<'a>(Option<&'a Room>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(room) = self.0.take() {
+            room.break_room();
+            room.ready.send_replace(true);
+        }
+    }
 }
 
 /// One loaded room.
@@ -502,6 +497,10 @@ impl Room {
     /// step 1 if they could not be greeted before.
     async fn build(self: Arc<Self>, snapshot: Bytes) {
         self.stats.room_builds.fetch_add(1, Ordering::Relaxed);
+        // Whatever ends this build early (a panic, the runtime dropping the task), nobody may
+        // be left waiting for a document that will never come: the room is broken instead,
+        // and its sockets reconnect to a fresh copy.
+        let mut unfinished = Unfinished(Some(&*self));
         let name = self.name.clone();
         let built = tokio::task::spawn_blocking(move || build_doc(&name, Some(&snapshot), &[]))
             .await
@@ -511,8 +510,6 @@ impl Room {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::error!(room = %self.name, error = %e, "building the stored room failed");
-                self.break_room();
-                self.ready.send_replace(true);
                 return;
             }
         };
@@ -537,6 +534,7 @@ impl Room {
                 }
             }
         }
+        unfinished.0 = None;
         self.ready.send_replace(true);
     }
 
@@ -615,28 +613,6 @@ impl Room {
         };
         self.watermark.wait_for(seq).await?;
         Ok(answer)
-    }
-
-    /// The whole room as one Yjs update, once durable, for `GET /rooms/{room}/update`. With
-    /// `zlib` (the client accepts `deflate`) a big one comes compressed, made once per version
-    /// of the room like the socket's answer.
-    ///
-    /// # Errors
-    /// [`RoomError::NotDurable`] if storage failed before the state was saved.
-    pub async fn full_update(&self, zlib: bool) -> Result<FullUpdate, RoomError> {
-        let full = self.full().await?;
-        let update = if zlib && full.update.len() >= wire::DEFLATE_MIN_BYTES {
-            let plain = full.update.clone();
-            let compress = |u: &[u8]| miniz_oxide::deflate::compress_to_vec_zlib(u, 1);
-            match full.zlib.get_or_try_init(|| self.compress(plain, compress)).await {
-                Ok(body) => FullUpdate { body: body.clone(), zlib: true },
-                Err(()) => FullUpdate { body: full.update.clone(), zlib: false },
-            }
-        } else {
-            FullUpdate { body: full.update.clone(), zlib: false }
-        };
-        self.watermark.wait_for(full.seq).await?;
-        Ok(update)
     }
 
     /// The whole document at its current version, encoded now unless it was since the last

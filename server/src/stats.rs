@@ -30,8 +30,8 @@ pub struct Stats {
     pub slow_peers: AtomicU64,
     /// Sockets closed for not answering pings.
     pub dead_peers: AtomicU64,
-    /// Answers compressed for clients that asked (a big room's whole state, over a socket or
-    /// HTTP, is compressed once per version of the room, however many open it).
+    /// Sync answers compressed for clients that asked (a big room's first sync is compressed
+    /// once per version of the room, however many open it).
     pub answers_deflated: AtomicU64,
 }
 

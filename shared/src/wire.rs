@@ -216,8 +216,9 @@ pub fn sync_step2(update: Vec<u8>) -> Vec<u8> {
 }
 
 /// [`sync_step2`] of an update already in a buffer of its own, built in that buffer: the header
-/// goes in front of the update in place. For big updates (a stored room's snapshot, megabytes),
-/// where a copy into a fresh buffer costs as much as everything else about serving it.
+/// goes in front of the update, which moves along within the buffer (grown in place if it can
+/// be). For big updates (a stored room's snapshot, megabytes), where a copy into a fresh buffer
+/// costs as much as everything else about serving it: its pages are new to the process.
 pub fn into_sync_step2(update: Vec<u8>) -> Vec<u8> {
     use yrs::encoding::write::Write;
     let mut header = Vec::with_capacity(12);

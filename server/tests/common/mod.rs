@@ -267,28 +267,3 @@ pub fn rand_id() -> u64 {
     h.write_u64(now_millis());
     h.finish() & 0xffff_ffff
 }
-
-/// A plain HTTP/1.1 GET of `path` with extra `headers` ("Name: value" lines): the status, the
-/// headers (names lowercased) and the body. Raw TCP so a test sees exactly what was sent.
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[&str],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await.expect("in time").expect("read");
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok());
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status.expect("a status line"), headers, raw[end + 4..].to_vec())
-}
