@@ -532,6 +532,17 @@ impl Room {
                     // Past the byte budget if need be: the snapshot answer may still be queued.
                     tx.offer_unbudgeted(greeting.clone());
                 }
+                // A snapshot stored without its state vector (before they were stored): store
+                // it now, so the next load need not decode the room. Nothing was applied
+                // before this build, so this is the snapshot's own.
+                let (store, name, seq) =
+                    (Arc::clone(&self.store), self.name.clone(), state.applied);
+                let sv = sv.encode_v1();
+                self.tracker.spawn(async move {
+                    if let Err(e) = store.set_snapshot_state_vector(&name, seq, sv).await {
+                        tracing::warn!(room = %name, error = %e, "storing the snapshot's state vector failed");
+                    }
+                });
             }
         }
         unfinished.0 = None;

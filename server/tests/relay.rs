@@ -334,6 +334,61 @@ async fn a_big_stored_room_that_people_only_look_at_is_never_decoded() {
     server.stop().await;
 }
 
+/// A snapshot stored before state vectors were (NULL in the database) is decoded when its room
+/// loads, as before, and gets its state vector stored then: the next load serves the room
+/// without decoding it.
+#[tokio::test]
+async fn a_snapshot_stored_without_a_state_vector_gets_one_at_its_first_build() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("huddle.sqlite3");
+    let stored_vectors = || {
+        let db = rusqlite::Connection::open(&db).expect("opens the database");
+        db.query_row(
+            "SELECT count(*) FROM room_snapshots WHERE state_vector IS NOT NULL",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .expect("counts")
+    };
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("older");
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    ada.add_many_shapes(5000).await;
+    let mut check = TestClient::connect(&url).await;
+    check.until("all 5000 stored", |s| common::sync_doc_contents(s).len() == 5000).await;
+    ada.close().await;
+    check.close().await;
+    server.stop().await;
+    assert_eq!(stored_vectors(), 1);
+    // As a server from before the state vector was stored left it.
+    rusqlite::Connection::open(&db)
+        .expect("opens the database")
+        .execute("UPDATE room_snapshots SET state_vector = NULL, state_vector_checksum = NULL", [])
+        .expect("clears");
+
+    for (round, builds) in [("first load", 1), ("second load", 0)] {
+        let server = TestServer::start_with(test_config(dir.path())).await;
+        let mut bob = TestClient::connect(&server.url("older")).await;
+        bob.set_name("Bob").await;
+        bob.until(&format!("{round}: bob has the board"), |s| {
+            common::sync_doc_contents(s).len() == 5000
+        })
+        .await;
+        if builds == 1 {
+            common::eventually("the room built on load", || {
+                server.stats.room_builds.load(Ordering::Relaxed) == 1
+            })
+            .await;
+            common::eventually("its state vector stored", || stored_vectors() == 1).await;
+        }
+        assert_eq!(server.stats.room_builds.load(Ordering::Relaxed), builds, "{round}");
+        bob.close().await;
+        server.stop().await;
+    }
+}
+
 /// Reads `client`'s frames (handling them) until one satisfies `stop`; returns whether any
 /// frame before it, or it, satisfied `seen`.
 async fn read_until(

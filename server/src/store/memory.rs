@@ -61,5 +61,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn set_snapshot_state_vector(
+        &self,
+        room: &RoomName,
+        seq: Seq,
+        state_vector: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock();
+        if let Some(r) = rooms.get_mut(room)
+            && r.snapshot.as_ref().is_some_and(|(s, _)| *s == seq)
+        {
+            r.state_vector = Some(state_vector);
+        }
+        Ok(())
+    }
+
     async fn close(&self) {}
 }

@@ -112,6 +112,16 @@ pub trait Store: Send + Sync + 'static {
         state_vector: Vec<u8>,
     ) -> Result<(), StoreError>;
 
+    /// Stores `state_vector` (v1 encoding) as that of `room`'s snapshot at `seq`, if that is
+    /// still the stored one: for snapshots written before state vectors were stored, so the
+    /// room can be served without decoding it the next time it is loaded.
+    async fn set_snapshot_state_vector(
+        &self,
+        room: &RoomName,
+        seq: Seq,
+        state_vector: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
     /// Flushes and closes the store at shutdown.
     async fn close(&self);
 }

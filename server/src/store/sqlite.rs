@@ -284,6 +284,30 @@ impl Store for SqliteStore {
         .await?
     }
 
+    async fn set_snapshot_state_vector(
+        &self,
+        room: &RoomName,
+        seq: Seq,
+        state_vector: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let writer = Arc::clone(&self.writer);
+        let room = room.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.lock().execute(
+                "UPDATE room_snapshots SET state_vector = ?1, state_vector_checksum = ?2 \
+                 WHERE room = ?3 AND seq = ?4",
+                rusqlite::params![
+                    state_vector,
+                    i64::from(crc32fast::hash(&state_vector)),
+                    room.as_str(),
+                    seq_to(seq)
+                ],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
     async fn close(&self) {
         let writer = Arc::clone(&self.writer);
         let checkpoint = tokio::task::spawn_blocking(move || {
