@@ -181,6 +181,9 @@ pub struct ClientSession {
     /// The awareness's clock, also read to tell silent peers (see [`ClientSession::peers`]).
     clock: Arc<dyn Clock>,
     synced: bool,
+    /// The state vector the server greeted this connection with (its sync step 1), once it
+    /// has; see [`ClientSession::catch_up`].
+    server_sv: Option<yrs::StateVector>,
     /// Updates produced by local transactions, waiting to be sent. Filled by a doc observer.
     local: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -212,7 +215,7 @@ impl ClientSession {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let stamps = Arc::clone(&clock);
         let awareness = Awareness::with_clock(doc, move || stamps.now());
-        Self { awareness, clock, synced: false, local }
+        Self { awareness, clock, synced: false, server_sv: None, local }
     }
 
     /// The document this session syncs.
@@ -239,6 +242,7 @@ impl ClientSession {
     /// presence, if set.
     pub fn handshake(&mut self) -> Vec<Vec<u8>> {
         self.synced = false;
+        self.server_sv = None;
         // Anything queued while offline is covered by the step 1/2 exchange.
         self.local.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let sv = self.doc().transact().state_vector();
@@ -259,6 +263,18 @@ impl ClientSession {
         self.apply_remote(saved).map(|_| ())
     }
 
+    /// What the server still lacks after a [`ClientSession::restore`] that came after the
+    /// server's sync step 1 had been answered (that answer went out without the restored
+    /// state), as an update frame: what we have beyond the state vector the server greeted us
+    /// with. `None` before that greeting (answering it will cover everything) or when there is
+    /// nothing beyond it. A restored copy of a big room is mostly what the server has already:
+    /// this sends the difference, not the whole copy again.
+    pub fn catch_up(&self) -> Option<Vec<u8>> {
+        let sv = self.server_sv.as_ref()?;
+        let diff = self.doc().transact().encode_state_as_update_v1(sv);
+        (diff != wire::EMPTY_UPDATE).then(|| wire::update(diff))
+    }
+
     /// The whole document as one update, for an offline cache.
     pub fn snapshot(&self) -> Vec<u8> {
         self.doc().transact().encode_state_as_update_v1(&yrs::StateVector::default())
@@ -269,6 +285,7 @@ impl ClientSession {
     /// greeting on reconnect lists who is there).
     pub fn disconnected(&mut self) {
         self.synced = false;
+        self.server_sv = None;
         let me = self.awareness.client_id();
         let others: Vec<ClientID> =
             self.awareness.iter().map(|(id, _)| id).filter(|id| *id != me).collect();
@@ -292,6 +309,7 @@ impl ClientSession {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {
                     let diff = self.doc().transact().encode_state_as_update_v1(&sv);
                     out.replies.push(wire::sync_step2(diff));
+                    self.server_sv = Some(sv);
                 }
                 Message::Sync(SyncMessage::SyncStep2(update)) => {
                     if self.apply_remote(&update)? {
@@ -397,6 +415,8 @@ impl ClientSession {
 mod tests {
     use super::*;
     use crate::schema::{Board, Shape, ShapeKind};
+    use yrs::Update;
+    use yrs::updates::decoder::Decode;
 
     fn clock() -> u64 {
         0
@@ -452,6 +472,56 @@ mod tests {
         a.receive(&frames[0]).expect("applies");
         assert!(a.drain_local_updates().is_empty());
         assert_eq!(Board::new(a.doc()).shape_count(&a.doc().transact()), 2);
+    }
+
+    #[test]
+    fn a_copy_restored_after_the_greeting_sends_only_what_the_server_lacks() {
+        let server = Doc::with_client_id(1);
+        {
+            let board = Board::new(&server);
+            let mut txn = server.transact_mut();
+            for i in 0..2_000 {
+                board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
+            }
+        }
+        let everything = server.transact().encode_state_as_update_v1(&Default::default());
+        // A copy cached on this device: the whole room and one shape drawn offline.
+        let cached = {
+            let device = Doc::with_client_id(2);
+            device
+                .transact_mut()
+                .apply_update(Update::decode_v1(&everything).expect("decodes"))
+                .expect("applies");
+            let board = Board::new(&device);
+            board.put_shape(&mut device.transact_mut(), &Shape::new("offline", ShapeKind::Ellipse));
+            device.transact().encode_state_as_update_v1(&Default::default())
+        };
+
+        let mut client = ClientSession::new(Doc::with_client_id(2), clock);
+        client.handshake();
+        assert_eq!(client.catch_up(), None, "before the server's greeting there is nothing to do");
+        let greeting = wire::sync_step1(&server.transact().state_vector());
+        client.receive(&greeting).expect("answers the greeting");
+        assert_eq!(client.catch_up(), None, "nothing beyond what the server has");
+        client.restore(&cached).expect("restores");
+        let frame = client.catch_up().expect("the offline shape");
+        assert!(
+            frame.len() * 20 < cached.len(),
+            "{} bytes, not the whole copy's {}",
+            frame.len(),
+            cached.len()
+        );
+        let [crate::wire::WireMessage::Sync(SyncMessage::Update(update))] =
+            &wire::decode_frame(&frame).expect("a frame")[..]
+        else {
+            panic!("an update frame")
+        };
+        server
+            .transact_mut()
+            .apply_update(Update::decode_v1(update).expect("decodes"))
+            .expect("applies");
+        assert!(Board::new(&server).shape(&server.transact(), "offline").is_some());
+        assert_eq!(Board::new(&server).shape_count(&server.transact()), 2_001);
     }
 
     #[test]

@@ -609,10 +609,12 @@ impl Connection {
                 && me.session.borrow_mut().restore(&saved).is_ok()
             {
                 me.signals.doc_version.update(|v| *v += 1);
-                // If the handshake already happened, offline edits in the cache would not reach
-                // the server until the next one: send them now (the server skips what it has).
-                if me.is_open() {
-                    me.send(&wire::update(saved));
+                // If the server's greeting was answered already, offline edits in the cache
+                // would not reach it until the next handshake: send what it lacks now (not the
+                // whole copy: for a big room that is megabytes it has).
+                let catch_up = me.session.borrow().catch_up();
+                if let Some(frame) = catch_up.filter(|_| me.is_open()) {
+                    me.send(&frame);
                 }
             }
         });
