@@ -196,14 +196,11 @@ async fn restart_brings_every_room_back_with_the_same_state() {
     server.stop().await;
 }
 
-/// A big stored room is built in the background after a restart (fresh joiners get the stored
-/// snapshot at once): edits, presence and a client resyncing with state of its own must all work
-/// while it builds and after.
-#[tokio::test]
-async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start_with(test_config(dir.path())).await;
-    let url = server.url("big");
+/// Stores a room of 5,000 shapes in `dir` through a server that then stops (writing the
+/// room's snapshot), and returns the room as the client that drew it holds it.
+async fn store_big_room(dir: &std::path::Path, room: &str) -> Vec<u8> {
+    let server = TestServer::start_with(test_config(dir)).await;
+    let url = server.url(room);
     let mut ada = TestClient::connect(&url).await;
     ada.synced().await;
     ada.add_many_shapes(5000).await;
@@ -213,10 +210,20 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
     ada.close().await;
     check.close().await;
     server.stop().await;
+    saved
+}
+
+/// A big stored room is served from its snapshot after a restart and built when an edit needs
+/// it: edits, presence and a client resyncing with state of its own must all work before the
+/// build and after.
+#[tokio::test]
+async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let saved = store_big_room(dir.path(), "big").await;
 
     let server = TestServer::start_with(test_config(dir.path())).await;
     let url = server.url("big");
-    // All three connect at once, while the room is being built.
+    // All three connect at once, before the room is built.
     let mut fresh = TestClient::connect(&url).await;
     let mut editor = TestClient::connect(&url).await;
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
@@ -263,18 +270,8 @@ async fn a_big_stored_room_serves_joiners_edits_and_presence_while_it_is_built()
 async fn a_big_stored_room_that_people_only_look_at_is_never_decoded() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start_with(test_config(dir.path())).await;
-    let url = server.url("gallery");
-    let mut ada = TestClient::connect(&url).await;
-    ada.synced().await;
-    ada.add_many_shapes(5000).await;
-    let mut check = TestClient::connect(&url).await;
-    check.until("all 5000 stored", |s| common::sync_doc_contents(s).len() == 5000).await;
-    // Ada keeps her copy and draws one more shape while the server is away.
-    let saved = ada.session.snapshot();
-    ada.close().await;
-    check.close().await;
-    server.stop().await;
+    // Ada keeps her copy, and will draw one more shape while the server is away.
+    let saved = store_big_room(dir.path(), "gallery").await;
 
     let server = TestServer::start_with(test_config(dir.path())).await;
     let url = server.url("gallery");
@@ -351,16 +348,7 @@ async fn a_snapshot_stored_without_a_state_vector_gets_one_at_its_first_build() 
         )
         .expect("counts")
     };
-    let server = TestServer::start_with(test_config(dir.path())).await;
-    let url = server.url("older");
-    let mut ada = TestClient::connect(&url).await;
-    ada.synced().await;
-    ada.add_many_shapes(5000).await;
-    let mut check = TestClient::connect(&url).await;
-    check.until("all 5000 stored", |s| common::sync_doc_contents(s).len() == 5000).await;
-    ada.close().await;
-    check.close().await;
-    server.stop().await;
+    store_big_room(dir.path(), "older").await;
     assert_eq!(stored_vectors(), 1);
     // As a server from before the state vector was stored left it.
     rusqlite::Connection::open(&db)

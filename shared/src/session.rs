@@ -474,16 +474,21 @@ mod tests {
         assert_eq!(Board::new(a.doc()).shape_count(&a.doc().transact()), 2);
     }
 
+    /// A server's document holding `n` rectangles.
+    fn server_with_rects(n: usize) -> Doc {
+        let server = Doc::with_client_id(1);
+        let board = Board::new(&server);
+        let mut txn = server.transact_mut();
+        for i in 0..n {
+            board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
+        }
+        drop(txn);
+        server
+    }
+
     #[test]
     fn a_copy_restored_after_the_greeting_sends_only_what_the_server_lacks() {
-        let server = Doc::with_client_id(1);
-        {
-            let board = Board::new(&server);
-            let mut txn = server.transact_mut();
-            for i in 0..2_000 {
-                board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
-            }
-        }
+        let server = server_with_rects(2_000);
         let everything = server.transact().encode_state_as_update_v1(&Default::default());
         // A copy cached on this device: the whole room and one shape drawn offline.
         let cached = {
@@ -526,14 +531,7 @@ mod tests {
 
     #[test]
     fn a_deflated_answer_syncs_like_a_plain_one_and_a_corrupt_one_changes_nothing() {
-        let server = Doc::with_client_id(1);
-        {
-            let board = Board::new(&server);
-            let mut txn = server.transact_mut();
-            for i in 0..2_000 {
-                board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
-            }
-        }
+        let server = server_with_rects(2_000);
         let answer =
             wire::sync_step2(server.transact().encode_state_as_update_v1(&Default::default()));
         let deflated = wire::deflate(&answer);
