@@ -1,5 +1,6 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
 import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount, shapesOf } from './fixtures';
+import { WebSocketRoute } from '@playwright/test';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -298,4 +299,51 @@ test('a big room shows how far opening has got, then every shape, over one socke
   const total = received.reduce((a, b) => a + b, 0);
   expect(total, `bytes received: ${received.join(', ')}`).toBeLessThan(1_000_000);
   await page.screenshot(shot('big-room-open'));
+});
+
+test('coming back to a room that grew by thousands of shapes meanwhile brings them all, compressed', async ({ browser, server }) => {
+  // Ada's sockets go through Playwright, so she can be cut off, and what reaches her counted.
+  const ctxA = await browser.newContext();
+  let offline = false;
+  const received: number[][] = [];
+  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
+  await ctxA.routeWebSocket(/\/ws\//, (ws) => {
+    if (offline) return void ws.close({ code: 1001, reason: 'offline' });
+    const bytes: number[] = [];
+    received.push(bytes);
+    const upstream = ws.connectToServer();
+    upstream.onMessage((m) => { bytes.push(typeof m === 'string' ? m.length : m.byteLength); ws.send(m); });
+    open.push({ page: ws, server: upstream });
+  });
+  const a = await newUser(ctxA, server.url, 'Ada');
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+
+  offline = true;
+  await ctxA.setOffline(true);
+  for (const { page, server: upstream } of open.splice(0)) {
+    await upstream.close({ code: 1001, reason: 'offline' });
+    await page.close({ code: 1001, reason: 'offline' });
+  }
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'offline');
+  // Meanwhile someone fills the room: about 2.5 MB of shapes.
+  const shapes = 18000;
+  await runYjsScript(server, 'yjs-fill.mjs', room, String(shapes));
+
+  // Back online, Ada's app opens a socket of its own (the page's early one is long gone), and
+  // the difference comes as one compressed frame that the page inflates.
+  offline = false;
+  await ctxA.setOffline(false);
+  const board = a.getByTestId('board');
+  await expect(board).toHaveAttribute('data-shape-count', String(shapes));
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  const last = received[received.length - 1];
+  const total = last.reduce((x, y) => x + y, 0);
+  expect(received.length, 'sockets opened').toBeGreaterThan(1);
+  expect(total, `bytes received on the new socket: ${last.join(', ')}`).toBeLessThan(1_000_000);
+  // And the board works on: a shape Ada draws now is the room's 18,001st.
+  await a.keyboard.press('r');
+  await dragOnBoard(a, 100, 100, 160, 150);
+  await expect(board).toHaveAttribute('data-shape-count', String(shapes + 1));
 });
