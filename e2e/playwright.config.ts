@@ -21,6 +21,9 @@ export default defineConfig({
       args: [
         '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
         '--disable-background-networking', '--disable-component-update', '--disable-sync',
+        // `huddle.test` is this machine too, but not `localhost`: a page there is not a secure
+        // context, as on a team's server reached over plain HTTP on its LAN address.
+        '--host-resolver-rules=MAP huddle.test 127.0.0.1',
       ],
     },
   },

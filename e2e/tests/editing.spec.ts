@@ -270,3 +270,58 @@ test('a long pen stroke reaches the other user and a stock Yjs client whole', as
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   await expect.poll(async () => (await shapesOf(b))[0].points).toEqual(mine.points);
 });
+
+test('on a plain-HTTP address (no secure context, as on a LAN server) copy, paste and sharing still work', async ({ browser, server }) => {
+  // `huddle.test` maps to this server (playwright.config.ts), but unlike 127.0.0.1 it is not a
+  // secure context: the page has no `navigator.clipboard` and no service worker.
+  const url = server.url.replace('127.0.0.1', 'huddle.test');
+  const context = await browser.newContext();
+  const a = await newUser(context, url, 'Ada');
+  const errors: string[] = [];
+  a.on('pageerror', (e) => errors.push(e.message));
+  expect(await a.evaluate(() => window.isSecureContext)).toBe(false);
+  expect(await a.evaluate(() => navigator.clipboard === undefined)).toBe(true);
+
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 180);
+  await a.getByTestId('tool-select').click();
+  await a.keyboard.press('Control+a');
+  await a.keyboard.press('Control+c');
+  await a.keyboard.press('Control+v');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  // The copy went onto the clipboard all the same: it pastes into another tab's room.
+  const other = await newUser(context, url, 'Ada');
+  expect(other.url()).not.toBe(a.url());
+  await other.getByTestId('board').click();
+  await other.keyboard.press('Control+v');
+  await expect(other.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await other.close();
+  await a.bringToFront();
+
+  // Share cannot copy by itself here: it shows the link, selected, for the person to copy.
+  await a.getByTestId('copy-link').click();
+  const link = a.getByTestId('share-link');
+  await expect(link).toBeVisible();
+  await expect(link).toHaveValue(a.url());
+  expect(await a.evaluate(() => (document.activeElement as HTMLInputElement | null)?.dataset.testid)).toBe('share-link');
+  await a.screenshot({ path: 'test-results/screens/share-without-clipboard.png' });
+  await a.keyboard.press('Escape');
+  await expect(link).toHaveCount(0);
+
+  // The page keeps working, and a second person on the same address sees it all.
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 300, 100, 380, 160);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '3');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '3');
+  expect(errors).toEqual([]);
+});
+
+test('Share copies the room link and says so', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  const a = await newUser(context, server.url, 'Ada');
+  await a.getByTestId('copy-link').click();
+  await expect(a.getByTestId('share-note')).toHaveText('Link copied');
+  await expect.poll(() => a.evaluate(() => navigator.clipboard.readText())).toBe(a.url());
+});

@@ -249,16 +249,33 @@ pub fn export_json(state: RoomState) {
     download_text(&json, "application/json", "huddle-room.json");
 }
 
-/// Copies the selection to the system clipboard (as Huddle's clipboard text, so it pastes into
-/// any Huddle tab) and to the in-app clipboard.
-pub fn copy_selection(state: RoomState) {
+/// The system clipboard, if this page may use it. Browsers offer `navigator.clipboard` only to
+/// secure contexts (HTTPS, or `localhost`), and a team's server is often reached over plain
+/// HTTP on its LAN address: calling it there threw, and the copy was lost.
+pub fn system_clipboard() -> Option<web_sys::Clipboard> {
+    let navigator = web_sys::window()?.navigator();
+    let clipboard =
+        js_sys::Reflect::get(&navigator, &wasm_bindgen::JsValue::from_str("clipboard")).ok()?;
+    (!clipboard.is_undefined() && !clipboard.is_null()).then(|| clipboard.unchecked_into())
+}
+
+/// Copies the selection (Ctrl+C, or the browser's Copy): onto the clipboard as Huddle's
+/// clipboard text, through the `copy` event itself, so it pastes into any Huddle tab; and into
+/// the in-app clipboard. The event's own clipboard works on every page, whereas
+/// `navigator.clipboard` is missing on plain HTTP (see [`system_clipboard`]). With nothing
+/// selected the browser copies what it would.
+pub fn copy_event(state: RoomState, ev: &web_sys::ClipboardEvent) {
     let selected = selected_shapes(state);
-    if !selected.is_empty() {
-        let text = huddle_protocol::schema::shapes_to_clipboard(&selected);
-        // The promise settles on its own; a refusal leaves the in-app copy.
-        let _ = web_sys::window().map(|w| w.navigator().clipboard().write_text(&text));
-        CLIPBOARD.with(|c| *c.borrow_mut() = selected);
+    if selected.is_empty() {
+        return;
     }
+    let text = huddle_protocol::schema::shapes_to_clipboard(&selected);
+    if let Some(data) = ev.clipboard_data()
+        && data.set_data("text/plain", &text).is_ok()
+    {
+        ev.prevent_default();
+    }
+    CLIPBOARD.with(|c| *c.borrow_mut() = selected);
 }
 
 /// Longest text one paste turns into a text shape.

@@ -335,6 +335,11 @@ fn RoomView(
     });
     let keys =
         window_event_listener(ev::keydown, move |ev: web_sys::KeyboardEvent| shortcut(state, &ev));
+    let copies = window_event_listener(ev::copy, move |ev: web_sys::ClipboardEvent| {
+        if !in_field(ev.target()) && !text_selected() && state.joined.get_untracked() {
+            export::copy_event(state, &ev);
+        }
+    });
     let pastes = window_event_listener(ev::paste, move |ev: web_sys::ClipboardEvent| {
         if !in_field(ev.target()) && state.joined.get_untracked() {
             export::paste_event(state, &ev);
@@ -354,6 +359,7 @@ fn RoomView(
             h.clear();
         }
         keys.remove();
+        copies.remove();
         pastes.remove();
         // The stored value may already be disposed with the owner; then the socket goes with it.
         if let Some(conn) = state.conn.try_get_value() {
@@ -367,11 +373,7 @@ fn RoomView(
             <header class="topbar">
                 <a class="brand small" href="/" aria-label="Huddle home" data-testid="home"><img src="/assets/favicon.svg" alt="" width="22" height="22"/>"Huddle"</a>
                 <span class="room-name" data-testid="room-name" title="Room name">{room.clone()}</span>
-                <button class="ghost" data-testid="copy-link" aria-label="Copy the room link" title="Copy the room link"
-                    on:click=move |_| {
-                        let url = format!("{}/r/{share}", window().location().origin().unwrap_or_default());
-                        let _ = window().navigator().clipboard().write_text(&url);
-                    }>"Share"</button>
+                <ShareButton room=share/>
                 <div class="spacer"></div>
                 <StatusBadge/>
                 <button class="ghost" data-testid="theme-toggle" aria-label="Toggle dark theme" title="Toggle dark theme"
@@ -392,6 +394,78 @@ fn RoomView(
     }
 }
 
+/// What the Share button is showing.
+#[derive(Debug, Clone, PartialEq)]
+enum ShareNote {
+    /// The link is on the clipboard.
+    Copied,
+    /// The page may not write to the clipboard: the link, for the person to copy.
+    ByHand(String),
+}
+
+/// How long "Link copied" stays up.
+const SHARE_NOTE_MS: u64 = 2500;
+
+/// Copies the room's link to the clipboard and says so. Where the page may not use the
+/// clipboard (plain HTTP on a LAN address is not a secure context, and browsers then offer no
+/// `navigator.clipboard`), or the browser refuses, it shows the link selected in a field
+/// instead, so it can be copied by hand.
+#[component]
+fn ShareButton(
+    /// The room's name.
+    room: String,
+) -> impl IntoView {
+    let note = RwSignal::new(None::<ShareNote>);
+    let field = NodeRef::<leptos::html::Input>::new();
+    let share = move |_| {
+        let url = format!("{}/r/{room}", window().location().origin().unwrap_or_default());
+        let Some(clipboard) = export::system_clipboard() else {
+            note.set(Some(ShareNote::ByHand(url)));
+            return;
+        };
+        note.set(Some(ShareNote::Copied));
+        set_timeout(
+            move || {
+                if note.try_get_untracked().flatten() == Some(ShareNote::Copied) {
+                    note.set(None);
+                }
+            },
+            std::time::Duration::from_millis(SHARE_NOTE_MS),
+        );
+        let written = clipboard.write_text(&url);
+        leptos::task::spawn_local(async move {
+            if wasm_bindgen_futures::JsFuture::from(written).await.is_err() {
+                let _ = note.try_set(Some(ShareNote::ByHand(url)));
+            }
+        });
+    };
+    view! {
+        <span class="share">
+            <button class="ghost" data-testid="copy-link" aria-label="Copy the room link" title="Copy the room link"
+                on:click=share>"Share"</button>
+            {move || match note.get() {
+                Some(ShareNote::Copied) => view! {
+                    <span class="share-note" role="status" data-testid="share-note">"Link copied"</span>
+                }.into_any(),
+                Some(ShareNote::ByHand(url)) => {
+                    field.on_load(|input| {
+                        let _ = input.focus();
+                        input.select();
+                    });
+                    view! {
+                        <input class="share-link" data-testid="share-link" readonly node_ref=field
+                            aria-label="Room link: copy it to share the room" title="Copy this link to share the room"
+                            prop:value=url
+                            on:keydown=move |ev| if ev.key() == "Escape" || ev.key() == "Enter" { note.set(None) }
+                            on:blur=move |_| note.set(None)/>
+                    }.into_any()
+                }
+                None => ().into_any(),
+            }}
+        </span>
+    }
+}
+
 /// Keyboard shortcuts for every tool and the common commands.
 fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
     if typing_in_field(ev) || !state.joined.get_untracked() {
@@ -406,10 +480,7 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         (true, "y") => conn.redo(),
         (true, "d") => duplicate(state),
         (true, "a") => select_all(state),
-        (true, "c") if !state.selection.get_untracked().is_empty() && !text_selected() => {
-            export::copy_selection(state)
-        }
-        // Ctrl+V arrives as a `paste` event, with the system clipboard's text.
+        // Ctrl+C and Ctrl+V arrive as `copy` and `paste` events, with the clipboard's data.
         (false, "delete" | "backspace") => delete_selection(state),
         (false, "escape") => state.selection.set(Vec::new()),
         (false, k) if k.chars().count() == 1 => {

@@ -864,10 +864,18 @@ fn native_inflate_available() -> bool {
 }
 
 thread_local! {
-    /// A promise rejection handler that does nothing, for promises whose failure is seen
-    /// elsewhere. One for the page's lifetime.
+    /// A promise rejection handler that does nothing (see [`ignore_rejection`]). One for the
+    /// page's lifetime.
     static IGNORE_REJECTION: Closure<dyn FnMut(wasm_bindgen::JsValue)> =
         Closure::new(|_: wasm_bindgen::JsValue| {});
+}
+
+/// Lets `promise` fail quietly: for promises whose failure is seen elsewhere or changes nothing,
+/// which would otherwise be reported as unhandled rejections.
+pub fn ignore_rejection(promise: &js_sys::Promise) {
+    IGNORE_REJECTION.with(|ignore| {
+        let _ = promise.catch(ignore);
+    });
 }
 
 /// The format name of raw DEFLATE, as `wire::deflate` writes it.
@@ -899,10 +907,8 @@ async fn inflate_natively(body: &[u8], limit: usize) -> Result<Vec<u8>, String> 
     // made inflating slower than doing it in wasm. Errors show up on the reading side; the
     // writer's own promises reject too, and are caught so the console does not report them.
     let writer = inflater.writable().get_writer().map_err(js)?;
-    IGNORE_REJECTION.with(|ignore| {
-        let _ = writer.write_with_chunk(&js_sys::Uint8Array::from(body)).catch(ignore);
-        let _ = writer.close().catch(ignore);
-    });
+    ignore_rejection(&writer.write_with_chunk(&js_sys::Uint8Array::from(body)));
+    ignore_rejection(&writer.close());
     let reader: web_sys::ReadableStreamDefaultReader =
         inflater.readable().get_reader().unchecked_into();
     let field = |o: &wasm_bindgen::JsValue, name: &str| {
