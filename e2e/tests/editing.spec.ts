@@ -276,9 +276,9 @@ test('on a plain-HTTP address (no secure context, as on a LAN server) copy, past
   // secure context: the page has no `navigator.clipboard` and no service worker.
   const url = server.url.replace('127.0.0.1', 'huddle.test');
   const context = await browser.newContext();
-  const a = await newUser(context, url, 'Ada');
   const errors: string[] = [];
-  a.on('pageerror', (e) => errors.push(e.message));
+  context.on('weberror', (e) => errors.push(e.error().message));
+  const a = await newUser(context, url, 'Ada');
   expect(await a.evaluate(() => window.isSecureContext)).toBe(false);
   expect(await a.evaluate(() => navigator.clipboard === undefined)).toBe(true);
 
