@@ -2,7 +2,7 @@
 // finer points, presence (selections, away), the theme, going offline, and accessible labels.
 // Shape attributes are read from the room's JSON export (a user-visible feature), the canvas
 // through its pixels, never through hooks into the code.
-import { test, expect, newUser, adaAndBob, dragOnBoard, shapesOf, viewOf, boardPixels, rgbOf, nextFrames } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf, viewOf, boardPixels, rgbOf, nextFrames } from './fixtures';
 import { Page, WebSocketRoute } from '@playwright/test';
 
 const board = (page: Page) => page.getByTestId('board');
@@ -318,6 +318,35 @@ test('chat: times, new lines, the length limit, the unread badge and scrolling',
   await expect.poll(gap).toBeLessThan(2);
   await expect(messagesAtB.last()).toBeInViewport();
   await b.screenshot({ path: 'test-results/screens/chat-scrolled.png' });
+});
+
+test('a long chat history opens at its newest messages, with earlier ones a click away', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+  await runYjsScript(server, 'yjs-chat-fill.mjs', room, '1000');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const messages = b.getByTestId('chat-message');
+  // The newest 100, the latest in view; the other 900 are not drawn.
+  await expect(messages).toHaveCount(100);
+  await expect(messages.last()).toContainText('message 999');
+  await expect(messages.last()).toBeInViewport();
+  await expect(messages.first()).toContainText('message 900');
+  // A page of earlier ones goes above, and the one being read stays in view.
+  await messages.first().scrollIntoViewIfNeeded();
+  await b.getByTestId('chat-earlier').click();
+  await expect(messages).toHaveCount(200);
+  await expect(messages.first()).toContainText('message 800');
+  await expect(messages.filter({ hasText: 'message 900' })).toBeInViewport();
+  await b.screenshot({ path: 'test-results/screens/chat-earlier.png' });
+  // New messages still come in at the bottom, both ways.
+  await a.getByTestId('chat-input').fill('still here');
+  await a.getByTestId('chat-input').press('Enter');
+  await expect(messages.last()).toContainText('still here');
+  await expect(messages).toHaveCount(200);
+  await b.getByTestId('chat-input').fill('me too');
+  await b.getByTestId('chat-input').press('Enter');
+  await expect(a.getByTestId('chat-message').last()).toContainText('me too');
+  await expect(a.getByTestId('chat-message')).toHaveCount(100);
 });
 
 test("presence: Ada's selection is outlined in her colour at Bob's, and a hidden tab shows her away", async ({ browser, server }) => {

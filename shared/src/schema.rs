@@ -685,6 +685,21 @@ impl Board {
         self.chat.push_back(txn, message.to_any());
     }
 
+    /// The last `n` chat messages, in order (fewer if some of those entries are not messages),
+    /// and how many entries the chat has in all. Only those `n` are built: a team's room keeps
+    /// its chat for good, and reading all 20,000 messages of one on every new message made each
+    /// take over half a second to show.
+    pub fn chat_tail<T: ReadTxn>(&self, txn: &T, n: usize) -> (Vec<ChatMessage>, usize) {
+        let total = self.chat.len(txn) as usize;
+        let tail = self
+            .chat
+            .iter(txn)
+            .skip(total.saturating_sub(n))
+            .filter_map(|out| ChatMessage::from_fields(&*fields(txn, out)?))
+            .collect();
+        (tail, total)
+    }
+
     /// Every chat message, in order.
     pub fn chat<T: ReadTxn>(&self, txn: &T) -> Vec<ChatMessage> {
         self.chat
@@ -1125,6 +1140,31 @@ mod tests {
         assert_eq!(remote.chat(&txn), vec![msg]);
         assert!(remote.remove_shape(&mut txn, "r1"));
         assert_eq!(remote.shape_count(&txn), 1);
+    }
+
+    #[test]
+    fn the_chat_tail_is_the_newest_messages_in_order_and_counts_them_all() {
+        let doc = Doc::with_client_id(1);
+        let board = Board::new(&doc);
+        let message = |i: usize| ChatMessage {
+            id: format!("m{i}"),
+            author_id: "u1".into(),
+            author_name: "Ada".into(),
+            author_color: "#e03131".into(),
+            text: format!("message {i}"),
+            ts: i as f64,
+        };
+        let mut txn = doc.transact_mut();
+        for i in 0..250 {
+            board.post_chat(&mut txn, &message(i));
+        }
+        let (tail, total) = board.chat_tail(&txn, 100);
+        assert_eq!(total, 250);
+        assert_eq!(tail, (150..250).map(message).collect::<Vec<_>>());
+        let (all, total) = board.chat_tail(&txn, 1000);
+        assert_eq!((all.len(), total), (250, 250));
+        assert_eq!(all, board.chat(&txn));
+        assert_eq!(board.chat_tail(&txn, 0), (Vec::new(), 250));
     }
 
     #[test]

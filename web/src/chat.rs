@@ -9,6 +9,22 @@ use leptos::prelude::*;
 use crate::state::RoomState;
 use crate::sync::now_ms;
 
+/// How many messages the panel shows at first, and adds per "Show earlier messages": a team's
+/// room keeps its chat for good, and drawing 20,000 messages took two seconds of the room's
+/// opening and half a second per new message.
+const CHAT_PAGE: usize = 100;
+
+/// The newest messages, as the panel shows them.
+#[derive(Debug, Clone, PartialEq)]
+struct ChatView {
+    /// The newest `shown` messages (fewer if the chat is shorter), in order.
+    messages: Vec<ChatMessage>,
+    /// Entries in the chat in all.
+    total: usize,
+    /// How many were asked for.
+    shown: usize,
+}
+
 /// How close to the bottom (px) counts as "reading the latest", for auto-scroll.
 const STICK_PX: i32 = 40;
 
@@ -38,31 +54,41 @@ pub fn ChatPanel() -> impl IntoView {
     let history_read = StoredValue::new(false);
     let stick = StoredValue::new(true);
     let list_ref = NodeRef::<html::Ol>::new();
+    // How many of the newest messages the panel shows; "Show earlier messages" adds a page.
+    let shown = RwSignal::new(CHAT_PAGE);
     // Chat only grows: re-read the messages only when their count changed, not on every
-    // document change (a drag on the board changes the document at pointer rate).
-    let messages = Memo::new(move |previous: Option<&Vec<ChatMessage>>| {
+    // document change (a drag on the board changes the document at pointer rate), and only
+    // the ones shown.
+    let chat = Memo::new(move |previous: Option<&ChatView>| {
         state.signals.doc_version.track();
+        let shown = shown.get();
         state.conn.with_value(|c| {
             c.with_doc(|doc| {
-                let chat = doc.get_or_insert_array(huddle_protocol::schema::CHAT);
+                let entries = doc.get_or_insert_array(huddle_protocol::schema::CHAT);
+                // Before the read transaction: getting the root types takes a write one.
                 let board = Board::new(doc);
                 let txn = doc.transact();
                 match previous {
-                    Some(p) if p.len() == chat.len(&txn) as usize => p.clone(),
-                    _ => board.chat(&txn),
+                    Some(p) if p.total == entries.len(&txn) as usize && p.shown == shown => {
+                        p.clone()
+                    }
+                    _ => {
+                        let (messages, total) = board.chat_tail(&txn, shown);
+                        ChatView { messages, total, shown }
+                    }
                 }
             })
         })
     });
     let too_long = move || draft.with(|d| d.chars().count() > MAX_CHAT_CHARS);
     let unread = move || {
-        if collapsed.get() { messages.with(Vec::len).saturating_sub(seen.get()) } else { 0 }
+        if collapsed.get() { chat.with(|c| c.total).saturating_sub(seen.get()) } else { 0 }
     };
 
     // Keep the newest message in view unless the reader scrolled up; a panel opened again
     // shows the newest too (its list is built anew, scrolled to the top).
     Effect::new(move |_| {
-        let count = messages.with(Vec::len);
+        let count = chat.with(|c| c.total);
         let synced = state.signals.synced.get();
         if collapsed.get() {
             if !history_read.get_value() {
@@ -102,6 +128,17 @@ pub fn ChatPanel() -> impl IntoView {
         stick.set_value(true);
     };
 
+    // A page of earlier messages goes above the ones being read, which stay where they are.
+    let show_earlier = move || {
+        let Some(list) = list_ref.get_untracked() else { return };
+        let (height, top) = (list.scroll_height(), list.scroll_top());
+        stick.set_value(false);
+        shown.update(|n| *n = n.saturating_add(CHAT_PAGE));
+        request_animation_frame(move || {
+            list.set_scroll_top(list.scroll_height() - height + top);
+        });
+    };
+
     view! {
         <section class="chat" class:collapsed=move || collapsed.get() aria-label="Chat">
             <h2>
@@ -124,7 +161,14 @@ pub fn ChatPanel() -> impl IntoView {
                             stick.set_value(l.scroll_height() - l.scroll_top() - l.client_height() < STICK_PX);
                         }
                     }>
-                    <For each=move || messages.get() key=|m| m.id.clone() let:m>
+                    {move || chat.with(|c| c.total > c.shown).then(|| view! {
+                        <li class="earlier">
+                            <button class="ghost" data-testid="chat-earlier" on:click=move |_| show_earlier()>
+                                "Show earlier messages"
+                            </button>
+                        </li>
+                    })}
+                    <For each=move || chat.with(|c| c.messages.clone()) key=|m| m.id.clone() let:m>
                         <li class="message" data-testid="chat-message" data-author=m.author_name.clone()>
                             <span class="author" style:color=m.author_color.clone()>{m.author_name.clone()}</span>
                             <time class="time">{time_of_day(m.ts)}</time>
