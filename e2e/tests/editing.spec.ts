@@ -233,6 +233,36 @@ test('a shape drawn while the server was down reaches others when the room is op
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
 });
 
+test('offline, another tab opened on the room shows every edit the first had cached', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  const a = await newUser(context, server.url, 'Ada');
+  const room = a.url();
+  // A room with some history: each save then writes only what changed, beside a whole copy.
+  await runYjsScript(server, 'yjs-fill.mjs', new URL(room).pathname.split('/').pop()!, '300');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '300');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  await server.stop();
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 250, 100, 350, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  // A second tab, while the first is still open (so nothing was saved on its way out), opens
+  // the room from what the first one cached.
+  const again = await context.newPage();
+  await again.goto(room);
+  await expect(again.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
+  // And once the server is back, the others get both.
+  await server.start();
+  await expect(again.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  const b = await newUser(await browser.newContext(), room, 'Bob');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
+});
+
 test('a long pen stroke reaches the other user and a stock Yjs client whole', async ({ browser, server }) => {
   const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-pen').click();

@@ -78,23 +78,78 @@ async fn database() -> Option<Rc<IdbDatabase>> {
     Some(db)
 }
 
-/// The saved document of `room`, if any.
-pub async fn load(room: &str) -> Option<Vec<u8>> {
-    let db = database().await?;
-    let tx = db.transaction_with_str(STORE).ok()?;
-    let request = tx.object_store(STORE).ok()?.get(&JsValue::from_str(room)).ok()?;
-    let value = request_future(&request).await.ok()?;
-    value.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec())
+/// The keys under which `room`'s saved updates lie: `<room>#…`, after the whole copy's key
+/// `<room>` and before any other room's (room names are letters, digits, `-` and `_`, all of
+/// which sort after `#`, and `~` sorts after every character used in an update's key).
+fn updates_of(room: &str) -> Option<web_sys::IdbKeyRange> {
+    web_sys::IdbKeyRange::bound(
+        &JsValue::from_str(&format!("{room}#")),
+        &JsValue::from_str(&format!("{room}#~")),
+    )
+    .ok()
 }
 
-/// Saves `state` as `room`'s document.
-pub async fn save(room: &str, state: &[u8]) {
-    let Some(db) = database().await else { return };
-    let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
-        return;
-    };
-    let Ok(store) = tx.object_store(STORE) else { return };
-    if let Ok(request) = store.put_with_key(&Uint8Array::from(state), &JsValue::from_str(room)) {
-        let _ = request_future(&request).await;
+/// Everything saved for `room`: its whole copy, if any, then each update saved since. Applying
+/// them all, in any order (they are CRDT updates), gives the document as last saved.
+pub async fn load(room: &str) -> Vec<Vec<u8>> {
+    let mut saved = Vec::new();
+    let Some(db) = database().await else { return saved };
+    let Ok(tx) = db.transaction_with_str(STORE) else { return saved };
+    let Ok(store) = tx.object_store(STORE) else { return saved };
+    // Both requests in one transaction: one consistent view of what is saved.
+    let whole = store.get(&JsValue::from_str(room)).ok();
+    let updates = updates_of(room).and_then(|range| store.get_all_with_key(&range).ok());
+    if let Some(request) = whole
+        && let Ok(value) = request_future(&request).await
+        && let Ok(bytes) = value.dyn_into::<Uint8Array>()
+    {
+        saved.push(bytes.to_vec());
     }
+    if let Some(request) = updates
+        && let Ok(values) = request_future(&request).await
+        && let Ok(values) = values.dyn_into::<js_sys::Array>()
+    {
+        saved.extend(
+            values.iter().filter_map(|v| v.dyn_into::<Uint8Array>().ok()).map(|a| a.to_vec()),
+        );
+    }
+    saved
+}
+
+/// Replaces everything saved for `room` with `state`, a whole copy of its document. Returns
+/// whether it was written.
+pub async fn save_whole(room: &str, state: &[u8]) -> bool {
+    let Some(db) = database().await else { return false };
+    let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
+        return false;
+    };
+    let Ok(store) = tx.object_store(STORE) else { return false };
+    let Some(range) = updates_of(room) else { return false };
+    // One transaction: the updates go only if the copy that holds them is written.
+    let Ok(put) = store.put_with_key(&Uint8Array::from(state), &JsValue::from_str(room)) else {
+        return false;
+    };
+    let Ok(delete) = store.delete(&range) else { return false };
+    request_future(&put).await.is_ok() && request_future(&delete).await.is_ok()
+}
+
+/// Adds `update` (what changed since the previous save) to what is saved for `room`, under
+/// `key` (see [`update_key`]). Returns whether it was written.
+pub async fn save_update(room: &str, key: &str, update: &[u8]) -> bool {
+    let Some(db) = database().await else { return false };
+    let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
+        return false;
+    };
+    let Ok(store) = tx.object_store(STORE) else { return false };
+    debug_assert!(key.starts_with(&format!("{room}#")));
+    match store.put_with_key(&Uint8Array::from(update), &JsValue::from_str(key)) {
+        Ok(request) => request_future(&request).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A key for an update of `room` that sorts after the room's earlier ones and never meets
+/// another page's: the time, then a number counting this page's saves.
+pub fn update_key(room: &str, count: u32) -> String {
+    format!("{room}#{:015}-{count:08}", crate::sync::now_ms() as u64)
 }
