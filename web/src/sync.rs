@@ -838,12 +838,16 @@ impl Connection {
                 Some(key) => crate::cache::save_update(&room, &key, &bytes).await,
                 None => crate::cache::save_whole(&room, &bytes).await,
             };
-            let mut cache = cache.borrow_mut();
-            if !written {
-                // The next save writes a whole copy, which holds what this one lost.
-                cache.saved_sv = None;
-            } else if !cache.scheduled {
+            let current = {
+                let mut cache = cache.borrow_mut();
+                if !written {
+                    // The next save writes a whole copy, which holds what this one lost.
+                    cache.saved_sv = None;
+                }
                 // Still current unless another save was scheduled meanwhile.
+                written && !cache.scheduled
+            };
+            if current {
                 let _ = cached.try_set(true);
             }
         });
