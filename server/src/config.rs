@@ -85,6 +85,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..))]
     pub header_timeout_ms: u64,
 
+    /// Milliseconds an HTTP response may wait for the client to take any of it before the
+    /// connection is closed (bounds clients that ask for a file and then stop reading).
+    #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub write_timeout_ms: u64,
+
     /// Milliseconds a room with nobody in it stays in memory before it is saved and unloaded.
     #[arg(long, env = "HUDDLE_ROOM_IDLE_MS", default_value_t = 30_000)]
     pub room_idle_ms: u64,

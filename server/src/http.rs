@@ -21,6 +21,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::connection::{SocketContext, serve_socket};
+use crate::stats::Stats;
 
 /// Initial read buffer per socket (see where it is used).
 const READ_BUFFER_BYTES: usize = 1024;
@@ -62,10 +63,22 @@ impl IntoResponse for AppError {
     }
 }
 
+/// How long an HTTP client may take before its connection is closed: connections are few
+/// (`--max-connections`), and one that sits idle holds its slot and buffers for good.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// To send a request's headers (bounds clients that open a connection and then trickle
+    /// or send nothing).
+    pub header: std::time::Duration,
+    /// To take any of a response: a response the client has not read from for this long
+    /// ends the connection (bounds clients that ask for a file and then stop reading).
+    pub write_stall: std::time::Duration,
+}
+
 /// Accepts connections on `listener` and serves them over HTTP/1.1 until `stop` is cancelled;
 /// then stops accepting and lets requests in flight finish (upgraded sockets are not waited
-/// for here: they have their own shutdown). A client that takes longer than `header_timeout`
-/// to send a request's headers is disconnected.
+/// for here: they have their own shutdown). Clients that take too long are disconnected (see
+/// [`HttpTimeouts`]).
 ///
 /// A connection that opens with a WebSocket upgrade for a room, which is nearly every
 /// connection a busy server accepts, is upgraded right here (see [`serve_connection`]);
@@ -82,7 +95,7 @@ impl IntoResponse for AppError {
 pub async fn serve_http1(
     listener: tokio::net::TcpListener,
     state: AppState,
-    header_timeout: std::time::Duration,
+    timeouts: HttpTimeouts,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
@@ -110,7 +123,7 @@ pub async fn serve_http1(
             tcp,
             state.clone(),
             app.clone(),
-            header_timeout,
+            timeouts,
             stop.clone(),
         ));
     }
@@ -136,14 +149,17 @@ async fn serve_connection(
     tcp: TcpStream,
     state: AppState,
     app: Router,
-    header_timeout: std::time::Duration,
+    timeouts: HttpTimeouts,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    match read_head(tcp, &state, header_timeout, &stop).await {
+    match read_head(tcp, &state, timeouts.header, &stop).await {
         Opening::Socket { tcp, upgrade, pipelined, admission } => {
             accept_socket(tcp, upgrade, pipelined, admission, state.sockets.clone()).await;
         }
-        Opening::Http { tcp, head } => serve_hyper(tcp, head, app, header_timeout, stop).await,
+        Opening::Http { tcp, head } => {
+            let stats = Arc::clone(&state.sockets.stats);
+            serve_hyper(tcp, head, app, timeouts, stats, stop).await;
+        }
         Opening::Gone => {}
     }
 }
@@ -206,13 +222,21 @@ async fn serve_hyper(
     tcp: TcpStream,
     head: Vec<u8>,
     app: Router,
-    header_timeout: std::time::Duration,
+    timeouts: HttpTimeouts,
+    stats: Arc<Stats>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let io = hyper_util::rt::TokioIo::new(Replay { head, read: 0, tcp });
+    let io = hyper_util::rt::TokioIo::new(Replay {
+        head,
+        read: 0,
+        tcp,
+        stall_limit: timeouts.write_stall,
+        stalled: None,
+        stats,
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeouts.header);
     let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -333,11 +357,44 @@ async fn accept_socket(
 }
 
 /// A connection whose first bytes were already read (while looking for an upgrade): hyper
-/// reads those again before the socket's next bytes.
+/// reads those again before the socket's next bytes. Its writes fail once the client has taken
+/// nothing for [`HttpTimeouts::write_stall`], which ends the connection (hyper has no write
+/// timeout of its own).
 struct Replay {
     head: Vec<u8>,
     read: usize,
     tcp: TcpStream,
+    stall_limit: std::time::Duration,
+    /// Since when writes have been waiting for the client (reset by any progress).
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<Stats>,
+}
+
+impl Replay {
+    /// Passes a write's outcome on, unless writing has been stuck for longer than the stall
+    /// limit: then an error, which makes hyper close the connection.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        outcome: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
+        let limit = self.stall_limit;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stats.stalled_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading the response",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Replay {
@@ -367,7 +424,9 @@ impl AsyncWrite for Replay {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.unless_stalled(cx, outcome)
     }
 
     fn poll_write_vectored(
@@ -375,7 +434,9 @@ impl AsyncWrite for Replay {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.unless_stalled(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -386,7 +447,9 @@ impl AsyncWrite for Replay {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.tcp).poll_flush(cx);
+        this.unless_stalled(cx, outcome)
     }
 
     fn poll_shutdown(

@@ -123,8 +123,11 @@ impl Server {
                 cancel.cancel();
             });
         }
-        let header_timeout = std::time::Duration::from_millis(self.config.header_timeout_ms);
-        let served = http::serve_http1(listener, state, header_timeout, cancel.clone()).await;
+        let timeouts = http::HttpTimeouts {
+            header: std::time::Duration::from_millis(self.config.header_timeout_ms),
+            write_stall: std::time::Duration::from_millis(self.config.write_timeout_ms),
+        };
+        let served = http::serve_http1(listener, state, timeouts, cancel.clone()).await;
         cancel.cancel();
         tracing::info!("shutting down: closing sockets");
         socket_tasks.close();

@@ -30,6 +30,8 @@ pub struct Stats {
     pub slow_peers: AtomicU64,
     /// Sockets closed for not answering pings.
     pub dead_peers: AtomicU64,
+    /// HTTP connections closed because the client stopped reading a response.
+    pub stalled_responses: AtomicU64,
     /// Sync answers compressed for clients that asked (a big room's first sync is compressed
     /// once per version of the room, however many open it).
     pub answers_deflated: AtomicU64,
@@ -84,6 +86,11 @@ impl Stats {
                 "huddle_dead_peers_total",
                 "Sockets closed for missing pongs.",
                 self.dead_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_stalled_responses_total",
+                "HTTP connections closed because the client stopped reading a response.",
+                self.stalled_responses.load(Ordering::Relaxed),
             ),
             (
                 "huddle_answers_deflated_total",

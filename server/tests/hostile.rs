@@ -112,6 +112,44 @@ async fn bad_room_names_get_400_before_any_upgrade() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_responses_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.write_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    // A client with a small receive buffer sends request after request (HTTP/1.1 pipelining)
+    // and reads none of the answers, which back up at the server (megabytes of them: more than
+    // any socket buffer holds).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let stuck = socket.connect(server.addr).await.expect("connects");
+    let (mut reader, mut writer) = stuck.into_split();
+    let requests = tokio::spawn(async move {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        for _ in 0..50_000 {
+            if writer.write_all(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stats = std::sync::Arc::clone(&server.stats);
+    common::eventually("the server gives up on the client that stopped reading", || {
+        stats.stalled_responses.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
+    // The connection is closed: what was sent arrives, then its end (or a reset).
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(common::DEADLINE, reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled connection was still open after the deadline");
+    requests.abort();
+    // Others are served as usual.
+    let mut ok = TestClient::connect(&server.url("after-a-stall")).await;
+    ok.synced().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tempdir");
