@@ -263,6 +263,40 @@ test('offline, another tab opened on the room shows every edit the first had cac
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
 });
 
+test('two tabs editing one room offline never lose each other\'s cached edits', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  const a = await newUser(context, server.url, 'Ada');
+  const room = a.url();
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 160, 150);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  await server.stop();
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  // A second tab opens the room from the cache and draws; the first draws on, several saves'
+  // worth (in a room this small every other save is a whole copy).
+  const b = await context.newPage();
+  await b.goto(room);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await b.getByTestId('tool-ellipse').click();
+  await dragOnBoard(b, 300, 300, 380, 360);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  for (let i = 0; i < 3; i++) {
+    await dragOnBoard(a, 100 + i * 80, 200, 160 + i * 80, 250);
+    await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', String(2 + i));
+    await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  }
+  // A third tab sees what both cached: the first rectangle, Ada's three and the ellipse.
+  const c = await context.newPage();
+  await c.goto(room);
+  await expect(c.getByTestId('board')).toHaveAttribute('data-shape-count', '5');
+  await server.start();
+  await expect(c.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  const bob = await newUser(await browser.newContext(), room, 'Bob');
+  await expect(bob.getByTestId('board')).toHaveAttribute('data-shape-count', '5');
+});
+
 test('a long pen stroke reaches the other user and a stock Yjs client whole', async ({ browser, server }) => {
   const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-pen').click();

@@ -78,10 +78,10 @@ async fn database() -> Option<Rc<IdbDatabase>> {
     Some(db)
 }
 
-/// The keys under which `room`'s saved updates lie: `<room>#…`, after the whole copy's key
-/// `<room>` and before any other room's (room names are letters, digits, `-` and `_`, all of
-/// which sort after `#`, and `~` sorts after every character used in an update's key).
-fn updates_of(room: &str) -> Option<web_sys::IdbKeyRange> {
+/// The keys under which `room`'s records lie: `<room>#…`, before any other room's (room names
+/// are letters, digits, `-` and `_`, all of which sort after `#`, and `~` sorts after every
+/// character used in a record's key).
+fn records_of(room: &str) -> Option<web_sys::IdbKeyRange> {
     web_sys::IdbKeyRange::bound(
         &JsValue::from_str(&format!("{room}#")),
         &JsValue::from_str(&format!("{room}#~")),
@@ -89,67 +89,84 @@ fn updates_of(room: &str) -> Option<web_sys::IdbKeyRange> {
     .ok()
 }
 
-/// Everything saved for `room`: its whole copy, if any, then each update saved since. Applying
-/// them all, in any order (they are CRDT updates), gives the document as last saved.
-pub async fn load(room: &str) -> Vec<Vec<u8>> {
+/// Waits for `tx` to commit: true once it has, false if it aborted or failed. A request's own
+/// success does not mean its transaction committed (a full disk shows only at commit).
+async fn committed(tx: &web_sys::IdbTransaction) -> bool {
+    let mut callbacks = None;
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let done = resolve.clone();
+        let on_complete = Closure::once(move |_: web_sys::Event| {
+            let _ = done.call1(&JsValue::NULL, &JsValue::TRUE);
+        });
+        let on_failure = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+            let _ = resolve.call1(&JsValue::NULL, &JsValue::FALSE);
+        });
+        tx.set_oncomplete(Some(on_complete.as_ref().unchecked_ref()));
+        tx.set_onabort(Some(on_failure.as_ref().unchecked_ref()));
+        tx.set_onerror(Some(on_failure.as_ref().unchecked_ref()));
+        callbacks = Some((on_complete, on_failure));
+    });
+    let outcome = JsFuture::from(promise).await.ok().and_then(|v| v.as_bool()).unwrap_or(false);
+    tx.set_oncomplete(None);
+    tx.set_onabort(None);
+    tx.set_onerror(None);
+    drop(callbacks);
+    outcome
+}
+
+/// Everything saved for `room`, each record with its key: a whole copy of the document or an
+/// update. Applying them all, in any order (they are CRDT updates), gives the document as last
+/// saved. `None` if the cache could not be read (not the same as nothing saved: then nothing
+/// saved may be replaced).
+pub async fn load(room: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let db = database().await?;
+    let tx = db.transaction_with_str(STORE).ok()?;
+    let store = tx.object_store(STORE).ok()?;
+    // One transaction: one consistent view of what is saved. An older version saved one whole
+    // copy under the room's own name.
+    let old = store.get(&JsValue::from_str(room)).ok()?;
+    let range = records_of(room)?;
+    let keys = store.get_all_keys_with_key(&range).ok()?;
+    let values = store.get_all_with_key(&range).ok()?;
     let mut saved = Vec::new();
-    let Some(db) = database().await else { return saved };
-    let Ok(tx) = db.transaction_with_str(STORE) else { return saved };
-    let Ok(store) = tx.object_store(STORE) else { return saved };
-    // Both requests in one transaction: one consistent view of what is saved.
-    let whole = store.get(&JsValue::from_str(room)).ok();
-    let updates = updates_of(room).and_then(|range| store.get_all_with_key(&range).ok());
-    if let Some(request) = whole
-        && let Ok(value) = request_future(&request).await
-        && let Ok(bytes) = value.dyn_into::<Uint8Array>()
-    {
-        saved.push(bytes.to_vec());
+    if let Ok(bytes) = request_future(&old).await.ok()?.dyn_into::<Uint8Array>() {
+        saved.push((room.to_owned(), bytes.to_vec()));
     }
-    if let Some(request) = updates
-        && let Ok(values) = request_future(&request).await
-        && let Ok(values) = values.dyn_into::<js_sys::Array>()
-    {
-        saved.extend(
-            values.iter().filter_map(|v| v.dyn_into::<Uint8Array>().ok()).map(|a| a.to_vec()),
-        );
+    let keys: js_sys::Array = request_future(&keys).await.ok()?.dyn_into().ok()?;
+    let values: js_sys::Array = request_future(&values).await.ok()?.dyn_into().ok()?;
+    for (key, value) in keys.iter().zip(values.iter()) {
+        if let (Some(key), Ok(bytes)) = (key.as_string(), value.dyn_into::<Uint8Array>()) {
+            saved.push((key, bytes.to_vec()));
+        }
     }
-    saved
+    Some(saved)
 }
 
-/// Replaces everything saved for `room` with `state`, a whole copy of its document. Returns
-/// whether it was written.
-pub async fn save_whole(room: &str, state: &[u8]) -> bool {
+/// Writes `bytes` (a whole copy of the document, or an update) as the record `key` (see
+/// [`record_key`]) and, in the same transaction, deletes the records `replaced` (which the
+/// copy holds). Returns whether it was committed; if not, nothing changed.
+pub async fn save(key: &str, bytes: &[u8], replaced: &[String]) -> bool {
     let Some(db) = database().await else { return false };
     let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
         return false;
     };
     let Ok(store) = tx.object_store(STORE) else { return false };
-    let Some(range) = updates_of(room) else { return false };
-    // One transaction: the updates go only if the copy that holds them is written.
-    let Ok(put) = store.put_with_key(&Uint8Array::from(state), &JsValue::from_str(room)) else {
+    if store.put_with_key(&Uint8Array::from(bytes), &JsValue::from_str(key)).is_err() {
+        let _ = tx.abort();
         return false;
-    };
-    let Ok(delete) = store.delete(&range) else { return false };
-    request_future(&put).await.is_ok() && request_future(&delete).await.is_ok()
-}
-
-/// Adds `update` (what changed since the previous save) to what is saved for `room`, under
-/// `key` (see [`update_key`]). Returns whether it was written.
-pub async fn save_update(room: &str, key: &str, update: &[u8]) -> bool {
-    let Some(db) = database().await else { return false };
-    let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
-        return false;
-    };
-    let Ok(store) = tx.object_store(STORE) else { return false };
-    debug_assert!(key.starts_with(&format!("{room}#")));
-    match store.put_with_key(&Uint8Array::from(update), &JsValue::from_str(key)) {
-        Ok(request) => request_future(&request).await.is_ok(),
-        Err(_) => false,
     }
+    for old in replaced {
+        if store.delete(&JsValue::from_str(old)).is_err() {
+            let _ = tx.abort();
+            return false;
+        }
+    }
+    committed(&tx).await
 }
 
-/// A key for an update of `room` that sorts after the room's earlier ones and never meets
-/// another page's: the time, then a number counting this page's saves.
-pub fn update_key(room: &str, count: u32) -> String {
-    format!("{room}#{:015}-{count:08}", crate::sync::now_ms() as u64)
+/// A key for a record of `room`, unique to this page (`page`: a random tag) and sorted by
+/// time: `<room>#<ms>-<page>-<count>`. Each page deletes only records it has read or written
+/// itself, so two tabs on one room never delete each other's.
+pub fn record_key(room: &str, page: &str, count: u32) -> String {
+    format!("{room}#{:015}-{page}-{count:08}", crate::sync::now_ms() as u64)
 }

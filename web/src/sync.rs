@@ -174,13 +174,17 @@ pub struct Connection {
 
 /// What the offline cache holds for a room, as far as this page knows (see
 /// [`Connection::save_to_cache`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CacheState {
     /// A save is pending.
     scheduled: bool,
-    /// What was saved before this page has been read back: until then a save must not
-    /// replace it.
-    loaded: bool,
+    /// This page's tag in the keys of the records it writes.
+    page: String,
+    /// Records this page has read back (and restored) or written since its last whole copy,
+    /// that copy included: the next whole copy holds them all and replaces them. Records it
+    /// has not read (another tab's, or all of them while the cache is still being read) are
+    /// never replaced.
+    covered: Vec<String>,
     /// The document's state vector at the last save; `None`: the next save is a whole copy.
     saved_sv: Option<StateVector>,
     /// Updates saved since the last whole copy, and their bytes.
@@ -188,8 +192,23 @@ struct CacheState {
     update_bytes: usize,
     /// Size of the last whole copy.
     whole_bytes: usize,
-    /// Saves made by this page (part of an update's key).
+    /// Saves made by this page (part of a record's key).
     count: u32,
+}
+
+impl CacheState {
+    fn new() -> Self {
+        Self {
+            scheduled: false,
+            page: format!("{:08x}", (js_sys::Math::random() * f64::from(u32::MAX)) as u32),
+            covered: Vec::new(),
+            saved_sv: None,
+            updates: 0,
+            update_bytes: 0,
+            whole_bytes: 0,
+            count: 0,
+        }
+    }
 }
 
 /// Updates saved after a whole copy before a save writes a whole copy again (which replaces
@@ -296,7 +315,7 @@ impl Connection {
         Rc::new(Self {
             url: socket_url(room),
             room: room.to_owned(),
-            cache: Rc::new(RefCell::new(CacheState::default())),
+            cache: Rc::new(RefCell::new(CacheState::new())),
             session: RefCell::new(session),
             socket: RefCell::new(None),
             attempt: Cell::new(0),
@@ -692,14 +711,14 @@ impl Connection {
         self.connect();
         let me = Rc::clone(self);
         leptos::task::spawn_local(async move {
-            let saved = crate::cache::load(&me.room).await;
-            // Each record that applies counts; a damaged one is skipped (the next whole copy
-            // replaces it).
+            let saved = crate::cache::load(&me.room).await.unwrap_or_default();
+            // Each record that applies counts; a damaged one is skipped. All are now in the
+            // document, so the next whole copy replaces them.
             let mut restored = false;
-            for record in &saved {
-                restored |= me.session.borrow_mut().restore(record).is_ok();
+            for (key, record) in saved {
+                restored |= me.session.borrow_mut().restore(&record).is_ok();
+                me.cache.borrow_mut().covered.push(key);
             }
-            me.cache.borrow_mut().loaded = true;
             if restored {
                 me.signals.doc_version.update(|v| *v += 1);
                 // If the server's greeting was answered already, offline edits in the cache
@@ -790,59 +809,56 @@ impl Connection {
         );
     }
 
-    /// Writes to the offline cache what changed since the last save, as an update beside the
-    /// saved copy; every [`MAX_CACHED_UPDATES`] saves, or once the updates add up to half the
-    /// copy's size, a whole copy instead, which replaces them. Encoding the whole document on
-    /// every save (every 300 ms while anyone draws) stalled the page for up to 55 ms a time in
-    /// a 40,000-shape room. Until the saved copy has been read back ([`Connection::start`]),
-    /// a save only adds beside it: replacing it then would lose the offline edits it holds.
+    /// Writes to the offline cache what changed since the last save, as an update beside a
+    /// whole copy; every [`MAX_CACHED_UPDATES`] saves, or once the updates add up to half the
+    /// copy's size, a whole copy instead, which replaces the records it holds. Encoding the
+    /// whole document on every save (every 300 ms while anyone draws) stalled the page for up
+    /// to 55 ms a time in a 40,000-shape room.
     fn save_to_cache(&self) {
-        let (key, bytes) = {
+        let (key, bytes, replaced) = {
             let mut cache = self.cache.borrow_mut();
             cache.count = cache.count.wrapping_add(1);
+            let key = crate::cache::record_key(&self.room, &cache.page, cache.count);
             let session = self.session.borrow();
             let txn = session.doc().transact();
-            let everything = StateVector::default();
-            let since = match &cache.saved_sv {
+            let update_since = match &cache.saved_sv {
                 Some(sv)
                     if cache.updates < MAX_CACHED_UPDATES
                         && cache.update_bytes <= cache.whole_bytes / 2 =>
                 {
-                    Some(sv)
+                    Some(txn.encode_state_as_update_v1(sv))
                 }
                 _ => None,
             };
-            if !cache.loaded {
-                let key = crate::cache::update_key(&self.room, cache.count);
-                (Some(key), txn.encode_state_as_update_v1(&everything))
-            } else if let Some(sv) = since {
-                let update = txn.encode_state_as_update_v1(sv);
-                cache.updates += 1;
-                cache.update_bytes += update.len();
-                cache.saved_sv = Some(txn.state_vector());
-                (Some(crate::cache::update_key(&self.room, cache.count)), update)
-            } else {
-                let copy = txn.encode_state_as_update_v1(&everything);
-                cache.updates = 0;
-                cache.update_bytes = 0;
-                cache.whole_bytes = copy.len();
-                cache.saved_sv = Some(txn.state_vector());
-                (None, copy)
+            cache.saved_sv = Some(txn.state_vector());
+            match update_since {
+                Some(update) => {
+                    cache.updates += 1;
+                    cache.update_bytes += update.len();
+                    cache.covered.push(key.clone());
+                    (key, update, Vec::new())
+                }
+                None => {
+                    let copy = txn.encode_state_as_update_v1(&StateVector::default());
+                    cache.updates = 0;
+                    cache.update_bytes = 0;
+                    cache.whole_bytes = copy.len();
+                    let replaced = std::mem::replace(&mut cache.covered, vec![key.clone()]);
+                    (key, copy, replaced)
+                }
             }
         };
-        let room = self.room.clone();
         let cache = Rc::clone(&self.cache);
         let cached = self.signals.cached;
         leptos::task::spawn_local(async move {
-            let written = match key {
-                Some(key) => crate::cache::save_update(&room, &key, &bytes).await,
-                None => crate::cache::save_whole(&room, &bytes).await,
-            };
+            let written = crate::cache::save(&key, &bytes, &replaced).await;
             let current = {
                 let mut cache = cache.borrow_mut();
                 if !written {
-                    // The next save writes a whole copy, which holds what this one lost.
+                    // Nothing changed: the next save writes a whole copy, which holds what
+                    // this one lost, and replaces what this one would have.
                     cache.saved_sv = None;
+                    cache.covered.extend(replaced);
                 }
                 // Still current unless another save was scheduled meanwhile.
                 written && !cache.scheduled
