@@ -71,7 +71,10 @@ pub struct HttpTimeouts {
     /// or send nothing).
     pub header: std::time::Duration,
     /// To take any of a response: a response the client has not read from for this long
-    /// ends the connection (bounds clients that ask for a file and then stop reading).
+    /// ends the connection (bounds clients that ask for a file and then stop reading). It
+    /// applies as well to the rare WebSocket upgraded through hyper rather than in the accept
+    /// loop, where it acts like the queue limits: a client that takes nothing for this long
+    /// is gone.
     pub write_stall: std::time::Duration,
 }
 

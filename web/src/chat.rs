@@ -14,6 +14,9 @@ use crate::sync::now_ms;
 /// opening and half a second per new message.
 const CHAT_PAGE: usize = 100;
 
+/// Most messages drawn while a reader scrolled up lets new ones pile up below.
+const MAX_SHOWN: usize = 20 * CHAT_PAGE;
+
 /// The newest messages, as the panel shows them.
 #[derive(Debug, Clone, PartialEq)]
 struct ChatView {
@@ -53,6 +56,8 @@ pub fn ChatPanel() -> impl IntoView {
     // collapsed counts as unread only what arrives after the first sync.
     let history_read = StoredValue::new(false);
     let stick = StoredValue::new(true);
+    // How many entries the chat had when last looked at (to tell what arrived).
+    let last_count = StoredValue::new(0usize);
     let list_ref = NodeRef::<html::Ol>::new();
     // How many of the newest messages the panel shows; "Show earlier messages" adds a page.
     let shown = RwSignal::new(CHAT_PAGE);
@@ -99,6 +104,14 @@ pub fn ChatPanel() -> impl IntoView {
         }
         history_read.set_value(true);
         seen.set(count);
+        // A reader scrolled up keeps what they are reading: the window grows by what arrived
+        // instead of dropping its oldest messages above them (browsers without scroll
+        // anchoring would shift the list under them), up to a bound on what is drawn.
+        let arrived = count.saturating_sub(last_count.get_value());
+        last_count.set_value(count);
+        if !stick.get_value() && arrived > 0 && arrived < count {
+            shown.update(|n| *n = (*n + arrived).min(MAX_SHOWN).max(*n));
+        }
         if stick.get_value() {
             request_animation_frame(move || {
                 if let Some(list) = list_ref.try_get_untracked().flatten() {
