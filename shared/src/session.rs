@@ -300,10 +300,19 @@ impl ClientSession {
     /// [`WireError`] if the frame is malformed or an update does not apply; the caller should
     /// close the socket (and will resync on reconnect).
     pub fn receive(&mut self, frame: &[u8]) -> Result<Received, WireError> {
-        let mut out = Received::default();
         // A big answer may come deflated (the client asked with `wire::DEFLATE_QUERY`).
         let inflated = wire::inflate(frame, wire::MAX_INFLATED_BYTES)?;
-        let frame = inflated.as_deref().unwrap_or(frame);
+        self.receive_inflated(inflated.as_deref().unwrap_or(frame))
+    }
+
+    /// [`ClientSession::receive`] for a frame that is not [`wire::MSG_DEFLATED`] (one refuses
+    /// it): for a client that inflates such frames itself, as the web client does with the
+    /// browser's own zlib, and so leaves this crate's inflater out of its bundle.
+    ///
+    /// # Errors
+    /// As [`ClientSession::receive`].
+    pub fn receive_inflated(&mut self, frame: &[u8]) -> Result<Received, WireError> {
+        let mut out = Received::default();
         for message in wire::decode_frame(frame)? {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {

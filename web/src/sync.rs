@@ -538,7 +538,8 @@ impl Connection {
     }
 
     fn handle_frame(self: &Rc<Self>, frame: &[u8]) {
-        let received = self.session.borrow_mut().receive(frame);
+        // Deflated frames were inflated natively on their way here (`Connection::inflate`).
+        let received = self.session.borrow_mut().receive_inflated(frame);
         match received {
             Ok(received) => {
                 for reply in &received.replies {
