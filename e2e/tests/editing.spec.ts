@@ -1,8 +1,8 @@
 // Editing propagates: move, resize, delete, z-order and colour changes made by one user reach the
 // other; follow mode moves one user's view with another's. Shape attributes are read from the
 // room's JSON export (a user-visible feature), not from hooks into the code.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard } from './fixtures';
-import { Page } from '@playwright/test';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, HuddleServer } from './fixtures';
+import { Browser, Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
 
 type ShapeJson = { id: string; kind: string; x: number; y: number; w: number; h: number; z: number; stroke: string; fill: string; width: number; points: number[] };
@@ -233,6 +233,23 @@ test('a shape drawn while the server was down reaches others when the room is op
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
 });
 
+/** With everything on `page`'s board in its offline copy and its app shell held by the service
+ * worker, the server stops and the page notices. */
+async function serverDownWithBoardCached(page: Page, server: HuddleServer): Promise<void> {
+  await expect(page.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await page.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  await server.stop();
+  await expect(page.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+}
+
+/** The server starts again, `page` reconnects by itself, and Bob, opening `room`, sees `count` shapes. */
+async function backOnlineBobSees(browser: Browser, server: HuddleServer, page: Page, room: string, count: number): Promise<void> {
+  await server.start();
+  await expect(page.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  const bob = await newUser(await browser.newContext(), room, 'Bob');
+  await expect(bob.getByTestId('board')).toHaveAttribute('data-shape-count', String(count));
+}
+
 test('offline, another tab opened on the room shows every edit the first had cached', async ({ browser, server }) => {
   const context = await browser.newContext();
   const a = await newUser(context, server.url, 'Ada');
@@ -240,10 +257,7 @@ test('offline, another tab opened on the room shows every edit the first had cac
   // A room with some history: each save then writes only what changed, beside a whole copy.
   await runYjsScript(server, 'yjs-fill.mjs', new URL(room).pathname.split('/').pop()!, '300');
   await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '300');
-  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
-  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
-  await server.stop();
-  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await serverDownWithBoardCached(a, server);
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 100, 100, 200, 200);
   await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
@@ -257,10 +271,7 @@ test('offline, another tab opened on the room shows every edit the first had cac
   await again.goto(room);
   await expect(again.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
   // And once the server is back, the others get both.
-  await server.start();
-  await expect(again.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
-  const b = await newUser(await browser.newContext(), room, 'Bob');
-  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '302');
+  await backOnlineBobSees(browser, server, again, room, 302);
 });
 
 test('two tabs editing one room offline never lose each other\'s cached edits', async ({ browser, server }) => {
@@ -269,10 +280,7 @@ test('two tabs editing one room offline never lose each other\'s cached edits', 
   const room = a.url();
   await a.getByTestId('tool-rect').click();
   await dragOnBoard(a, 100, 100, 160, 150);
-  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
-  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
-  await server.stop();
-  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await serverDownWithBoardCached(a, server);
   // A second tab opens the room from the cache and draws; the first draws on, several saves'
   // worth (in a room this small every other save is a whole copy).
   const b = await context.newPage();
@@ -291,10 +299,7 @@ test('two tabs editing one room offline never lose each other\'s cached edits', 
   const c = await context.newPage();
   await c.goto(room);
   await expect(c.getByTestId('board')).toHaveAttribute('data-shape-count', '5');
-  await server.start();
-  await expect(c.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
-  const bob = await newUser(await browser.newContext(), room, 'Bob');
-  await expect(bob.getByTestId('board')).toHaveAttribute('data-shape-count', '5');
+  await backOnlineBobSees(browser, server, c, room, 5);
 });
 
 test('a long pen stroke reaches the other user and a stock Yjs client whole', async ({ browser, server }) => {
