@@ -13,6 +13,7 @@
 //!
 //! Backends: [`sqlite::SqliteStore`] (the default) and [`memory::MemoryStore`] (unit tests).
 
+pub mod journal;
 pub mod memory;
 pub mod sqlite;
 
@@ -82,6 +83,18 @@ pub enum StoreError {
         room: RoomName,
         /// What was wrong.
         detail: String,
+    },
+    /// The update journal could not be written, read or rotated.
+    #[error("update journal: {0}")]
+    Journal(std::io::Error),
+    /// Updates are arriving faster than the database takes them in (or it keeps failing), and
+    /// the journal holds as much as the server keeps in memory for it.
+    #[error(
+        "the database is falling behind: {held_bytes} bytes of updates wait to be moved into it"
+    )]
+    Behind {
+        /// Bytes of updates waiting.
+        held_bytes: usize,
     },
     /// The data directory could not be created or opened.
     #[error("cannot use data directory {path}: {source}")]

@@ -18,6 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::journal::{self, AppendError, Appender};
 use super::{LogEntry, Seq, Store, StoreError, StoredRoom};
 
 /// How hard a commit tries to be durable.
@@ -38,12 +39,11 @@ pub const DB_FILE: &str = "huddle.sqlite3";
 /// Rooms in one SQLite database.
 ///
 /// Reads (loads), migrations and checkpoints go through sqlx's async pool. Writes go through one
-/// synchronous `rusqlite` connection instead, and with `--durability process` a commit runs
-/// right on the calling task: a WAL append without fsync takes tens of microseconds, while
-/// sqlx hands every statement to its worker thread and back — two thread wake-ups per group
-/// commit, which measured as the largest cost of relaying an update (docs/benchmarks.md).
-/// Commits that may wait (fsync under `full`, or a compaction holding the connection) move to
-/// the blocking pool.
+/// synchronous `rusqlite` connection instead: sqlx hands every statement to its worker thread
+/// and back — two thread wake-ups per group commit, which measured as the largest cost of
+/// relaying an update (docs/benchmarks.md). With `--durability process` an append goes to the
+/// update journal (see [`super::journal`]) and reaches the database in the background, many
+/// entries per transaction; with `full` it is committed (and fsynced) on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Loads, checkpoints and tests.
@@ -52,6 +52,197 @@ pub struct SqliteStore {
     /// so its page cache stays valid between commits.
     writer: Arc<Mutex<rusqlite::Connection>>,
     durability: Durability,
+    /// The update journal (process durability only).
+    journal: Option<Arc<Journal>>,
+}
+
+/// Longest an appended entry waits in the journal before it is moved into the database; the
+/// wait gathers many entries into one transaction.
+const MOVE_DELAY: Duration = Duration::from_millis(50);
+
+/// Most bytes of updates kept in memory for the journal (appended, not yet in the database).
+/// Past this, appends fail (and rooms with them) rather than memory growing without bound
+/// while the database is failing or slower than the updates coming in.
+const MAX_HELD_BYTES: usize = 256 << 20;
+
+/// The update journal and the entries in it that are not in the database yet.
+#[derive(Debug)]
+struct Journal {
+    dir: std::path::PathBuf,
+    state: Mutex<JournalState>,
+    /// Poked when `pending` stops being empty.
+    wake: tokio::sync::Notify,
+    /// Held while entries are being moved into the database.
+    mover: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct JournalState {
+    /// The file appends go to; `None` after a write to it failed and could not be undone (the
+    /// next rotation starts a new one; meanwhile appends are committed to the database).
+    appender: Option<Appender>,
+    /// The number of that file.
+    number: u64,
+    /// Entries in that file.
+    pending: Vec<LogEntry>,
+    /// Entries being moved into the database, and the number of the file that holds them.
+    moving: Arc<Vec<LogEntry>>,
+    moving_file: Option<u64>,
+    /// Bytes of updates in `pending` and `moving`.
+    held_bytes: usize,
+}
+
+fn update_bytes(entries: &[LogEntry]) -> usize {
+    entries.iter().map(|e| e.update.len()).sum()
+}
+
+impl Journal {
+    /// Moves whatever journal files a previous run left into the database (a server that was
+    /// killed, or ran with process durability before), then starts a new file after them.
+    fn open(
+        dir: &Path,
+        writer: &Mutex<rusqlite::Connection>,
+    ) -> Result<(JournalState, Vec<std::path::PathBuf>), StoreError> {
+        let files = journal::existing(dir).map_err(StoreError::Journal)?;
+        let mut entries = Vec::new();
+        for (_, path) in &files {
+            let bytes = std::fs::read(path).map_err(StoreError::Journal)?;
+            let replayed = journal::decode(&bytes);
+            if replayed.torn_bytes > 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    bytes = replayed.torn_bytes,
+                    "update journal ends in a write cut short by a crash; that write was never acknowledged"
+                );
+            }
+            entries.extend(replayed.entries);
+        }
+        if !entries.is_empty() {
+            tracing::info!(entries = entries.len(), "moving the update journal into the database");
+            insert_missing_on(&mut writer.lock(), &entries)?;
+        }
+        let number = files.last().map_or(0, |(n, _)| n + 1);
+        let file = journal::create(dir, number).map_err(StoreError::Journal)?;
+        let state = JournalState {
+            appender: Some(Appender::new(file)),
+            number,
+            pending: Vec::new(),
+            moving: Arc::new(Vec::new()),
+            moving_file: None,
+            held_bytes: 0,
+        };
+        Ok((state, files.into_iter().map(|(_, p)| p).collect()))
+    }
+
+    /// Appends `batch` to the journal file. `Ok(false)`: there is no file to append to (a
+    /// failed write could not be undone); commit the batch to the database instead.
+    fn append(&self, batch: &[LogEntry]) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        if state.held_bytes > MAX_HELD_BYTES {
+            return Err(StoreError::Behind { held_bytes: state.held_bytes });
+        }
+        let Some(appender) = state.appender.as_mut() else { return Ok(false) };
+        match appender.append(batch) {
+            Ok(()) => {}
+            Err(AppendError::Failed(e)) => return Err(StoreError::Journal(e)),
+            Err(AppendError::Broken(e)) => {
+                tracing::error!(error = %e, "update journal left after a failed write");
+                state.appender = None;
+                return Err(StoreError::Journal(e));
+            }
+        }
+        let was_empty = state.pending.is_empty();
+        state.held_bytes += update_bytes(batch);
+        state.pending.extend_from_slice(batch);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// `room`'s entries that are in the journal and maybe not in the database yet.
+    fn entries_of(&self, room: &RoomName) -> Vec<(Seq, Vec<u8>)> {
+        let state = self.state.lock();
+        state
+            .moving
+            .iter()
+            .chain(&state.pending)
+            .filter(|e| e.room == *room)
+            .map(|e| (e.seq, e.update.to_vec()))
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        let state = self.state.lock();
+        state.pending.is_empty() && state.moving.is_empty()
+    }
+
+    /// Moves the entries appended so far into the database in one transaction: appends go to
+    /// a new file meanwhile, and the old one is deleted once its entries are committed. Entries
+    /// whose move failed are retried first next time.
+    async fn move_round(
+        &self,
+        writer: &Arc<Mutex<rusqlite::Connection>>,
+    ) -> Result<(), StoreError> {
+        let _moving = self.mover.lock().await;
+        let (batch, file) = {
+            let mut state = self.state.lock();
+            if state.moving.is_empty() {
+                if state.pending.is_empty() {
+                    return Ok(());
+                }
+                let next = state.number + 1;
+                let file = journal::create(&self.dir, next).map_err(StoreError::Journal)?;
+                state.appender = Some(Appender::new(file));
+                let old = std::mem::replace(&mut state.number, next);
+                state.moving = Arc::new(std::mem::take(&mut state.pending));
+                state.moving_file = Some(old);
+            }
+            (Arc::clone(&state.moving), state.moving_file)
+        };
+        let to_db = Arc::clone(&batch);
+        let writer = Arc::clone(writer);
+        tokio::task::spawn_blocking(move || insert_missing_on(&mut writer.lock(), &to_db))
+            .await??;
+        {
+            let mut state = self.state.lock();
+            state.held_bytes -= update_bytes(&batch);
+            state.moving = Arc::new(Vec::new());
+            state.moving_file = None;
+        }
+        if let Some(number) = file
+            && let Err(e) = std::fs::remove_file(journal::path(&self.dir, number))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            // Harmless: its entries are in the database, and replaying them skips them.
+            tracing::warn!(error = %e, "could not delete a moved update journal file");
+        }
+        Ok(())
+    }
+}
+
+/// Moves journal entries into the database: woken by the first append after a round, it waits
+/// [`MOVE_DELAY`] to gather more, then moves them. Ends when the pool is closed.
+async fn move_loop(
+    journal: Arc<Journal>,
+    pool: SqlitePool,
+    writer: Arc<Mutex<rusqlite::Connection>>,
+) {
+    loop {
+        journal.wake.notified().await;
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(MOVE_DELAY).await;
+        while let Err(e) = journal.move_round(&writer).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "moving the update journal into the database failed; will retry");
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+    }
 }
 
 impl SqliteStore {
@@ -80,9 +271,35 @@ impl SqliteStore {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let writer = open_writer(&data_dir.join(DB_FILE), durability)?;
         let writer = Arc::new(Mutex::new(writer));
+        // Always replayed, whatever the durability now: a run with process durability before
+        // may have left entries only there.
+        let (state, replayed) = Journal::open(data_dir, &writer)?;
+        let journal = match durability {
+            Durability::Process => {
+                let journal = Arc::new(Journal {
+                    dir: data_dir.to_owned(),
+                    state: Mutex::new(state),
+                    wake: tokio::sync::Notify::new(),
+                    mover: tokio::sync::Mutex::new(()),
+                });
+                tokio::spawn(move_loop(Arc::clone(&journal), pool.clone(), Arc::clone(&writer)));
+                Some(journal)
+            }
+            Durability::Full => {
+                // Appends are committed to the database directly: no journal file is kept.
+                let _ = std::fs::remove_file(journal::path(data_dir, state.number));
+                None
+            }
+        };
+        // The replayed files' entries are committed now.
+        for path in replayed {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not delete a replayed update journal file");
+            }
+        }
         let wal = data_dir.join(format!("{DB_FILE}-wal"));
         tokio::spawn(checkpoint_loop(pool.clone(), Arc::clone(&writer), wal));
-        Ok(Self { pool, writer, durability })
+        Ok(Self { pool, writer, durability, journal })
     }
 
     /// The connection pool, for tests that need to look at or damage the raw rows.
@@ -112,6 +329,29 @@ fn append_on(conn: &mut rusqlite::Connection, batch: &[LogEntry]) -> Result<(), 
         let mut insert =
             tx.prepare_cached("INSERT INTO room_updates (room, seq, data) VALUES (?1, ?2, ?3)")?;
         for entry in batch {
+            insert.execute(rusqlite::params![
+                entry.room.as_str(),
+                seq_to(entry.seq),
+                &entry.update[..]
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// One transaction inserting `entries` that are not in the database yet (journal entries,
+/// some of which may have been moved before a crash).
+fn insert_missing_on(
+    conn: &mut rusqlite::Connection,
+    entries: &[LogEntry],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO room_updates (room, seq, data) VALUES (?1, ?2, ?3)",
+        )?;
+        for entry in entries {
             insert.execute(rusqlite::params![
                 entry.room.as_str(),
                 seq_to(entry.seq),
@@ -218,6 +458,8 @@ fn seq_to(seq: Seq) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+        // Read before the database: an entry moved meanwhile is then in one or the other.
+        let journaled = self.journal.as_ref().map(|j| j.entries_of(room)).unwrap_or_default();
         let mut tx = self.pool.begin().await?;
         let snapshot = sqlx::query(
             "SELECT seq, data, checksum, state_vector, state_vector_checksum \
@@ -251,14 +493,25 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut log = Vec::with_capacity(rows.len());
+        let mut log = Vec::with_capacity(rows.len() + journaled.len());
         for row in rows {
             log.push((seq_from(room, row.try_get("seq")?)?, row.try_get::<Vec<u8>, _>("data")?));
+        }
+        if !journaled.is_empty() {
+            let stored: std::collections::HashSet<Seq> = log.iter().map(|(s, _)| *s).collect();
+            let after = Seq(u64::try_from(after).unwrap_or(0));
+            log.extend(journaled.into_iter().filter(|(s, _)| *s > after && !stored.contains(s)));
+            log.sort_by_key(|(s, _)| *s);
         }
         Ok(StoredRoom { snapshot, snapshot_checked, snapshot_state_vector, log })
     }
 
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+        if let Some(journal) = &self.journal
+            && journal.append(batch)?
+        {
+            return Ok(());
+        }
         if self.durability == Durability::Process
             && let Some(mut conn) = self.writer.try_lock()
         {
@@ -309,6 +562,23 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(journal) = &self.journal {
+            // Nothing appends any more: two rounds move everything (the first may only finish
+            // one that failed before).
+            for _ in 0..2 {
+                if let Err(e) = journal.move_round(&self.writer).await {
+                    tracing::warn!(error = %e, "moving the update journal into the database failed");
+                }
+            }
+            if journal.is_empty() {
+                let number = journal.state.lock().number;
+                let _ = std::fs::remove_file(journal::path(&journal.dir, number));
+            } else {
+                tracing::warn!(
+                    "the update journal is kept; the next start moves it into the database"
+                );
+            }
+        }
         let writer = Arc::clone(&self.writer);
         let checkpoint = tokio::task::spawn_blocking(move || {
             writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -357,5 +627,70 @@ mod tests {
             store.load(&RoomName::parse("other").expect("v")).await.expect("load").last_seq(),
             Seq(0)
         );
+    }
+
+    async fn raw_rows(store: &SqliteStore, room: &RoomName) -> Vec<i64> {
+        sqlx::query("SELECT seq FROM room_updates WHERE room = ? ORDER BY seq")
+            .bind(room.as_str())
+            .fetch_all(store.pool())
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|r| r.get::<i64, _>("seq"))
+            .collect()
+    }
+
+    /// What a server killed before its journal was moved leaves behind: a journal file (here
+    /// with a last write cut short), entries of which may already be in the database.
+    #[tokio::test]
+    async fn a_journal_left_by_a_killed_server_is_moved_into_the_database_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let room = RoomName::parse("r").expect("valid");
+        {
+            let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
+            store.append(&[entry(&room, 1)]).await.expect("append");
+            store.close().await;
+        }
+        let mut bytes = Vec::new();
+        journal::encode(&[entry(&room, 1), entry(&room, 2), entry(&room, 3)], &mut bytes);
+        let mut torn = Vec::new();
+        journal::encode(&[entry(&room, 4)], &mut torn);
+        bytes.extend_from_slice(&torn[..torn.len() - 1]);
+        std::fs::write(journal::path(dir.path(), 7), &bytes).expect("write");
+
+        let store = SqliteStore::open(dir.path(), Durability::Process).await.expect("opens");
+        assert_eq!(raw_rows(&store, &room).await, vec![1, 2, 3], "moved, the torn write left out");
+        let loaded = store.load(&room).await.expect("load");
+        assert_eq!(loaded.log.iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(!journal::path(dir.path(), 7).exists(), "the replayed file is deleted");
+        // Appends go on after the replayed file's number.
+        assert!(journal::path(dir.path(), 8).exists());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn journaled_entries_load_at_once_and_are_in_the_database_after_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let room = RoomName::parse("r").expect("valid");
+        let other = RoomName::parse("o").expect("valid");
+        let store = SqliteStore::open(dir.path(), Durability::Process).await.expect("opens");
+        store.append(&[entry(&room, 1), entry(&other, 1)]).await.expect("append");
+        store.append(&[entry(&room, 2)]).await.expect("append");
+        // Moved or not yet, a load has them all, once each, in order.
+        let loaded = store.load(&room).await.expect("load");
+        assert_eq!(loaded.log, vec![(Seq(1), vec![1; 3]), (Seq(2), vec![2; 3])]);
+        // A round moves them, and appends meanwhile go to the next file.
+        let journal = store.journal.clone().expect("process durability keeps a journal");
+        journal.move_round(&store.writer).await.expect("moved");
+        assert!(journal.is_empty());
+        assert_eq!(raw_rows(&store, &room).await, vec![1, 2]);
+        store.append(&[entry(&room, 3)]).await.expect("append");
+        assert_eq!(store.load(&room).await.expect("load").last_seq(), Seq(3));
+        store.close().await;
+        assert!(journal::existing(dir.path()).expect("list").is_empty(), "no journal left");
+        let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("reopens");
+        assert_eq!(raw_rows(&store, &room).await, vec![1, 2, 3]);
+        assert_eq!(raw_rows(&store, &other).await, vec![1]);
+        store.close().await;
     }
 }
