@@ -45,6 +45,8 @@ async fn every_update_a_watcher_saw_survives_kill_dash_9() {
     let room = "durable";
     let mut seen_overall = BTreeSet::new();
     let mut server = spawn_server(dir.path()).await;
+    // Kills that left updates in the journal (`store::journal`) for the restart to replay.
+    let mut journal_left = 0;
 
     for (round, kill_after) in [3usize, 10, 25, 40, 80, 150, 250, 400].into_iter().enumerate() {
         let url = format!("ws://{}/ws/{room}", server.addr);
@@ -75,6 +77,12 @@ async fn every_update_a_watcher_saw_survives_kill_dash_9() {
         // SIGKILL mid-stream: no shutdown path runs.
         server.child.start_kill().expect("kill -9");
         let _ = server.child.wait().await;
+        let journaled: u64 = huddle_server::store::journal::existing(dir.path())
+            .expect("data dir")
+            .iter()
+            .map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()))
+            .sum();
+        journal_left += usize::from(journaled > 0);
         let seen: BTreeSet<String> = watcher.shape_ids().into_iter().collect();
         // Neither client may upload its copy to the new server.
         stream.abort();
@@ -97,6 +105,8 @@ async fn every_update_a_watcher_saw_survives_kill_dash_9() {
         );
         fresh.close().await;
     }
+    assert!(journal_left > 0, "no kill left a journal to replay: the test missed that path");
+    eprintln!("{journal_left} of 8 kills left updates in the journal");
     server.child.start_kill().expect("kill");
 }
 
