@@ -1,9 +1,10 @@
 //! Durable storage of rooms, behind the [`Store`] trait.
 //!
 //! The contract every backend keeps:
-//! - [`Store::append`] makes a whole batch durable (one transaction) before it returns; the relay
-//!   relays nothing until it has. That is what makes "nothing a client has seen relayed is lost"
-//!   hold through `kill -9`.
+//! - [`Store::append`] makes a whole batch durable (one transaction, or one write to the update
+//!   [`journal`]) before it returns; the relay relays nothing until it has. That is what makes
+//!   "nothing a client has seen relayed is lost" hold through `kill -9`. A batch cut short by a
+//!   crash was never acknowledged; it may survive in part, but never with a gap in a room's log.
 //! - [`Store::compact`] replaces a prefix of a room's log by a snapshot atomically, and never
 //!   replaces a newer snapshot by an older one (a room can be reloaded while its previous
 //!   incarnation is still compacting).
@@ -112,7 +113,9 @@ pub trait Store: Send + Sync + 'static {
     /// Everything stored for `room` (empty for a room never written).
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError>;
 
-    /// Appends `batch` (entries of any rooms) durably, all or nothing.
+    /// Appends `batch` (entries of any rooms) durably. After an error the caller may append the
+    /// same entries again: an entry stored twice counts once. (A crash mid-append: see the
+    /// module docs.)
     async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError>;
 
     /// Stores `snapshot` (with its `state_vector`, v1 encoding) as covering `room`'s log up to

@@ -322,26 +322,8 @@ fn open_writer(path: &Path, durability: Durability) -> Result<rusqlite::Connecti
     Ok(conn)
 }
 
-/// One transaction appending `batch`.
-fn append_on(conn: &mut rusqlite::Connection, batch: &[LogEntry]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert =
-            tx.prepare_cached("INSERT INTO room_updates (room, seq, data) VALUES (?1, ?2, ?3)")?;
-        for entry in batch {
-            insert.execute(rusqlite::params![
-                entry.room.as_str(),
-                seq_to(entry.seq),
-                &entry.update[..]
-            ])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// One transaction inserting `entries` that are not in the database yet (journal entries,
-/// some of which may have been moved before a crash).
+/// One transaction appending `entries`, skipping any already stored (journal entries may have
+/// been moved before a crash; a retried batch is stored once).
 fn insert_missing_on(
     conn: &mut rusqlite::Connection,
     entries: &[LogEntry],
@@ -515,11 +497,11 @@ impl Store for SqliteStore {
         if self.durability == Durability::Process
             && let Some(mut conn) = self.writer.try_lock()
         {
-            return append_on(&mut conn, batch);
+            return insert_missing_on(&mut conn, batch);
         }
         let writer = Arc::clone(&self.writer);
         let batch = batch.to_vec();
-        tokio::task::spawn_blocking(move || append_on(&mut writer.lock(), &batch)).await?
+        tokio::task::spawn_blocking(move || insert_missing_on(&mut writer.lock(), &batch)).await?
     }
 
     async fn compact(
