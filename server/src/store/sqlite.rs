@@ -141,7 +141,12 @@ impl Journal {
         if state.held_bytes > MAX_HELD_BYTES {
             return Err(StoreError::Behind { held_bytes: state.held_bytes });
         }
-        let Some(appender) = state.appender.as_mut() else { return Ok(false) };
+        let Some(appender) = state.appender.as_mut() else {
+            // The mover starts a new file (see `move_round`).
+            drop(state);
+            self.wake.notify_one();
+            return Ok(false);
+        };
         match appender.append(batch) {
             Ok(()) => {}
             Err(AppendError::Failed(e)) => return Err(StoreError::Journal(e)),
@@ -189,7 +194,7 @@ impl Journal {
         let (batch, file) = {
             let mut state = self.state.lock();
             if state.moving.is_empty() {
-                if state.pending.is_empty() {
+                if state.pending.is_empty() && state.appender.is_some() {
                     return Ok(());
                 }
                 let next = state.number + 1;
