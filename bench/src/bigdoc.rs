@@ -1,7 +1,9 @@
 //! *bigdoc* and *edit-into-big*: rooms of many shapes.
 //!
 //! - bigdoc: a fresh client syncing a K-shape room — time to the sync answer and server CPU
-//!   per sync, warm (room in memory) and cold (server restarted, room loaded from storage).
+//!   per sync, warm (room in memory), warm right after an edit (so a server that keeps the
+//!   encoded room between edits must encode it again), and cold (server restarted, room
+//!   loaded from storage).
 //! - edit-into-big: one small edit at a time into rooms of growing size, each waited for at a
 //!   second client — server CPU per edit, which should not grow with the document.
 
@@ -27,6 +29,10 @@ pub struct Opts {
     /// Warm syncs to average over.
     #[arg(long, default_value_t = 50)]
     pub syncs: usize,
+    /// Warm syncs each right after a small edit into the room (seen relayed to another
+    /// client first), as when people open a board others are drawing on.
+    #[arg(long, default_value_t = 20)]
+    pub edited_syncs: usize,
     /// Cold syncs (each after a server restart); only when the tool started the server.
     #[arg(long, default_value_t = 3)]
     pub cold: usize,
@@ -153,6 +159,10 @@ pub async fn run(
         report.row("server CPU per warm sync", us(crate::system::micros_per(cpu, o.syncs as u64)));
     }
 
+    if o.edited_syncs > 0 {
+        synced_after_edits(target, &url, o, &mut report).await?;
+    }
+
     if let Some(server) = server
         && o.cold > 0
     {
@@ -186,6 +196,56 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// The warm syncs right after an edit: an editor changes one shape, waits until an observer
+/// has it relayed (so the server applied it), then a fresh client syncs.
+async fn synced_after_edits(
+    target: &Target,
+    url: &str,
+    o: &Opts,
+    report: &mut Report,
+) -> Result<()> {
+    let doc = Doc::new();
+    let board = Board::new(&doc);
+    let mut editor = client::connect(url, None).await?;
+    client::apply_all(&doc, &client::handshake(&mut editor, &doc, SYNC_TIMEOUT).await?)?;
+    let mut observer = client::connect(url, None).await?;
+    client::handshake(&mut observer, &Doc::new(), SYNC_TIMEOUT).await?;
+    let mut times = Latencies::default();
+    let cpu0 = target.cpu();
+    for i in 0..o.edited_syncs {
+        let update = {
+            let mut txn = doc.transact_mut();
+            let id = format!("s{}", (i * 7919) % o.shapes.max(1));
+            board.set_field(&mut txn, &id, "y", i as f64 * 5.0);
+            txn.encode_update_v1()
+        };
+        client::send(&mut editor, wire::update(update)).await?;
+        loop {
+            let incoming = tokio::time::timeout(SYNC_TIMEOUT, client::next(&mut observer))
+                .await
+                .context("edit not relayed")??
+                .context("observer socket closed")?;
+            if !incoming.updates.is_empty() {
+                break;
+            }
+        }
+        let t = Instant::now();
+        fresh_sync(url, false).await?;
+        times.push(t.elapsed());
+    }
+    let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+    report.row("sync right after an edit p50 / p99 / max", times.summary());
+    if let Some(cpu) = cpu {
+        report.row(
+            "server CPU per sync right after an edit",
+            us(crate::system::micros_per(cpu, o.edited_syncs as u64)),
+        );
+    }
+    let _ = editor.close(None).await;
+    let _ = observer.close(None).await;
+    Ok(())
 }
 
 /// Runs edit-into-big against `target`.

@@ -262,6 +262,9 @@ struct DocState {
     /// The state vector of the snapshot a room not built yet holds (stored with it), to greet
     /// joiners with before it is built; `None` once built, or if the snapshot came without one.
     stored_sv: Option<StateVector>,
+    /// True while the whole document is being encoded on the blocking pool (see
+    /// [`Room::start_encode`]). Edits wait, without blocking their thread, until it is done.
+    encoding: bool,
 }
 
 /// The whole document at one version, encoded once and shared by everyone who asks for it
@@ -271,8 +274,12 @@ struct FullState {
     seq: Seq,
     /// The sync step 2 frame that answers a client that has nothing.
     frame: Bytes,
-    /// The Yjs update inside `frame` (what a room not built yet is built from).
+    /// The Yjs update inside `frame` (what a room not built yet is built from, and what a
+    /// compaction stores).
     update: Bytes,
+    /// The document's state vector (v1) at `seq`, when it was encoded from the document
+    /// (`None` for a stored snapshot served as it is).
+    state_vector: Option<Vec<u8>>,
     /// `frame` as a [`wire::MSG_DEFLATED`] frame, for sockets that read those. Cells rather
     /// than bytes so that joiners arriving together (a team opening a shared link) wait for
     /// one compression instead of each starting their own.
@@ -280,12 +287,12 @@ struct FullState {
 }
 
 impl FullState {
-    fn new(seq: Seq, update: Vec<u8>) -> Arc<Self> {
+    fn new(seq: Seq, update: Vec<u8>, state_vector: Option<Vec<u8>>) -> Arc<Self> {
         let len = update.len();
         let frame = Bytes::from(wire::into_sync_step2(update));
         // The frame ends with the update: share its bytes rather than keep a second copy.
         let update = frame.slice(frame.len() - len..);
-        Arc::new(Self { seq, frame, update, deflated: tokio::sync::OnceCell::new() })
+        Arc::new(Self { seq, frame, update, state_vector, deflated: tokio::sync::OnceCell::new() })
     }
 }
 
@@ -298,6 +305,54 @@ impl Drop for Unfinished<'_> {
             room.break_room();
             room.ready.send_replace(true);
         }
+    }
+}
+
+/// An encode of the whole document on the blocking pool (see [`Room::start_encode`]). It ends
+/// the encode when dropped, however it ends: with its result, or (a panic inside yrs, or a
+/// runtime shutting down before it ran) by breaking the room, so that nobody waits for it
+/// forever.
+struct EncodeJob {
+    room: Option<Arc<Room>>,
+    doc: Doc,
+    seq: Seq,
+}
+
+impl EncodeJob {
+    fn run(mut self) {
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            let txn = self.doc.transact();
+            let update = txn.encode_state_as_update_v1(&StateVector::default());
+            (update, txn.state_vector().encode_v1())
+        }));
+        self.finish(encoded.ok());
+    }
+
+    fn finish(&mut self, encoded: Option<(Vec<u8>, Vec<u8>)>) {
+        let Some(room) = self.room.take() else { return };
+        {
+            let mut state = room.state.lock();
+            state.encoding = false;
+            match encoded {
+                // Nothing was applied meanwhile (edits wait for `encoding`); the check is for
+                // a room rebuilt from the store in between, which has nothing to do with us.
+                Some((update, sv)) if state.applied == self.seq => {
+                    state.full = Some(FullState::new(self.seq, update, Some(sv)));
+                }
+                Some(_) => {}
+                None => {
+                    tracing::error!(room = %room.name, "yrs panicked encoding the document; reloading room");
+                    room.mark_broken();
+                }
+            }
+        }
+        room.encoded.notify_waiters();
+    }
+}
+
+impl Drop for EncodeJob {
+    fn drop(&mut self) {
+        self.finish(None);
     }
 }
 
@@ -326,6 +381,8 @@ pub struct Room {
     broken: AtomicBool,
     /// Becomes true once the document is built (at once for all but big stored rooms).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Signalled when an encode of the whole document ends (see [`Room::start_encode`]).
+    encoded: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Room {
@@ -429,12 +486,12 @@ impl Room {
             // The snapshot becomes the answer in its own buffer (megabytes: not copied), and
             // the build, when it comes, reads it from there.
             let (seq, data) = stored.snapshot.unwrap_or_default();
-            let full = FullState::new(seq, data);
+            let full = FullState::new(seq, data, None);
             let unbuilt = full.update.clone();
             (Doc::new(), Some(full), Some(unbuilt))
         } else {
             let full = match (&stored.snapshot, whole) {
-                (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone())),
+                (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone(), None)),
                 _ => None,
             };
             // Decoding is CPU work: keep it off the async workers.
@@ -463,6 +520,7 @@ impl Room {
                 ready: !lazy,
                 unbuilt,
                 stored_sv,
+                encoding: false,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -477,6 +535,7 @@ impl Room {
             compacting: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             ready: tokio::sync::watch::Sender::new(!lazy),
+            encoded: tokio::sync::Notify::new(),
         });
         if build_now {
             room.start_build();
@@ -628,23 +687,52 @@ impl Room {
 
     /// The whole document at its current version, encoded now unless it was since the last
     /// update. A room not built yet serves the stored snapshot it will be built from.
+    ///
+    /// The encode runs on the blocking pool (see [`Room::start_encode`]): at 100,000 shapes it
+    /// takes tens of milliseconds, which on the relay's thread would hold up every room's
+    /// updates, not only this one's. Everyone who asks meanwhile (joiners, a compaction)
+    /// waits for that one encode.
     async fn full(&self) -> Result<Arc<FullState>, RoomError> {
-        if self.state.lock().full.is_none() {
-            self.ready().await;
-        }
-        let mut state = self.state.lock();
-        if self.is_broken() {
-            return Err(RoomError::Unavailable);
-        }
-        match &state.full {
-            Some(full) if full.seq == state.applied => Ok(Arc::clone(full)),
-            _ => {
-                let update = self.encode_guarded(state.awareness.doc(), &StateVector::default())?;
-                let full = FullState::new(state.applied, update);
-                state.full = Some(Arc::clone(&full));
-                Ok(full)
+        loop {
+            let encoded = self.encoded.notified();
+            {
+                let mut state = self.state.lock();
+                if self.is_broken() {
+                    return Err(RoomError::Unavailable);
+                }
+                if let Some(full) = &state.full
+                    && full.seq == state.applied
+                {
+                    return Ok(Arc::clone(full));
+                }
+                if state.ready && !state.encoding {
+                    self.start_encode(&mut state);
+                }
+            }
+            if *self.ready.borrow() {
+                // `encoded` was created before the state was looked at, so it sees the end of
+                // an encode that was running then or was started just now.
+                encoded.await;
+            } else {
+                self.ready().await;
             }
         }
+    }
+
+    /// Starts encoding the whole document on the blocking pool; the result becomes
+    /// `state.full`, and [`Room::encoded`] is signalled.
+    ///
+    /// The document must not change meanwhile (the encode reads it in a yrs read transaction
+    /// on another thread): edits see `state.encoding` and wait for the signal, instead of
+    /// blocking their thread on yrs' lock. Reads (state vectors, diffs for clients that have
+    /// part of the room) go on alongside.
+    fn start_encode(&self, state: &mut DocState) {
+        let Some(room) = self.me.upgrade() else { return };
+        state.encoding = true;
+        let encode =
+            EncodeJob { room: Some(room), doc: state.awareness.doc().clone(), seq: state.applied };
+        // Detached: the job ends the encode itself, also if it never runs (see `EncodeJob`).
+        drop(tokio::task::spawn_blocking(move || encode.run()));
     }
 
     /// `compress(data)` on the blocking pool: compressing a big board takes milliseconds
@@ -679,49 +767,63 @@ impl Room {
             return Ok(());
         }
         self.ready().await;
-        let seq = {
-            let mut state = self.state.lock();
-            if self.is_broken() {
-                return Err(RoomError::Unavailable);
-            }
-            let applied = catch_unwind(AssertUnwindSafe(|| {
-                let mut txn = state.awareness.doc().transact_mut();
-                let before = (txn.state_vector(), pending_fingerprint(&txn));
-                txn.apply_update(decoded)?;
-                // An update the room already had entirely (a reconnecting client re-sending its
-                // delete set, say) changes nothing: nothing to store, nothing to relay.
-                let changed = !txn.delete_set().is_empty()
-                    || txn.state_vector() != before.0
-                    || pending_fingerprint(&txn) != before.1;
-                Ok::<bool, huddle_protocol::yrs::error::UpdateError>(changed)
-            }));
-            match applied {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Ok(()),
-                Ok(Err(e)) => {
-                    // yrs can fail after integrating part of the update: that part is in the
-                    // document but will never be in the log. Stop using this copy; the log holds
-                    // everything accepted, so a reload loses nothing.
-                    drop(state);
-                    tracing::warn!(room = %self.name, error = %e, "update failed to apply; reloading room");
-                    self.break_room();
-                    return Err(RoomError::InvalidUpdate(e.to_string()));
-                }
-                Err(_) => {
-                    drop(state);
-                    tracing::error!(room = %self.name, "yrs panicked applying an update; reloading room");
-                    self.break_room();
+        let seq = loop {
+            let encoded = {
+                let mut state = self.state.lock();
+                if self.is_broken() {
                     return Err(RoomError::Unavailable);
                 }
-            }
-            state.applied = Seq(state.applied.0 + 1);
-            state.full = None;
-            let seq = state.applied;
-            self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
-            let entry =
-                LogEntry { room: self.name.clone(), seq, update: Bytes::copy_from_slice(update) };
-            self.persister.enqueue(entry, Arc::clone(&self.watermark));
-            seq
+                if state.encoding {
+                    // The whole document is being encoded on another thread (a joiner's answer,
+                    // a compaction): wait for it here rather than block this thread, and with
+                    // it every other room's updates, on yrs' lock. Created under the lock, so
+                    // the encode's end (which takes it first) cannot come unseen.
+                    self.encoded.notified()
+                } else {
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        let mut txn = state.awareness.doc().transact_mut();
+                        let before = (txn.state_vector(), pending_fingerprint(&txn));
+                        txn.apply_update(decoded)?;
+                        // An update the room already had entirely (a reconnecting client re-sending its
+                        // delete set, say) changes nothing: nothing to store, nothing to relay.
+                        let changed = !txn.delete_set().is_empty()
+                            || txn.state_vector() != before.0
+                            || pending_fingerprint(&txn) != before.1;
+                        Ok::<bool, huddle_protocol::yrs::error::UpdateError>(changed)
+                    }));
+                    match applied {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => return Ok(()),
+                        Ok(Err(e)) => {
+                            // yrs can fail after integrating part of the update: that part is in the
+                            // document but will never be in the log. Stop using this copy; the log holds
+                            // everything accepted, so a reload loses nothing.
+                            drop(state);
+                            tracing::warn!(room = %self.name, error = %e, "update failed to apply; reloading room");
+                            self.break_room();
+                            return Err(RoomError::InvalidUpdate(e.to_string()));
+                        }
+                        Err(_) => {
+                            drop(state);
+                            tracing::error!(room = %self.name, "yrs panicked applying an update; reloading room");
+                            self.break_room();
+                            return Err(RoomError::Unavailable);
+                        }
+                    }
+                    state.applied = Seq(state.applied.0 + 1);
+                    state.full = None;
+                    let seq = state.applied;
+                    self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
+                    let entry = LogEntry {
+                        room: self.name.clone(),
+                        seq,
+                        update: Bytes::copy_from_slice(update),
+                    };
+                    self.persister.enqueue(entry, Arc::clone(&self.watermark));
+                    break seq;
+                }
+            };
+            encoded.await;
         };
         if let Err(e) = self.watermark.wait_for(seq).await {
             self.break_room();
@@ -862,20 +964,29 @@ impl Room {
         if self.is_broken() {
             return Err(RoomError::Unavailable);
         }
-        let (snapshot, state_vector, seq) = {
+        {
             let state = self.state.lock();
             // A room not built has nothing beyond its snapshot (edits build it first), and its
             // placeholder document is empty: never write that as the room.
             if !state.ready || state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let snapshot = self.encode_guarded(state.awareness.doc(), &StateVector::default())?;
-            let state_vector = state.awareness.doc().transact().state_vector().encode_v1();
-            (snapshot, state_vector, state.applied)
+        }
+        // The whole document as joiners get it: free if one asked since the last edit, and
+        // encoded off the relay's thread if not.
+        let full = self.full().await?;
+        let seq = full.seq;
+        let Some(state_vector) = full.state_vector.clone() else {
+            // Only a stored snapshot served as it is comes without one, and that is no news.
+            return Ok(());
         };
+        if seq.0 <= self.snapshot_seq.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.watermark.wait_for(seq).await?;
-        let snapshot_len = snapshot.len() as u64;
-        if let Err(e) = self.store.compact(&self.name, seq, snapshot, state_vector).await {
+        let snapshot_len = full.update.len() as u64;
+        if let Err(e) = self.store.compact(&self.name, seq, full.update.clone(), state_vector).await
+        {
             tracing::warn!(room = %self.name, error = %e, "compaction failed; the log still holds everything");
             return Ok(());
         }
@@ -884,5 +995,112 @@ impl Room {
         self.log_bytes.store(0, Ordering::Relaxed);
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+
+    use huddle_protocol::schema::{Board, Shape, ShapeKind};
+    use huddle_protocol::yrs::Transact;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::persist::Persister;
+    use crate::registry::Registry;
+    use crate::store::memory::MemoryStore;
+
+    fn shape_update(id: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        let mut txn = doc.transact_mut();
+        board.put_shape(&mut txn, &Shape::new(id, ShapeKind::Rect));
+        txn.encode_update_v1()
+    }
+
+    fn shapes(room: &Room) -> usize {
+        room.read_doc(|doc| Board::new(doc).shapes(&doc.transact()).len())
+    }
+
+    /// While a joiner's answer (the whole document) is being encoded, which takes tens of
+    /// milliseconds in a big room, an edit to that room waits for it without holding up the
+    /// thread: other rooms' edits go on meanwhile. The test holds the encode back by holding
+    /// a yrs write transaction on the room's document from another thread (with a deadline,
+    /// so a thread blocked on yrs' lock fails the test instead of hanging it).
+    #[tokio::test]
+    async fn an_edit_waits_for_a_whole_document_encode_without_holding_up_other_rooms() {
+        let store = Arc::new(MemoryStore::default());
+        let stats = Arc::new(Stats::default());
+        let persister = Persister::start(store.clone(), &TaskTracker::new());
+        let config = RoomConfig {
+            idle_unload: Duration::from_secs(60),
+            compact_every: 1000,
+            presence: PresenceLimits::default(),
+            max_presence_per_socket: 8,
+            max_queue_bytes: 1 << 20,
+        };
+        let registry = Registry::new(
+            store,
+            persister,
+            config,
+            stats,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
+        let other = registry.join(&RoomName::parse("other").expect("valid")).await.expect("join");
+        big.room().apply_update(ConnId(1), &shape_update("a"), None).await.expect("applies");
+
+        // Another thread takes the big room's document for writing, so the encode that the
+        // joiner's request starts cannot read it until that thread lets go.
+        let doc = big.room().read_doc(Doc::clone);
+        let (held_tx, held_rx) = std_mpsc::channel();
+        let (release_tx, release_rx) = std_mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let txn = doc.transact_mut();
+            held_tx.send(()).expect("test waits");
+            let on_request = release_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            drop(txn);
+            on_request
+        });
+        held_rx.recv().expect("holder started");
+
+        let room = Arc::clone(big.room());
+        let answer =
+            tokio::spawn(async move { room.sync_step2(&StateVector::default(), false).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !big.room().state.lock().encoding {
+            assert!(tokio::time::Instant::now() < deadline, "the encode never started");
+            tokio::task::yield_now().await;
+        }
+        let room = Arc::clone(big.room());
+        let edit =
+            tokio::spawn(
+                async move { room.apply_update(ConnId(1), &shape_update("b"), None).await },
+            );
+        tokio::task::yield_now().await;
+
+        // The edit to the big room is waiting; another room's edit goes through.
+        other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
+        assert_eq!(shapes(other.room()), 1);
+        assert!(!edit.is_finished(), "the edit waits for the encode");
+        release_tx.send(()).expect("holder waits");
+        assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
+
+        let answer = answer.await.expect("task").expect("answer");
+        edit.await.expect("task").expect("the edit applies once the encode is done");
+        assert_eq!(shapes(big.room()), 2);
+        // The answer is the document as it was when the encode started: one shape.
+        let joiner = Doc::new();
+        let update = match wire::decode_frame(&answer).expect("decodes").as_slice() {
+            [wire::WireMessage::Sync(wire::WireSyncMessage::SyncStep2(update))] => update.clone(),
+            other => panic!("not a sync step 2: {other:?}"),
+        };
+        joiner
+            .transact_mut()
+            .apply_update(wire::decode_update(&update).expect("decodes"))
+            .expect("applies");
+        assert_eq!(Board::new(&joiner).shapes(&joiner.transact()).len(), 1);
     }
 }

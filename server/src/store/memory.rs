@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use huddle_protocol::RoomName;
 use parking_lot::Mutex;
 
@@ -47,7 +48,7 @@ impl Store for MemoryStore {
         &self,
         room: &RoomName,
         upto: Seq,
-        snapshot: Vec<u8>,
+        snapshot: Bytes,
         state_vector: Vec<u8>,
     ) -> Result<(), StoreError> {
         let mut rooms = self.rooms.lock();
@@ -55,7 +56,7 @@ impl Store for MemoryStore {
         if r.snapshot.as_ref().is_some_and(|(s, _)| *s >= upto) {
             return Ok(());
         }
-        r.snapshot = Some((upto, snapshot));
+        r.snapshot = Some((upto, snapshot.to_vec()));
         r.state_vector = Some(state_vector);
         r.log.retain(|s, _| *s > upto);
         Ok(())

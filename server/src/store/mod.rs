@@ -124,7 +124,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         room: &RoomName,
         upto: Seq,
-        snapshot: Vec<u8>,
+        snapshot: Bytes,
         state_vector: Vec<u8>,
     ) -> Result<(), StoreError>;
 

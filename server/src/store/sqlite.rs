@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use huddle_protocol::RoomName;
 use parking_lot::Mutex;
 use sqlx::Row;
@@ -513,7 +514,7 @@ impl Store for SqliteStore {
         &self,
         room: &RoomName,
         upto: Seq,
-        snapshot: Vec<u8>,
+        snapshot: Bytes,
         state_vector: Vec<u8>,
     ) -> Result<(), StoreError> {
         let writer = Arc::clone(&self.writer);
@@ -593,7 +594,10 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Durability::Process).await.expect("opens");
         let room = RoomName::parse("r").expect("valid");
         store.append(&[entry(&room, 1), entry(&room, 2), entry(&room, 3)]).await.expect("append");
-        store.compact(&room, Seq(2), b"snap2".to_vec(), b"sv2".to_vec()).await.expect("compact");
+        store
+            .compact(&room, Seq(2), Bytes::from_static(b"snap2"), b"sv2".to_vec())
+            .await
+            .expect("compact");
         let loaded = store.load(&room).await.expect("load");
         assert_eq!(loaded.snapshot, Some((Seq(2), b"snap2".to_vec())));
         assert!(loaded.snapshot_checked);
@@ -601,7 +605,10 @@ mod tests {
         assert_eq!(loaded.log, vec![(Seq(3), vec![3; 3])]);
         assert_eq!(loaded.last_seq(), Seq(3));
         // An older snapshot (a previous incarnation finishing late) changes nothing.
-        store.compact(&room, Seq(1), b"snap1".to_vec(), b"sv1".to_vec()).await.expect("compact");
+        store
+            .compact(&room, Seq(1), Bytes::from_static(b"snap1"), b"sv1".to_vec())
+            .await
+            .expect("compact");
         assert_eq!(
             store.load(&room).await.expect("load").snapshot,
             Some((Seq(2), b"snap2".to_vec()))
