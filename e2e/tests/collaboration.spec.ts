@@ -3,6 +3,7 @@ import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount
 import { WebSocketRoute } from '@playwright/test';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
 const shot = (name: string) => ({ path: join('test-results', 'screens', `${name}.png`) });
@@ -141,6 +142,43 @@ test('text from peers is shown as text, never run as HTML', async ({ browser, se
     expect(await page.locator('b', { hasText: 'bold' }).count()).toBe(0);
   }
   expect(dialogs).toEqual([]);
+});
+
+test('a peer whose colours are addresses is shown in a neutral colour, and nothing is fetched from them', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const fetched: string[] = [];
+  a.on('request', (r) => { if (r.url().includes('/leak-')) fetched.push(r.url()); });
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+  // A stock Yjs client whose presence colour, shape colours and chat colour are all url(…).
+  const eve = spawn('node', [join(__dirname, 'yjs-colors.mjs'), server.url.replace('http', 'ws') + '/ws', room, server.url],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      eve.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); });
+      eve.on('exit', (c) => reject(new Error(`yjs-colors.mjs exited with ${c}`)));
+    });
+    // Ada sees Eve, her cursor, her message and her rectangle...
+    const person = a.getByTestId('presence-item').filter({ hasText: 'Eve' });
+    await expect(person).toBeVisible();
+    const label = a.getByTestId('cursor').filter({ hasText: 'Eve' }).locator('.cursor-label');
+    await expect(label).toBeVisible();
+    await expect(a.getByTestId('chat-message').filter({ hasText: 'look at my colours' })).toBeVisible();
+    await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+    // ...in the neutral colour, with no image behind it.
+    for (const el of [person.locator('.avatar'), label]) {
+      const style = await el.evaluate((e) => { const c = getComputedStyle(e); return [c.backgroundImage, c.backgroundColor]; });
+      expect(style).toEqual(['none', 'rgb(134, 142, 150)']);
+    }
+    const shape = (await shapesOf(a))[0];
+    expect([shape.stroke, shape.fill]).toEqual(['#1e1e1e', 'transparent']);
+    const svgDownload = a.waitForEvent('download');
+    await a.getByTestId('export-svg').click();
+    expect(readFileSync(await (await svgDownload).path(), 'utf8')).not.toContain('leak-');
+    await a.screenshot(shot('peer-colours'));
+    expect(fetched).toEqual([]);
+  } finally {
+    eve.stdin!.end();
+  }
 });
 
 test('both clients ride out a server restart and keep the edits made during the outage', async ({ browser, server }) => {

@@ -1,7 +1,7 @@
 // Editing propagates: move, resize, delete, z-order and colour changes made by one user reach the
 // other; follow mode moves one user's view with another's. Shape attributes are read from the
 // room's JSON export (a user-visible feature), not from hooks into the code.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, HuddleServer } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, viewOf, HuddleServer } from './fixtures';
 import { Browser, Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
 
@@ -158,6 +158,32 @@ test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) =>
   await expect(b.getByTestId('board')).toHaveAttribute('data-view', adaView!);
   await b.screenshot({ path: 'test-results/screens/follow-bob.png' });
   await a.screenshot({ path: 'test-results/screens/follow-ada.png' });
+});
+
+test('following from a smaller screen shows all of the leader\'s view, around the same centre', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext({ viewport: { width: 1280, height: 800 } }), server.url, 'Ada');
+  const b = await newUser(await browser.newContext({ viewport: { width: 390, height: 740 } }), a.url(), 'Bob');
+  await b.getByTestId('presence-item').filter({ hasText: 'Ada' }).getByTestId('follow').click();
+  await a.getByTestId('zoom-in').click();
+  await a.getByTestId('tool-hand').click();
+  await dragOnBoard(a, 600, 400, 450, 300);
+  // What each board shows, in board units: [left, top, right, bottom].
+  const shown = async (page: Page) => {
+    const [x, y, zoom] = await viewOf(page);
+    const box = (await page.getByTestId('board').boundingBox())!;
+    return [x, y, x + box.width / zoom, y + box.height / zoom];
+  };
+  const ada = await shown(a);
+  expect(ada[0]).not.toBe(0);
+  await expect.poll(async () => {
+    const bob = await shown(b);
+    const centre = (r: number[]) => [(r[0] + r[2]) / 2, (r[1] + r[3]) / 2];
+    const [ca, cb] = [centre(ada), centre(bob)];
+    // The same centre (to the rounding of data-view), and every edge of Ada's view on Bob's screen.
+    return Math.abs(ca[0] - cb[0]) < 2 && Math.abs(ca[1] - cb[1]) < 2
+      && bob[0] <= ada[0] + 2 && bob[1] <= ada[1] + 2 && bob[2] >= ada[2] - 2 && bob[3] >= ada[3] - 2;
+  }).toBe(true);
+  await b.screenshot({ path: 'test-results/screens/follow-small-bob.png' });
 });
 
 test('a reload while the server is down still shows the board, and offline edits arrive later', async ({ browser, server }) => {

@@ -191,6 +191,40 @@ impl Default for Viewport {
     }
 }
 
+/// The size of a user's board on screen, CSS pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScreenSize {
+    /// Width.
+    pub w: f64,
+    /// Height.
+    pub h: f64,
+}
+
+impl ScreenSize {
+    fn usable(self) -> Option<Self> {
+        (self.w.is_finite() && self.h.is_finite() && self.w >= 1.0 && self.h >= 1.0).then_some(self)
+    }
+}
+
+impl Viewport {
+    /// The view a follower whose board is `mine` takes to show what this view shows on a board
+    /// of `theirs`: the same centre, at the zoom that fits all of it (a phone following a
+    /// desktop zooms out rather than showing a corner of it). With boards of one size, or the
+    /// leader's size unknown (an older client), the leader's view as it is.
+    pub fn followed(&self, theirs: Option<ScreenSize>, mine: ScreenSize) -> Viewport {
+        let (Some(theirs), Some(mine)) = (theirs.and_then(ScreenSize::usable), mine.usable())
+        else {
+            return *self;
+        };
+        if theirs == mine || !(self.zoom.is_finite() && self.zoom > 0.0) {
+            return *self;
+        }
+        let zoom = (self.zoom * (mine.w / theirs.w).min(mine.h / theirs.h)).clamp(0.05, 8.0);
+        let (cx, cy) = (self.x + theirs.w / 2.0 / self.zoom, self.y + theirs.h / 2.0 / self.zoom);
+        Viewport { x: cx - mine.w / 2.0 / zoom, y: cy - mine.h / 2.0 / zoom, zoom }
+    }
+}
+
 /// Who a peer is, as shown in the presence list and on their cursor label. The field is named
 /// `user` with `name` and `color`, the convention of the Yjs demos, so stock clients show up too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -203,6 +237,9 @@ pub struct User {
     /// CSS colour, e.g. `#e03131`.
     pub color: String,
 }
+
+/// The colour shown for a peer whose own is not one (see [`crate::schema::is_safe_color`]).
+pub const UNKNOWN_COLOR: &str = "#868e96";
 
 /// How often a client re-sends its presence even when nothing changed, so peers know it is
 /// still there (Yjs clients renew theirs every 15 s too, and drop states not renewed for 30 s).
@@ -228,6 +265,10 @@ pub struct Presence {
     /// What this user's screen shows (for follow mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub viewport: Option<Viewport>,
+    /// How big this user's board is on screen, so a follower can fit the same area into its
+    /// own (see [`Viewport::followed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<ScreenSize>,
     /// True when the user has not interacted for a while (tab hidden, no input). As read by
     /// [`crate::session::ClientSession::peers`], also true when the peer has gone silent (see
     /// [`SILENT_AFTER_MS`]).
@@ -272,6 +313,32 @@ mod tests {
             serde_json::from_str(r##"{"user":{"name":"x","color":"#fff"},"other":1}"##)
                 .expect("ok");
         assert_eq!(demo.user.name, "x");
+    }
+
+    #[test]
+    fn a_follower_sees_the_leaders_whole_view_around_the_same_centre() {
+        let leader = Viewport { x: 100.0, y: 50.0, zoom: 2.0 };
+        let desk = ScreenSize { w: 1280.0, h: 800.0 };
+        // Same screen, or the leader's size unknown: the same view, exactly.
+        assert_eq!(leader.followed(Some(desk), desk), leader);
+        assert_eq!(leader.followed(None, ScreenSize { w: 390.0, h: 700.0 }), leader);
+        // A phone: zoomed out so the leader's 640 × 400 board units fit its 390 px width.
+        let phone = ScreenSize { w: 390.0, h: 700.0 };
+        let v = leader.followed(Some(desk), phone);
+        assert!((v.zoom - 2.0 * 390.0 / 1280.0).abs() < 1e-9);
+        let centre =
+            |v: Viewport, s: ScreenSize| (v.x + s.w / 2.0 / v.zoom, v.y + s.h / 2.0 / v.zoom);
+        let (a, b) = (centre(leader, desk), centre(v, phone));
+        assert!((a.0 - b.0).abs() < 1e-9 && (a.1 - b.1).abs() < 1e-9, "{a:?} {b:?}");
+        // Every corner of the leader's view is on the phone's screen.
+        assert!(
+            v.x <= leader.x && v.x + phone.w / v.zoom >= leader.x + desk.w / leader.zoom - 1e-9
+        );
+        assert!(
+            v.y <= leader.y && v.y + phone.h / v.zoom >= leader.y + desk.h / leader.zoom - 1e-9
+        );
+        // A nonsense size from a peer changes nothing.
+        assert_eq!(leader.followed(Some(ScreenSize { w: f64::NAN, h: 0.0 }), phone), leader);
     }
 
     #[test]

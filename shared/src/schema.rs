@@ -32,6 +32,34 @@ pub const DEFAULT_STROKE: &str = "#1e1e1e";
 pub const DEFAULT_FILL: &str = "transparent";
 /// Stroke width of a shape that names none, board units.
 pub const DEFAULT_WIDTH: f64 = 2.0;
+/// Whether `color` may be handed to CSS and SVG as a colour: a hex colour (`#rgb`, `#rgba`,
+/// `#rrggbb`, `#rrggbbaa`), a keyword (`transparent`, `red`, …), or `rgb()`, `rgba()`, `hsl()`
+/// or `hsla()` of plain numbers.
+///
+/// Colours come from peers: any Yjs client can write a shape, a chat message or its presence.
+/// A value such as `url(https://…)` set as an element's background would make every viewer's
+/// browser fetch that address, telling a stranger who is looking, and SVG would follow it too.
+/// Readers of the schema ([`Board`], and presence in [`crate::session`]) treat any other value as
+/// absent.
+pub fn is_safe_color(color: &str) -> bool {
+    if color.len() > 64 {
+        return false;
+    }
+    if let Some(hex) = color.strip_prefix('#') {
+        return matches!(hex.len(), 3 | 4 | 6 | 8) && hex.bytes().all(|c| c.is_ascii_hexdigit());
+    }
+    if !color.is_empty() && color.len() <= 24 && color.bytes().all(|c| c.is_ascii_alphabetic()) {
+        return true;
+    }
+    ["rgb(", "rgba(", "hsl(", "hsla("].iter().any(|f| {
+        color.strip_prefix(f).and_then(|rest| rest.strip_suffix(')')).is_some_and(|body| {
+            // No parentheses, quotes, backslashes or colons: nothing inside can be a function
+            // (`url(`, `var(`), an escape or another declaration.
+            body.bytes().all(|c| c.is_ascii_alphanumeric() || b" .,%/+-".contains(&c))
+        })
+    })
+}
+
 /// Longest chat message accepted by Huddle's clients, in characters.
 pub const MAX_CHAT_CHARS: usize = 4000;
 
@@ -340,11 +368,11 @@ impl ShapeReader {
             ("points", Any::Array(points)) => {
                 shape.points = points.iter().filter_map(any_number).collect()
             }
-            ("stroke", Any::String(v)) => {
+            ("stroke", Any::String(v)) if is_safe_color(v) => {
                 shape.stroke = v.to_string();
                 self.has_stroke = true;
             }
-            ("fill", Any::String(v)) => {
+            ("fill", Any::String(v)) if is_safe_color(v) => {
                 shape.fill = v.to_string();
                 self.has_fill = true;
             }
@@ -406,7 +434,9 @@ impl ChatMessage {
             id: str_field(fields, "id").unwrap_or_default(),
             author_id: str_field(fields, "authorId").unwrap_or_default(),
             author_name: str_field(fields, "authorName").unwrap_or_default(),
-            author_color: str_field(fields, "authorColor").unwrap_or_default(),
+            author_color: str_field(fields, "authorColor")
+                .filter(|c| is_safe_color(c))
+                .unwrap_or_default(),
             text: str_field(fields, "text")?,
             ts: num_field(fields, "ts").unwrap_or(0.0),
         })
@@ -898,6 +928,54 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Transact, Update};
+
+    #[test]
+    fn colours_that_could_fetch_or_inject_read_as_absent() {
+        for ok in ["#1e1e1e", "#fff", "#ffec99cc", "transparent", "rebeccapurple", "rgb(1, 2, 3)"] {
+            assert!(is_safe_color(ok), "{ok}");
+        }
+        assert!(is_safe_color("hsla(120deg 50% 50% / 0.5)"));
+        for bad in [
+            "",
+            "url(https://example.com/x)",
+            "#12345",
+            "#ggg",
+            "red; background: url(x)",
+            "rgb(var(--x))",
+            "rgb(1,2,3) url(x)",
+            "\\75 rl(x)",
+            "expression(alert(1))",
+        ] {
+            assert!(!is_safe_color(bad), "{bad}");
+        }
+
+        // Written by another client, as a stock Yjs client could.
+        let doc = Doc::with_client_id(1);
+        let board = Board::new(&doc);
+        {
+            let mut txn = doc.transact_mut();
+            let mut shape = Shape::new("r", ShapeKind::Rect);
+            shape.stroke = "url(https://example.com/s)".into();
+            shape.fill = "url(https://example.com/f)".into();
+            board.put_shape(&mut txn, &shape);
+            board.post_chat(
+                &mut txn,
+                &ChatMessage {
+                    id: "m".into(),
+                    author_id: "e".into(),
+                    author_name: "Eve".into(),
+                    author_color: "url(https://example.com/c)".into(),
+                    text: "hi".into(),
+                    ts: 1.0,
+                },
+            );
+        }
+        let txn = doc.transact();
+        let shape = board.shape(&txn, "r").expect("shape");
+        assert_eq!((shape.stroke.as_str(), shape.fill.as_str()), (DEFAULT_STROKE, DEFAULT_FILL));
+        assert_eq!(board.chat(&txn)[0].author_color, "");
+        assert_eq!(board.chat(&txn)[0].text, "hi");
+    }
 
     #[test]
     fn only_the_shapes_in_an_area_are_built_and_all_are_counted() {

@@ -395,6 +395,9 @@ impl ClientSession {
             .filter_map(|(id, state)| {
                 let json = state.data?;
                 let mut presence: Presence = serde_json::from_str(&json).ok()?;
+                if !crate::schema::is_safe_color(&presence.user.color) {
+                    presence.user.color = crate::presence::UNKNOWN_COLOR.to_owned();
+                }
                 if now.saturating_sub(state.last_updated) > crate::presence::SILENT_AFTER_MS {
                     presence.idle = true;
                 }
@@ -462,6 +465,8 @@ mod tests {
         }
         let mut p = Presence::default();
         p.user.name = "Ada".into();
+        // Not a colour: shown as the neutral one (see `schema::is_safe_color`).
+        p.user.color = "url(https://example.com/who-is-looking)".into();
         a.set_presence(&p).expect("presence");
         let (ha, hb) = (a.handshake(), b.handshake());
         exchange(&mut a, &mut b, ha, hb);
@@ -469,6 +474,7 @@ mod tests {
         assert_eq!(Board::new(b.doc()).shapes(&b.doc().transact()).len(), 1);
         assert_eq!(b.peers().len(), 1);
         assert_eq!(b.peers()[0].1.user.name, "Ada");
+        assert_eq!(b.peers()[0].1.user.color, crate::presence::UNKNOWN_COLOR);
 
         // A local edit on b becomes exactly one frame; remote edits are not echoed.
         {

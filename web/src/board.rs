@@ -11,6 +11,7 @@ use leptos::ev;
 use leptos::html;
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
 
 use crate::geometry::{bounds, hit, inside, to_board, to_screen, zoom_at};
 use crate::render::{draw_board, draw_outline, draw_shape, text_box};
@@ -348,10 +349,24 @@ pub fn BoardView() -> impl IntoView {
         canvas.set_width((w * dpr) as u32);
         canvas.set_height((h * dpr) as u32);
         size.set((w, h));
+        room.board_size.set((w, h));
     };
     canvas_ref.on_load(move |_| request_animation_frame(resize));
+    // The board's box also changes while the window keeps its size (on a phone the panel under
+    // the board grows as people join): watch the box itself.
+    let on_resize = Closure::<dyn FnMut(js_sys::Array)>::new(move |_: js_sys::Array| resize());
+    let observer = web_sys::ResizeObserver::new(on_resize.as_ref().unchecked_ref()).ok();
+    let observer = StoredValue::new_local((observer, on_resize));
+    host_ref.on_load(move |host| {
+        observer.with_value(|(o, _)| o.as_ref().map(|o| o.observe(&host)));
+    });
     let resize_listener = window_event_listener(ev::resize, move |_| resize());
-    on_cleanup(move || resize_listener.remove());
+    on_cleanup(move || {
+        resize_listener.remove();
+        // Disconnected before the callback is dropped, so nothing can call it afterwards.
+        observer.with_value(|(o, _)| o.as_ref().map(web_sys::ResizeObserver::disconnect));
+        observer.dispose();
+    });
 
     let board_point = move |ev: &web_sys::PointerEvent| {
         to_board(&room.view.get_untracked(), ev.offset_x() as f64, ev.offset_y() as f64)

@@ -28,7 +28,7 @@ pub mod sync;
 use std::rc::Rc;
 
 use huddle_protocol::RoomName;
-use huddle_protocol::presence::{Presence, User, Viewport};
+use huddle_protocol::presence::{Presence, ScreenSize, User, Viewport};
 use huddle_protocol::yrs::Any;
 use leptos::ev;
 use leptos::prelude::*;
@@ -257,6 +257,7 @@ fn RoomView(
         selection: RwSignal::new(Vec::new()),
         view: RwSignal::new(Viewport::default()),
         follow: RwSignal::new(None),
+        board_size: RwSignal::new((0.0, 0.0)),
         editing: RwSignal::new(None),
         dark,
         joined,
@@ -278,6 +279,12 @@ fn RoomView(
     Effect::new(move |_| {
         let view = state.view.get();
         state.conn.get_value().update_presence(|p| p.viewport = Some(view));
+    });
+    Effect::new(move |_| {
+        let (w, h) = state.board_size.get();
+        if w > 0.0 && h > 0.0 {
+            state.conn.get_value().update_presence(|p| p.screen = Some(ScreenSize { w, h }));
+        }
     });
     Effect::new(move |_| {
         let selection = state.selection.get();
@@ -323,11 +330,15 @@ fn RoomView(
         },
         std::time::Duration::from_secs(10),
     );
-    // Follow mode: copy the followed person's viewport whenever it changes.
+    // Follow mode: show what the followed person's screen shows whenever it changes, all of
+    // it, whatever the two screens' sizes.
     Effect::new(move |_| {
         let Some(target) = state.follow.get() else { return };
-        if let Some(v) =
-            state.peers().into_iter().find(|(id, _)| *id == target).and_then(|(_, p)| p.viewport)
+        let (w, h) = state.board_size.get();
+        let Some((_, leader)) = state.peers().into_iter().find(|(id, _)| *id == target) else {
+            return;
+        };
+        if let Some(v) = leader.viewport.map(|v| v.followed(leader.screen, ScreenSize { w, h }))
             && state.view.get_untracked() != v
         {
             state.view.set(v);

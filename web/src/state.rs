@@ -127,6 +127,8 @@ pub struct RoomState {
     pub view: RwSignal<Viewport>,
     /// The awareness client id whose viewport we follow, if any.
     pub follow: RwSignal<Option<u64>>,
+    /// The board's size on screen, CSS pixels (0 × 0 until it is laid out).
+    pub board_size: RwSignal<(f64, f64)>,
     /// The text or sticky shape being edited.
     pub editing: RwSignal<Option<String>>,
     /// Dark theme.
