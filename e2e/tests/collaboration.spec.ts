@@ -1,5 +1,5 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapeCount, shapesOf } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf } from './fixtures';
 import { WebSocketRoute } from '@playwright/test';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
@@ -91,8 +91,16 @@ test('undo only undoes your own edits', async ({ browser, server }) => {
   await a.keyboard.press('Control+z');
   await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  expect((await shapesOf(b)).map((s) => s.kind)).toEqual(['ellipse']);
   await a.keyboard.press('Control+Shift+z');
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  // The toolbar's buttons do the same.
+  await a.getByTestId('undo').click();
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  expect((await shapesOf(b)).map((s) => s.kind)).toEqual(['ellipse']);
+  await a.getByTestId('redo').click();
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  expect((await shapesOf(b)).map((s) => s.kind).sort()).toEqual(['ellipse', 'rect']);
 });
 
 test('a stock Yjs client adds a rectangle and a chat message the page shows', async ({ browser, server }) => {
@@ -100,6 +108,10 @@ test('a stock Yjs client adds a rectangle and a chat message the page shows', as
   const room = new URL(page.url()).pathname.split('/').pop()!;
   await runYjsScript(server, 'yjs-peer.mjs', room);
   await expect(page.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  // The rectangle as the script wrote it (the schema's fields, read back by the page).
+  const [rect] = await shapesOf(page);
+  expect(rect).toMatchObject({ id: 'yjs-rect', kind: 'rect', x: 40, y: 40, w: 160, h: 90,
+    stroke: '#1971c2', fill: '#a5d8ff', width: 3, z: 5 });
   await expect(page.getByTestId('chat-message').filter({ hasText: 'hello from a plain Yjs client' })).toBeVisible();
   await page.screenshot(shot('stock-yjs-client'));
 });
@@ -198,8 +210,8 @@ test('both clients ride out a server restart and keep the edits made during the 
   await dragOnBoard(a, 250, 100, 350, 200);
   await b.getByTestId('tool-ellipse').click();
   await dragOnBoard(b, 100, 300, 200, 400);
-  expect(await shapeCount(a)).toBe(2);
-  expect(await shapeCount(b)).toBe(2);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
 
   await server.start();
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });

@@ -41,6 +41,26 @@ test('every tool has its key, and the keys draw the right shapes', async ({ brow
   expect((await shapesOf(page)).map((s) => s.kind)).toEqual(['rect', 'ellipse', 'line', 'arrow', 'pen']);
 });
 
+test('arrow keys move the selection, Shift ten at a time, and the other user sees it', async ({ browser, server }) => {
+  const [a, b] = await adaAndBob(browser, server.url);
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  const [before] = await shapesOf(b);
+  // Nothing selected: the arrows do nothing to the board.
+  await a.keyboard.press('Escape');
+  await a.keyboard.press('ArrowRight');
+  await a.keyboard.press('v');
+  const box = (await a.getByTestId('board').boundingBox())!;
+  await a.mouse.click(box.x + 150, box.y + 150);
+  for (let i = 0; i < 3; i++) await a.keyboard.press('ArrowRight');
+  await a.keyboard.press('Shift+ArrowDown');
+  await a.keyboard.press('ArrowUp');
+  await expect.poll(async () => { const [s] = await shapesOf(b); return [s.x - before.x, s.y - before.y]; })
+    .toEqual([3, 9]);
+  await expect(a.getByTestId('board')).toHaveAttribute('role', 'application');
+});
+
 test('duplicate, stroke width, marquee and shift-click selection, and delete reach the other user', async ({ browser, server }) => {
   const [a, b] = await adaAndBob(browser, server.url);
   await a.keyboard.press('r');
@@ -416,6 +436,28 @@ test('presence: a peer gone silent (frozen tab, socket still open) shows as away
 
   // Ada's tab wakes up and she moves her pointer: Bob sees her back.
   await ctxA.clock.resume();
+  const box = (await board(a).boundingBox())!;
+  await a.mouse.move(box.x + 300, box.y + 300);
+  await a.mouse.move(box.x + 320, box.y + 310);
+  await expect(ada).toHaveAttribute('data-idle', 'false');
+  await expect(ada).not.toContainText('away');
+});
+
+test('presence: two minutes without input shows a user as away, and her next move brings her back', async ({ browser, server }) => {
+  // Ada's page runs on Playwright's fake clock (ticking in real time until told otherwise).
+  const ctxA = await browser.newContext();
+  await ctxA.clock.install();
+  const a = await newUser(ctxA, server.url, 'Ada');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  const ada = b.locator('[data-testid=presence-item][data-name="Ada"]');
+  await expect(ada).toHaveAttribute('data-idle', 'false');
+  // Two minutes and ten seconds without touching anything (her page's timers run, her
+  // heartbeats keep going): away.
+  await ctxA.clock.fastForward('02:10');
+  await expect(ada).toHaveAttribute('data-idle', 'true');
+  await expect(ada).toContainText('away');
+  await expect(b.getByTestId('presence-item')).toHaveCount(1);
+  // She moves her pointer: back.
   const box = (await board(a).boundingBox())!;
   await a.mouse.move(box.x + 300, box.y + 300);
   await a.mouse.move(box.x + 320, box.y + 310);

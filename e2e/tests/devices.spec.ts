@@ -14,8 +14,8 @@ test('on a phone: two-finger pinch zooms the board', async ({ browser, server })
   await touch('touchStart', 30);
   for (let s = 40; s <= 120; s += 10) await touch('touchMove', s);
   await touch('touchEnd', 0);
-  const zoom = Number((await page.getByTestId('board').getAttribute('data-view'))!.split(',')[2]);
-  expect(zoom).toBeGreaterThan(2);
+  await expect.poll(async () => Number((await page.getByTestId('board').getAttribute('data-view'))!.split(',')[2]))
+    .toBeGreaterThan(2);
   await expect(page.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
   await page.screenshot({ path: 'test-results/screens/phone.png' });
 });

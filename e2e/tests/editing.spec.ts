@@ -276,6 +276,25 @@ async function backOnlineBobSees(browser: Browser, server: HuddleServer, page: P
   await expect(bob.getByTestId('board')).toHaveAttribute('data-shape-count', String(count));
 }
 
+test('an edit made just before a reload while the server is down survives the reload', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  await server.stop();
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  // She draws and reloads at once, before the page's usual save has come round.
+  await dragOnBoard(a, 250, 100, 350, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await a.reload();
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+  await server.start();
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+});
+
 test('offline, another tab opened on the room shows every edit the first had cached', async ({ browser, server }) => {
   const context = await browser.newContext();
   const a = await newUser(context, server.url, 'Ada');

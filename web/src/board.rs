@@ -831,7 +831,8 @@ pub fn BoardView() -> impl IntoView {
             data-shape-count=move || shape_count.get().to_string()
             data-cached=move || room.signals.cached.get().to_string()
             data-view=move || { let v = room.view.get(); format!("{:.1},{:.1},{:.3}", v.x, v.y, v.zoom) }
-            aria-label="Whiteboard">
+            role="application" aria-roledescription="whiteboard"
+            aria-label="Whiteboard: drawing tools V H P R O L A T N E K; arrow keys move the selection">
             <canvas node_ref=canvas_ref class=cursor_class
                 style:width=move || format!("{}px", size.get().0)
                 style:height=move || format!("{}px", size.get().1)

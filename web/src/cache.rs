@@ -161,6 +161,10 @@ pub async fn save(key: &str, bytes: &[u8], replaced: &[String]) -> bool {
             return false;
         }
     }
+    // Asked to commit now rather than when the page next returns to its event loop: a save on
+    // the way out (`pagehide`, a reload right after an edit) never gets back there, and an
+    // uncommitted transaction dies with the page.
+    let _ = tx.commit();
     committed(&tx).await
 }
 

@@ -494,6 +494,18 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         // Ctrl+C and Ctrl+V arrive as `copy` and `paste` events, with the clipboard's data.
         (false, "delete" | "backspace") => delete_selection(state),
         (false, "escape") => state.selection.set(Vec::new()),
+        (false, "arrowleft" | "arrowright" | "arrowup" | "arrowdown")
+            if !state.selection.get_untracked().is_empty() =>
+        {
+            let step = if ev.shift_key() { 10.0 } else { 1.0 };
+            let (dx, dy) = match key.as_str() {
+                "arrowleft" => (-step, 0.0),
+                "arrowright" => (step, 0.0),
+                "arrowup" => (0.0, -step),
+                _ => (0.0, step),
+            };
+            nudge_selection(state, dx, dy);
+        }
         (false, k) if k.chars().count() == 1 => {
             let c = k.chars().next().unwrap_or(' ');
             if let Some(tool) = Tool::ALL.into_iter().find(|t| t.key() == c) {
@@ -504,6 +516,18 @@ fn shortcut(state: RoomState, ev: &web_sys::KeyboardEvent) {
         _ => return,
     }
     ev.prevent_default();
+}
+
+/// Moves the selected shapes by `(dx, dy)` board units: the arrow keys, for placing shapes
+/// precisely and for moving them without a pointer.
+fn nudge_selection(state: RoomState, dx: f64, dy: f64) {
+    let moved: Vec<(String, f64, f64)> =
+        export::selected_shapes(state).into_iter().map(|s| (s.id, s.x + dx, s.y + dy)).collect();
+    state.conn.get_value().edit(|b, t| {
+        for (id, x, y) in &moved {
+            b.set_fields(t, id, [("x", Any::from(*x)), ("y", Any::from(*y))]);
+        }
+    });
 }
 
 /// Whether the user has selected page text (then Ctrl+C copies that, not shapes).
