@@ -154,6 +154,12 @@ test('zoom and pan: ctrl+wheel, wheel, space+drag, reset and zoom to fit', async
   await page.getByTestId('zoom-reset').click();
   await expect(board(page)).toHaveAttribute('data-view', '0.0,0.0,1.000');
   await expect(page.getByTestId('zoom-reset')).toHaveText('100%');
+  // The zoom-out button: below 100 %, and reset again.
+  await page.getByTestId('zoom-out').click();
+  await expect.poll(async () => (await viewOf(page))[2]).toBeLessThan(1);
+  await expect(page.getByTestId('zoom-reset')).not.toHaveText('100%');
+  await page.getByTestId('zoom-reset').click();
+  await expect(board(page)).toHaveAttribute('data-view', '0.0,0.0,1.000');
 
   // Two rectangles far apart (the second drawn after panning away): zoom to fit shows both.
   await page.keyboard.press('r');

@@ -158,6 +158,23 @@ test('follow mode moves Bob\'s view with Ada\'s', async ({ browser, server }) =>
   await expect(b.getByTestId('board')).toHaveAttribute('data-view', adaView!);
   await b.screenshot({ path: 'test-results/screens/follow-bob.png' });
   await a.screenshot({ path: 'test-results/screens/follow-ada.png' });
+  // Bob pans on his own: he stops following, and Ada's next move leaves his view alone.
+  await b.getByTestId('tool-hand').click();
+  await dragOnBoard(b, 500, 400, 300, 300);
+  await expect(b.getByTestId('follow')).toHaveAttribute('aria-pressed', 'false');
+  const bobView = await b.getByTestId('board').getAttribute('data-view');
+  expect(bobView).not.toBe(adaView);
+  // Ada pans again, then points somewhere new: once Bob sees her cursor move, he has her
+  // presence with her new view too, and his own view stayed where he put it.
+  const adaCursor = b.getByTestId('cursor').filter({ hasText: 'Ada' });
+  const before = await adaCursor.getAttribute('style');
+  await dragOnBoard(a, 600, 400, 500, 400);
+  await expect(a.getByTestId('board')).not.toHaveAttribute('data-view', adaView!);
+  await a.getByTestId('tool-select').click();
+  const box = (await a.getByTestId('board').boundingBox())!;
+  await a.mouse.move(box.x + 200, box.y + 150, { steps: 3 });
+  await expect(adaCursor).not.toHaveAttribute('style', before!);
+  expect(await b.getByTestId('board').getAttribute('data-view')).toBe(bobView);
 });
 
 test('following from a smaller screen shows all of the leader\'s view, around the same centre', async ({ browser, server }) => {

@@ -163,7 +163,10 @@ pub async fn save(key: &str, bytes: &[u8], replaced: &[String]) -> bool {
     }
     // Asked to commit now rather than when the page next returns to its event loop: a save on
     // the way out (`pagehide`, a reload right after an edit) never gets back there, and an
-    // uncommitted transaction dies with the page.
+    // uncommitted transaction dies with the page. (`commit()` is IndexedDB 3.0, in every
+    // current browser; web-sys marks it deprecated from older WebIDL. Where it is missing
+    // the call fails and the transaction commits on its own, as before.)
+    #[allow(deprecated)]
     let _ = tx.commit();
     committed(&tx).await
 }
