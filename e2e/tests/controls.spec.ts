@@ -110,6 +110,15 @@ test('duplicate, stroke width, marquee and shift-click selection, and delete rea
   await a.keyboard.press('Delete');
   await expect(board(b)).toHaveAttribute('data-shape-count', '0');
   await expect(board(a)).toHaveAttribute('data-shape-count', '0');
+
+  // Bob draws two; Ada selects everything with Ctrl+A and removes it with the toolbar's button.
+  await b.keyboard.press('r');
+  await dragOnBoard(b, 100, 100, 200, 200);
+  await dragOnBoard(b, 300, 100, 400, 200);
+  await expect(board(a)).toHaveAttribute('data-shape-count', '2');
+  await a.keyboard.press('Control+a');
+  await a.getByTestId('delete').click();
+  await expect(board(b)).toHaveAttribute('data-shape-count', '0');
 });
 
 test('zoom and pan: ctrl+wheel, wheel, space+drag, reset and zoom to fit', async ({ browser, server }) => {
@@ -199,8 +208,10 @@ test('landing page: a readable random room, joining by name or link, a name is r
   await expect(a.getByTestId('landing-error')).toHaveText('Please enter your name first.');
   expect(new URL(a.url()).pathname).toBe('/');
   await a.getByTestId('name-input').fill('Ada');
+  await a.getByTestId('color-9c36b5').click();
   await a.getByTestId('create-room').click();
   await expect(a).toHaveURL(/\/r\/[a-z]+-[a-z]+-\d{4}$/);
+  await expect(a.getByTestId('presence-me').locator('.avatar')).toHaveCSS('background-color', 'rgb(156, 54, 181)');
   const created = new URL(a.url()).pathname.split('/').pop()!;
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
   await expect(a.getByTestId('room-name')).toHaveText(created);
@@ -210,6 +221,11 @@ test('landing page: a readable random room, joining by name or link, a name is r
   // a typed name leads to that room.
   await a.getByTestId('home').click();
   await expect(a.getByTestId('name-input')).toHaveValue('Ada');
+  await expect(a.getByTestId('color-9c36b5')).toHaveAttribute('aria-checked', 'true');
+  // Also in a new page load.
+  await a.reload();
+  await expect(a.getByTestId('name-input')).toHaveValue('Ada');
+  await expect(a.getByTestId('color-9c36b5')).toHaveAttribute('aria-checked', 'true');
   await a.getByTestId('join-input').fill('team standup!');
   await a.getByTestId('join-input').press('Enter');
   await expect(a.getByTestId('landing-error')).toContainText("That room name won't work");
