@@ -101,11 +101,6 @@ pub async fn serve_http1(
     timeouts: HttpTimeouts,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    // Nagle would hold small frames back for up to a delayed-ACK period; we coalesce writes
-    // ourselves (see `connection`), so every frame can leave at once. Linux copies the option
-    // from the listening socket to every accepted one, which saves a syscall per connection.
-    let nodelay_inherited = cfg!(target_os = "linux")
-        && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
     let app = router(state.clone());
     let connections = TaskTracker::new();
     loop {
@@ -119,9 +114,7 @@ pub async fn serve_http1(
             },
             () = stop.cancelled() => break,
         };
-        if !nodelay_inherited {
-            let _ = tcp.set_nodelay(true);
-        }
+        without_nagle(&tcp);
         connections.spawn(serve_connection(
             tcp,
             state.clone(),
@@ -463,6 +456,18 @@ impl AsyncWrite for Replay {
     }
 }
 
+/// Turns Nagle's algorithm off on an accepted socket: it would hold small frames back for up to
+/// a delayed-ACK period, and we coalesce writes ourselves (see `connection`), so every frame can
+/// leave at once. Set on every socket, one `setsockopt` each: Linux usually copies the option
+/// from a listening socket to the sockets it accepts, but not always. Session 11 saw a few dozen
+/// of a benchmark's connections accepted without it from a listener that had it, and those
+/// clients' cursors arriving 16 ms late at the median (Nagle meeting delayed ACKs).
+fn without_nagle(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted socket");
+    }
+}
+
 /// After a failed `accept`: a connection that died before it was accepted is nothing; anything
 /// else (typically out of file descriptors) is logged, and accepting pauses for a second so
 /// the loop does not spin while nothing can be accepted.
@@ -588,7 +593,7 @@ async fn websocket(
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, upgrade_request};
+    use super::{Head, upgrade_request, without_nagle};
 
     const KEY: &str = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
@@ -646,15 +651,15 @@ mod tests {
         assert_eq!(upgrade_request(&half.as_bytes()[..half.len() - 2]), Head::Partial);
     }
 
-    /// `serve_http1` relies on this to skip a `setsockopt` per connection on Linux.
-    #[cfg(target_os = "linux")]
+    /// The accept loop's `without_nagle` sets the option itself, whatever the listener has.
     #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+    async fn accepted_sockets_get_nodelay_whatever_the_listener_has() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        socket2::SockRef::from(&listener).set_tcp_nodelay(true).expect("sets TCP_NODELAY");
         let addr = listener.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connects");
         let (accepted, _) = listener.accept().await.expect("accepts");
+        assert!(!accepted.nodelay().expect("reads TCP_NODELAY"), "Nagle is on by default");
+        without_nagle(&accepted);
         assert!(accepted.nodelay().expect("reads TCP_NODELAY"));
     }
 }
