@@ -705,8 +705,8 @@ impl Room {
                 {
                     return Ok(Arc::clone(full));
                 }
-                if state.ready && !state.encoding {
-                    self.start_encode(&mut state);
+                if state.ready && !state.encoding && !self.start_encode(&mut state) {
+                    return Err(RoomError::Unavailable);
                 }
             }
             if *self.ready.borrow() {
@@ -726,13 +726,29 @@ impl Room {
     /// on another thread): edits see `state.encoding` and wait for the signal, instead of
     /// blocking their thread on yrs' lock. Reads (state vectors, diffs for clients that have
     /// part of the room) go on alongside.
-    fn start_encode(&self, state: &mut DocState) {
-        let Some(room) = self.me.upgrade() else { return };
+    ///
+    /// At most one encode per core runs at once, server-wide: on the relay's thread they ran
+    /// one at a time by themselves, and each holds a copy of its document's size (10 MB for
+    /// 100,000 shapes), so many big rooms asked at once must not all encode together.
+    ///
+    /// Returns false (and starts nothing) only for a room already being dropped.
+    fn start_encode(&self, state: &mut DocState) -> bool {
+        static ENCODES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+        let Some(room) = self.me.upgrade() else { return false };
         state.encoding = true;
         let encode =
             EncodeJob { room: Some(room), doc: state.awareness.doc().clone(), seq: state.applied };
         // Detached: the job ends the encode itself, also if it never runs (see `EncodeJob`).
-        drop(tokio::task::spawn_blocking(move || encode.run()));
+        tokio::spawn(async move {
+            let encodes = ENCODES.get_or_init(|| {
+                let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                tokio::sync::Semaphore::new(cores)
+            });
+            // The semaphore is never closed: a permit always comes.
+            let _permit = encodes.acquire().await;
+            let _ = tokio::task::spawn_blocking(move || encode.run()).await;
+        });
+        true
     }
 
     /// `compress(data)` on the blocking pool: compressing a big board takes milliseconds
