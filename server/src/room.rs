@@ -265,6 +265,15 @@ struct DocState {
     /// True while the whole document is being encoded on the blocking pool (see
     /// [`Room::start_encode`]). Edits wait, without blocking their thread, until it is done.
     encoding: bool,
+    /// True while an encode waits for its turn (see [`EncodeTicket`]); those who want the
+    /// whole document wait for it, edits do not.
+    encode_pending: bool,
+    /// The latest whole-document encode and its number (encodes are counted from 1). Kept
+    /// after edits, unlike `full`: whoever waited for an encode takes its result even if
+    /// edits were applied since (they reach a joiner as updates, like any edit after its
+    /// answer), so a joiner of a room edited without pause is not sent to wait for encode
+    /// after encode. One copy of the document per loaded room, dropped with the room.
+    last_encode: Option<(u64, Arc<FullState>)>,
 }
 
 /// The whole document at one version, encoded once and shared by everyone who asks for it
@@ -308,10 +317,73 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-/// An encode of the whole document on the blocking pool (see [`Room::start_encode`]). It ends
-/// the encode when dropped, however it ends: with its result, or (a panic inside yrs, or a
-/// runtime shutting down before it ran) by breaking the room, so that nobody waits for it
-/// forever.
+/// How a whole-document encode ended.
+enum Encoded {
+    /// The update and the state vector (v1).
+    Done(Vec<u8>, Vec<u8>),
+    /// yrs panicked.
+    Panicked,
+    /// It never ran: the runtime is shutting down.
+    NotRun,
+}
+
+/// A whole-document encode waiting for its turn (see [`Room::start_encode`]): at most one per
+/// core runs at once, server-wide. The room's edits go on while it waits; only once it has its
+/// turn does it mark the room `encoding` and read the document at the version of that moment.
+/// Dropped without running (a runtime shutting down), it ends the wait by breaking the room, so
+/// that nobody waits for it forever.
+struct EncodeTicket {
+    room: Option<Arc<Room>>,
+}
+
+impl EncodeTicket {
+    async fn run(mut self) {
+        static ENCODES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+        let encodes = ENCODES.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            tokio::sync::Semaphore::new(cores)
+        });
+        // The semaphore is never closed: a permit always comes.
+        let _permit = encodes.acquire().await;
+        let Some(room) = self.room.take() else { return };
+        let job = {
+            let mut state = room.state.lock();
+            state.encode_pending = false;
+            if room.is_broken() || !state.ready {
+                None
+            } else {
+                state.encoding = true;
+                let doc = state.awareness.doc().clone();
+                Some(EncodeJob { room: Some(Arc::clone(&room)), doc, seq: state.applied })
+            }
+        };
+        match job {
+            Some(job) => {
+                let _ = tokio::task::spawn_blocking(move || job.run()).await;
+            }
+            None => room.encoded.notify_waiters(),
+        }
+    }
+}
+
+impl Drop for EncodeTicket {
+    fn drop(&mut self) {
+        if let Some(room) = self.room.take() {
+            {
+                let mut state = room.state.lock();
+                state.encode_pending = false;
+                tracing::debug!(room = %room.name, "whole-document encode not run: shutting down");
+                room.mark_broken();
+            }
+            room.encoded.notify_waiters();
+        }
+    }
+}
+
+/// A whole-document encode on the blocking pool, reading the document while the room is marked
+/// `encoding` (see [`Room::start_encode`]). It ends the encode when dropped, however it ends:
+/// with its result, or (a panic inside yrs, or a runtime shutting down before it ran) by
+/// breaking the room, so that nobody waits for it forever.
 struct EncodeJob {
     room: Option<Arc<Room>>,
     doc: Doc,
@@ -325,10 +397,10 @@ impl EncodeJob {
             let update = txn.encode_state_as_update_v1(&StateVector::default());
             (update, txn.state_vector().encode_v1())
         }));
-        self.finish(encoded.ok());
+        self.finish(encoded.map_or(Encoded::Panicked, |(update, sv)| Encoded::Done(update, sv)));
     }
 
-    fn finish(&mut self, encoded: Option<(Vec<u8>, Vec<u8>)>) {
+    fn finish(&mut self, encoded: Encoded) {
         let Some(room) = self.room.take() else { return };
         {
             let mut state = room.state.lock();
@@ -336,12 +408,19 @@ impl EncodeJob {
             match encoded {
                 // Nothing was applied meanwhile (edits wait for `encoding`); the check is for
                 // a room rebuilt from the store in between, which has nothing to do with us.
-                Some((update, sv)) if state.applied == self.seq => {
-                    state.full = Some(FullState::new(self.seq, update, Some(sv)));
+                Encoded::Done(update, sv) if state.applied == self.seq => {
+                    let full = FullState::new(self.seq, update, Some(sv));
+                    let number = state.last_encode.as_ref().map_or(1, |(n, _)| n + 1);
+                    state.last_encode = Some((number, Arc::clone(&full)));
+                    state.full = Some(full);
                 }
-                Some(_) => {}
-                None => {
+                Encoded::Done(..) => {}
+                Encoded::Panicked => {
                     tracing::error!(room = %room.name, "yrs panicked encoding the document; reloading room");
+                    room.mark_broken();
+                }
+                Encoded::NotRun => {
+                    tracing::debug!(room = %room.name, "whole-document encode not run: shutting down");
                     room.mark_broken();
                 }
             }
@@ -352,7 +431,7 @@ impl EncodeJob {
 
 impl Drop for EncodeJob {
     fn drop(&mut self) {
-        self.finish(None);
+        self.finish(Encoded::NotRun);
     }
 }
 
@@ -521,6 +600,8 @@ impl Room {
                 unbuilt,
                 stored_sv,
                 encoding: false,
+                encode_pending: false,
+                last_encode: None,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -693,9 +774,11 @@ impl Room {
     /// updates, not only this one's. Everyone who asks meanwhile (joiners, a compaction)
     /// waits for that one encode.
     async fn full(&self) -> Result<Arc<FullState>, RoomError> {
+        // The number of the latest encode when this call began waiting for one.
+        let mut waited_after = None;
         loop {
             let encoded = self.encoded.notified();
-            {
+            let start = {
                 let mut state = self.state.lock();
                 if self.is_broken() {
                     return Err(RoomError::Unavailable);
@@ -705,9 +788,24 @@ impl Room {
                 {
                     return Ok(Arc::clone(full));
                 }
-                if state.ready && !state.encoding && !self.start_encode(&mut state) {
-                    return Err(RoomError::Unavailable);
+                let latest = state.last_encode.as_ref().map_or(0, |(n, _)| *n);
+                if let (Some(before), Some((_, full))) = (waited_after, &state.last_encode)
+                    && latest > before
+                {
+                    // The encode waited for, though edits came in after it: see `last_encode`.
+                    return Ok(Arc::clone(full));
                 }
+                waited_after = Some(latest);
+                let start = state.ready && !state.encoding && !state.encode_pending;
+                if start {
+                    state.encode_pending = true;
+                }
+                start
+            };
+            // Outside the lock: a runtime that is shutting down drops the ticket on the spot,
+            // and its drop takes the lock.
+            if start {
+                self.start_encode()?;
             }
             if *self.ready.borrow() {
                 // `encoded` was created before the state was looked at, so it sees the end of
@@ -719,36 +817,28 @@ impl Room {
         }
     }
 
-    /// Starts encoding the whole document on the blocking pool; the result becomes
-    /// `state.full`, and [`Room::encoded`] is signalled.
+    /// Starts encoding the whole document on the blocking pool (the room is marked
+    /// `encode_pending` already); the result becomes `state.full`, and [`Room::encoded`] is
+    /// signalled.
     ///
-    /// The document must not change meanwhile (the encode reads it in a yrs read transaction
-    /// on another thread): edits see `state.encoding` and wait for the signal, instead of
-    /// blocking their thread on yrs' lock. Reads (state vectors, diffs for clients that have
-    /// part of the room) go on alongside.
+    /// The document must not change while it is read (the encode reads it in a yrs read
+    /// transaction on another thread): edits see `state.encoding` and wait for the signal,
+    /// instead of blocking their thread on yrs' lock. Reads (state vectors, diffs for clients
+    /// that have part of the room) go on alongside.
     ///
-    /// At most one encode per core runs at once, server-wide: on the relay's thread they ran
-    /// one at a time by themselves, and each holds a copy of its document's size (10 MB for
-    /// 100,000 shapes), so many big rooms asked at once must not all encode together.
-    ///
-    /// Returns false (and starts nothing) only for a room already being dropped.
-    fn start_encode(&self, state: &mut DocState) -> bool {
-        static ENCODES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-        let Some(room) = self.me.upgrade() else { return false };
-        state.encoding = true;
-        let encode =
-            EncodeJob { room: Some(room), doc: state.awareness.doc().clone(), seq: state.applied };
-        // Detached: the job ends the encode itself, also if it never runs (see `EncodeJob`).
-        tokio::spawn(async move {
-            let encodes = ENCODES.get_or_init(|| {
-                let cores = std::thread::available_parallelism().map_or(1, usize::from);
-                tokio::sync::Semaphore::new(cores)
-            });
-            // The semaphore is never closed: a permit always comes.
-            let _permit = encodes.acquire().await;
-            let _ = tokio::task::spawn_blocking(move || encode.run()).await;
-        });
-        true
+    /// At most one encode per core runs at once, server-wide (see [`EncodeTicket`]): on the
+    /// relay's thread they ran one at a time by themselves, and each holds a copy of its
+    /// document's size (10 MB for 100,000 shapes), so many big rooms asked at once must not all
+    /// encode together. Edits are held up only while their own room's document is read.
+    fn start_encode(&self) -> Result<(), RoomError> {
+        let Some(room) = self.me.upgrade() else {
+            // Only a room already being dropped.
+            self.state.lock().encode_pending = false;
+            return Err(RoomError::Unavailable);
+        };
+        // Detached: the ticket ends the wait itself, also if it never runs.
+        tokio::spawn(EncodeTicket { room: Some(room) }.run());
+        Ok(())
     }
 
     /// `compress(data)` on the blocking pool: compressing a big board takes milliseconds
@@ -1018,6 +1108,8 @@ impl Room {
 mod tests {
     use std::sync::mpsc as std_mpsc;
 
+    use futures_util::FutureExt;
+
     use huddle_protocol::schema::{Board, Shape, ShapeKind};
     use huddle_protocol::yrs::Transact;
     use tokio_util::sync::CancellationToken;
@@ -1090,22 +1182,19 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "the encode never started");
             tokio::task::yield_now().await;
         }
-        let room = Arc::clone(big.room());
-        let edit =
-            tokio::spawn(
-                async move { room.apply_update(ConnId(1), &shape_update("b"), None).await },
-            );
-        tokio::task::yield_now().await;
-
-        // The edit to the big room is waiting; another room's edit goes through.
+        // The edit to the big room is polled once by hand: it must come back waiting (with the
+        // thread free), not block in yrs' lock until the holder gives up.
+        let b = shape_update("b");
+        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
+        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the encode");
+        // Another room's edit goes through meanwhile.
         other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
         assert_eq!(shapes(other.room()), 1);
-        assert!(!edit.is_finished(), "the edit waits for the encode");
         release_tx.send(()).expect("holder waits");
         assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
+        edit.await.expect("the edit applies once the encode is done");
 
         let answer = answer.await.expect("task").expect("answer");
-        edit.await.expect("task").expect("the edit applies once the encode is done");
         assert_eq!(shapes(big.room()), 2);
         // The answer is the document as it was when the encode started: one shape.
         let joiner = Doc::new();
