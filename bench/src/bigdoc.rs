@@ -198,6 +198,20 @@ pub async fn run(
     Ok(report)
 }
 
+/// Waits until `observer` receives an update (the edit just sent, relayed: so the server has
+/// applied it).
+async fn relayed(observer: &mut client::Ws) -> Result<()> {
+    loop {
+        let incoming = tokio::time::timeout(SYNC_TIMEOUT, client::next(observer))
+            .await
+            .context("edit not relayed")??
+            .context("observer socket closed")?;
+        if !incoming.updates.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
 /// The warm syncs right after an edit: an editor changes one shape, waits until an observer
 /// has it relayed (so the server applied it), then a fresh client syncs.
 async fn synced_after_edits(
@@ -222,15 +236,7 @@ async fn synced_after_edits(
             txn.encode_update_v1()
         };
         client::send(&mut editor, wire::update(update)).await?;
-        loop {
-            let incoming = tokio::time::timeout(SYNC_TIMEOUT, client::next(&mut observer))
-                .await
-                .context("edit not relayed")??
-                .context("observer socket closed")?;
-            if !incoming.updates.is_empty() {
-                break;
-            }
-        }
+        relayed(&mut observer).await?;
         let t = Instant::now();
         fresh_sync(url, false).await?;
         times.push(t.elapsed());
@@ -287,15 +293,7 @@ pub async fn run_edits(target: &Target, o: &EditOpts, form: ShapeForm) -> Result
             let update = edit(i);
             let sent = Instant::now();
             client::send(&mut editor, wire::update(update)).await?;
-            loop {
-                let incoming = tokio::time::timeout(SYNC_TIMEOUT, client::next(&mut observer))
-                    .await
-                    .context("edit not relayed")??
-                    .context("observer socket closed")?;
-                if !incoming.updates.is_empty() {
-                    break;
-                }
-            }
+            relayed(&mut observer).await?;
             if i >= 5 {
                 times.push(sent.elapsed());
                 measured += 1;
