@@ -214,7 +214,7 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use huddle_protocol::presence::PresenceLimits;
@@ -226,16 +226,25 @@ mod tests {
     use crate::store::Seq;
     use crate::store::memory::MemoryStore;
 
-    fn registry(store: Arc<MemoryStore>, stats: Arc<Stats>) -> Registry {
+    /// A registry over `store` with small limits, for tests (here and in `room`).
+    pub(crate) fn registry_for_tests(
+        store: Arc<MemoryStore>,
+        stats: Arc<Stats>,
+        idle_unload: Duration,
+    ) -> Registry {
         let persister = Persister::start(store.clone(), &TaskTracker::new());
         let config = RoomConfig {
-            idle_unload: Duration::from_millis(5),
+            idle_unload,
             compact_every: 1000,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
             max_queue_bytes: 1 << 20,
         };
         Registry::new(store, persister, config, stats, TaskTracker::new(), CancellationToken::new())
+    }
+
+    fn registry(store: Arc<MemoryStore>, stats: Arc<Stats>) -> Registry {
+        registry_for_tests(store, stats, Duration::from_millis(5))
     }
 
     #[tokio::test]

@@ -1112,11 +1112,8 @@ mod tests {
 
     use huddle_protocol::schema::{Board, Shape, ShapeKind};
     use huddle_protocol::yrs::Transact;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::persist::Persister;
-    use crate::registry::Registry;
     use crate::store::memory::MemoryStore;
 
     fn shape_update(id: &str) -> Vec<u8> {
@@ -1138,23 +1135,10 @@ mod tests {
     /// so a thread blocked on yrs' lock fails the test instead of hanging it).
     #[tokio::test]
     async fn an_edit_waits_for_a_whole_document_encode_without_holding_up_other_rooms() {
-        let store = Arc::new(MemoryStore::default());
-        let stats = Arc::new(Stats::default());
-        let persister = Persister::start(store.clone(), &TaskTracker::new());
-        let config = RoomConfig {
-            idle_unload: Duration::from_secs(60),
-            compact_every: 1000,
-            presence: PresenceLimits::default(),
-            max_presence_per_socket: 8,
-            max_queue_bytes: 1 << 20,
-        };
-        let registry = Registry::new(
-            store,
-            persister,
-            config,
-            stats,
-            TaskTracker::new(),
-            CancellationToken::new(),
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
         );
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
         let other = registry.join(&RoomName::parse("other").expect("valid")).await.expect("join");
