@@ -2,8 +2,9 @@
 //!
 //! - bigdoc: a fresh client syncing a K-shape room — time to the sync answer and server CPU
 //!   per sync, warm (room in memory), warm right after an edit (so a server that keeps the
-//!   encoded room between edits must encode it again), and cold (server restarted, room
-//!   loaded from storage).
+//!   encoded room between edits must encode it again), by a returning client whose copy holds
+//!   only the first half of the room (it is sent what it lacks), and cold (server restarted,
+//!   room loaded from storage).
 //! - edit-into-big: one small edit at a time into rooms of growing size, each waited for at a
 //!   second client — server CPU per edit, which should not grow with the document.
 
@@ -33,6 +34,11 @@ pub struct Opts {
     /// client first), as when people open a board others are drawing on.
     #[arg(long, default_value_t = 20)]
     pub edited_syncs: usize,
+    /// Warm syncs by a returning client whose saved copy holds the first half of the room's
+    /// shapes (as a browser's offline copy of a board that has grown since): the server sends
+    /// it what it lacks, half the room.
+    #[arg(long, default_value_t = 10)]
+    pub stale_syncs: usize,
     /// Cold syncs (each after a server restart); only when the tool started the server.
     #[arg(long, default_value_t = 3)]
     pub cold: usize,
@@ -55,23 +61,22 @@ pub struct EditOpts {
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The client id the rooms are seeded under. Fixed, so that a returning client can rebuild the
+/// seeder's first shapes item for item (see [`seeded_copy`]); below 2^32 for y-sweet's yrs.
+const SEEDER: u64 = 0x5eed;
+
 /// Puts `shapes` shapes into `room`, 5,000 per update as a board grows (one update of a
 /// 100k-shape room would exceed servers' message limits), and waits until a fresh client sees
 /// them all. Returns the size of the whole document as one update.
 pub async fn seed(target: &Target, room: &str, shapes: usize, form: ShapeForm) -> Result<usize> {
     target.prepare(room).await?;
-    let doc = Doc::new();
     let url = target.room_url(room);
     let mut writer = client::connect(&url, None).await?;
     client::handshake(&mut writer, &Doc::new(), SYNC_TIMEOUT).await?;
-    let mut done = 0;
-    while done < shapes {
-        let n = SEED_CHUNK.min(shapes - done);
-        let before = doc.transact().state_vector();
-        docgen::mixed_shapes(&doc, done, n, form);
-        let update = doc.transact().encode_state_as_update_v1(&before);
+    let mut updates = Vec::new();
+    let doc = seeded_copy(shapes, form, |u| updates.push(u));
+    for update in updates {
         client::send(&mut writer, wire::update(update)).await?;
-        done += n;
     }
     let size = doc.transact().encode_state_as_update_v1(&StateVector::default()).len();
     let deadline = Instant::now() + SYNC_TIMEOUT;
@@ -92,6 +97,21 @@ pub async fn seed(target: &Target, room: &str, shapes: usize, form: ShapeForm) -
 
 /// Shapes per seeding update.
 const SEED_CHUNK: usize = 5_000;
+
+/// The seeder's document after its first `shapes` shapes: the same items, with the same ids,
+/// as in a room seeded with at least that many. `each` gets every seeding update.
+fn seeded_copy(shapes: usize, form: ShapeForm, mut each: impl FnMut(Vec<u8>)) -> Doc {
+    let doc = Doc::with_client_id(SEEDER);
+    let mut done = 0;
+    while done < shapes {
+        let n = SEED_CHUNK.min(shapes - done);
+        let before = doc.transact().state_vector();
+        docgen::mixed_shapes(&doc, done, n, form);
+        each(doc.transact().encode_state_as_update_v1(&before));
+        done += n;
+    }
+    doc
+}
 
 /// Connects a fresh client and completes its sync. Returns the shapes it got (only counted
 /// when `count` is set: decoding a big room costs the tool time) and the bytes received.
@@ -161,6 +181,10 @@ pub async fn run(
 
     if o.edited_syncs > 0 {
         synced_after_edits(target, &url, o, &mut report).await?;
+    }
+
+    if o.stale_syncs > 0 {
+        stale_syncs(target, &url, o, form, &mut report).await?;
     }
 
     if let Some(server) = server
@@ -251,6 +275,52 @@ async fn synced_after_edits(
     }
     let _ = editor.close(None).await;
     let _ = observer.close(None).await;
+    Ok(())
+}
+
+/// The syncs of a returning client that holds the first half of the room (a saved copy from
+/// when the board was half its size): the server must send it the other half.
+async fn stale_syncs(
+    target: &Target,
+    url: &str,
+    o: &Opts,
+    form: ShapeForm,
+    report: &mut Report,
+) -> Result<()> {
+    let copy = seeded_copy(o.shapes / 2, form, drop);
+    let saved = copy.transact().encode_state_as_update_v1(&StateVector::default());
+    let mut times = Latencies::default();
+    let mut received = 0;
+    let mut last = Vec::new();
+    let cpu0 = target.cpu();
+    for _ in 0..o.stale_syncs {
+        let doc = Doc::new();
+        client::apply_all(&doc, std::slice::from_ref(&saved))?;
+        let t = Instant::now();
+        let mut ws = client::connect(url, None).await?;
+        last = client::handshake(&mut ws, &doc, SYNC_TIMEOUT).await?;
+        times.push(t.elapsed());
+        received = last.iter().map(Vec::len).sum();
+        let _ = ws.close(None).await;
+    }
+    let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+    report.row("sync of a client holding half the room p50 / p99 / max", times.summary());
+    report.row("its answer size", bytes(received as f64));
+    if let Some(cpu) = cpu {
+        report.row(
+            "server CPU per sync of a client holding half",
+            us(crate::system::micros_per(cpu, o.stale_syncs as u64)),
+        );
+    }
+    // Check once, outside the timing, that it ends up with the whole room.
+    client::apply_all(&copy, &last)?;
+    let count = Board::new(&copy).shape_count(&copy.transact()) as usize;
+    if count != o.shapes {
+        report.warn(format!(
+            "a client holding half the room has {count} of {} shapes after its sync",
+            o.shapes
+        ));
+    }
     Ok(())
 }
 

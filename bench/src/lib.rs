@@ -53,6 +53,8 @@ pub struct Cli {
 }
 
 /// The scenarios.
+// Parsed once per run: the size of `Compare` (every scenario's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// R rooms × N clients moving their own shape at F Hz.

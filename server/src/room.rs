@@ -43,6 +43,39 @@ const COMPACT_LOG_RATIO: u64 = 8;
 /// [`Room::load`].
 const LAZY_BUILD_BYTES: u64 = 256 << 10;
 
+/// Rooms whose state vectors add up to at least this many items answer a client that has part
+/// of them (a reconnect, a returning visitor's saved copy) from the blocking pool, not the
+/// relay's thread: yrs walks every block of the document for such a diff (its delete set), and
+/// sends what the client lacks, so the cost grows with the room, not with the gap. About 50 ms
+/// of CPU for a client holding half of a 100,000-shape room; under 1 ms below this size.
+const POOL_DIFF_ITEMS: u64 = 10_000;
+
+/// A client that lacks at least this share (in tenths) of a big room's items gets the whole
+/// document, which is encoded once and shared by everyone who asks before the next edit, rather
+/// than a diff of its own that is almost as big (a state vector from a long-gone copy, or one
+/// made up to make the server work).
+const WHOLE_ANSWER_TENTHS: u64 = 9;
+
+/// At most one whole-document encode or big diff per core runs at once, server-wide: each
+/// holds a copy of its answer (10 MB for 100,000 shapes), so many big rooms asked at once must
+/// not all encode together.
+fn encode_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// How far a client is behind the room: the items (counted as yrs clocks count them) the room
+/// has that the client lacks, and all the room's items.
+fn lag(ours: &StateVector, theirs: &StateVector) -> (u64, u64) {
+    ours.iter().fold((0, 0), |(missing, total), (client, &clock)| {
+        let lacks = clock.saturating_sub(theirs.get(client));
+        (missing + u64::from(lacks), total + u64::from(clock))
+    })
+}
+
 /// Identifies one socket within the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
@@ -268,6 +301,9 @@ struct DocState {
     /// True while an encode waits for its turn (see [`EncodeTicket`]); those who want the
     /// whole document wait for it, edits do not.
     encode_pending: bool,
+    /// Diffs for clients that have part of a big room being encoded on the blocking pool (see
+    /// [`DiffJob`]). Edits wait, like for `encoding`, until none are.
+    diffs: usize,
     /// The latest whole-document encode and its number (encodes are counted from 1). Kept
     /// after edits, unlike `full`: whoever waited for an encode takes its result even if
     /// edits were applied since (they reach a joiner as updates, like any edit after its
@@ -338,13 +374,8 @@ struct EncodeTicket {
 
 impl EncodeTicket {
     async fn run(mut self) {
-        static ENCODES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-        let encodes = ENCODES.get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            tokio::sync::Semaphore::new(cores)
-        });
         // The semaphore is never closed: a permit always comes.
-        let _permit = encodes.acquire().await;
+        let _permit = encode_permits().acquire().await;
         let Some(room) = self.room.take() else { return };
         let job = {
             let mut state = room.state.lock();
@@ -433,6 +464,57 @@ impl Drop for EncodeJob {
     fn drop(&mut self) {
         self.finish(Encoded::NotRun);
     }
+}
+
+/// A diff for one client that has part of a big room (what it lacks), encoded on the blocking
+/// pool while the room counts it in `diffs`, so that the room's edits wait for it without
+/// blocking their thread. It leaves the count when dropped, however it ends: done, panicked
+/// (the room is broken then), or never run (a runtime shutting down; whoever asked sees the
+/// task fail).
+struct DiffJob {
+    room: Option<Arc<Room>>,
+    doc: Doc,
+    since: StateVector,
+}
+
+impl DiffJob {
+    /// The diff, or `None` if yrs panicked.
+    fn run(mut self) -> Option<Vec<u8>> {
+        let diff = catch_unwind(AssertUnwindSafe(|| {
+            self.doc.transact().encode_state_as_update_v1(&self.since)
+        }));
+        self.finish(diff.is_err());
+        diff.ok()
+    }
+
+    fn finish(&mut self, panicked: bool) {
+        let Some(room) = self.room.take() else { return };
+        {
+            let mut state = room.state.lock();
+            state.diffs -= 1;
+            if panicked {
+                tracing::error!(room = %room.name, "yrs panicked encoding a diff; reloading room");
+                room.mark_broken();
+            }
+        }
+        room.encoded.notify_waiters();
+    }
+}
+
+impl Drop for DiffJob {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// How a client that has part of the room is answered (see [`Room::sync_step2`]).
+enum Answer {
+    /// With the whole document.
+    Whole,
+    /// With this diff, encoded on the spot, at this log position.
+    Here(Vec<u8>, Seq),
+    /// With a diff encoded on the blocking pool.
+    Pool,
 }
 
 /// One loaded room.
@@ -601,6 +683,7 @@ impl Room {
                 stored_sv,
                 encoding: false,
                 encode_pending: false,
+                diffs: 0,
                 last_encode: None,
             }),
             peers: Mutex::new(HashMap::new()),
@@ -727,6 +810,10 @@ impl Room {
     /// The answer to a client's sync step 1: everything it lacks, once that is durable. With
     /// `deflate` (the client reads [`wire::MSG_DEFLATED`] frames) a big answer is compressed.
     ///
+    /// A client with nothing, or with next to nothing of a big room, gets the whole document
+    /// (encoded once per version, shared). A client with part of a big room gets its diff
+    /// encoded on the blocking pool ([`POOL_DIFF_ITEMS`]); of a small room, on the spot.
+    ///
     /// # Errors
     /// [`RoomError::NotDurable`] if storage failed before the state was saved.
     pub async fn sync_step2(
@@ -735,34 +822,83 @@ impl Room {
         deflate: bool,
     ) -> Result<Bytes, RoomError> {
         if client_sv.is_empty() {
-            let full = self.full().await?;
-            let answer = if deflate && full.frame.len() >= wire::DEFLATE_MIN_BYTES {
-                let frame = full.frame.clone();
-                let deflated =
-                    full.deflated.get_or_try_init(|| self.compress(frame, wire::deflate));
-                // Unless the runtime is shutting down: then plain works too.
-                deflated.await.map_or_else(|()| full.frame.clone(), Bytes::clone)
-            } else {
-                full.frame.clone()
-            };
-            self.watermark.wait_for(full.seq).await?;
-            return Ok(answer);
+            return self.whole_answer(deflate).await;
         }
         self.ready().await;
-        let (answer, seq) = {
+        let answer = {
             let state = self.state.lock();
             if self.is_broken() {
                 return Err(RoomError::Unavailable);
             }
-            let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
-            (Bytes::from(wire::sync_step2(diff)), state.applied)
+            // A document written on another thread (nothing but tests does that) is not
+            // waited for here either: its diff goes to the pool.
+            let ours = state.awareness.doc().try_transact().map(|txn| txn.state_vector());
+            let (missing, total) = ours.map_or((0, POOL_DIFF_ITEMS), |ours| lag(&ours, client_sv));
+            if total < POOL_DIFF_ITEMS {
+                let diff = self.encode_guarded(state.awareness.doc(), client_sv)?;
+                Answer::Here(diff, state.applied)
+            } else if missing * 10 >= total * WHOLE_ANSWER_TENTHS {
+                Answer::Whole
+            } else {
+                Answer::Pool
+            }
         };
+        let (diff, seq) = match answer {
+            Answer::Whole => return self.whole_answer(deflate).await,
+            Answer::Here(diff, seq) => (diff, seq),
+            Answer::Pool => self.diff_on_pool(client_sv).await?,
+        };
+        let answer = Bytes::from(wire::sync_step2(diff));
         let answer = if deflate && answer.len() >= wire::DEFLATE_MIN_BYTES {
             self.compress(answer.clone(), wire::deflate).await.unwrap_or(answer)
         } else {
             answer
         };
         self.watermark.wait_for(seq).await?;
+        Ok(answer)
+    }
+
+    /// What the room has beyond `since`, encoded on the blocking pool, and the log position
+    /// it was encoded at. Waits for its turn first (see [`encode_permits`]) without holding
+    /// up the room's edits; they wait only while the document is read.
+    async fn diff_on_pool(&self, since: &StateVector) -> Result<(Vec<u8>, Seq), RoomError> {
+        // The semaphore is never closed: a permit always comes.
+        let permit = encode_permits().acquire().await;
+        let room = self.me.upgrade().ok_or(RoomError::Unavailable)?;
+        let (job, seq) = {
+            let mut state = self.state.lock();
+            if self.is_broken() {
+                return Err(RoomError::Unavailable);
+            }
+            state.diffs += 1;
+            let doc = state.awareness.doc().clone();
+            (DiffJob { room: Some(room), doc, since: since.clone() }, state.applied)
+        };
+        let diff = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job.run()
+        })
+        .await;
+        match diff {
+            Ok(Some(diff)) => Ok((diff, seq)),
+            // yrs panicked (the job broke the room), or the runtime is shutting down.
+            Ok(None) | Err(_) => Err(RoomError::Unavailable),
+        }
+    }
+
+    /// The whole document as a sync step 2 answer, deflated for a client that asked for that,
+    /// once it is durable.
+    async fn whole_answer(&self, deflate: bool) -> Result<Bytes, RoomError> {
+        let full = self.full().await?;
+        let answer = if deflate && full.frame.len() >= wire::DEFLATE_MIN_BYTES {
+            let frame = full.frame.clone();
+            let deflated = full.deflated.get_or_try_init(|| self.compress(frame, wire::deflate));
+            // Unless the runtime is shutting down: then plain works too.
+            deflated.await.map_or_else(|()| full.frame.clone(), Bytes::clone)
+        } else {
+            full.frame.clone()
+        };
+        self.watermark.wait_for(full.seq).await?;
         Ok(answer)
     }
 
@@ -879,11 +1015,12 @@ impl Room {
                 if self.is_broken() {
                     return Err(RoomError::Unavailable);
                 }
-                if state.encoding {
-                    // The whole document is being encoded on another thread (a joiner's answer,
-                    // a compaction): wait for it here rather than block this thread, and with
-                    // it every other room's updates, on yrs' lock. Created under the lock, so
-                    // the encode's end (which takes it first) cannot come unseen.
+                if state.encoding || state.diffs > 0 {
+                    // The document is being read on another thread (a joiner's answer, a
+                    // compaction, a big diff): wait for that here rather than block this
+                    // thread, and with it every other room's updates, on yrs' lock. Created
+                    // under the lock, so the read's end (which takes it first) cannot come
+                    // unseen.
                     self.encoded.notified()
                 } else {
                     let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -1126,6 +1263,121 @@ mod tests {
 
     fn shapes(room: &Room) -> usize {
         room.read_doc(|doc| Board::new(doc).shapes(&doc.transact()).len())
+    }
+
+    /// Adds shapes `first..first + count` to `doc` and returns them as one update.
+    fn add_shapes(doc: &Doc, first: usize, count: usize) -> Vec<u8> {
+        let board = Board::new(doc);
+        let mut txn = doc.transact_mut();
+        for i in first..first + count {
+            board.put_shape(&mut txn, &Shape::new(format!("s{i}"), ShapeKind::Rect));
+        }
+        txn.encode_update_v1()
+    }
+
+    /// The Yjs update inside a sync step 2 answer.
+    fn answered_update(answer: &[u8]) -> Vec<u8> {
+        match wire::decode_frame(answer).expect("decodes").as_slice() {
+            [wire::WireMessage::Sync(wire::WireSyncMessage::SyncStep2(update))] => update.clone(),
+            other => panic!("not a sync step 2: {other:?}"),
+        }
+    }
+
+    /// A returning client that has half of a big room (a saved copy from when the board was
+    /// half its size) is sent the other half, which takes tens of milliseconds to encode at
+    /// 100,000 shapes: the diff is encoded off the relay's thread, the room's edits wait for it
+    /// without holding the thread up, and other rooms' edits go on meanwhile. Held back like
+    /// the whole-document encode in the test below.
+    #[tokio::test]
+    async fn a_big_diff_for_a_returning_client_does_not_hold_up_other_rooms() {
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
+        let other = registry.join(&RoomName::parse("other").expect("valid")).await.expect("join");
+        let half = usize::try_from(POOL_DIFF_ITEMS).expect("small") / 2 + 1;
+        let seeder = Doc::new();
+        let first = add_shapes(&seeder, 0, half);
+        let returning = seeder.transact().state_vector();
+        let second = add_shapes(&seeder, half, half);
+        for update in [&first, &second] {
+            big.room().apply_update(ConnId(1), update, None).await.expect("applies");
+        }
+
+        let doc = big.room().read_doc(Doc::clone);
+        let (held_tx, held_rx) = std_mpsc::channel();
+        let (release_tx, release_rx) = std_mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let txn = doc.transact_mut();
+            held_tx.send(()).expect("test waits");
+            let on_request = release_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            drop(txn);
+            on_request
+        });
+        held_rx.recv().expect("holder started");
+
+        let room = Arc::clone(big.room());
+        let answer = tokio::spawn(async move { room.sync_step2(&returning, false).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while big.room().state.lock().diffs == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the diff never started");
+            tokio::task::yield_now().await;
+        }
+        let b = shape_update("b");
+        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
+        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the diff");
+        other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
+        assert_eq!(shapes(other.room()), 1);
+        release_tx.send(()).expect("holder waits");
+        assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
+        edit.await.expect("the edit applies once the diff is done");
+        assert_eq!(shapes(big.room()), 2 * half + 1);
+
+        // The answer is the half the client lacked: with it, the client has the whole room as
+        // it was when the diff was taken.
+        let answer = answer.await.expect("task").expect("answer");
+        let update = answered_update(&answer);
+        assert!(update.len() < second.len() * 2, "a diff, not the whole room");
+        let client = Doc::new();
+        let mut txn = client.transact_mut();
+        txn.apply_update(wire::decode_update(&first).expect("decodes")).expect("applies");
+        txn.apply_update(wire::decode_update(&update).expect("decodes")).expect("applies");
+        drop(txn);
+        assert_eq!(Board::new(&client).shapes(&client.transact()).len(), 2 * half);
+        assert_eq!(big.room().state.lock().diffs, 0);
+    }
+
+    /// A client with next to nothing of a big room (a state vector from a copy long gone, or
+    /// one made up) gets the whole document that fresh joiners share, not a diff of its own.
+    #[tokio::test]
+    async fn a_client_lacking_nearly_all_of_a_big_room_gets_the_shared_whole_document() {
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
+        let seeder = Doc::new();
+        let few = add_shapes(&seeder, 0, 3);
+        let sv = seeder.transact().state_vector();
+        let rest = add_shapes(&seeder, 3, usize::try_from(POOL_DIFF_ITEMS).expect("small"));
+        for update in [&few, &rest] {
+            big.room().apply_update(ConnId(1), update, None).await.expect("applies");
+        }
+        let fresh = big.room().sync_step2(&StateVector::default(), false).await.expect("answer");
+        let returning = big.room().sync_step2(&sv, false).await.expect("answer");
+        assert_eq!(returning.as_ptr(), fresh.as_ptr(), "the same shared bytes");
+        let client = Doc::new();
+        client
+            .transact_mut()
+            .apply_update(wire::decode_update(&answered_update(&fresh)).expect("decodes"))
+            .expect("applies");
+        assert_eq!(
+            Board::new(&client).shapes(&client.transact()).len(),
+            3 + usize::try_from(POOL_DIFF_ITEMS).expect("small")
+        );
     }
 
     /// While a joiner's answer (the whole document) is being encoded, which takes tens of
