@@ -351,6 +351,54 @@ test('a big room shows how far opening has got, then every shape, over one socke
   await page.screenshot(shot('big-room-open'));
 });
 
+test('coming back online to a big board that doubled meanwhile brings the other half, from her state', async ({ browser, server }) => {
+  // 6,000 shapes now and 6,000 more while Ada is offline: a room big enough (over 10,000
+  // items) that the server sends what she lacks from off its relay thread. (Opening a page
+  // asks for the whole board at once, from index.html's early socket; a reconnect sends what
+  // the page has.)
+  const half = 6000;
+  await runYjsScript(server, 'yjs-fill.mjs', 'half-room', String(half));
+  const ctxA = await browser.newContext();
+  let offline = false;
+  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
+  await ctxA.routeWebSocket(/\/ws\//, (ws) => {
+    if (offline) return void ws.close({ code: 1001, reason: 'offline' });
+    const upstream = ws.connectToServer();
+    open.push({ page: ws, server: upstream });
+  });
+  await ctxA.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-ada', name: 'Ada', color: '#1971c2' })));
+  const a = await ctxA.newPage();
+  await a.goto(`${server.url}/r/half-room`);
+  const board = a.getByTestId('board');
+  await expect(board).toHaveAttribute('data-shape-count', String(half));
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+
+  offline = true;
+  await ctxA.setOffline(true);
+  for (const { page, server: upstream } of open.splice(0)) {
+    await upstream.close({ code: 1001, reason: 'offline' });
+    await page.close({ code: 1001, reason: 'offline' });
+  }
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'offline');
+  await runYjsScript(server, 'yjs-fill.mjs', 'half-room', String(half), String(half));
+  const metric = async (name: string) => {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    return Number(text.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
+  };
+  const before = await metric('huddle_pool_diffs_total');
+  expect(before, 'the server counts the diffs it encodes off its relay thread').toBeGreaterThanOrEqual(0);
+
+  offline = false;
+  await ctxA.setOffline(false);
+  await expect(board).toHaveAttribute('data-shape-count', String(2 * half));
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  expect(await metric('huddle_pool_diffs_total'), 'answered with a diff from her state').toBe(before + 1);
+  // The last shape of the second half is on the board as the filler wrote it.
+  const shapes = await shapesOf(a);
+  expect(shapes.find((sh) => sh.id === `s${2 * half - 1}`)).toMatchObject({ x: ((2 * half - 1) % 60) * 60, w: 44, h: 36 });
+  await a.screenshot(shot('half-room-back-online'));
+});
+
 test('coming back to a room that grew by thousands of shapes meanwhile brings them all, compressed', async ({ browser, server }) => {
   // Ada's sockets go through Playwright, so she can be cut off, and what reaches her counted.
   const ctxA = await browser.newContext();

@@ -1,17 +1,19 @@
 // Fills a room with N mixed shapes through a stock Yjs client (yjs + y-websocket from npm), in
 // the documented schema, waits until the server has them all, and exits 0.
-// usage: node yjs-fill.mjs ws://HOST:PORT/ws ROOM N
+// usage: node yjs-fill.mjs ws://HOST:PORT/ws ROOM N [FIRST]
+// (FIRST: the shapes are s<FIRST> … s<FIRST+N-1>, added to a room that holds FIRST shapes.)
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
 
-const [serverUrl, room, count] = process.argv.slice(2)
+const [serverUrl, room, count, from] = process.argv.slice(2)
 const n = Number(count)
+const first = Number(from ?? 0)
 const timer = setTimeout(() => { console.error('timeout'); process.exit(1) }, 60000)
 const doc = new Y.Doc()
 const kinds = ['rect', 'ellipse', 'pen', 'text', 'arrow']
 doc.transact(() => {
-  for (let i = 0; i < n; i++) {
+  for (let i = first; i < first + n; i++) {
     const kind = kinds[i % kinds.length]
     const points = kind === 'pen' ? [0, 0, 10, 12, 20, 8, 30, 20, 40, 14] : kind === 'arrow' ? [0, 0, 40, 30] : []
     // Each shape one plain object, as Huddle itself stores them.
@@ -26,7 +28,7 @@ provider.once('sync', () => {
   const check = new Y.Doc()
   const probe = new WebsocketProvider(serverUrl, room, check, { WebSocketPolyfill: WebSocket, disableBc: true })
   const done = () => {
-    if (check.getMap('shapes').size === n) {
+    if (check.getMap('shapes').size === first + n) {
       clearTimeout(timer)
       probe.destroy(); provider.destroy()
       process.exit(0)

@@ -880,7 +880,10 @@ impl Room {
         })
         .await;
         match diff {
-            Ok(Some(diff)) => Ok((diff, seq)),
+            Ok(Some(diff)) => {
+                self.stats.pool_diffs.fetch_add(1, Ordering::Relaxed);
+                Ok((diff, seq))
+            }
             // yrs panicked (the job broke the room), or the runtime is shutting down.
             Ok(None) | Err(_) => Err(RoomError::Unavailable),
         }

@@ -35,6 +35,9 @@ pub struct Stats {
     /// Sync answers compressed for clients that asked (a big room's first sync is compressed
     /// once per version of the room, however many open it).
     pub answers_deflated: AtomicU64,
+    /// Diffs for clients that have part of a big room, encoded on the blocking pool (a
+    /// returning visitor, a reconnect): how often big rooms are resynced rather than opened.
+    pub pool_diffs: AtomicU64,
 }
 
 impl Stats {
@@ -96,6 +99,11 @@ impl Stats {
                 "huddle_answers_deflated_total",
                 "Answers compressed for clients that asked.",
                 self.answers_deflated.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_pool_diffs_total",
+                "Sync answers for clients that had part of a big room, encoded off the relay's thread.",
+                self.pool_diffs.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {
