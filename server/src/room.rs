@@ -304,6 +304,11 @@ struct DocState {
     /// Diffs for clients that have part of a big room being encoded on the blocking pool (see
     /// [`DiffJob`]). Edits wait, like for `encoding`, until none are.
     diffs: usize,
+    /// Edits waiting for `encoding` or `diffs` to end (see [`WaitingEdit`]). No new diff starts
+    /// while any wait: diffs are one per client, so a stream of them (reconnects after a
+    /// network blip) could otherwise keep `diffs` above zero and hold the room's edits off
+    /// for as long as it lasts.
+    edits_waiting: usize,
     /// The latest whole-document encode and its number (encodes are counted from 1). Kept
     /// after edits, unlike `full`: whoever waited for an encode takes its result even if
     /// edits were applied since (they reach a joiner as updates, like any edit after its
@@ -507,6 +512,55 @@ impl Drop for DiffJob {
     }
 }
 
+/// An edit's place in its room's `edits_waiting` while it waits for a read of the document to
+/// end, given up however the edit ends (applied, refused, or its task dropped). When the last
+/// waiting edit goes, diffs waiting for their turn are signalled.
+struct WaitingEdit<'a> {
+    room: &'a Room,
+    counted: bool,
+    last_gone: bool,
+}
+
+impl<'a> WaitingEdit<'a> {
+    fn new(room: &'a Room) -> Self {
+        Self { room, counted: false, last_gone: false }
+    }
+
+    /// Counts the edit as waiting (once).
+    fn wait(&mut self, state: &mut DocState) {
+        if !std::mem::replace(&mut self.counted, true) {
+            state.edits_waiting += 1;
+        }
+    }
+
+    /// Stops counting the edit; [`WaitingEdit::signal`] then tells waiting diffs if it was the
+    /// last.
+    fn done(&mut self, state: &mut DocState) {
+        if std::mem::replace(&mut self.counted, false) {
+            state.edits_waiting -= 1;
+            self.last_gone = state.edits_waiting == 0;
+        }
+    }
+
+    /// Signals waiting diffs if this was the last waiting edit. Call without the state lock.
+    fn signal(&mut self) {
+        if std::mem::take(&mut self.last_gone) {
+            self.room.encoded.notify_waiters();
+        }
+    }
+}
+
+impl Drop for WaitingEdit<'_> {
+    fn drop(&mut self) {
+        // Only ever dropped without the state lock held: every lock guard in `apply_update`
+        // is declared after it, so it goes first.
+        if self.counted {
+            self.done(&mut self.room.state.lock());
+        }
+        self.signal();
+    }
+}
+
 /// How a client that has part of the room is answered (see [`Room::sync_step2`]).
 enum Answer {
     /// With the whole document.
@@ -684,6 +738,7 @@ impl Room {
                 encoding: false,
                 encode_pending: false,
                 diffs: 0,
+                edits_waiting: 0,
                 last_encode: None,
             }),
             peers: Mutex::new(HashMap::new()),
@@ -862,17 +917,27 @@ impl Room {
     /// it was encoded at. Waits for its turn first (see [`encode_permits`]) without holding
     /// up the room's edits; they wait only while the document is read.
     async fn diff_on_pool(&self, since: &StateVector) -> Result<(Vec<u8>, Seq), RoomError> {
-        // The semaphore is never closed: a permit always comes.
-        let permit = encode_permits().acquire().await;
         let room = self.me.upgrade().ok_or(RoomError::Unavailable)?;
-        let (job, seq) = {
-            let mut state = self.state.lock();
-            if self.is_broken() {
-                return Err(RoomError::Unavailable);
-            }
-            state.diffs += 1;
-            let doc = state.awareness.doc().clone();
-            (DiffJob { room: Some(room), doc, since: since.clone() }, state.applied)
+        let (permit, job, seq) = loop {
+            // The semaphore is never closed: a permit always comes.
+            let permit = encode_permits().acquire().await;
+            let edits_first = {
+                let mut state = self.state.lock();
+                if self.is_broken() {
+                    return Err(RoomError::Unavailable);
+                }
+                if state.edits_waiting == 0 {
+                    state.diffs += 1;
+                    let doc = state.awareness.doc().clone();
+                    let job = DiffJob { room: Some(Arc::clone(&room)), doc, since: since.clone() };
+                    break (permit, job, state.applied);
+                }
+                // Edits are waiting for the diffs under way: they go first (see
+                // `edits_waiting`). Created under the lock, so their going cannot come unseen.
+                self.encoded.notified()
+            };
+            drop(permit);
+            edits_first.await;
         };
         let diff = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -1012,6 +1077,7 @@ impl Room {
             return Ok(());
         }
         self.ready().await;
+        let mut waiting = WaitingEdit::new(self);
         let seq = loop {
             let encoded = {
                 let mut state = self.state.lock();
@@ -1019,6 +1085,7 @@ impl Room {
                     return Err(RoomError::Unavailable);
                 }
                 if state.encoding || state.diffs > 0 {
+                    waiting.wait(&mut state);
                     // The document is being read on another thread (a joiner's answer, a
                     // compaction, a big diff): wait for that here rather than block this
                     // thread, and with it every other room's updates, on yrs' lock. Created
@@ -1026,6 +1093,7 @@ impl Room {
                     // unseen.
                     self.encoded.notified()
                 } else {
+                    waiting.done(&mut state);
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
@@ -1071,6 +1139,7 @@ impl Room {
             };
             encoded.await;
         };
+        waiting.signal();
         if let Err(e) = self.watermark.wait_for(seq).await {
             self.break_room();
             return Err(e.into());
@@ -1293,9 +1362,10 @@ mod tests {
     /// the whole-document encode in the test below.
     #[tokio::test]
     async fn a_big_diff_for_a_returning_client_does_not_hold_up_other_rooms() {
+        let stats = Arc::new(Stats::default());
         let registry = crate::registry::tests::registry_for_tests(
             Arc::new(MemoryStore::default()),
-            Arc::new(Stats::default()),
+            Arc::clone(&stats),
             Duration::from_secs(60),
         );
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
@@ -1322,7 +1392,8 @@ mod tests {
         held_rx.recv().expect("holder started");
 
         let room = Arc::clone(big.room());
-        let answer = tokio::spawn(async move { room.sync_step2(&returning, false).await });
+        let asked = returning.clone();
+        let answer = tokio::spawn(async move { room.sync_step2(&asked, false).await });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while big.room().state.lock().diffs == 0 {
             assert!(tokio::time::Instant::now() < deadline, "the diff never started");
@@ -1342,7 +1413,8 @@ mod tests {
         // it was when the diff was taken.
         let answer = answer.await.expect("task").expect("answer");
         let update = answered_update(&answer);
-        assert!(update.len() < second.len() * 2, "a diff, not the whole room");
+        let whole = big.room().sync_step2(&StateVector::default(), false).await.expect("answer");
+        assert!(update.len() * 10 < whole.len() * 6, "a diff, not the whole room");
         let client = Doc::new();
         let mut txn = client.transact_mut();
         txn.apply_update(wire::decode_update(&first).expect("decodes")).expect("applies");
@@ -1350,6 +1422,65 @@ mod tests {
         drop(txn);
         assert_eq!(Board::new(&client).shapes(&client.transact()).len(), 2 * half);
         assert_eq!(big.room().state.lock().diffs, 0);
+        assert_eq!(stats.pool_diffs.load(Ordering::Relaxed), 1);
+
+        // Routed by how far behind the client is, with nothing held: the pool again.
+        big.room().sync_step2(&returning, false).await.expect("answer");
+        assert_eq!(stats.pool_diffs.load(Ordering::Relaxed), 2);
+    }
+
+    /// Edits waiting for a diff to end go before the next diff: diffs are one per client, and
+    /// back to back (reconnects after a network blip) they would otherwise hold the room's
+    /// edits off for as long as they kept coming. A diff under way is stood in for by the
+    /// room's count of them.
+    #[tokio::test]
+    async fn edits_waiting_for_a_diff_go_before_the_next_diff() {
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
+        let half = usize::try_from(POOL_DIFF_ITEMS).expect("small") / 2 + 1;
+        let seeder = Doc::new();
+        let first = add_shapes(&seeder, 0, half);
+        let returning = seeder.transact().state_vector();
+        let second = add_shapes(&seeder, half, half);
+        for update in [&first, &second] {
+            big.room().apply_update(ConnId(1), update, None).await.expect("applies");
+        }
+
+        // A diff is under way; an edit comes and waits for it.
+        big.room().state.lock().diffs += 1;
+        let b = shape_update("b");
+        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
+        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the diff under way");
+        assert_eq!(big.room().state.lock().edits_waiting, 1);
+        // Another client asks for its diff meanwhile: it must not start before the edit.
+        let room = Arc::clone(big.room());
+        let mut answer = tokio::spawn(async move { room.sync_step2(&returning, false).await });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!((&mut answer).now_or_never().is_none(), "the diff waits for the edit");
+        assert_eq!(big.room().state.lock().diffs, 1, "no second diff started");
+        // The diff under way ends: the edit applies, then the new diff runs, and has it.
+        {
+            big.room().state.lock().diffs -= 1;
+        }
+        big.room().encoded.notify_waiters();
+        edit.await.expect("the edit applies");
+        let answer = answer.await.expect("task").expect("answer");
+        let client = Doc::new();
+        let mut txn = client.transact_mut();
+        txn.apply_update(wire::decode_update(&first).expect("decodes")).expect("applies");
+        let update = answered_update(&answer);
+        txn.apply_update(wire::decode_update(&update).expect("decodes")).expect("applies");
+        drop(txn);
+        let board = Board::new(&client);
+        assert_eq!(board.shapes(&client.transact()).len(), 2 * half + 1);
+        assert!(board.shape(&client.transact(), "b").is_some(), "the diff came after the edit");
+        assert_eq!(big.room().state.lock().edits_waiting, 0);
     }
 
     /// A client with next to nothing of a big room (a state vector from a copy long gone, or
