@@ -339,7 +339,9 @@ async fn handle_frame(
         match message {
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
                 let reply = room.sync_step2(&sv, peer.deflate).await.map_err(room_err)?;
-                tx.offer_reply(reply, ctx.config.max_queue_bytes, liveness(ctx)).await;
+                for frame in reply {
+                    tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await;
+                }
             }
             WireMessage::Sync(WireSyncMessage::Update(update)) => {
                 // The received frame is exactly this update message: relay it as is.

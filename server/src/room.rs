@@ -56,6 +56,14 @@ const POOL_DIFF_ITEMS: u64 = 10_000;
 /// made up to make the server work).
 const WHOLE_ANSWER_TENTHS: u64 = 9;
 
+/// Most updates kept since the last whole-document encode for answering fresh joiners with it
+/// (see `DocState::since_encode`); past this (or [`TAIL_MAX_BYTES`], or an eighth of the
+/// encode's size) the next joiner waits for a new encode.
+const TAIL_MAX_UPDATES: usize = 256;
+
+/// Most bytes of updates kept since the last whole-document encode (see [`TAIL_MAX_UPDATES`]).
+const TAIL_MAX_BYTES: usize = 256 << 10;
+
 /// At most one whole-document encode or big diff per core runs at once, server-wide: each
 /// holds a copy of its answer (10 MB for 100,000 shapes), so many big rooms asked at once must
 /// not all encode together.
@@ -65,6 +73,24 @@ fn encode_permits() -> &'static tokio::sync::Semaphore {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         tokio::sync::Semaphore::new(cores)
     })
+}
+
+/// Adds an applied update to the ones kept since the last whole-document encode, or stops
+/// keeping them once they are too many or too big (see `DocState::since_encode`).
+fn keep_for_joiners(state: &mut DocState, update: &Bytes) {
+    let limit = state.last_encode.as_ref().map_or(0, |(_, full)| {
+        (full.update.len() / COMPACT_LOG_RATIO as usize).min(TAIL_MAX_BYTES)
+    });
+    let keep = state.since_encode.as_ref().is_some_and(|tail| {
+        tail.updates.len() < TAIL_MAX_UPDATES && tail.bytes + update.len() <= limit
+    });
+    match &mut state.since_encode {
+        Some(tail) if keep => {
+            tail.bytes += update.len();
+            tail.updates.push(update.clone());
+        }
+        tail => *tail = None,
+    }
 }
 
 /// How far a client is behind the room: the items (counted as yrs clocks count them) the room
@@ -315,6 +341,19 @@ struct DocState {
     /// answer), so a joiner of a room edited without pause is not sent to wait for encode
     /// after encode. One copy of the document per loaded room, dropped with the room.
     last_encode: Option<(u64, Arc<FullState>)>,
+    /// The updates applied since `last_encode`, oldest first, while they stay few and small
+    /// next to it (see [`TAIL_MAX_UPDATES`]); `None` once they do not, until the next encode.
+    /// A fresh joiner of a room being drawn in gets the last encode and these, merged into one
+    /// update, instead of waiting for the whole document to be encoded again (25 ms of CPU at
+    /// 20,000 shapes, 90 ms at 100,000, for every joiner after every edit).
+    since_encode: Option<Tail>,
+}
+
+/// See `DocState::since_encode`.
+#[derive(Default)]
+struct Tail {
+    updates: Vec<Bytes>,
+    bytes: usize,
 }
 
 /// The whole document at one version, encoded once and shared by everyone who asks for it
@@ -449,6 +488,7 @@ impl EncodeJob {
                     let number = state.last_encode.as_ref().map_or(1, |(n, _)| n + 1);
                     state.last_encode = Some((number, Arc::clone(&full)));
                     state.full = Some(full);
+                    state.since_encode = Some(Tail::default());
                 }
                 Encoded::Done(..) => {}
                 Encoded::Panicked => {
@@ -740,6 +780,7 @@ impl Room {
                 diffs: 0,
                 edits_waiting: 0,
                 last_encode: None,
+                since_encode: None,
             }),
             peers: Mutex::new(HashMap::new()),
             watermark: Arc::new(Watermark::new(last)),
@@ -875,7 +916,7 @@ impl Room {
         &self,
         client_sv: &StateVector,
         deflate: bool,
-    ) -> Result<Bytes, RoomError> {
+    ) -> Result<Vec<Bytes>, RoomError> {
         if client_sv.is_empty() {
             return self.whole_answer(deflate).await;
         }
@@ -910,7 +951,7 @@ impl Room {
             answer
         };
         self.watermark.wait_for(seq).await?;
-        Ok(answer)
+        Ok(vec![answer])
     }
 
     /// What the room has beyond `since`, encoded on the blocking pool, and the log position
@@ -956,8 +997,18 @@ impl Room {
 
     /// The whole document as a sync step 2 answer, deflated for a client that asked for that,
     /// once it is durable.
-    async fn whole_answer(&self, deflate: bool) -> Result<Bytes, RoomError> {
-        let full = self.full().await?;
+    ///
+    /// In a room edited since its last encode, the answer is that encode and an update frame
+    /// with the edits since (see `DocState::since_encode`), while those are kept.
+    async fn whole_answer(&self, deflate: bool) -> Result<Vec<Bytes>, RoomError> {
+        let (full, since, seq) = match self.last_encode_and_since() {
+            Some((full, since, seq)) => (full, Some(since), seq),
+            None => {
+                let full = self.full().await?;
+                let seq = full.seq;
+                (full, None, seq)
+            }
+        };
         let answer = if deflate && full.frame.len() >= wire::DEFLATE_MIN_BYTES {
             let frame = full.frame.clone();
             let deflated = full.deflated.get_or_try_init(|| self.compress(frame, wire::deflate));
@@ -966,8 +1017,35 @@ impl Room {
         } else {
             full.frame.clone()
         };
-        self.watermark.wait_for(full.seq).await?;
-        Ok(answer)
+        let mut frames = vec![answer];
+        if let Some(since) = since {
+            // One update rather than many small ones for the client to apply one by one.
+            match huddle_protocol::yrs::merge_updates_v1(&since) {
+                Ok(merged) => frames.push(Bytes::from(wire::update(merged))),
+                Err(e) => {
+                    tracing::warn!(room = %self.name, error = %e, "updates since the last encode did not merge; sending them one by one");
+                    frames.extend(since.iter().map(|u| Bytes::from(wire::update(u.to_vec()))));
+                }
+            }
+        }
+        self.watermark.wait_for(seq).await?;
+        Ok(frames)
+    }
+
+    /// The last whole-document encode, the updates applied since, and the log position they
+    /// bring a client to, when the room was edited since that encode and still keeps those
+    /// updates (see `DocState::since_encode`).
+    fn last_encode_and_since(&self) -> Option<(Arc<FullState>, Vec<Bytes>, Seq)> {
+        let state = self.state.lock();
+        if self.is_broken() || !state.ready {
+            return None;
+        }
+        let (_, full) = state.last_encode.as_ref()?;
+        let since = state.since_encode.as_ref()?;
+        // Exactly the updates after the encode, one per log position.
+        let covered = full.seq.0 + since.updates.len() as u64 == state.applied.0;
+        (covered && !since.updates.is_empty())
+            .then(|| (Arc::clone(full), since.updates.clone(), state.applied))
     }
 
     /// The whole document at its current version, encoded now unless it was since the last
@@ -1133,6 +1211,7 @@ impl Room {
                         seq,
                         update: Bytes::copy_from_slice(update),
                     };
+                    keep_for_joiners(&mut state, &entry.update);
                     self.persister.enqueue(entry, Arc::clone(&self.watermark));
                     break seq;
                 }
@@ -1347,8 +1426,9 @@ mod tests {
         txn.encode_update_v1()
     }
 
-    /// The Yjs update inside a sync step 2 answer.
-    fn answered_update(answer: &[u8]) -> Vec<u8> {
+    /// The Yjs update inside a sync step 2 answer of one frame.
+    fn answered_update(answer: &[Bytes]) -> Vec<u8> {
+        let [answer] = answer else { panic!("{} frames", answer.len()) };
         match wire::decode_frame(answer).expect("decodes").as_slice() {
             [wire::WireMessage::Sync(wire::WireSyncMessage::SyncStep2(update))] => update.clone(),
             other => panic!("not a sync step 2: {other:?}"),
@@ -1414,7 +1494,7 @@ mod tests {
         let answer = answer.await.expect("task").expect("answer");
         let update = answered_update(&answer);
         let whole = big.room().sync_step2(&StateVector::default(), false).await.expect("answer");
-        assert!(update.len() * 10 < whole.len() * 6, "a diff, not the whole room");
+        assert!(update.len() * 10 < whole[0].len() * 6, "a diff, not the whole room");
         let client = Doc::new();
         let mut txn = client.transact_mut();
         txn.apply_update(wire::decode_update(&first).expect("decodes")).expect("applies");
@@ -1502,7 +1582,7 @@ mod tests {
         }
         let fresh = big.room().sync_step2(&StateVector::default(), false).await.expect("answer");
         let returning = big.room().sync_step2(&sv, false).await.expect("answer");
-        assert_eq!(returning.as_ptr(), fresh.as_ptr(), "the same shared bytes");
+        assert_eq!(returning[0].as_ptr(), fresh[0].as_ptr(), "the same shared bytes");
         let client = Doc::new();
         client
             .transact_mut()
@@ -1568,14 +1648,68 @@ mod tests {
         assert_eq!(shapes(big.room()), 2);
         // The answer is the document as it was when the encode started: one shape.
         let joiner = Doc::new();
-        let update = match wire::decode_frame(&answer).expect("decodes").as_slice() {
-            [wire::WireMessage::Sync(wire::WireSyncMessage::SyncStep2(update))] => update.clone(),
-            other => panic!("not a sync step 2: {other:?}"),
-        };
+        let update = answered_update(&answer);
         joiner
             .transact_mut()
             .apply_update(wire::decode_update(&update).expect("decodes"))
             .expect("applies");
         assert_eq!(Board::new(&joiner).shapes(&joiner.transact()).len(), 1);
+    }
+
+    /// A fresh joiner of a room edited since its last whole-document encode gets that encode
+    /// and the edits since as one update, without the document being encoded again; once the
+    /// edits since are too many, the next joiner waits for a new encode.
+    #[tokio::test]
+    async fn a_joiner_after_edits_gets_the_last_encode_and_the_edits_since() {
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let lease = registry.join(&RoomName::parse("busy").expect("valid")).await.expect("join");
+        let room = lease.room();
+        let encodes = || room.state.lock().last_encode.as_ref().map_or(0, |(n, _)| *n);
+        let joined = |answer: &[Bytes]| {
+            let doc = Doc::new();
+            let mut txn = doc.transact_mut();
+            for frame in answer {
+                for message in wire::decode_frame(frame).expect("decodes") {
+                    let update = match message {
+                        wire::WireMessage::Sync(
+                            wire::WireSyncMessage::SyncStep2(u) | wire::WireSyncMessage::Update(u),
+                        ) => u,
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    txn.apply_update(wire::decode_update(&update).expect("decodes"))
+                        .expect("applies");
+                }
+            }
+            drop(txn);
+            Board::new(&doc).shapes(&doc.transact()).len()
+        };
+        room.apply_update(ConnId(1), &add_shapes(&Doc::new(), 0, 50), None).await.expect("applies");
+        let first = room.sync_step2(&StateVector::default(), false).await.expect("answer");
+        assert_eq!((first.len(), encodes()), (1, 1));
+
+        // Three edits later: the same encode and one update with the three.
+        for id in ["x", "y", "z"] {
+            room.apply_update(ConnId(1), &shape_update(id), None).await.expect("applies");
+        }
+        let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
+        assert_eq!(answer.len(), 2, "the last encode and the edits since");
+        assert_eq!(answer[0].as_ptr(), first[0].as_ptr(), "the encode is shared, not redone");
+        assert_eq!(encodes(), 1);
+        assert_eq!(joined(&answer), 53);
+
+        // Past the most edits kept, the next joiner waits for a new encode.
+        for i in 0..TAIL_MAX_UPDATES {
+            room.apply_update(ConnId(1), &shape_update(&format!("t{i}")), None)
+                .await
+                .expect("applies");
+        }
+        assert!(room.state.lock().since_encode.is_none(), "too many edits kept");
+        let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
+        assert_eq!((answer.len(), encodes()), (1, 2));
+        assert_eq!(joined(&answer), 53 + TAIL_MAX_UPDATES);
     }
 }
