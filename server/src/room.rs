@@ -998,8 +998,8 @@ impl Room {
     /// The whole document as a sync step 2 answer, deflated for a client that asked for that,
     /// once it is durable.
     ///
-    /// In a room edited since its last encode, the answer is that encode and an update frame
-    /// with the edits since (see `DocState::since_encode`), while those are kept.
+    /// In a room edited since its last encode, the answer is an update frame with the edits
+    /// since and that encode (see `DocState::since_encode`), while those edits are kept.
     async fn whole_answer(&self, deflate: bool) -> Result<Vec<Bytes>, RoomError> {
         let (full, since, seq) = match self.last_encode_and_since() {
             Some((full, since, seq)) => (full, Some(since), seq),
@@ -1017,7 +1017,10 @@ impl Room {
         } else {
             full.frame.clone()
         };
-        let mut frames = vec![answer];
+        // The edits since go first: a client applies an update whose base it lacks once the base
+        // comes (Yjs and yrs keep it pending), and counts itself synced on the sync step 2, so
+        // it is synced with everything, as with a fresh encode.
+        let mut frames = Vec::with_capacity(2);
         if let Some(since) = since {
             // One update rather than many small ones for the client to apply one by one.
             match huddle_protocol::yrs::merge_updates_v1(&since) {
@@ -1028,6 +1031,7 @@ impl Room {
                 }
             }
         }
+        frames.push(answer);
         self.watermark.wait_for(seq).await?;
         Ok(frames)
     }
@@ -1696,8 +1700,8 @@ mod tests {
             room.apply_update(ConnId(1), &shape_update(id), None).await.expect("applies");
         }
         let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
-        assert_eq!(answer.len(), 2, "the last encode and the edits since");
-        assert_eq!(answer[0].as_ptr(), first[0].as_ptr(), "the encode is shared, not redone");
+        assert_eq!(answer.len(), 2, "the edits since and the last encode");
+        assert_eq!(answer[1].as_ptr(), first[0].as_ptr(), "the encode is shared, not redone");
         assert_eq!(encodes(), 1);
         assert_eq!(joined(&answer), 53);
 
