@@ -340,7 +340,11 @@ async fn handle_frame(
             WireMessage::Sync(WireSyncMessage::SyncStep1(sv)) => {
                 let reply = room.sync_step2(&sv, peer.deflate).await.map_err(room_err)?;
                 for frame in reply {
-                    tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await;
+                    // Not queued (the socket is closing): nor is the rest, which must not go
+                    // without what came before it.
+                    if !tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await {
+                        break;
+                    }
                 }
             }
             WireMessage::Sync(WireSyncMessage::Update(update)) => {

@@ -88,6 +88,7 @@ fn keep_for_joiners(state: &mut DocState, update: &Bytes) {
         Some(tail) if keep => {
             tail.bytes += update.len();
             tail.updates.push(update.clone());
+            tail.merged = None;
         }
         tail => *tail = None,
     }
@@ -354,6 +355,9 @@ struct DocState {
 struct Tail {
     updates: Vec<Bytes>,
     bytes: usize,
+    /// `updates` merged into one update frame, once a joiner needed it (joiners arriving
+    /// together share it); dropped by the next update.
+    merged: Option<Bytes>,
 }
 
 /// The whole document at one version, encoded once and shared by everyone who asks for it
@@ -1021,16 +1025,7 @@ impl Room {
         // comes (Yjs and yrs keep it pending), and counts itself synced on the sync step 2, so
         // it is synced with everything, as with a fresh encode.
         let mut frames = Vec::with_capacity(2);
-        if let Some(since) = since {
-            // One update rather than many small ones for the client to apply one by one.
-            match huddle_protocol::yrs::merge_updates_v1(&since) {
-                Ok(merged) => frames.push(Bytes::from(wire::update(merged))),
-                Err(e) => {
-                    tracing::warn!(room = %self.name, error = %e, "updates since the last encode did not merge; sending them one by one");
-                    frames.extend(since.iter().map(|u| Bytes::from(wire::update(u.to_vec()))));
-                }
-            }
-        }
+        frames.extend(since);
         frames.push(answer);
         self.watermark.wait_for(seq).await?;
         Ok(frames)
@@ -1039,17 +1034,53 @@ impl Room {
     /// The last whole-document encode, the updates applied since, and the log position they
     /// bring a client to, when the room was edited since that encode and still keeps those
     /// updates (see `DocState::since_encode`).
-    fn last_encode_and_since(&self) -> Option<(Arc<FullState>, Vec<Bytes>, Seq)> {
-        let state = self.state.lock();
+    ///
+    /// The updates go as one merged update frame (one update for the client to apply, not
+    /// hundreds), merged once for every joiner until the next edit. Updates that do not merge
+    /// (or a panic inside yrs) stop the keeping: the joiner, and those after it, wait for an
+    /// encode instead.
+    fn last_encode_and_since(&self) -> Option<(Arc<FullState>, Bytes, Seq)> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         if self.is_broken() || !state.ready {
             return None;
         }
         let (_, full) = state.last_encode.as_ref()?;
-        let since = state.since_encode.as_ref()?;
+        let since = state.since_encode.as_mut()?;
         // Exactly the updates after the encode, one per log position.
         let covered = full.seq.0 + since.updates.len() as u64 == state.applied.0;
-        (covered && !since.updates.is_empty())
-            .then(|| (Arc::clone(full), since.updates.clone(), state.applied))
+        if !covered || since.updates.is_empty() {
+            return None;
+        }
+        let merged = match &since.merged {
+            Some(merged) => Some(merged.clone()),
+            None => {
+                let updates = &since.updates;
+                let merged = catch_unwind(AssertUnwindSafe(|| {
+                    huddle_protocol::yrs::merge_updates_v1(updates)
+                }));
+                match merged {
+                    Ok(Ok(merged)) => {
+                        let frame = Bytes::from(wire::update(merged));
+                        since.merged = Some(frame.clone());
+                        Some(frame)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(room = %self.name, error = %e, "updates since the last encode did not merge");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::error!(room = %self.name, "yrs panicked merging updates");
+                        None
+                    }
+                }
+            }
+        };
+        let Some(merged) = merged else {
+            state.since_encode = None;
+            return None;
+        };
+        Some((Arc::clone(full), merged, state.applied))
     }
 
     /// The whole document at its current version, encoded now unless it was since the last
@@ -1403,7 +1434,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use huddle_protocol::schema::{Board, Shape, ShapeKind};
-    use huddle_protocol::yrs::Transact;
+    use huddle_protocol::yrs::{Transact, TransactionMut};
 
     use super::*;
     use crate::store::memory::MemoryStore;
@@ -1660,11 +1691,13 @@ mod tests {
         assert_eq!(Board::new(&joiner).shapes(&joiner.transact()).len(), 1);
     }
 
-    /// A fresh joiner of a room edited since its last whole-document encode gets that encode
-    /// and the edits since as one update, without the document being encoded again; once the
-    /// edits since are too many, the next joiner waits for a new encode.
+    /// A fresh joiner of a room edited since its last whole-document encode gets the edits
+    /// since as one update, then that encode, without the document being encoded again. The
+    /// edits change and delete shapes of the encode, so the client holds them pending until
+    /// the encode comes, and has everything once it has the sync step 2. Past the most edits
+    /// kept, the next joiner waits for a new encode.
     #[tokio::test]
-    async fn a_joiner_after_edits_gets_the_last_encode_and_the_edits_since() {
+    async fn a_joiner_after_edits_gets_the_edits_since_and_the_last_encode() {
         let registry = crate::registry::tests::registry_for_tests(
             Arc::new(MemoryStore::default()),
             Arc::new(Stats::default()),
@@ -1673,47 +1706,73 @@ mod tests {
         let lease = registry.join(&RoomName::parse("busy").expect("valid")).await.expect("join");
         let room = lease.room();
         let encodes = || room.state.lock().last_encode.as_ref().map_or(0, |(n, _)| *n);
-        let joined = |answer: &[Bytes]| {
-            let doc = Doc::new();
-            let mut txn = doc.transact_mut();
-            for frame in answer {
-                for message in wire::decode_frame(frame).expect("decodes") {
-                    let update = match message {
-                        wire::WireMessage::Sync(
-                            wire::WireSyncMessage::SyncStep2(u) | wire::WireSyncMessage::Update(u),
-                        ) => u,
-                        other => panic!("unexpected {other:?}"),
-                    };
-                    txn.apply_update(wire::decode_update(&update).expect("decodes"))
-                        .expect("applies");
-                }
-            }
-            drop(txn);
-            Board::new(&doc).shapes(&doc.transact()).len()
-        };
-        room.apply_update(ConnId(1), &add_shapes(&Doc::new(), 0, 50), None).await.expect("applies");
+        // Big enough that the byte limit on kept edits is not what stops the keeping below.
+        let shapes = 6000;
+        room.apply_update(ConnId(1), &add_shapes(&Doc::new(), 0, shapes), None)
+            .await
+            .expect("applies");
         let first = room.sync_step2(&StateVector::default(), false).await.expect("answer");
         assert_eq!((first.len(), encodes()), (1, 1));
 
-        // Three edits later: the same encode and one update with the three.
-        for id in ["x", "y", "z"] {
-            room.apply_update(ConnId(1), &shape_update(id), None).await.expect("applies");
+        // An editor with the room changes one shape and deletes another.
+        let editor = Doc::new();
+        editor
+            .transact_mut()
+            .apply_update(wire::decode_update(&answered_update(&first)).expect("decodes"))
+            .expect("applies");
+        let board = Board::new(&editor);
+        let edit = |change: &dyn Fn(&mut TransactionMut<'_>)| {
+            let mut txn = editor.transact_mut();
+            change(&mut txn);
+            txn.encode_update_v1()
+        };
+        let moved = edit(&|txn| assert!(board.set_field(txn, "s1", "x", 500.0)));
+        let removed = edit(&|txn| assert!(board.remove_shape(txn, "s2")));
+        for update in [&moved, &removed] {
+            room.apply_update(ConnId(1), update, None).await.expect("applies");
         }
+
         let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
         assert_eq!(answer.len(), 2, "the edits since and the last encode");
         assert_eq!(answer[1].as_ptr(), first[0].as_ptr(), "the encode is shared, not redone");
         assert_eq!(encodes(), 1);
-        assert_eq!(joined(&answer), 53);
-
-        // Past the most edits kept, the next joiner waits for a new encode.
-        for i in 0..TAIL_MAX_UPDATES {
-            room.apply_update(ConnId(1), &shape_update(&format!("t{i}")), None)
-                .await
+        let joiner = Doc::new();
+        let apply = |frame: &Bytes| {
+            let update = match wire::decode_frame(frame).expect("decodes").as_slice() {
+                [
+                    wire::WireMessage::Sync(
+                        wire::WireSyncMessage::SyncStep2(u) | wire::WireSyncMessage::Update(u),
+                    ),
+                ] => u.clone(),
+                other => panic!("unexpected {other:?}"),
+            };
+            joiner
+                .transact_mut()
+                .apply_update(wire::decode_update(&update).expect("decodes"))
                 .expect("applies");
+        };
+        apply(&answer[0]);
+        assert!(joiner.transact().has_missing_updates(), "the edits wait for their base");
+        apply(&answer[1]);
+        assert!(!joiner.transact().has_missing_updates());
+        let got = Board::new(&joiner);
+        let txn = joiner.transact();
+        assert_eq!(got.shapes(&txn).len(), shapes - 1);
+        assert_eq!(got.shape(&txn, "s1").expect("moved").x, 500.0);
+        assert!(got.shape(&txn, "s2").is_none(), "deleted");
+        drop(txn);
+
+        // The most edits kept, then one more: the next joiner waits for a new encode.
+        let kept = || room.state.lock().since_encode.as_ref().map(|t| t.updates.len());
+        for i in 2..TAIL_MAX_UPDATES {
+            let update = edit(&|txn| assert!(board.set_field(txn, "s3", "y", i as f64)));
+            room.apply_update(ConnId(1), &update, None).await.expect("applies");
         }
-        assert!(room.state.lock().since_encode.is_none(), "too many edits kept");
+        assert_eq!(kept(), Some(TAIL_MAX_UPDATES));
+        let update = edit(&|txn| assert!(board.set_field(txn, "s3", "y", -1.0)));
+        room.apply_update(ConnId(1), &update, None).await.expect("applies");
+        assert_eq!(kept(), None, "too many edits kept");
         let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
         assert_eq!((answer.len(), encodes()), (1, 2));
-        assert_eq!(joined(&answer), 53 + TAIL_MAX_UPDATES);
     }
 }
