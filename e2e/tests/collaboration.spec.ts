@@ -1,6 +1,5 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf } from './fixtures';
-import { WebSocketRoute } from '@playwright/test';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf, outage } from './fixtures';
 import { Page } from '@playwright/test';
 import { readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -359,13 +358,7 @@ test('coming back online to a big board that doubled meanwhile brings the other 
   const half = 6000;
   await runYjsScript(server, 'yjs-fill.mjs', 'half-room', String(half));
   const ctxA = await browser.newContext();
-  let offline = false;
-  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
-  await ctxA.routeWebSocket(/\/ws\//, (ws) => {
-    if (offline) return void ws.close({ code: 1001, reason: 'offline' });
-    const upstream = ws.connectToServer();
-    open.push({ page: ws, server: upstream });
-  });
+  const network = await outage(ctxA);
   await ctxA.addInitScript(() => localStorage.setItem('huddle.identity', JSON.stringify({ id: 'u-ada', name: 'Ada', color: '#1971c2' })));
   const a = await ctxA.newPage();
   await a.goto(`${server.url}/r/half-room`);
@@ -373,12 +366,7 @@ test('coming back online to a big board that doubled meanwhile brings the other 
   await expect(board).toHaveAttribute('data-shape-count', String(half));
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
 
-  offline = true;
-  await ctxA.setOffline(true);
-  for (const { page, server: upstream } of open.splice(0)) {
-    await upstream.close({ code: 1001, reason: 'offline' });
-    await page.close({ code: 1001, reason: 'offline' });
-  }
+  await network.cut();
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'offline');
   await runYjsScript(server, 'yjs-fill.mjs', 'half-room', String(half), String(half));
   const metric = async (name: string) => {
@@ -388,8 +376,7 @@ test('coming back online to a big board that doubled meanwhile brings the other 
   const before = await metric('huddle_pool_diffs_total');
   expect(before, 'the server counts the diffs it encodes off its relay thread').toBeGreaterThanOrEqual(0);
 
-  offline = false;
-  await ctxA.setOffline(false);
+  await network.restore();
   await expect(board).toHaveAttribute('data-shape-count', String(2 * half));
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
   // (More than one if the page reconnected again while the answer was on its way, as it may
@@ -404,28 +391,14 @@ test('coming back online to a big board that doubled meanwhile brings the other 
 test('coming back to a room that grew by thousands of shapes meanwhile brings them all, compressed', async ({ browser, server }) => {
   // Ada's sockets go through Playwright, so she can be cut off, and what reaches her counted.
   const ctxA = await browser.newContext();
-  let offline = false;
-  const received: number[][] = [];
-  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
-  await ctxA.routeWebSocket(/\/ws\//, (ws) => {
-    if (offline) return void ws.close({ code: 1001, reason: 'offline' });
-    const bytes: number[] = [];
-    received.push(bytes);
-    const upstream = ws.connectToServer();
-    upstream.onMessage((m) => { bytes.push(typeof m === 'string' ? m.length : m.byteLength); ws.send(m); });
-    open.push({ page: ws, server: upstream });
-  });
+  const network = await outage(ctxA);
+  const received = network.received;
   const a = await newUser(ctxA, server.url, 'Ada');
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
   await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '0');
   const room = new URL(a.url()).pathname.split('/').pop()!;
 
-  offline = true;
-  await ctxA.setOffline(true);
-  for (const { page, server: upstream } of open.splice(0)) {
-    await upstream.close({ code: 1001, reason: 'offline' });
-    await page.close({ code: 1001, reason: 'offline' });
-  }
+  await network.cut();
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'offline');
   // Meanwhile someone fills the room: about 2.5 MB of shapes.
   const shapes = 18000;
@@ -433,8 +406,7 @@ test('coming back to a room that grew by thousands of shapes meanwhile brings th
 
   // Back online, Ada's app opens a socket of its own (the page's early one is long gone), and
   // the difference comes as one compressed frame that the page inflates.
-  offline = false;
-  await ctxA.setOffline(false);
+  await network.restore();
   const board = a.getByTestId('board');
   await expect(board).toHaveAttribute('data-shape-count', String(shapes));
   await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');

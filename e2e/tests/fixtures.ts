@@ -1,6 +1,6 @@
 // Fixtures: a real Huddle server per test (the built binary, a fresh data dir, a free port) and
 // helpers to act as a user in a browser context.
-import { test as base, expect, Page, Browser, BrowserContext } from '@playwright/test';
+import { test as base, expect, Page, Browser, BrowserContext, WebSocketRoute } from '@playwright/test';
 import { spawn, ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -76,6 +76,41 @@ export function runYjsScript(server: HuddleServer, script: string, ...args: stri
     p.stdout!.on('data', (d) => (out += d));
     p.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`${script} exited with ${c}`))));
   });
+}
+
+/**
+ * Routes a context's room sockets through Playwright, so that a network outage can be staged:
+ * `cut()` takes the context offline and closes its open sockets at both ends (the server sees
+ * them go), refusing new ones until `restore()`. `received` holds, per socket opened, the sizes
+ * of the frames it brought the page.
+ */
+export async function outage(ctx: BrowserContext) {
+  let offline = false;
+  const received: number[][] = [];
+  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
+  await ctx.routeWebSocket(/\/ws\//, (ws) => {
+    if (offline) return void ws.close({ code: 1001, reason: 'offline' });
+    const bytes: number[] = [];
+    received.push(bytes);
+    const upstream = ws.connectToServer();
+    upstream.onMessage((m) => { bytes.push(typeof m === 'string' ? m.length : m.byteLength); ws.send(m); });
+    open.push({ page: ws, server: upstream });
+  });
+  return {
+    received,
+    async cut() {
+      offline = true;
+      await ctx.setOffline(true);
+      for (const { page, server } of open.splice(0)) {
+        await server.close({ code: 1001, reason: 'offline' });
+        await page.close({ code: 1001, reason: 'offline' });
+      }
+    },
+    async restore() {
+      offline = false;
+      await ctx.setOffline(false);
+    },
+  };
 }
 
 /** Drags on the board from (x1, y1) to (x2, y2), in board-element pixels. */

@@ -1451,6 +1451,55 @@ mod tests {
         room.read_doc(|doc| Board::new(doc).shapes(&doc.transact()).len())
     }
 
+    /// A registry over an in-memory store, counting into `stats`.
+    fn registry(stats: Arc<Stats>) -> crate::registry::Registry {
+        crate::registry::tests::registry_for_tests(
+            Arc::new(MemoryStore::default()),
+            stats,
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Takes `room`'s document for writing on another thread, so that reading it elsewhere
+    /// waits, until the returned sender is used (or 10 s pass, so that a thread blocked on
+    /// yrs' lock fails a test instead of hanging it). The thread says whether it was let go
+    /// on request.
+    fn hold_for_writing(room: &Room) -> (std_mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+        let doc = room.read_doc(Doc::clone);
+        let (held_tx, held_rx) = std_mpsc::channel();
+        let (release_tx, release_rx) = std_mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let txn = doc.transact_mut();
+            held_tx.send(()).expect("test waits");
+            let on_request = release_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            drop(txn);
+            on_request
+        });
+        held_rx.recv().expect("holder started");
+        (release_tx, holder)
+    }
+
+    /// A room grown in two halves of `half` new shapes each, over [`POOL_DIFF_ITEMS`] items in
+    /// all, as [`halves`] makes it: the first half's update, and a client that has it.
+    struct Halves {
+        first: Vec<u8>,
+        /// The state vector of a client that has the first half.
+        returning: StateVector,
+        half: usize,
+    }
+
+    async fn halves(room: &Arc<Room>) -> Halves {
+        let half = usize::try_from(POOL_DIFF_ITEMS).expect("small") / 2 + 1;
+        let seeder = Doc::new();
+        let first = add_shapes(&seeder, 0, half);
+        let returning = seeder.transact().state_vector();
+        let second = add_shapes(&seeder, half, half);
+        for update in [&first, &second] {
+            room.apply_update(ConnId(1), update, None).await.expect("applies");
+        }
+        Halves { first, returning, half }
+    }
+
     /// Adds shapes `first..first + count` to `doc` and returns them as one update.
     fn add_shapes(doc: &Doc, first: usize, count: usize) -> Vec<u8> {
         let board = Board::new(doc);
@@ -1478,33 +1527,12 @@ mod tests {
     #[tokio::test]
     async fn a_big_diff_for_a_returning_client_does_not_hold_up_other_rooms() {
         let stats = Arc::new(Stats::default());
-        let registry = crate::registry::tests::registry_for_tests(
-            Arc::new(MemoryStore::default()),
-            Arc::clone(&stats),
-            Duration::from_secs(60),
-        );
+        let registry = registry(Arc::clone(&stats));
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
         let other = registry.join(&RoomName::parse("other").expect("valid")).await.expect("join");
-        let half = usize::try_from(POOL_DIFF_ITEMS).expect("small") / 2 + 1;
-        let seeder = Doc::new();
-        let first = add_shapes(&seeder, 0, half);
-        let returning = seeder.transact().state_vector();
-        let second = add_shapes(&seeder, half, half);
-        for update in [&first, &second] {
-            big.room().apply_update(ConnId(1), update, None).await.expect("applies");
-        }
+        let Halves { first, returning, half } = halves(big.room()).await;
 
-        let doc = big.room().read_doc(Doc::clone);
-        let (held_tx, held_rx) = std_mpsc::channel();
-        let (release_tx, release_rx) = std_mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            let txn = doc.transact_mut();
-            held_tx.send(()).expect("test waits");
-            let on_request = release_rx.recv_timeout(Duration::from_secs(10)).is_ok();
-            drop(txn);
-            on_request
-        });
-        held_rx.recv().expect("holder started");
+        let (release_tx, holder) = hold_for_writing(big.room());
 
         let room = Arc::clone(big.room());
         let asked = returning.clone();
@@ -1550,20 +1578,9 @@ mod tests {
     /// room's count of them.
     #[tokio::test]
     async fn edits_waiting_for_a_diff_go_before_the_next_diff() {
-        let registry = crate::registry::tests::registry_for_tests(
-            Arc::new(MemoryStore::default()),
-            Arc::new(Stats::default()),
-            Duration::from_secs(60),
-        );
+        let registry = registry(Arc::new(Stats::default()));
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
-        let half = usize::try_from(POOL_DIFF_ITEMS).expect("small") / 2 + 1;
-        let seeder = Doc::new();
-        let first = add_shapes(&seeder, 0, half);
-        let returning = seeder.transact().state_vector();
-        let second = add_shapes(&seeder, half, half);
-        for update in [&first, &second] {
-            big.room().apply_update(ConnId(1), update, None).await.expect("applies");
-        }
+        let Halves { first, returning, half } = halves(big.room()).await;
 
         // A diff is under way; an edit comes and waits for it.
         big.room().state.lock().diffs += 1;
@@ -1602,11 +1619,7 @@ mod tests {
     /// one made up) gets the whole document that fresh joiners share, not a diff of its own.
     #[tokio::test]
     async fn a_client_lacking_nearly_all_of_a_big_room_gets_the_shared_whole_document() {
-        let registry = crate::registry::tests::registry_for_tests(
-            Arc::new(MemoryStore::default()),
-            Arc::new(Stats::default()),
-            Duration::from_secs(60),
-        );
+        let registry = registry(Arc::new(Stats::default()));
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
         let seeder = Doc::new();
         let few = add_shapes(&seeder, 0, 3);
@@ -1636,28 +1649,14 @@ mod tests {
     /// so a thread blocked on yrs' lock fails the test instead of hanging it).
     #[tokio::test]
     async fn an_edit_waits_for_a_whole_document_encode_without_holding_up_other_rooms() {
-        let registry = crate::registry::tests::registry_for_tests(
-            Arc::new(MemoryStore::default()),
-            Arc::new(Stats::default()),
-            Duration::from_secs(60),
-        );
+        let registry = registry(Arc::new(Stats::default()));
         let big = registry.join(&RoomName::parse("big").expect("valid")).await.expect("join");
         let other = registry.join(&RoomName::parse("other").expect("valid")).await.expect("join");
         big.room().apply_update(ConnId(1), &shape_update("a"), None).await.expect("applies");
 
         // Another thread takes the big room's document for writing, so the encode that the
         // joiner's request starts cannot read it until that thread lets go.
-        let doc = big.room().read_doc(Doc::clone);
-        let (held_tx, held_rx) = std_mpsc::channel();
-        let (release_tx, release_rx) = std_mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            let txn = doc.transact_mut();
-            held_tx.send(()).expect("test waits");
-            let on_request = release_rx.recv_timeout(Duration::from_secs(10)).is_ok();
-            drop(txn);
-            on_request
-        });
-        held_rx.recv().expect("holder started");
+        let (release_tx, holder) = hold_for_writing(big.room());
 
         let room = Arc::clone(big.room());
         let answer =
@@ -1698,11 +1697,7 @@ mod tests {
     /// kept, the next joiner waits for a new encode.
     #[tokio::test]
     async fn a_joiner_after_edits_gets_the_edits_since_and_the_last_encode() {
-        let registry = crate::registry::tests::registry_for_tests(
-            Arc::new(MemoryStore::default()),
-            Arc::new(Stats::default()),
-            Duration::from_secs(60),
-        );
+        let registry = registry(Arc::new(Stats::default()));
         let lease = registry.join(&RoomName::parse("busy").expect("valid")).await.expect("join");
         let room = lease.room();
         let encodes = || room.state.lock().last_encode.as_ref().map_or(0, |(n, _)| *n);
