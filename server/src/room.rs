@@ -1479,6 +1479,33 @@ mod tests {
         (release_tx, holder)
     }
 
+    /// Once `started` holds for `big`'s state (a read of its document on another thread, held
+    /// back by [`hold_for_writing`]): an edit "b" to `big`, polled once by hand, comes back
+    /// waiting (with the thread free, not blocked in yrs' lock until the holder gives up), an
+    /// edit "c" to `other` goes through meanwhile, and once the holder lets go the edit to
+    /// `big` applies.
+    async fn an_edit_waits_while_another_room_goes_on(
+        big: &crate::registry::Lease,
+        other: &crate::registry::Lease,
+        started: impl Fn(&DocState) -> bool,
+        release: std_mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<bool>,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !started(&big.room().state.lock()) {
+            assert!(tokio::time::Instant::now() < deadline, "the read never started");
+            tokio::task::yield_now().await;
+        }
+        let b = shape_update("b");
+        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
+        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the read");
+        other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
+        assert_eq!(shapes(other.room()), 1);
+        release.send(()).expect("holder waits");
+        assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
+        edit.await.expect("the edit applies once the read is done");
+    }
+
     /// A room grown in two halves of `half` new shapes each, over [`POOL_DIFF_ITEMS`] items in
     /// all, as [`halves`] makes it: the first half's update, and a client that has it.
     struct Halves {
@@ -1537,19 +1564,8 @@ mod tests {
         let room = Arc::clone(big.room());
         let asked = returning.clone();
         let answer = tokio::spawn(async move { room.sync_step2(&asked, false).await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while big.room().state.lock().diffs == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the diff never started");
-            tokio::task::yield_now().await;
-        }
-        let b = shape_update("b");
-        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
-        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the diff");
-        other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
-        assert_eq!(shapes(other.room()), 1);
-        release_tx.send(()).expect("holder waits");
-        assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
-        edit.await.expect("the edit applies once the diff is done");
+        let started = |state: &DocState| state.diffs > 0;
+        an_edit_waits_while_another_room_goes_on(&big, &other, started, release_tx, holder).await;
         assert_eq!(shapes(big.room()), 2 * half + 1);
 
         // The answer is the half the client lacked: with it, the client has the whole room as
@@ -1661,22 +1677,8 @@ mod tests {
         let room = Arc::clone(big.room());
         let answer =
             tokio::spawn(async move { room.sync_step2(&StateVector::default(), false).await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !big.room().state.lock().encoding {
-            assert!(tokio::time::Instant::now() < deadline, "the encode never started");
-            tokio::task::yield_now().await;
-        }
-        // The edit to the big room is polled once by hand: it must come back waiting (with the
-        // thread free), not block in yrs' lock until the holder gives up.
-        let b = shape_update("b");
-        let mut edit = Box::pin(big.room().apply_update(ConnId(1), &b, None));
-        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the encode");
-        // Another room's edit goes through meanwhile.
-        other.room().apply_update(ConnId(2), &shape_update("c"), None).await.expect("applies");
-        assert_eq!(shapes(other.room()), 1);
-        release_tx.send(()).expect("holder waits");
-        assert!(holder.join().expect("holder"), "nothing was blocked on the held document");
-        edit.await.expect("the edit applies once the encode is done");
+        let started = |state: &DocState| state.encoding;
+        an_edit_waits_while_another_room_goes_on(&big, &other, started, release_tx, holder).await;
 
         let answer = answer.await.expect("task").expect("answer");
         assert_eq!(shapes(big.room()), 2);
