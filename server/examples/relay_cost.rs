@@ -1,10 +1,12 @@
 //! The relay path in isolation, for the regression guard (`cargo xtask bench guard`).
 //!
-//! One room, ten sockets' queues, a stream of small shape moves from one of them: each update is
-//! decoded, applied, persisted (in-memory store, through the real group-commit persister) and
-//! fanned out to the nine others, whose queues are drained as a socket writer would. Run under
-//! `valgrind --tool=callgrind --toggle-collect=*relay_loop*`, the instruction count of
-//! [`relay_loop`] divided by the deliveries is the relay's cost per delivered update, stable to
+//! One room, ten sockets (real loopback TCP connections), a stream of small shape moves from one
+//! of them: each update is decoded, applied, persisted (in-memory store, through the real
+//! group-commit persister) and fanned out to the nine others, whose outboxes the flusher writes
+//! to their sockets (the kernel's part of a `write` is not counted: callgrind sees user space
+//! only). The clients' ends are read and dropped between updates. Run under
+//! `valgrind --tool=callgrind --toggle-collect=*relay_one*`, the instruction count of
+//! [`relay_one`] divided by the deliveries is the relay's cost per delivered update, stable to
 //! a few percent from run to run whatever else the machine is doing.
 
 use std::sync::Arc;
@@ -14,12 +16,12 @@ use huddle_protocol::RoomName;
 use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::schema::{Board, Shape, ShapeKind};
 use huddle_protocol::yrs::{Doc, Transact};
+use huddle_server::outbox::{Flusher, Limits, Outbox};
 use huddle_server::persist::Persister;
 use huddle_server::registry::Registry;
-use huddle_server::room::{ConnId, PeerTx, Room, RoomConfig};
+use huddle_server::room::{ConnId, Room, RoomConfig};
 use huddle_server::stats::Stats;
 use huddle_server::store::memory::MemoryStore;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +35,8 @@ const PRELOAD: usize = 2_000;
 fn main() {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (room, mut queues) = runtime.block_on(async {
+    let stats = Arc::new(Stats::default());
+    let (room, mut clients) = runtime.block_on(async {
         let store = Arc::new(MemoryStore::default());
         let tracker = TaskTracker::new();
         let persister = Persister::start(store.clone(), &tracker);
@@ -42,39 +45,77 @@ fn main() {
             compact_every: 1000,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
-            max_queue_bytes: 32 << 20,
         };
         let registry = Registry::new(
             store,
             persister,
             config,
-            Arc::new(Stats::default()),
+            Arc::clone(&stats),
             tracker,
             CancellationToken::new(),
         );
         let name = RoomName::parse("guard").expect("valid name");
         let lease = registry.join(&name).await.expect("room loads");
         let room = Arc::clone(lease.room());
-        let mut queues = Vec::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        let flusher = Flusher::start(Arc::clone(&stats));
+        let limits = Limits { max_frames: 4096, max_bytes: 32 << 20 };
+        let mut clients = Vec::new();
         for id in 0..PEERS {
-            let (tx, rx) = PeerTx::new(4096);
-            for frame in room.subscribe(ConnId(id), tx) {
+            let client = std::net::TcpStream::connect(addr).expect("connects");
+            client.set_nonblocking(true).expect("non-blocking");
+            let (server_end, _) = listener.accept().await.expect("accepts");
+            let (_read, write) = server_end.into_split();
+            // As in the server, where the 101 response was written first: tokio knows the
+            // socket is writable, so the first write is tried at once.
+            write.writable().await.expect("writable");
+            let outbox = Outbox::new(write, Arc::clone(&flusher), limits);
+            outbox.release();
+            // The socket task's part: writing whatever a full socket held back.
+            let writer = Arc::clone(&outbox);
+            tokio::spawn(async move { writer.write_when_full().await });
+            for frame in room.subscribe(ConnId(id), outbox) {
                 drop(frame);
             }
-            queues.push(rx);
+            clients.push(client);
         }
         // A room with content, so a cost that grows with the document shows up too.
         room.apply_update(ConnId(PEERS), &board_of(PRELOAD), None).await.expect("preloads");
-        for queue in &mut queues {
-            while queue.try_recv().is_ok() {}
-        }
+        tokio::task::yield_now().await;
+        drain(&mut clients, &mut vec![0; 64 << 10]);
         // Keep the room loaded for the whole run.
         std::mem::forget(lease);
-        (room, queues)
+        (room, clients)
     });
     let updates = moves();
-    let deliveries = relay_loop(&runtime, &room, &updates, &mut queues);
+    let relayed = || stats.frames_relayed.load(std::sync::atomic::Ordering::Relaxed);
+    let before = relayed();
+    // The clients' reads are theirs, not the relay's: outside the measured function.
+    let mut buf = vec![0; 64 << 10];
+    let mut received = 0;
+    for update in &updates {
+        relay_one(&runtime, &room, update);
+        received += drain(&mut clients, &mut buf);
+    }
+    let deliveries = relayed() - before;
+    assert!(received > 0, "the sockets received nothing");
     println!("deliveries {deliveries}");
+}
+
+/// Reads whatever the clients' ends hold into `buf`; returns the bytes read.
+fn drain(clients: &mut [std::net::TcpStream], buf: &mut [u8]) -> usize {
+    use std::io::Read;
+    let mut total = 0;
+    for client in clients {
+        while let Ok(n) = client.read(buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+    }
+    total
 }
 
 /// One update holding `count` shapes from another client.
@@ -108,25 +149,14 @@ fn moves() -> Vec<Vec<u8>> {
     updates
 }
 
-/// The measured region: relay every update and drain every queue. Returns the deliveries.
+/// The measured region: relay one update and let the flusher write it to the sockets.
 /// A plain function (driving the runtime itself) so callgrind can find it by name: the body of
 /// an `async fn` is inlined into whatever polls it.
 #[inline(never)]
-fn relay_loop(
-    runtime: &tokio::runtime::Runtime,
-    room: &Arc<Room>,
-    updates: &[Vec<u8>],
-    queues: &mut [mpsc::Receiver<bytes::Bytes>],
-) -> u64 {
-    let mut delivered = 0;
-    for update in updates {
-        runtime.block_on(room.apply_update(ConnId(0), update, None)).expect("relays");
-        for queue in queues.iter_mut() {
-            while let Ok(frame) = queue.try_recv() {
-                delivered += 1;
-                drop(frame);
-            }
-        }
-    }
-    delivered
+fn relay_one(runtime: &tokio::runtime::Runtime, room: &Arc<Room>, update: &[u8]) {
+    runtime.block_on(async {
+        room.apply_update(ConnId(0), update, None).await.expect("relays");
+        // The flusher, woken by the fan-out, runs before this task is polled again.
+        tokio::task::yield_now().await;
+    });
 }

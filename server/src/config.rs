@@ -125,7 +125,6 @@ impl Config {
             compact_every: self.compact_every,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
-            max_queue_bytes: self.max_queue_bytes as usize,
         }
     }
 }

@@ -1,29 +1,31 @@
 //! One WebSocket, from admission to close.
 //!
-//! The pattern (axum's chat example, y-sweet's `handle_socket`): the socket is split; a writer
-//! owns the sink and drains the socket's bounded queue, coalescing whatever is queued into one
-//! flush; the reader drives the protocol. Both run in one task under `select!`, so when either
-//! ends, both end, and the socket is closed once, with the code its ending earned.
+//! The socket's task reads: tungstenite parses the frames and the task drives the protocol.
+//! Writing is the [`Outbox`]'s: rooms queue frames there and a flusher writes them, so a
+//! delivered update does not wake the socket's task (see [`crate::outbox`]). The task takes
+//! over writing only while the socket is full, pings on schedule, and closes the socket once,
+//! with the code its ending earned.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use huddle_protocol::RoomName;
 use huddle_protocol::session::PeerPresence;
 use huddle_protocol::wire::{self, CloseCode, WireMessage, WireSyncMessage};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
+use crate::outbox::{self, Flushers, Limits, Outbox, Wire};
 use crate::registry::{Lease, Registry};
-use crate::room::{ConnId, PeerTx, Room, RoomError};
+use crate::room::{ConnId, Room, RoomError};
 use crate::stats::Stats;
 
 /// How long the first write waits for the client's first frame (see where it is used).
@@ -58,6 +60,8 @@ pub struct SocketContext {
     pub config: Arc<SocketConfig>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// What writes every socket's queued frames.
+    pub flushers: Flushers,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -81,42 +85,65 @@ enum End {
     Close(CloseCode, String),
 }
 
+/// A connection upgraded to a WebSocket, not yet serving a room: tungstenite's side for
+/// reading and the outbox for writing.
+pub struct Upgraded {
+    socket: WebSocketStream<Wire>,
+    outbox: Arc<Outbox>,
+    id: ConnId,
+}
+
+impl Upgraded {
+    /// Takes over `tcp`, whose client sent `pipelined` after its upgrade request (read with it).
+    pub async fn new(
+        tcp: TcpStream,
+        pipelined: Vec<u8>,
+        websocket: WebSocketConfig,
+        ctx: &SocketContext,
+    ) -> Self {
+        let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        let (read, write) = tcp.into_split();
+        let limits = Limits {
+            max_frames: ctx.config.max_queue_frames,
+            max_bytes: ctx.config.max_queue_bytes,
+        };
+        let outbox = Outbox::new(write, ctx.flushers.pick(id.0), limits);
+        let wire = Wire::new(read, Arc::clone(&outbox));
+        let socket = if pipelined.is_empty() {
+            WebSocketStream::from_raw_socket(wire, Role::Server, Some(websocket)).await
+        } else {
+            WebSocketStream::from_partially_read(wire, pipelined, Role::Server, Some(websocket))
+                .await
+        };
+        Self { socket, outbox, id }
+    }
+}
+
 /// Serves one upgraded socket in `room` until it ends. `deflate`: the client asked for big
 /// answers as [`wire::MSG_DEFLATED`] frames ([`wire::DEFLATE_QUERY`]).
 ///
 /// Not an `async fn`: one keeps its arguments in its state for as long as it runs, and this
-/// future lives as long as the socket, so every idle socket would carry a dead copy of the
-/// whole WebSocket next to the two halves it is split into. Splitting first leaves just the
-/// halves.
-pub fn serve_socket<S>(
-    socket: S,
+/// future lives as long as the socket, so every idle socket would carry a dead copy of
+/// [`Upgraded`] next to its parts. Taking it apart first leaves just the parts.
+pub fn serve_socket(
+    upgraded: Upgraded,
     room: RoomName,
     deflate: bool,
     ctx: SocketContext,
-) -> impl Future<Output = ()> + Send
-where
-    S: Stream<Item = Result<Message, WsError>>
-        + Sink<Message, Error = WsError>
-        + Send
-        + Unpin
-        + 'static,
-{
-    let id = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+) -> impl Future<Output = ()> + Send {
+    let Upgraded { socket, outbox, id } = upgraded;
     let span = tracing::info_span!("socket", conn = id.0, %room);
-    let (sink, stream) = socket.split();
-    serve(sink, stream, room, id, deflate, ctx).instrument(span)
+    serve(socket, outbox, room, id, deflate, ctx).instrument(span)
 }
 
-async fn serve<S>(
-    mut sink: SplitSink<S, Message>,
-    mut stream: SplitStream<S>,
+async fn serve(
+    mut socket: WebSocketStream<Wire>,
+    outbox: Arc<Outbox>,
     room: RoomName,
     id: ConnId,
     deflate: bool,
     ctx: SocketContext,
-) where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
-{
+) {
     // Futures that run once or briefly (joining, handling one frame) are boxed: an async fn's
     // state is as big as its biggest await point, and this one lives as long as the socket, so
     // unboxed they would make every idle socket carry room-loading and sync-answering state.
@@ -124,32 +151,28 @@ async fn serve<S>(
         Ok(lease) => lease,
         Err(e) => {
             tracing::error!(error = %e, "room failed to load; refusing socket");
-            close(&mut sink, CloseCode::INTERNAL_ERROR, "room failed to load").await;
+            close(&outbox, CloseCode::INTERNAL_ERROR, "room failed to load").await;
             return;
         }
     };
     let room = Arc::clone(lease.room());
-    let (tx, mut rx) = PeerTx::new(ctx.config.max_queue_frames);
-    let kick = Arc::clone(&tx.kick);
-    let queued = Arc::clone(&tx.queued);
-    let drained = Arc::clone(&tx.drained);
-    let greeting = room.subscribe(id, tx.clone());
+    let greeting = room.subscribe(id, Arc::clone(&outbox));
     // From here on, `member` undoes the join whatever happens, even a panic.
     let mut member =
         Member { id, lease: Some(lease), presence: PeerPresence::default(), ctx: ctx.clone() };
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!("socket joined");
     for frame in greeting {
-        tx.offer(frame, ctx.config.max_queue_bytes);
+        outbox.offer(&outbox::Framed::binary(frame));
     }
 
     let end = {
         let first = tokio::sync::Notify::new();
         let reader = read_loop(
-            &mut stream,
+            &mut socket,
             &room,
             Peer { id, deflate },
-            &tx,
+            &outbox,
             &mut member.presence,
             &ctx,
             &first,
@@ -159,13 +182,18 @@ async fn serve<S>(
             // our greeting and the answer leave in one write (on loopback a write costs about
             // as much as the rest of a connect).
             let _ = tokio::time::timeout(FIRST_FRAME_WAIT, first.notified()).await;
-            write_loop(&mut sink, &mut rx, &queued, &drained, ctx.config.ping_interval).await
+            outbox.release();
+            tokio::select! {
+                () = outbox.write_when_full() => End::PeerGone,
+                end = pings(&outbox, ctx.config.ping_interval) => end,
+            }
         };
         tokio::select! {
             end = reader => end,
             end = writer => end,
-            () = kick.kicked() => {
-                let (code, reason) = kick.reason().unwrap_or((CloseCode::INTERNAL_ERROR, "closed"));
+            () = outbox.kick.kicked() => {
+                let (code, reason) =
+                    outbox.kick.reason().unwrap_or((CloseCode::INTERNAL_ERROR, "closed"));
                 if code == CloseCode::TRY_AGAIN_LATER {
                     ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
                 }
@@ -174,12 +202,26 @@ async fn serve<S>(
             () = ctx.shutdown.cancelled() => End::Close(CloseCode::GOING_AWAY, "server shutting down".into()),
         }
     };
+    // Cut off by a frame of its own (a pong or ping over the frame limit) in the same poll as
+    // the branch that saw the frame refused: the kick's reason wins.
+    let end = match (end, outbox.kick.reason()) {
+        (End::PeerGone, Some((code, reason))) => {
+            if code == CloseCode::TRY_AGAIN_LATER {
+                ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
+            }
+            End::Close(code, reason.into())
+        }
+        (end, _) => end,
+    };
     // Leave the room (and announce the departure) before spending time on the close handshake.
     drop(member);
     match end {
         End::PeerGone => {
-            // Sends the reply to the peer's close frame, if it sent one.
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.flush()).await;
+            // The reply to the peer's close frame, if it sent one: tungstenite queues it on the
+            // outbox when flushed.
+            outbox.close_with(None);
+            let _ = socket.flush().await;
+            outbox.finish(CLOSE_WRITE_TIMEOUT).await;
             tracing::debug!("socket closed by peer");
         }
         End::Silent => {
@@ -190,10 +232,11 @@ async fn serve<S>(
             if code != CloseCode::GOING_AWAY {
                 tracing::info!(code = code.0, %reason, "closing socket");
             }
-            close(&mut sink, code, &reason).await;
+            close(&outbox, code, &reason).await;
         }
     }
-    // Dropping the sink and stream closes the TCP connection.
+    // Dropping the socket and the outbox (the room let go of it when the socket left) closes
+    // the TCP connection.
 }
 
 /// A socket's membership of a room; dropping it leaves the room, removes the socket's presence
@@ -215,52 +258,22 @@ impl Drop for Member {
     }
 }
 
-/// Sends a close frame, giving up after [`CLOSE_WRITE_TIMEOUT`] (a peer that does not read).
-async fn close<S>(sink: &mut S, code: CloseCode, reason: &str)
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    let frame = CloseFrame { code: code.0.into(), reason: reason.into() };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+/// Sends a close frame after whatever is being written, dropping the frames not started, and
+/// gives up after [`CLOSE_WRITE_TIMEOUT`] (a peer that does not read).
+async fn close(outbox: &Arc<Outbox>, code: CloseCode, reason: &str) {
+    outbox.close_with(Some(outbox::close_frame(code, reason)));
+    outbox.finish(CLOSE_WRITE_TIMEOUT).await;
 }
 
-/// Writes queued frames, coalescing everything queued into one flush, and pings on schedule.
-async fn write_loop<S>(
-    sink: &mut S,
-    rx: &mut mpsc::Receiver<Bytes>,
-    queued: &std::sync::atomic::AtomicUsize,
-    drained: &tokio::sync::Notify,
-    ping_interval: Duration,
-) -> End
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+/// Pings on schedule; ends when the socket can take no more frames.
+async fn pings(outbox: &Arc<Outbox>, interval: Duration) -> End {
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Grows to the largest batch seen: an idle socket keeps a few slots, not 64 (2 KiB).
-    let mut batch = Vec::new();
+    let frame = outbox::ping_frame();
     loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    return End::PeerGone;
-                }
-                for frame in batch.drain(..) {
-                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        return End::PeerGone;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return End::PeerGone;
-                }
-                drained.notify_one();
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return End::PeerGone;
-                }
-            }
+        ping.tick().await;
+        if !outbox.push_framed(frame.clone()) {
+            return End::PeerGone;
         }
     }
 }
@@ -270,7 +283,7 @@ async fn read_loop<S>(
     stream: &mut S,
     room: &Arc<Room>,
     peer: Peer,
-    tx: &PeerTx,
+    tx: &Arc<Outbox>,
     presence: &mut PeerPresence,
     ctx: &SocketContext,
     first: &tokio::sync::Notify,
@@ -318,7 +331,7 @@ async fn handle_frame(
     frame: Bytes,
     room: &Arc<Room>,
     peer: Peer,
-    tx: &PeerTx,
+    tx: &Arc<Outbox>,
     presence: &mut PeerPresence,
     ctx: &SocketContext,
 ) -> Result<(), (CloseCode, String)> {
@@ -342,7 +355,7 @@ async fn handle_frame(
                 for frame in reply {
                     // Not queued (the socket is closing): nor is the rest, which must not go
                     // without what came before it.
-                    if !tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await {
+                    if !tx.offer_reply(frame, liveness(ctx)).await {
                         break;
                     }
                 }
@@ -366,7 +379,7 @@ async fn handle_frame(
             }
             WireMessage::AwarenessQuery => {
                 if let Some(frame) = room.awareness_frame() {
-                    tx.offer_reply(frame, ctx.config.max_queue_bytes, liveness(ctx)).await;
+                    tx.offer_reply(frame, liveness(ctx)).await;
                 }
             }
             // Clients do not send auth in the y-websocket protocol; tolerate and ignore it.

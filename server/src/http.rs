@@ -15,12 +15,11 @@ use huddle_protocol::{RoomName, wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::WebSocketConfig;
 
-use crate::connection::{SocketContext, serve_socket};
+use crate::connection::{SocketContext, Upgraded, serve_socket};
 use crate::stats::Stats;
 
 /// Initial read buffer per socket (see where it is used).
@@ -343,12 +342,7 @@ async fn accept_socket(
         tracing::debug!(error = %e, "websocket upgrade failed");
         return;
     }
-    let config = Some(websocket_config(&ctx));
-    let socket = if pipelined.is_empty() {
-        WebSocketStream::from_raw_socket(tcp, Role::Server, config).await
-    } else {
-        WebSocketStream::from_partially_read(tcp, pipelined, Role::Server, config).await
-    };
+    let socket = Upgraded::new(tcp, pipelined, websocket_config(&ctx), &ctx).await;
     admission.serve(socket, ctx);
 }
 
@@ -515,10 +509,7 @@ impl Admission {
     /// Serves the socket in its room on a task of its own until it ends, then gives the permit
     /// back. A task of its own, rather than the rest of the connection's: that future would
     /// carry everything the connection needed to get here for the socket's whole life.
-    fn serve<S>(self, socket: WebSocketStream<S>, ctx: SocketContext)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    fn serve(self, socket: Upgraded, ctx: SocketContext) {
         let Self { room, deflate, permit, tracked } = self;
         let serving = serve_socket(socket, room, deflate, ctx);
         tokio::spawn(async move {
@@ -572,9 +563,19 @@ async fn websocket(
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let config = Some(websocket_config(&ctx));
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                // Every connection hyper serves is a `Replay` (see `serve_hyper`): take the TCP
+                // stream back, so this socket is written like any other (see `crate::outbox`).
+                let Ok(parts) = upgraded.downcast::<hyper_util::rt::TokioIo<Replay>>() else {
+                    tracing::error!("upgraded connection of an unexpected kind; dropped");
+                    return;
+                };
+                let replay = parts.io.into_inner();
+                // In the order the client sent them: what hyper read past the request, then
+                // what it had not taken of the bytes read before it.
+                let mut pipelined = parts.read_buf.to_vec();
+                pipelined.extend_from_slice(&replay.head[replay.read..]);
+                let socket =
+                    Upgraded::new(replay.tcp, pipelined, websocket_config(&ctx), &ctx).await;
                 admission.serve(socket, ctx);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -6,7 +6,8 @@
 //! Modules:
 //! - [`config`]: flags and environment ([`Config`]).
 //! - [`http`]: routes, socket admission, [`http::AppError`].
-//! - [`connection`]: one socket's reader/writer loop, pings, close codes.
+//! - [`connection`]: one socket's reader loop, pings, close codes.
+//! - [`outbox`]: a socket's queued frames, and the flusher that writes them.
 //! - [`registry`]: which rooms are in memory; single load, idle unload.
 //! - [`room`]: a loaded room: where messages enter, are persisted and fan out.
 //! - [`persist`]: group commit and durability watermarks.
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod outbox;
 pub mod persist;
 pub mod registry;
 pub mod room;
@@ -111,6 +113,7 @@ impl Server {
                 stats: Arc::clone(&self.stats),
                 config: Arc::new(self.config.socket()),
                 shutdown: cancel.clone(),
+                flushers: crate::outbox::Flushers::start(&self.stats),
             },
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
             socket_tasks: TaskTracker::new(),

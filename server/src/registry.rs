@@ -238,7 +238,6 @@ pub(crate) mod tests {
             compact_every: 1000,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
-            max_queue_bytes: 1 << 20,
         };
         Registry::new(store, persister, config, stats, TaskTracker::new(), CancellationToken::new())
     }

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,10 +28,9 @@ use huddle_protocol::yrs::updates::decoder::Decode;
 use huddle_protocol::yrs::updates::encoder::Encode;
 use huddle_protocol::yrs::{Doc, IdSet, ReadTxn, StateVector, Transact};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::outbox::{Framed, Outbox};
 use crate::persist::{NotDurable, Persister, Watermark};
 use crate::stats::Stats;
 use crate::store::{LogEntry, Seq, Store, StoreError};
@@ -118,8 +117,6 @@ pub struct RoomConfig {
     pub presence: PresenceLimits,
     /// Most awareness client ids one socket may speak for.
     pub max_presence_per_socket: usize,
-    /// Most bytes queued for one socket before it is cut off as too slow.
-    pub max_queue_bytes: usize,
 }
 
 /// Why a message could not be handled; each maps to the close code its sender gets.
@@ -173,136 +170,6 @@ pub enum LoadError {
         /// What yrs said.
         detail: String,
     },
-}
-
-/// Why a socket is being cut off from outside its own reader.
-#[derive(Debug)]
-pub struct Kick {
-    token: CancellationToken,
-    reason: Mutex<Option<(CloseCode, &'static str)>>,
-}
-
-impl Kick {
-    fn new() -> Self {
-        Self { token: CancellationToken::new(), reason: Mutex::new(None) }
-    }
-
-    /// Asks the socket to close with `code` (the first reason given wins).
-    pub fn kick(&self, code: CloseCode, reason: &'static str) {
-        self.reason.lock().get_or_insert((code, reason));
-        self.token.cancel();
-    }
-
-    /// Resolves once the socket was kicked.
-    pub async fn kicked(&self) {
-        self.token.cancelled().await;
-    }
-
-    /// Whether the socket was kicked.
-    pub fn token_cancelled(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// The reason given, if kicked.
-    pub fn reason(&self) -> Option<(CloseCode, &'static str)> {
-        *self.reason.lock()
-    }
-}
-
-/// The sending side of one socket, as the room sees it.
-#[derive(Debug, Clone)]
-pub struct PeerTx {
-    /// Frames waiting to be written. Bounded in frames here and in bytes by `queued`.
-    pub queue: mpsc::Sender<Bytes>,
-    /// Bytes currently in `queue`; the writer subtracts what it writes.
-    pub queued: Arc<AtomicUsize>,
-    /// Cuts the socket off.
-    pub kick: Arc<Kick>,
-    /// Signalled by the writer each time it has written what was queued.
-    pub drained: Arc<tokio::sync::Notify>,
-}
-
-impl PeerTx {
-    /// A queue for one socket holding at most `frames` frames.
-    pub fn new(frames: usize) -> (Self, mpsc::Receiver<Bytes>) {
-        let (queue, rx) = mpsc::channel(frames);
-        let tx = Self {
-            queue,
-            queued: Arc::new(AtomicUsize::new(0)),
-            kick: Arc::new(Kick::new()),
-            drained: Arc::new(tokio::sync::Notify::new()),
-        };
-        (tx, rx)
-    }
-
-    /// Queues `frame` without waiting; a socket whose queue is full is too slow and is kicked.
-    /// Returns false when the frame was not queued.
-    pub fn offer(&self, frame: Bytes, max_bytes: usize) -> bool {
-        self.push(frame, Some(max_bytes))
-    }
-
-    /// Queues the answer to this socket's own request (a sync step 2, say), first waiting
-    /// until the queue has room for it. A socket that asks for a big room gets it at the pace
-    /// it reads, instead of being cut off as slow because broadcasts were queued meanwhile; its
-    /// reader waits, so it cannot pile up answers either. Returns false if the frame was not
-    /// queued (the socket is closing).
-    ///
-    /// A socket whose queue does not drain within `max_wait` is not reading: it is cut off as
-    /// too slow (while the reader waits here, no liveness timeout would notice).
-    pub async fn offer_reply(&self, frame: Bytes, max_bytes: usize, max_wait: Duration) -> bool {
-        let room = async {
-            loop {
-                let queued = self.queued.load(Ordering::Acquire);
-                if queued == 0 || queued + frame.len() <= max_bytes || self.kick.token_cancelled() {
-                    return true;
-                }
-                tokio::select! {
-                    () = self.drained.notified() => {}
-                    () = self.kick.kicked() => return false,
-                }
-            }
-        };
-        match tokio::time::timeout(max_wait, room).await {
-            // Over the budget by at most this one answer, which the peer asked for.
-            Ok(true) => self.push(frame, None),
-            Ok(false) => false,
-            Err(_) => {
-                self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
-                false
-            }
-        }
-    }
-
-    /// Queues a small frame whatever the byte budget says (the frame limit still applies).
-    pub fn offer_unbudgeted(&self, frame: Bytes) -> bool {
-        self.push(frame, None)
-    }
-
-    fn push(&self, frame: Bytes, max_bytes: Option<usize>) -> bool {
-        let len = frame.len();
-        // Count the bytes before the frame is visible to the writer, which subtracts them.
-        let before = self.queued.fetch_add(len, Ordering::AcqRel);
-        // One frame is always accepted into an empty queue, however large (a big room's sync
-        // answer may exceed the budget on its own).
-        if let Some(max_bytes) = max_bytes
-            && before > 0
-            && before + len > max_bytes
-        {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
-            self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
-            return false;
-        }
-        match self.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
-                }
-                false
-            }
-        }
-    }
 }
 
 struct DocState {
@@ -621,7 +488,7 @@ pub struct Room {
     me: std::sync::Weak<Room>,
     name: RoomName,
     state: Mutex<DocState>,
-    peers: Mutex<HashMap<ConnId, PeerTx>>,
+    peers: Mutex<HashMap<ConnId, Arc<Outbox>>>,
     watermark: Arc<Watermark>,
     persister: Persister,
     store: Arc<dyn Store>,
@@ -887,7 +754,7 @@ impl Room {
     /// Adds a socket and returns the frames to greet it with: our sync step 1 (so the client
     /// sends what we lack) and everyone's presence. The peer is registered before the state
     /// vector is read, so no update can fall between the two.
-    pub fn subscribe(&self, id: ConnId, tx: PeerTx) -> Vec<Bytes> {
+    pub fn subscribe(&self, id: ConnId, tx: Arc<Outbox>) -> Vec<Bytes> {
         self.peers.lock().insert(id, tx);
         let state = self.state.lock();
         let mut frames = Vec::with_capacity(2);
@@ -1329,9 +1196,10 @@ impl Room {
 
     /// The fan-out: one encoded frame, shared by every recipient's queue.
     pub fn broadcast(&self, except: Option<ConnId>, frame: &Bytes) {
+        let framed = Framed::binary(frame.clone());
         let peers = self.peers.lock();
         for (id, tx) in peers.iter() {
-            if Some(*id) != except && tx.offer(frame.clone(), self.config.max_queue_bytes) {
+            if Some(*id) != except && tx.offer(&framed) {
                 self.stats.frames_relayed.fetch_add(1, Ordering::Relaxed);
             }
         }

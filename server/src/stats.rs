@@ -38,6 +38,8 @@ pub struct Stats {
     /// Diffs for clients that have part of a big room, encoded on the blocking pool (a
     /// returning visitor, a reconnect): how often big rooms are resynced rather than opened.
     pub pool_diffs: AtomicU64,
+    /// `write`s to sockets: against `frames_relayed`, how many frames share a write.
+    pub socket_writes: AtomicU64,
 }
 
 impl Stats {
@@ -104,6 +106,11 @@ impl Stats {
                 "huddle_pool_diffs_total",
                 "Sync answers for clients that had part of a big room, encoded off the relay's thread.",
                 self.pool_diffs.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_socket_writes_total",
+                "Writes to sockets (frames queued together share one).",
+                self.socket_writes.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

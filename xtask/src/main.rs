@@ -180,7 +180,7 @@ fn relay_guard(root: &Path) -> Result<()> {
     let out_file = out_dir.join("relay_cost.out");
     let run = Command::new("valgrind")
         .arg("--tool=callgrind")
-        .arg("--toggle-collect=*relay_loop*")
+        .arg("--toggle-collect=*relay_one*")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(target_dir(root).join("release/examples/relay_cost"))
         .output()
