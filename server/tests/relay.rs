@@ -67,7 +67,9 @@ async fn two_clients_converge_late_joiner_gets_everything_and_presence_comes_and
     server.stop().await;
 }
 
-#[tokio::test]
+// Two runtime threads, as `--threads 2` gives the server: the sockets are spread over two
+// flushers, and broadcasts from either thread reach outboxes written by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sockets_opening_one_stored_room_share_one_load_and_converge() {
     let server = TestServer::start().await;
     let url = server.url("crowd");
