@@ -100,6 +100,7 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
         }
     }
     let cpu0 = target.cpu();
+    let writes0 = target.socket_writes().await;
     let own0 = crate::system::own_cpu()?;
     let t0 = Instant::now();
     phase_tx.send(Phase::Run)?;
@@ -109,6 +110,7 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let wall = t0.elapsed();
     let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+    let writes = target.socket_writes().await.zip(writes0).map(|(a, b)| a.saturating_sub(b));
     let own = crate::system::own_cpu()? - own0;
 
     let mut report = Report::new(
@@ -159,6 +161,12 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     if let Some(cpu) = cpu {
         report
             .row("server CPU per delivered cursor", us(crate::system::micros_per(cpu, delivered)));
+    }
+    if let Some(writes) = writes {
+        report.row(
+            "server socket writes per delivered cursor",
+            format!("{:.2}", writes as f64 / delivered.max(1) as f64),
+        );
     }
     report.check_own_cpu(own, wall);
     Ok(report)

@@ -115,6 +115,7 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     }
 
     let cpu0 = target.cpu();
+    let writes0 = target.socket_writes().await;
     let own0 = crate::system::own_cpu()?;
     let t0 = Instant::now();
     start_tx.send(true)?;
@@ -128,6 +129,7 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
     }
     let wall = t0.elapsed();
     let cpu = target.cpu().zip(cpu0).map(|(a, b)| a - b);
+    let writes = target.socket_writes().await.zip(writes0).map(|(a, b)| a.saturating_sub(b));
     let own = crate::system::own_cpu()? - own0;
 
     let mut sent = 0u64;
@@ -183,6 +185,12 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
         );
         report
             .row("server CPU per delivered update", us(crate::system::micros_per(cpu, delivered)));
+    }
+    if let Some(writes) = writes {
+        report.row(
+            "server socket writes per delivered update",
+            format!("{:.2}", writes as f64 / delivered.max(1) as f64),
+        );
     }
     report.check_own_cpu(own, wall);
     if expected > delivered {

@@ -51,6 +51,31 @@ impl Target {
     pub fn rss(&self) -> Option<u64> {
         self.pid.and_then(|p| crate::system::rss(p).ok())
     }
+
+    /// The server's count of writes to its sockets, where it publishes one: Huddle's
+    /// `huddle_socket_writes_total` at `GET /metrics` on the socket URL's host. Against
+    /// deliveries it says how many frames share a write. `None` for servers without it.
+    pub async fn socket_writes(&self) -> Option<u64> {
+        let rest = self.ws.strip_prefix("ws://")?;
+        let authority = rest.split('/').next()?;
+        let body = http_get(authority, "/metrics").await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("huddle_socket_writes_total ")?.trim().parse().ok())
+    }
+}
+
+/// One HTTP/1.1 GET, returning the whole response (head and body) as text.
+async fn http_get(authority: &str, path: &str) -> Result<String> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(authority))
+        .await
+        .context("connect timed out")??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .context("response timed out")??;
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 /// One HTTP/1.1 POST, returning the status code.
