@@ -43,6 +43,10 @@ const MAX_HEADER: usize = 10;
 /// Most frames one `writev` takes, at two slices each (Linux takes up to 1,024 slices).
 const FRAMES_PER_WRITE: usize = 64;
 
+/// Queue slots an emptied queue keeps; a bigger one (left by a burst, a slow reader) is freed,
+/// so an idle socket does not keep the memory of its busiest moment.
+const KEEP_SLOTS: usize = 16;
+
 /// Why a socket is being cut off from outside its own reader.
 #[derive(Debug)]
 pub struct Kick {
@@ -381,6 +385,9 @@ impl Outbox {
                 }
             }
         }
+        if queue.frames.capacity() > KEEP_SLOTS {
+            queue.frames = VecDeque::new();
+        }
         Progress::Done
     }
 
@@ -694,6 +701,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_emptied_queue_gives_back_what_a_burst_grew_it_to() {
+        let mut c = connected(ROOMY).await;
+        for tag in 0..100 {
+            assert!(c.outbox.offer(&small(tag)));
+        }
+        assert!(c.outbox.queue.lock().frames.capacity() >= 100);
+        c.outbox.release();
+        for tag in 0..100 {
+            assert_eq!(next_binary(&mut c.client).await, small(tag).payload);
+        }
+        until(&c.outbox, "the queue is written", |q| q.frames.is_empty()).await;
+        assert!(c.outbox.queue.lock().frames.capacity() <= KEEP_SLOTS);
+    }
+
+    #[tokio::test]
     async fn held_frames_wait_for_the_release_then_leave_together() {
         let mut c = connected(ROOMY).await;
         assert!(c.outbox.offer(&small(1)));
@@ -728,6 +750,7 @@ mod tests {
             assert_eq!(next_binary(&mut c.client).await, small(tag).payload);
         }
         until(&c.outbox, "the flusher writes again", |q| !q.blocked && q.frames.is_empty()).await;
+        assert!(c.outbox.queue.lock().frames.capacity() <= KEEP_SLOTS);
         assert!(c.outbox.offer(&small(6)));
         assert_eq!(next_binary(&mut c.client).await, small(6).payload);
     }
