@@ -191,27 +191,15 @@ async fn serve(
         tokio::select! {
             end = reader => end,
             end = writer => end,
-            () = outbox.kick.kicked() => {
-                let (code, reason) =
-                    outbox.kick.reason().unwrap_or((CloseCode::INTERNAL_ERROR, "closed"));
-                if code == CloseCode::TRY_AGAIN_LATER {
-                    ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
-                }
-                End::Close(code, reason.into())
-            }
+            () = outbox.kick.kicked() => kicked(&outbox, &ctx),
             () = ctx.shutdown.cancelled() => End::Close(CloseCode::GOING_AWAY, "server shutting down".into()),
         }
     };
     // Cut off by a frame of its own (a pong or ping over the frame limit) in the same poll as
     // the branch that saw the frame refused: the kick's reason wins.
-    let end = match (end, outbox.kick.reason()) {
-        (End::PeerGone, Some((code, reason))) => {
-            if code == CloseCode::TRY_AGAIN_LATER {
-                ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
-            }
-            End::Close(code, reason.into())
-        }
-        (end, _) => end,
+    let end = match end {
+        End::PeerGone if outbox.kick.token_cancelled() => kicked(&outbox, &ctx),
+        end => end,
     };
     // Leave the room (and announce the departure) before spending time on the close handshake.
     drop(member);
@@ -237,6 +225,16 @@ async fn serve(
     }
     // Dropping the socket and the outbox (the room let go of it when the socket left) closes
     // the TCP connection.
+}
+
+/// How a socket cut off from outside ends: with the kick's code and reason (a slow peer counted
+/// as one).
+fn kicked(outbox: &Outbox, ctx: &SocketContext) -> End {
+    let (code, reason) = outbox.kick.reason().unwrap_or((CloseCode::INTERNAL_ERROR, "closed"));
+    if code == CloseCode::TRY_AGAIN_LATER {
+        ctx.stats.slow_peers.fetch_add(1, Ordering::Relaxed);
+    }
+    End::Close(code, reason.into())
 }
 
 /// A socket's membership of a room; dropping it leaves the room, removes the socket's presence
