@@ -59,6 +59,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Most connections at once that are not WebSockets (yet): requests for the web client's
+    /// files, and upgrades whose request is still being read. More wait to be accepted, so
+    /// connections that open and then trickle or say nothing cannot take every file
+    /// descriptor and buffer the server has; admitted WebSockets do not count.
+    #[arg(long, env = "HUDDLE_MAX_HTTP_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_http_connections: u32,
+
     /// Most bytes queued for one socket before it is closed as too slow (it resyncs on reconnect).
     #[arg(long, env = "HUDDLE_MAX_QUEUE_BYTES", default_value_t = 32 << 20,
           value_parser = clap::value_parser!(u32).range(65536..))]

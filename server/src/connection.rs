@@ -333,10 +333,11 @@ async fn handle_frame(
     presence: &mut PeerPresence,
     ctx: &SocketContext,
 ) -> Result<(), (CloseCode, String)> {
-    let messages = wire::decode_frame(&frame).map_err(|e| {
-        tracing::info!(error = %e, "undecodable frame");
-        (e.close_code(), e.to_string())
-    })?;
+    let messages =
+        wire::decode_frame_limited(&frame, room.max_awareness_clients()).map_err(|e| {
+            tracing::info!(error = %e, "undecodable frame");
+            (e.close_code(), e.to_string())
+        })?;
     let single = messages.len() == 1;
     let room_err = |e: RoomError| {
         let (code, reason) = e.close();

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use axum::Router;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub sockets: SocketContext,
     /// One permit per open socket: the connection limit.
     pub connection_permits: Arc<Semaphore>,
+    /// One permit per accepted connection that is not an admitted socket (see [`HttpSlot`]).
+    pub http_permits: Arc<Semaphore>,
     /// Socket tasks, so shutdown can wait for every socket to close.
     pub socket_tasks: TaskTracker,
 }
@@ -103,6 +106,14 @@ pub async fn serve_http1(
     let app = router(state.clone());
     let connections = TaskTracker::new();
     loop {
+        // A slot first: at the limit, new connections wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = Arc::clone(&state.http_permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // closed: never happens, the state owns it
+            },
+            () = stop.cancelled() => break,
+        };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -116,6 +127,7 @@ pub async fn serve_http1(
         without_nagle(&tcp);
         connections.spawn(serve_connection(
             tcp,
+            HttpSlot::new(permit, &state.sockets.stats),
             state.clone(),
             app.clone(),
             timeouts,
@@ -142,6 +154,7 @@ pub async fn serve_http1(
 /// after a restart spends its time on (docs/benchmarks.md).
 async fn serve_connection(
     tcp: TcpStream,
+    slot: HttpSlot,
     state: AppState,
     app: Router,
     timeouts: HttpTimeouts,
@@ -149,6 +162,8 @@ async fn serve_connection(
 ) {
     match read_head(tcp, &state, timeouts.header, &stop).await {
         Opening::Socket { tcp, upgrade, pipelined, admission } => {
+            // A socket now, counted by its admission.
+            drop(slot);
             accept_socket(tcp, upgrade, pipelined, admission, state.sockets.clone()).await;
         }
         Opening::Http { tcp, head } => {
@@ -156,6 +171,27 @@ async fn serve_connection(
             serve_hyper(tcp, head, app, timeouts, stats, stop).await;
         }
         Opening::Gone => {}
+    }
+}
+
+/// A connection's place under `--max-http-connections`, held until it ends or becomes an
+/// admitted socket (one upgraded through hyper holds it until hyper lets go of the
+/// connection, just after the upgrade).
+pub struct HttpSlot {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<Stats>,
+}
+
+impl HttpSlot {
+    fn new(permit: OwnedSemaphorePermit, stats: &Arc<Stats>) -> Self {
+        stats.http_connections.fetch_add(1, Ordering::Relaxed);
+        Self { _permit: permit, stats: Arc::clone(stats) }
+    }
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.stats.http_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -231,7 +267,12 @@ async fn serve_hyper(
     });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeouts.header);
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.header)
+        // Requests here are heads without bodies: 64 KiB rather than hyper's 400 KiB bounds
+        // what each of `--max-http-connections` can make the server buffer.
+        .max_buf_size(MAX_HTTP_BUFFER);
     let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -248,6 +289,8 @@ const HEAD_READ_BYTES: usize = 1024;
 /// Longest head the WebSocket fast path waits for; a longer one goes to hyper, which has its
 /// own limit.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest read buffer hyper may grow for one connection (see [`serve_hyper`]).
+const MAX_HTTP_BUFFER: usize = 64 * 1024;
 /// Most headers the fast path parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
 

@@ -116,6 +116,7 @@ impl Server {
                 flushers: crate::outbox::Flushers::start(&self.stats),
             },
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
+            http_permits: Arc::new(Semaphore::new(self.config.max_http_connections as usize)),
             socket_tasks: TaskTracker::new(),
         };
         let socket_tasks = state.socket_tasks.clone();

@@ -601,7 +601,7 @@ impl AsyncWrite for Wire {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use futures_util::{SinkExt, StreamExt};
@@ -614,21 +614,21 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(20);
     const SOCKET_BUFFER: u32 = 32 << 10;
-    const ROOMY: Limits = Limits { max_frames: 1000, max_bytes: 64 << 20 };
+    pub(crate) const ROOMY: Limits = Limits { max_frames: 1000, max_bytes: 64 << 20 };
 
-    struct Connected {
-        outbox: Arc<Outbox>,
+    pub(crate) struct Connected {
+        pub(crate) outbox: Arc<Outbox>,
         /// The server's end for reading, kept open.
-        read: Option<OwnedReadHalf>,
-        client: WebSocketStream<TcpStream>,
-        stats: Arc<Stats>,
+        pub(crate) read: Option<OwnedReadHalf>,
+        pub(crate) client: WebSocketStream<TcpStream>,
+        pub(crate) stats: Arc<Stats>,
     }
 
     /// An outbox on the server's end of a loopback connection, with its socket task's part
     /// running, and a WebSocket client on the other end.
     /// Socket buffers on both ends are kept small, so [`big`] cannot be written at once
     /// whatever the machine's TCP settings allow.
-    async fn connected(limits: Limits) -> Connected {
+    pub(crate) async fn connected(limits: Limits) -> Connected {
         let small_buffers = || {
             let socket = TcpSocket::new_v4().expect("a socket");
             socket.set_send_buffer_size(SOCKET_BUFFER).expect("sets SO_SNDBUF");
@@ -662,7 +662,7 @@ mod tests {
             .expect("a well-formed frame")
     }
 
-    async fn next_binary(client: &mut WebSocketStream<TcpStream>) -> Bytes {
+    pub(crate) async fn next_binary(client: &mut WebSocketStream<TcpStream>) -> Bytes {
         match next(client).await {
             Message::Binary(payload) => payload,
             other => panic!("expected a binary frame, got {other:?}"),

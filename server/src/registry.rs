@@ -228,7 +228,7 @@ pub(crate) mod tests {
 
     /// A registry over `store` with small limits, for tests (here and in `room`).
     pub(crate) fn registry_for_tests(
-        store: Arc<MemoryStore>,
+        store: Arc<dyn crate::store::Store>,
         stats: Arc<Stats>,
         idle_unload: Duration,
     ) -> Registry {

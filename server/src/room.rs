@@ -175,6 +175,8 @@ pub enum LoadError {
 struct DocState {
     /// The document and everyone's presence (yrs' `Awareness` owns the `Doc`).
     awareness: Awareness,
+    /// Presence states removed since `awareness` was last rebuilt (see [`note_departures`]).
+    departed: usize,
     /// Log position of the last update applied to the document.
     applied: Seq,
     /// The whole document as fresh joiners get it, at the version it was encoded at; dropped
@@ -523,6 +525,90 @@ fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What applying a client's update did to the room's document.
+enum Applied {
+    /// All of it went in; `changed` is false when the room had it all already.
+    Whole { changed: bool },
+    /// yrs refused it part-way; `integrated` is what went in before (encoded as an update).
+    Part { error: huddle_protocol::yrs::error::UpdateError, integrated: Option<Vec<u8>> },
+}
+
+/// An accepted update on its way out: relayed once it is durable. If the socket that sent it
+/// is cut off meanwhile (its task dropped while waiting here), the relay goes on in a task of
+/// its own: an update in the room's document and log is never kept from the room's clients,
+/// whose later edits would otherwise wait on it until they reconnect.
+struct Relay {
+    room: Arc<Room>,
+    from: ConnId,
+    seq: Seq,
+    /// Taken once relayed (or refused); still here when dropped means "finish elsewhere".
+    frame: Option<Bytes>,
+    /// False in the task that finishes a dropped relay, so a runtime shutting down (which
+    /// drops new tasks at once) cannot make it spawn itself forever.
+    detach_if_dropped: bool,
+}
+
+impl Relay {
+    /// Waits until the update is durable, then relays it to everyone but its sender.
+    async fn when_durable(mut self) -> Result<(), RoomError> {
+        let durable = self.room.watermark.wait_for(self.seq).await;
+        let Some(frame) = self.frame.take() else { return Ok(()) };
+        if let Err(e) = durable {
+            self.room.break_room();
+            return Err(e.into());
+        }
+        self.room.broadcast(Some(self.from), &frame);
+        self.room.stats.updates.fetch_add(1, Ordering::Relaxed);
+        self.room.maybe_compact(self.seq);
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.detach_if_dropped
+            && let Some(frame) = self.frame.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let rest = Relay {
+                room: Arc::clone(&self.room),
+                from: self.from,
+                seq: self.seq,
+                frame: Some(frame),
+                detach_if_dropped: false,
+            };
+            runtime.spawn(async move {
+                let _ = rest.when_durable().await;
+            });
+        }
+    }
+}
+
+/// Most removed presence states a room keeps. yrs keeps a clock for every client id that ever
+/// left, so that a late copy of its old state cannot bring it back: a long-lived room's
+/// visitors, or one peer naming new ids and removing them again and again, would grow that
+/// without bound. Past this many, the awareness is rebuilt from the live states; a late copy
+/// of a forgotten one could then show a departed cursor until Yjs' 30 s timeout.
+const MAX_DEPARTED: usize = 1024;
+
+/// Counts `departed` more removed presence states, and forgets them all once they are more
+/// than [`MAX_DEPARTED`].
+fn note_departures(state: &mut DocState, departed: usize) {
+    state.departed += departed;
+    if state.departed <= MAX_DEPARTED {
+        return;
+    }
+    let mut awareness = Awareness::with_clock(state.awareness.doc().clone(), now_millis);
+    if let Ok(live) = state.awareness.update()
+        && !live.clients.is_empty()
+    {
+        // Cannot fail: the states are the room's own, already validated.
+        let _ = awareness.apply_update(live);
+    }
+    state.awareness = awareness;
+    state.departed = 0;
+}
+
 /// What a document holds back for lack of dependencies (updates and deletions waiting for
 /// earlier ones). A change here is new information even when the state vector did not move.
 fn pending_fingerprint(txn: &impl ReadTxn) -> (Option<(StateVector, usize)>, Option<IdSet>) {
@@ -641,6 +727,7 @@ impl Room {
             name,
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
+                departed: 0,
                 applied: last,
                 full,
                 ready: !lazy,
@@ -714,6 +801,7 @@ impl Room {
                 tracing::warn!(room = %self.name, error = %e, "presence not carried over to the built room");
             }
             state.awareness = awareness;
+            state.departed = 0;
             state.ready = true;
             if state.stored_sv.take().is_none() {
                 let sv = state.awareness.doc().transact().state_vector();
@@ -1039,8 +1127,12 @@ impl Room {
     /// `frame` is the frame to relay; pass the received frame when it holds exactly this update
     /// as an update message, so it is not re-encoded.
     ///
+    /// Once the update is in the document, it is relayed even if this future is dropped while
+    /// it waits to be durable (see [`Relay`]).
+    ///
     /// # Errors
-    /// [`RoomError::InvalidUpdate`] if it does not decode or apply (nothing is stored or relayed);
+    /// [`RoomError::InvalidUpdate`] if it does not decode (nothing is stored or relayed) or
+    /// yrs refuses it part-way (the part it took is stored and relayed first);
     /// [`RoomError::NotDurable`] if storage failed (nothing is relayed).
     pub async fn apply_update(
         self: &Arc<Self>,
@@ -1058,7 +1150,7 @@ impl Room {
         }
         self.ready().await;
         let mut waiting = WaitingEdit::new(self);
-        let seq = loop {
+        let (seq, stored, refused) = loop {
             let encoded = {
                 let mut state = self.state.lock();
                 if self.is_broken() {
@@ -1077,59 +1169,74 @@ impl Room {
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
-                        txn.apply_update(decoded)?;
-                        // An update the room already had entirely (a reconnecting client re-sending its
-                        // delete set, say) changes nothing: nothing to store, nothing to relay.
-                        let changed = !txn.delete_set().is_empty()
-                            || txn.state_vector() != before.0
-                            || pending_fingerprint(&txn) != before.1;
-                        Ok::<bool, huddle_protocol::yrs::error::UpdateError>(changed)
+                        match txn.apply_update(decoded) {
+                            // An update the room already had entirely (a reconnecting client
+                            // re-sending its delete set, say) changes nothing: nothing to
+                            // store, nothing to relay.
+                            Ok(()) => Applied::Whole {
+                                changed: !txn.delete_set().is_empty()
+                                    || txn.state_vector() != before.0
+                                    || pending_fingerprint(&txn) != before.1,
+                            },
+                            // yrs refuses an item whose parent is not a type only once it
+                            // meets it, after integrating the items before it (its only
+                            // error, `InvalidParent`). Those are in the document now: what
+                            // changed is stored and relayed like any update, so the room
+                            // keeps one history with its log and its clients, and only the
+                            // sender is cut off.
+                            Err(e) => Applied::Part {
+                                error: e,
+                                integrated: (txn.state_vector() != before.0)
+                                    .then(|| txn.encode_diff_v1(&before.0)),
+                            },
+                        }
                     }));
-                    match applied {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => return Ok(()),
-                        Ok(Err(e)) => {
-                            // yrs can fail after integrating part of the update: that part is in the
-                            // document but will never be in the log. Stop using this copy; the log holds
-                            // everything accepted, so a reload loses nothing.
-                            drop(state);
-                            tracing::warn!(room = %self.name, error = %e, "update failed to apply; reloading room");
-                            self.break_room();
-                            return Err(RoomError::InvalidUpdate(e.to_string()));
+                    let (stored, refused) = match applied {
+                        Ok(Applied::Whole { changed: true }) => {
+                            (Bytes::copy_from_slice(update), None)
+                        }
+                        Ok(Applied::Whole { changed: false }) => return Ok(()),
+                        Ok(Applied::Part { error, integrated: Some(part) }) => {
+                            tracing::warn!(room = %self.name, %error, "update applied in part; storing and relaying that part");
+                            (Bytes::from(part), Some(error))
+                        }
+                        Ok(Applied::Part { error, integrated: None }) => {
+                            return Err(RoomError::InvalidUpdate(error.to_string()));
                         }
                         Err(_) => {
+                            // The document may be half-changed in ways nothing can tell: stop
+                            // using this copy; the log holds everything accepted, so a reload
+                            // loses nothing.
                             drop(state);
                             tracing::error!(room = %self.name, "yrs panicked applying an update; reloading room");
                             self.break_room();
                             return Err(RoomError::Unavailable);
                         }
-                    }
+                    };
                     state.applied = Seq(state.applied.0 + 1);
                     state.full = None;
                     let seq = state.applied;
-                    self.log_bytes.fetch_add(update.len() as u64, Ordering::Relaxed);
-                    let entry = LogEntry {
-                        room: self.name.clone(),
-                        seq,
-                        update: Bytes::copy_from_slice(update),
-                    };
-                    keep_for_joiners(&mut state, &entry.update);
+                    self.log_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                    keep_for_joiners(&mut state, &stored);
+                    let entry = LogEntry { room: self.name.clone(), seq, update: stored.clone() };
                     self.persister.enqueue(entry, Arc::clone(&self.watermark));
-                    break seq;
+                    break (seq, stored, refused);
                 }
             };
             encoded.await;
         };
         waiting.signal();
-        if let Err(e) = self.watermark.wait_for(seq).await {
-            self.break_room();
-            return Err(e.into());
+        let frame = match (frame, &refused) {
+            (Some(frame), None) => frame,
+            _ => Bytes::from(wire::update(stored.to_vec())),
+        };
+        Relay { room: Arc::clone(self), from, seq, frame: Some(frame), detach_if_dropped: true }
+            .when_durable()
+            .await?;
+        match refused {
+            None => Ok(()),
+            Some(error) => Err(RoomError::InvalidUpdate(error.to_string())),
         }
-        let frame = frame.unwrap_or_else(|| Bytes::from(wire::update(update.to_vec())));
-        self.broadcast(Some(from), &frame);
-        self.stats.updates.fetch_add(1, Ordering::Relaxed);
-        self.maybe_compact(seq);
-        Ok(())
     }
 
     /// Validates and applies an awareness update from socket `from` and relays `frame` to
@@ -1148,12 +1255,17 @@ impl Room {
         let sent = update.clients.len();
         let effective = {
             let mut state = self.state.lock();
-            presence.apply(
+            let effective = presence.apply(
                 &mut state.awareness,
                 update,
                 &self.config.presence,
                 self.config.max_presence_per_socket,
-            )?
+            )?;
+            if let Some(effective) = &effective {
+                let removed = effective.clients.values().filter(|e| &*e.json == "null").count();
+                note_departures(&mut state, removed);
+            }
+            effective
         };
         if let Some(effective) = effective {
             // Relay the received frame untouched unless entries were dropped from it.
@@ -1178,6 +1290,12 @@ impl Room {
         self.broadcast((!alone).then_some(from), frame);
     }
 
+    /// Most clients one awareness message from a peer may name: refused from its count, before
+    /// decoding (see `wire::decode_frame_limited`).
+    pub fn max_awareness_clients(&self) -> usize {
+        self.config.presence.max_entries
+    }
+
     /// Everyone's presence as one frame (the answer to a query-awareness message).
     pub fn awareness_frame(&self) -> Option<Bytes> {
         let state = self.state.lock();
@@ -1188,7 +1306,14 @@ impl Room {
     /// Removes socket `id` and tells everyone its presence is gone.
     pub fn unsubscribe(&self, id: ConnId, presence: &mut PeerPresence) {
         self.peers.lock().remove(&id);
-        let removal = presence.depart(&mut self.state.lock().awareness);
+        let removal = {
+            let mut state = self.state.lock();
+            let removal = presence.depart(&mut state.awareness);
+            if let Some(removal) = &removal {
+                note_departures(&mut state, removal.clients.len());
+            }
+            removal
+        };
         if let Some(update) = removal {
             self.broadcast(None, &Bytes::from(wire::awareness(update)));
         }
@@ -1304,7 +1429,12 @@ mod tests {
     use huddle_protocol::schema::{Board, Shape, ShapeKind};
     use huddle_protocol::yrs::{Transact, TransactionMut};
 
+    use huddle_protocol::wire::{WireMessage, WireSyncMessage};
+    use huddle_protocol::yrs::ClientID;
+    use huddle_protocol::yrs::sync::awareness::AwarenessUpdateEntry;
+
     use super::*;
+    use crate::store::StoredRoom;
     use crate::store::memory::MemoryStore;
 
     fn shape_update(id: &str) -> Vec<u8> {
@@ -1639,5 +1769,119 @@ mod tests {
         assert_eq!(kept(), None, "too many edits kept");
         let answer = room.sync_step2(&StateVector::default(), false).await.expect("answer");
         assert_eq!((answer.len(), encodes()), (1, 2));
+    }
+
+    /// A store whose appends wait until the test opens its gate: storage that is slow to
+    /// confirm, the window in which a socket can be cut off with its update accepted.
+    #[derive(Debug)]
+    struct GatedStore {
+        inner: MemoryStore,
+        open: tokio::sync::watch::Receiver<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for GatedStore {
+        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+            self.inner.load(room).await
+        }
+        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|open| *open).await;
+            self.inner.append(batch).await
+        }
+        async fn compact(
+            &self,
+            room: &RoomName,
+            upto: Seq,
+            snapshot: Bytes,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.compact(room, upto, snapshot, state_vector).await
+        }
+        async fn set_snapshot_state_vector(
+            &self,
+            room: &RoomName,
+            seq: Seq,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
+        }
+        async fn close(&self) {}
+    }
+
+    /// A socket cut off while its update waits to be durable (its task, and the edit's future
+    /// with it, dropped): the update is in the room's document, so it still reaches the others
+    /// once stored, rather than never (their later edits would wait on it until they
+    /// reconnected).
+    #[tokio::test]
+    async fn an_update_whose_sender_is_cut_off_before_it_is_stored_still_reaches_the_room() {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let store = Arc::new(GatedStore { inner: MemoryStore::default(), open });
+        let registry = crate::registry::tests::registry_for_tests(
+            store,
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = lease.room();
+        let mut other = crate::outbox::tests::connected(crate::outbox::tests::ROOMY).await;
+        let _greeting = room.subscribe(ConnId(2), Arc::clone(&other.outbox));
+        other.outbox.release();
+
+        let update = shape_update("kept");
+        let mut edit = Box::pin(room.apply_update(ConnId(1), &update, None));
+        assert!((&mut edit).now_or_never().is_none(), "the edit waits for the store");
+        assert_eq!(shapes(room), 1, "the update is in the room's document");
+        drop(edit);
+        gate.send_replace(true);
+
+        let relayed = loop {
+            let frame = crate::outbox::tests::next_binary(&mut other.client).await;
+            if let [WireMessage::Sync(WireSyncMessage::Update(update))] =
+                wire::decode_frame(&frame).expect("decodes").as_slice()
+            {
+                break update.clone();
+            }
+        };
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(wire::decode_update(&relayed).expect("decodes"))
+            .expect("applies");
+        assert!(Board::new(&doc).shape(&doc.transact(), "kept").is_some(), "the relayed update");
+    }
+
+    /// One peer naming new presence ids and removing them again, over and over: the room's
+    /// awareness keeps only a bounded number of the departed ones, and everyone live stays.
+    #[tokio::test]
+    async fn departed_presence_does_not_pile_up() {
+        let registry = registry(Arc::new(Stats::default()));
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = lease.room();
+        let entry = |json: &str| AwarenessUpdateEntry { clock: 1, json: json.into() };
+        let mut stays = PeerPresence::default();
+        let update = AwarenessUpdate {
+            clients: HashMap::from([(ClientID::new(1), entry(r#"{"user":{"name":"Stays"}}"#))]),
+        };
+        room.apply_awareness(ConnId(1), &mut stays, update, Bytes::new()).expect("applies");
+
+        let mut churner = PeerPresence::default();
+        for round in 0..(3 * MAX_DEPARTED as u64 / 8) {
+            let ids: Vec<u64> = (0..8).map(|i| 1_000 + round * 8 + i).collect();
+            for json in ["{}", "null"] {
+                let clients = ids.iter().map(|&id| (ClientID::new(id), entry(json))).collect();
+                room.apply_awareness(
+                    ConnId(2),
+                    &mut churner,
+                    AwarenessUpdate { clients },
+                    Bytes::new(),
+                )
+                .expect("applies");
+            }
+        }
+        let state = room.state.lock();
+        let kept = state.awareness.iter().count();
+        assert!(kept <= MAX_DEPARTED + 1, "{kept} presence entries kept");
+        let live = state.awareness.update().expect("update");
+        assert_eq!(live.clients.keys().copied().collect::<Vec<_>>(), vec![ClientID::new(1)]);
     }
 }

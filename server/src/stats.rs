@@ -18,6 +18,9 @@ pub struct Stats {
     pub room_unloads: AtomicU64,
     /// Open WebSocket connections.
     pub connections: AtomicUsize,
+    /// Open connections that are not (yet) WebSockets: requests for files and metrics, and
+    /// upgrades whose request is still being read (see `--max-http-connections`).
+    pub http_connections: AtomicUsize,
     /// Document updates accepted (durable and relayed).
     pub updates: AtomicU64,
     /// Frames queued to sockets by the fan-out.
@@ -121,6 +124,11 @@ impl Stats {
                 "huddle_connections",
                 "Open WebSocket connections.",
                 self.connections.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_http_connections",
+                "Open connections that are not WebSockets (yet).",
+                self.http_connections.load(Ordering::Relaxed),
             ),
             ("huddle_rooms_loaded", "Rooms in memory.", rooms_loaded),
         ];

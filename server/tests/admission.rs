@@ -189,3 +189,50 @@ async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
     drop(second);
     server.stop().await;
 }
+
+/// Connections that open and say nothing hold at most `--max-http-connections` places; the
+/// rest wait to be accepted. Sockets already in their room carry on meanwhile, and a client
+/// that waited gets in once places come back.
+#[tokio::test]
+async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_http_connections = 3;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("busy");
+    let mut alice = TestClient::connect(&url).await;
+    alice.synced().await;
+    let mut bob = TestClient::connect(&url).await;
+    bob.synced().await;
+
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connects"));
+    }
+    let open = || server.stats.http_connections.load(Ordering::Relaxed);
+    common::eventually("three silent connections accepted", || open() == 3).await;
+
+    // The sockets in the room do not notice.
+    alice.add_shape("while-full", ShapeKind::Rect).await;
+    bob.until("alice's shape", |s| common::sync_doc_contents(s).contains(&"while-full".into()))
+        .await;
+    assert_eq!(open(), 3, "no more than three accepted");
+
+    // A newcomer waits for a place, and gets one once the silent connections go.
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let mut carol = TestClient::connect(&url).await;
+            carol.synced().await;
+            carol.shape_ids()
+        }
+    });
+    assert!(open() <= 3);
+    drop(silent);
+    let shapes =
+        tokio::time::timeout(DEADLINE, waiting).await.expect("the newcomer got in").expect("task");
+    assert_eq!(shapes, vec!["while-full".to_owned()]);
+    common::eventually("places given back", || open() == 0).await;
+    server.stop().await;
+}

@@ -29,6 +29,28 @@ fn awareness_frame(client: u64, clock: u32, json: &str) -> Vec<u8> {
     })
 }
 
+/// An update (v1) from client 77 with two items: "a" in the root type "t", then "b" whose
+/// parent is item (77, 0), the string "a" (not a type), which yrs refuses once it meets it.
+const REFUSED_PART_WAY: [u8; 17] = [
+    1, // clients
+    2, 77, 0, // 2 items of client 77 from clock 0
+    4, 1, 1, b't', 1, b'a', // a string, no origins, parent: the root type named "t"
+    4, 0, 77, 0, 1, b'b', // a string, no origins, parent: item (77, 0)
+    0,    // no deletions
+];
+
+/// An awareness message naming `client` twice, with `first` then `second` as its state.
+fn awareness_twice(client: u8, first: &str, second: &str) -> Vec<u8> {
+    let mut body = vec![2];
+    for json in [first, second] {
+        body.extend([client, 1, json.len() as u8]);
+        body.extend(json.as_bytes());
+    }
+    let mut frame = vec![1, body.len() as u8];
+    frame.extend(body);
+    frame
+}
+
 #[tokio::test]
 async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -71,6 +93,21 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
             1007,
         ),
         ("a frame packed with requests", Message::Binary(vec![3u8; 1000].into()), 1002),
+        // yrs takes the first item, then refuses the second (its parent is not a type): what it
+        // took is stored and relayed, and only the sender is cut off.
+        (
+            "update refused part-way",
+            Message::Binary(wire::update(REFUSED_PART_WAY.to_vec()).into()),
+            1007,
+        ),
+        // One client twice, the first state not JSON: must not slip past validation.
+        (
+            "awareness naming a client twice",
+            Message::Binary(awareness_twice(79, "{bad", "{}").into()),
+            1007,
+        ),
+        // 65 clients (the limit is 64), refused from the count, before any entry is read.
+        ("awareness naming too many clients", Message::Binary(vec![1, 2, 65, 0].into()), 1009),
     ];
     let rejected_before = server.stats.rejected_peers.load(Ordering::Relaxed);
     for (i, (what, frame, code)) in cases.into_iter().enumerate() {
@@ -87,7 +124,7 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         assert_eq!(newcomer.peer_names(), vec!["Bystander"], "{what}: no bad presence leaked");
         newcomer.close().await;
     }
-    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 12);
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 15);
     // Nothing bad ever reached the bystander: its session decoded every frame it got.
     assert_eq!(bystander.peer_names(), Vec::<String>::new());
     server.stop().await;

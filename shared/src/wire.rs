@@ -5,9 +5,11 @@
 //! truncated message at the end of a frame must be an error (the reader treats it as a clean end),
 //! and each failure must map to the WebSocket close code the peer deserves.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use yrs::encoding::read::{self, Cursor, Read};
+use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
     MSG_SYNC_UPDATE,
@@ -15,7 +17,7 @@ use yrs::sync::protocol::{
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{StateVector, Update};
+use yrs::{ClientID, StateVector, Update};
 
 pub use yrs::sync::{Message as WireMessage, SyncMessage as WireSyncMessage};
 
@@ -84,6 +86,18 @@ pub enum WireError {
     /// A [`MSG_DEFLATED`] frame whose compressed bytes are corrupt.
     #[error("corrupt compressed frame")]
     CorruptDeflate,
+    /// An awareness message naming more clients than the reader accepts in one message.
+    #[error("awareness message names {count} clients, more than {max}")]
+    TooManyClients {
+        /// The announced count.
+        count: u64,
+        /// The reader's limit.
+        max: usize,
+    },
+    /// An awareness message naming the same client twice: which of its states counts is
+    /// anyone's guess (yrs keeps the last, a validator checking one copy would pass the other).
+    #[error("awareness message names client {0} twice")]
+    DuplicateClient(u64),
     /// A [`MSG_DEFLATED`] frame that inflates to more than the reader's limit.
     #[error("compressed frame inflates to more than {limit} bytes")]
     InflatesTooBig {
@@ -102,9 +116,13 @@ impl WireError {
             | WireError::ImplausibleCount { .. }
             | WireError::TooManyMessages
             | WireError::CorruptDeflate => CloseCode::PROTOCOL_ERROR,
-            WireError::InflatesTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
+            WireError::InflatesTooBig { .. } | WireError::TooManyClients { .. } => {
+                CloseCode::MESSAGE_TOO_BIG
+            }
             WireError::UnknownMessageType(_) => CloseCode::UNSUPPORTED_DATA,
-            WireError::InvalidUpdate(_) => CloseCode::INVALID_PAYLOAD,
+            WireError::InvalidUpdate(_) | WireError::DuplicateClient(_) => {
+                CloseCode::INVALID_PAYLOAD
+            }
         }
     }
 }
@@ -121,6 +139,19 @@ pub const MAX_MESSAGES_PER_FRAME: usize = 16;
 /// [`WireError`] if any message is malformed, truncated or of an unknown type; nothing from a
 /// frame with a bad message should be acted on.
 pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
+    decode_frame_limited(frame, usize::MAX)
+}
+
+/// [`decode_frame`] for a frame from an untrusted peer: an awareness message naming more than
+/// `max_awareness_clients` clients is refused from its count, before a single entry is decoded
+/// (a 32 MiB message can name ten million clients, half a gigabyte once decoded).
+///
+/// # Errors
+/// As [`decode_frame`], and [`WireError::TooManyClients`].
+pub fn decode_frame_limited(
+    frame: &[u8],
+    max_awareness_clients: usize,
+) -> Result<Vec<Message>, WireError> {
     if frame.is_empty() {
         return Err(WireError::Empty);
     }
@@ -130,12 +161,12 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
         if out.len() == MAX_MESSAGES_PER_FRAME {
             return Err(WireError::TooManyMessages);
         }
-        out.push(decode_one(&mut cursor)?);
+        out.push(decode_one(&mut cursor, max_awareness_clients)?);
     }
     Ok(out)
 }
 
-fn decode_one(cursor: &mut Cursor<'_>) -> Result<Message, WireError> {
+fn decode_one(cursor: &mut Cursor<'_>, max_awareness_clients: usize) -> Result<Message, WireError> {
     let tag: u64 = cursor.read_var()?;
     match tag {
         t if t == u64::from(MSG_SYNC) => {
@@ -158,9 +189,7 @@ fn decode_one(cursor: &mut Cursor<'_>) -> Result<Message, WireError> {
         }
         t if t == u64::from(MSG_AWARENESS) => {
             let buf = cursor.read_buf()?;
-            // Each entry is at least three varints (client, clock, JSON length).
-            check_count(buf, 3)?;
-            Ok(Message::Awareness(AwarenessUpdate::decode_v1(buf)?))
+            Ok(Message::Awareness(decode_awareness(buf, max_awareness_clients)?))
         }
         t if t == u64::from(MSG_AUTH) => {
             let denied = cursor.read_var::<u64>()? == 0;
@@ -183,6 +212,34 @@ fn check_count(buf: &[u8], min_entry_bytes: usize) -> Result<(), WireError> {
         return Err(WireError::ImplausibleCount { count, bytes });
     }
     Ok(())
+}
+
+/// Decodes an awareness update: yrs' format, read here rather than by
+/// `AwarenessUpdate::decode_v1`, which keeps the last of a client's repeated entries (so the
+/// copy a validator saw need not be the one relayed) and reserves memory for the announced
+/// count before anything could limit it.
+fn decode_awareness(buf: &[u8], max_clients: usize) -> Result<AwarenessUpdate, WireError> {
+    let mut cursor = Cursor::new(buf);
+    let count: u64 = cursor.read_var()?;
+    if count > max_clients as u64 {
+        return Err(WireError::TooManyClients { count, max: max_clients });
+    }
+    // Each entry is at least three varints (client, clock, JSON length).
+    let bytes = buf.len() - cursor.next;
+    if count > (bytes / 3) as u64 {
+        return Err(WireError::ImplausibleCount { count, bytes });
+    }
+    let mut clients = HashMap::with_capacity(count as usize);
+    for _ in 0..count {
+        let client: u64 = cursor.read_var()?;
+        let clock: u32 = cursor.read_var()?;
+        let json = cursor.read_string()?;
+        let entry = AwarenessUpdateEntry { clock, json: json.into() };
+        if clients.insert(ClientID::new(client), entry).is_some() {
+            return Err(WireError::DuplicateClient(client));
+        }
+    }
+    Ok(AwarenessUpdate { clients })
 }
 
 /// Decodes a Yjs update (v1) from a peer or from storage, safely: an implausible client count is
@@ -426,5 +483,64 @@ mod tests {
         assert!(!wants_deflate(""));
         assert!(!wants_deflate("deflate=0"));
         assert!(!wants_deflate("nodeflate=1"));
+    }
+
+    /// An awareness message as yrs' encoder would write it, but with `entries` as given
+    /// (repeats included).
+    fn awareness_message(entries: &[(u64, u32, &str)]) -> Vec<u8> {
+        use yrs::encoding::write::Write;
+        let mut body = Vec::new();
+        body.write_var(entries.len() as u64);
+        for (client, clock, json) in entries {
+            body.write_var(*client);
+            body.write_var(*clock);
+            body.write_string(json);
+        }
+        let mut frame = vec![MSG_AWARENESS];
+        frame.write_buf(&body);
+        frame
+    }
+
+    #[test]
+    fn awareness_decodes_as_yrs_encodes_it() {
+        let frame =
+            awareness_message(&[(1, 3, r#"{"a":1}"#), (u64::from(u32::MAX) + 7, 1, "null")]);
+        let [Message::Awareness(update)] = &decode_frame(&frame).expect("decodes")[..] else {
+            panic!("one awareness message");
+        };
+        assert_eq!(update.clients.len(), 2);
+        let first = &update.clients[&ClientID::new(1)];
+        assert_eq!((first.clock, &*first.json), (3, r#"{"a":1}"#));
+        assert_eq!(&*update.clients[&ClientID::new(u64::from(u32::MAX) + 7)].json, "null");
+        // Round trip through yrs' own encoder.
+        assert_eq!(
+            decode_frame(&awareness(update.clone())).expect("decodes").len(),
+            1,
+            "yrs' encoding decodes"
+        );
+    }
+
+    #[test]
+    fn awareness_naming_a_client_twice_is_refused() {
+        let frame = awareness_message(&[(5, 1, "{bad"), (5, 1, "{}")]);
+        let err = decode_frame(&frame).expect_err("a client named twice");
+        assert!(matches!(err, WireError::DuplicateClient(5)), "{err:?}");
+        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn awareness_over_the_readers_client_limit_is_refused_from_its_count() {
+        let entries: Vec<(u64, u32, &str)> = (0..5).map(|c| (c, 1, "{}")).collect();
+        let frame = awareness_message(&entries);
+        assert_eq!(decode_frame_limited(&frame, 5).expect("at the limit").len(), 1);
+        let err = decode_frame_limited(&frame, 4).expect_err("over the limit");
+        assert!(matches!(err, WireError::TooManyClients { count: 5, max: 4 }), "{err:?}");
+        assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        // Only the count is read: a message announcing millions, with no entries behind it.
+        let bomb = [MSG_AWARENESS, 4, 0x80, 0x89, 0x7a, 0];
+        assert!(matches!(
+            decode_frame_limited(&bomb, 64),
+            Err(WireError::TooManyClients { count: 2_000_000, max: 64 })
+        ));
     }
 }

@@ -16,7 +16,7 @@
 //! off the file again, so nothing good ever follows a bad record.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -157,8 +157,16 @@ impl Appender {
                 }
                 Ok(())
             }
-            Err(e) => match self.file.set_len(self.len) {
-                Ok(()) => Err(AppendError::Failed(e)),
+            // `set_len` leaves the file's cursor where the failed write stopped: without the
+            // seek back, the next append would land past the end, behind a run of zeros that
+            // replay reads as the end of the file (an all-zero header passes its checksum and
+            // then fails to decode), losing every entry after it.
+            Err(e) => match self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.seek(SeekFrom::Start(self.len)))
+            {
+                Ok(_) => Err(AppendError::Failed(e)),
                 Err(_) => Err(AppendError::Broken(e)),
             },
         }

@@ -65,10 +65,16 @@ pub struct SqliteStore {
 /// update in `fanout` (docs/benchmarks.md, session 13).
 const MOVE_DELAY: Duration = Duration::from_millis(250);
 
-/// Most bytes of updates kept in memory for the journal (appended, not yet in the database).
-/// Past this, appends fail (and rooms with them) rather than memory growing without bound
-/// while the database is failing or slower than the updates coming in.
+/// Most bytes kept in memory for the journal's entries (appended, not yet in the database),
+/// each entry counted with [`ENTRY_OVERHEAD`]. Past this, appends fail (and rooms with them)
+/// rather than memory growing without bound while the database is failing or slower than the
+/// updates coming in.
 const MAX_HELD_BYTES: usize = 256 << 20;
+
+/// Memory an entry holds besides its update's bytes: the entry itself in `pending` and the
+/// allocation behind its `Bytes`. Counted so that a flood of tiny updates meets
+/// [`MAX_HELD_BYTES`] as soon as big ones would.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<LogEntry>() + 32;
 
 /// The update journal and the entries in it that are not in the database yet.
 #[derive(Debug)]
@@ -93,12 +99,21 @@ struct JournalState {
     /// Entries being moved into the database, and the number of the file that holds them.
     moving: Arc<Vec<LogEntry>>,
     moving_file: Option<u64>,
-    /// Bytes of updates in `pending` and `moving`.
+    /// Memory held by `pending` and `moving` (see [`held_bytes`]).
     held_bytes: usize,
+    /// The file a write failed in and could not be cut back (`appender` is `None` since).
+    /// It may end in records that were never acknowledged, under sequence numbers that the
+    /// failed room reuses once it reloads; were the reused ones appended to a newer file and
+    /// the server killed before the move, replay (oldest file first, the first copy of a
+    /// sequence number wins) would keep the stale record and drop the relayed one. So no new
+    /// file is started until this one's entries are in the database and it is deleted; appends
+    /// are committed to the database meanwhile, ahead of anything replay could bring back.
+    broken_file: Option<u64>,
 }
 
-fn update_bytes(entries: &[LogEntry]) -> usize {
-    entries.iter().map(|e| e.update.len()).sum()
+/// Memory `entries` hold while they wait in the journal.
+fn held_bytes(entries: &[LogEntry]) -> usize {
+    entries.iter().map(|e| e.update.len() + ENTRY_OVERHEAD).sum()
 }
 
 impl Journal {
@@ -135,6 +150,7 @@ impl Journal {
             moving: Arc::new(Vec::new()),
             moving_file: None,
             held_bytes: 0,
+            broken_file: None,
         };
         Ok((state, files.into_iter().map(|(_, p)| p).collect()))
     }
@@ -158,11 +174,12 @@ impl Journal {
             Err(AppendError::Broken(e)) => {
                 tracing::error!(error = %e, "update journal left after a failed write");
                 state.appender = None;
+                state.broken_file = Some(state.number);
                 return Err(StoreError::Journal(e));
             }
         }
         let was_empty = state.pending.is_empty();
-        state.held_bytes += update_bytes(batch);
+        state.held_bytes += held_bytes(batch);
         state.pending.extend_from_slice(batch);
         drop(state);
         if was_empty {
@@ -203,8 +220,10 @@ impl Journal {
                     return Ok(());
                 }
                 let next = state.number + 1;
-                let file = journal::create(&self.dir, next).map_err(StoreError::Journal)?;
-                state.appender = Some(Appender::new(file));
+                if state.appender.is_some() {
+                    let file = journal::create(&self.dir, next).map_err(StoreError::Journal)?;
+                    state.appender = Some(Appender::new(file));
+                }
                 let old = std::mem::replace(&mut state.number, next);
                 state.moving = Arc::new(std::mem::take(&mut state.pending));
                 state.moving_file = Some(old);
@@ -217,18 +236,41 @@ impl Journal {
             .await??;
         {
             let mut state = self.state.lock();
-            state.held_bytes -= update_bytes(&batch);
+            state.held_bytes -= held_bytes(&batch);
             state.moving = Arc::new(Vec::new());
             state.moving_file = None;
         }
         if let Some(number) = file
-            && let Err(e) = std::fs::remove_file(journal::path(&self.dir, number))
-            && e.kind() != std::io::ErrorKind::NotFound
+            && let Err(e) = remove_journal_file(&self.dir, number)
         {
             // Harmless: its entries are in the database, and replaying them skips them.
             tracing::warn!(error = %e, "could not delete a moved update journal file");
         }
+        self.reopen_after_broken(file)
+    }
+
+    /// After a write that could not be undone: once the broken file's entries are in the
+    /// database (files are moved in order, so a moved file numbered at least as high says so)
+    /// and the file is gone, starts a new file for appends (see `broken_file`).
+    fn reopen_after_broken(&self, moved: Option<u64>) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        let Some(broken) = state.broken_file else { return Ok(()) };
+        if moved.is_none_or(|moved| moved < broken) {
+            return Ok(());
+        }
+        remove_journal_file(&self.dir, broken).map_err(StoreError::Journal)?;
+        state.broken_file = None;
+        let file = journal::create(&self.dir, state.number).map_err(StoreError::Journal)?;
+        state.appender = Some(Appender::new(file));
         Ok(())
+    }
+}
+
+/// Deletes journal file `number`; one that is already gone is not an error.
+fn remove_journal_file(dir: &Path, number: u64) -> std::io::Result<()> {
+    match std::fs::remove_file(journal::path(dir, number)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
