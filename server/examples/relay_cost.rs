@@ -45,6 +45,8 @@ fn main() {
             compact_every: 1000,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
+            max_room_presence_bytes: 8 << 20,
+            max_room_bytes: 256 << 20,
         };
         let registry = Registry::new(
             store,

@@ -11,6 +11,10 @@ use crate::connection::SocketConfig;
 use crate::room::RoomConfig;
 use crate::store::sqlite::Durability;
 
+/// Most bytes of presence in one room (see [`RoomConfig::max_room_presence_bytes`]): a
+/// thousand people with 8 KiB of state each, a quarter of a socket's default queue budget.
+const MAX_ROOM_PRESENCE_BYTES: usize = 8 << 20;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -66,6 +70,24 @@ pub struct Config {
     #[arg(long, env = "HUDDLE_MAX_HTTP_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_http_connections: u32,
+
+    /// Most messages per second one socket is read at, on average (ten seconds' worth may come
+    /// at once). A faster sender is slowed, not disconnected.
+    #[arg(long, env = "HUDDLE_MAX_MESSAGES_PER_SECOND", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_messages_per_second: u32,
+
+    /// Most bytes per second one socket is read at, on average (ten seconds' worth, and at
+    /// least two of the largest messages, may come at once). A faster sender is slowed.
+    #[arg(long, env = "HUDDLE_MAX_BYTES_PER_SECOND", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_bytes_per_second: u32,
+
+    /// Most bytes a room's board may take in storage (its snapshot and the updates since);
+    /// past this, edits that add to it close their socket with 1008 (deletions still work).
+    #[arg(long, env = "HUDDLE_MAX_ROOM_BYTES", default_value_t = 256 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub max_room_bytes: u64,
 
     /// Most bytes queued for one socket before it is closed as too slow (it resyncs on reconnect).
     #[arg(long, env = "HUDDLE_MAX_QUEUE_BYTES", default_value_t = 32 << 20,
@@ -124,6 +146,8 @@ impl Config {
             max_queue_bytes: self.max_queue_bytes as usize,
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             pong_timeout: Duration::from_millis(self.pong_timeout_ms),
+            max_messages_per_second: self.max_messages_per_second,
+            max_bytes_per_second: self.max_bytes_per_second,
         }
     }
 
@@ -133,6 +157,8 @@ impl Config {
             compact_every: self.compact_every,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
+            max_room_presence_bytes: MAX_ROOM_PRESENCE_BYTES,
+            max_room_bytes: self.max_room_bytes,
         }
     }
 }

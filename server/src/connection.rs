@@ -47,6 +47,63 @@ pub struct SocketConfig {
     pub ping_interval: Duration,
     /// How long after a ping with no frame at all (pong or otherwise) the peer is dead.
     pub pong_timeout: Duration,
+    /// Most messages (binary frames) per second a socket is read at, on average.
+    pub max_messages_per_second: u32,
+    /// Most bytes per second a socket's messages are read at, on average.
+    pub max_bytes_per_second: u32,
+}
+
+/// How fast one socket's messages are taken in: a token bucket for messages and one for
+/// bytes, each holding [`BURST_SECONDS`] of its rate (the bytes' at least two of the largest
+/// messages). A socket over either waits before its next message is handled, so it is slowed,
+/// not cut off: its unread frames stay in its TCP buffers until the sender itself has to
+/// wait. One peer cannot take more of the relay's time than that, whatever it sends.
+struct ReadRate {
+    messages: governor::DefaultDirectRateLimiter,
+    bytes: governor::DefaultDirectRateLimiter,
+    /// The bytes bucket's size: a message counts as at most this many bytes.
+    bytes_burst: std::num::NonZeroU32,
+}
+
+/// Seconds of a socket's read rate it may use at once (see [`ReadRate`]).
+const BURST_SECONDS: u32 = 10;
+
+impl ReadRate {
+    fn new(config: &SocketConfig) -> Self {
+        use std::num::NonZeroU32;
+        let per_second = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let burst =
+            |rate: u32, least: u32| per_second(rate.saturating_mul(BURST_SECONDS).max(least));
+        let quota = |rate: u32, burst: NonZeroU32| {
+            governor::Quota::per_second(per_second(rate)).allow_burst(burst)
+        };
+        let largest = u32::try_from(config.max_message_bytes).unwrap_or(u32::MAX);
+        let bytes_burst = burst(config.max_bytes_per_second, largest.saturating_mul(2));
+        Self {
+            messages: governor::RateLimiter::direct(quota(
+                config.max_messages_per_second,
+                burst(config.max_messages_per_second, 1),
+            )),
+            bytes: governor::RateLimiter::direct(quota(config.max_bytes_per_second, bytes_burst)),
+            bytes_burst,
+        }
+    }
+
+    /// Waits until a message of `len` bytes fits both buckets, and takes it out of them.
+    async fn admit(&self, len: usize) {
+        use governor::clock::Clock;
+        while let Err(later) = self.messages.check() {
+            tokio::time::sleep(later.wait_time_from(self.messages.clock().now())).await;
+        }
+        let n = u32::try_from(len)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map_or(std::num::NonZeroU32::MIN, |n| n.min(self.bytes_burst));
+        // `n` is at most the bucket's size, so the capacity error cannot happen.
+        while let Ok(Err(later)) = self.bytes.check_n(n) {
+            tokio::time::sleep(later.wait_time_from(self.bytes.clock().now())).await;
+        }
+    }
 }
 
 /// Everything a socket needs from the server.
@@ -291,6 +348,7 @@ where
 {
     // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
     let liveness = liveness(ctx);
+    let rate = ReadRate::new(&ctx.config);
     let mut greeted = false;
     loop {
         let message = match tokio::time::timeout(liveness, stream.next()).await {
@@ -311,6 +369,7 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => return End::PeerGone,
         };
+        rate.admit(frame.len()).await;
         if let Err((code, reason)) =
             Box::pin(handle_frame(frame, room, peer, tx, presence, ctx)).await
         {

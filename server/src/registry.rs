@@ -238,6 +238,8 @@ pub(crate) mod tests {
             compact_every: 1000,
             presence: PresenceLimits::default(),
             max_presence_per_socket: 8,
+            max_room_presence_bytes: 8 << 20,
+            max_room_bytes: 256 << 20,
         };
         Registry::new(store, persister, config, stats, TaskTracker::new(), CancellationToken::new())
     }

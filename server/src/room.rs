@@ -117,6 +117,13 @@ pub struct RoomConfig {
     pub presence: PresenceLimits,
     /// Most awareness client ids one socket may speak for.
     pub max_presence_per_socket: usize,
+    /// Most bytes of presence (live states' JSON) in one room: every joiner is sent all of it
+    /// at once, so past this, states that would grow it are refused (see
+    /// [`Room::apply_awareness`]).
+    pub max_room_presence_bytes: usize,
+    /// Most bytes a room's stored document may take (its snapshot and the log since): past
+    /// this, updates that add content are refused with 1008; deletions still go through.
+    pub max_room_bytes: u64,
 }
 
 /// Why a message could not be handled; each maps to the close code its sender gets.
@@ -134,6 +141,14 @@ pub enum RoomError {
     /// The room is broken (storage failed or yrs panicked) and is being unloaded.
     #[error("room is unavailable")]
     Unavailable,
+    /// The room's document is at [`RoomConfig::max_room_bytes`]; the update would add to it.
+    #[error("room is full: {bytes} bytes stored, the limit is {max}")]
+    Full {
+        /// What the room takes now.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 impl RoomError {
@@ -149,6 +164,9 @@ impl RoomError {
             }
             RoomError::NotDurable(_) | RoomError::Unavailable => {
                 (CloseCode::INTERNAL_ERROR, "storage unavailable")
+            }
+            RoomError::Full { .. } => {
+                (CloseCode::POLICY_VIOLATION, "room is full: its board reached the size limit")
             }
         }
     }
@@ -177,6 +195,8 @@ struct DocState {
     awareness: Awareness,
     /// Presence states removed since `awareness` was last rebuilt (see [`note_departures`]).
     departed: usize,
+    /// At least the bytes of the room's live presence states (see [`admit_presence`]).
+    presence_bound: usize,
     /// Log position of the last update applied to the document.
     applied: Seq,
     /// The whole document as fresh joiners get it, at the version it was encoded at; dropped
@@ -609,6 +629,47 @@ fn note_departures(state: &mut DocState, departed: usize) {
     state.departed = 0;
 }
 
+/// Whether `update` from a peer fits the room's presence budget (`max` bytes of live states'
+/// JSON, what every joiner is sent at once). Cheap while the room is far below it: the states'
+/// bytes are only summed, into `presence_bound`, an upper bound kept across calls (departures
+/// and replaced states are not subtracted), and counted exactly only when that bound would
+/// pass `max`.
+fn admit_presence(state: &mut DocState, update: &AwarenessUpdate, max: usize) -> bool {
+    let adding: usize = update.clients.values().map(|e| e.json.len()).sum();
+    if state.presence_bound + adding <= max {
+        state.presence_bound += adding;
+        return true;
+    }
+    let (mut live, mut replaced) = (0, 0);
+    for (id, client) in state.awareness.iter() {
+        if let Some(json) = &client.data {
+            live += json.len();
+            if update.clients.contains_key(&id) {
+                replaced += json.len();
+            }
+        }
+    }
+    let after = live - replaced + adding;
+    if after <= max {
+        state.presence_bound = after;
+        true
+    } else {
+        state.presence_bound = live;
+        false
+    }
+}
+
+/// Whether `update` holds an item the document does not have (rather than only deletions, or
+/// items it has already: a reconnecting client's sync answer).
+fn adds_items(update: &huddle_protocol::yrs::Update, doc: &StateVector) -> bool {
+    // Not `Update::state_vector`: it leaves out clients whose items in the update do not start
+    // at clock 0, which is every client's second edit.
+    update
+        .insertions(true)
+        .iter()
+        .any(|(client, clocks)| clocks.iter().any(|range| range.end > doc.get(client)))
+}
+
 /// What a document holds back for lack of dependencies (updates and deletions waiting for
 /// earlier ones). A change here is new information even when the state vector did not move.
 fn pending_fingerprint(txn: &impl ReadTxn) -> (Option<(StateVector, usize)>, Option<IdSet>) {
@@ -728,6 +789,7 @@ impl Room {
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
                 departed: 0,
+                presence_bound: 0,
                 applied: last,
                 full,
                 ready: !lazy,
@@ -1149,6 +1211,9 @@ impl Room {
             return Ok(());
         }
         self.ready().await;
+        let stored_bytes =
+            self.snapshot_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed);
+        let full = stored_bytes >= self.config.max_room_bytes;
         let mut waiting = WaitingEdit::new(self);
         let (seq, stored, refused) = loop {
             let encoded = {
@@ -1166,6 +1231,14 @@ impl Room {
                     self.encoded.notified()
                 } else {
                     waiting.done(&mut state);
+                    if full
+                        && adds_items(&decoded, &state.awareness.doc().transact().state_vector())
+                    {
+                        return Err(RoomError::Full {
+                            bytes: stored_bytes,
+                            max: self.config.max_room_bytes,
+                        });
+                    }
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
@@ -1255,6 +1328,12 @@ impl Room {
         let sent = update.clients.len();
         let effective = {
             let mut state = self.state.lock();
+            if !admit_presence(&mut state, &update, self.config.max_room_presence_bytes) {
+                // Not the sender's fault alone, so not closed: its presence waits for room.
+                tracing::info!(room = %self.name, "room's presence is full; awareness update refused");
+                self.stats.presence_refused.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             let effective = presence.apply(
                 &mut state.awareness,
                 update,
@@ -1883,5 +1962,47 @@ mod tests {
         assert!(kept <= MAX_DEPARTED + 1, "{kept} presence entries kept");
         let live = state.awareness.update().expect("update");
         assert_eq!(live.clients.keys().copied().collect::<Vec<_>>(), vec![ClientID::new(1)]);
+    }
+
+    /// A room's presence stops growing at its limit: states past it are refused (the sender
+    /// is not cut off), a state replacing one of the same size still goes through, and once
+    /// someone leaves there is room again.
+    #[tokio::test]
+    async fn a_rooms_presence_stops_growing_at_its_limit() {
+        let stats = Arc::new(Stats::default());
+        let registry = registry(Arc::clone(&stats));
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = lease.room();
+        let max = room.config.max_room_presence_bytes;
+        let json = format!(r#"{{"user":{{"name":"x"}},"pad":"{}"}}"#, "p".repeat(60_000));
+        let fit = max / json.len();
+        let state = |id: u64, clock: u32| AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(id),
+                AwarenessUpdateEntry { clock, json: json.as_str().into() },
+            )]),
+        };
+        let live =
+            |room: &Room| room.state.lock().awareness.update().expect("update").clients.len();
+        let mut sockets: Vec<PeerPresence> = Vec::new();
+        for id in 0..fit as u64 + 1 {
+            let mut presence = PeerPresence::default();
+            room.apply_awareness(ConnId(id), &mut presence, state(id, 1), Bytes::new())
+                .expect("not the sender's fault");
+            sockets.push(presence);
+        }
+        assert_eq!(live(room), fit, "states up to the limit, none past it");
+        assert_eq!(stats.presence_refused.load(Ordering::Relaxed), 1);
+
+        room.apply_awareness(ConnId(0), &mut sockets[0], state(0, 2), Bytes::new()).expect("ok");
+        assert_eq!(room.state.lock().awareness.meta(ClientID::new(0)).map(|m| m.0), Some(2));
+        assert_eq!(stats.presence_refused.load(Ordering::Relaxed), 1, "a replacement fits");
+
+        room.unsubscribe(ConnId(1), &mut sockets[1]);
+        let last = fit as u64;
+        room.apply_awareness(ConnId(last), &mut sockets[fit], state(last, 1), Bytes::new())
+            .expect("ok");
+        assert_eq!(live(room), fit, "the newcomer took the leaver's place");
+        assert!(room.state.lock().awareness.meta(ClientID::new(last)).is_some());
     }
 }

@@ -31,6 +31,8 @@ pub struct Stats {
     pub rejected_peers: AtomicU64,
     /// Sockets closed for not keeping up.
     pub slow_peers: AtomicU64,
+    /// Awareness updates refused because their room's presence was at its limit.
+    pub presence_refused: AtomicU64,
     /// Sockets closed for not answering pings.
     pub dead_peers: AtomicU64,
     /// HTTP connections closed because the client stopped reading a response.
@@ -109,6 +111,11 @@ impl Stats {
                 "huddle_pool_diffs_total",
                 "Sync answers for clients that had part of a big room, encoded off the relay's thread.",
                 self.pool_diffs.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_presence_refused_total",
+                "Awareness updates refused because their room's presence was full.",
+                self.presence_refused.load(Ordering::Relaxed),
             ),
             (
                 "huddle_socket_writes_total",

@@ -310,3 +310,73 @@ async fn a_slow_consumer_is_cut_off_and_memory_stays_bounded() {
     server.stop().await;
     let _ = Duration::ZERO;
 }
+
+/// A peer sending faster than `--max-messages-per-second` is slowed, not cut off and not
+/// dropped from: its messages are taken in at the rate, everyone else's edits pass while it
+/// waits, and every message it sent is handled in the end.
+#[tokio::test]
+async fn a_flooding_peer_is_slowed_while_the_room_carries_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    // Ten seconds' worth at once (10 messages), then one a second.
+    config.max_messages_per_second = 1;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("flooded");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let mut editor = TestClient::connect(&url).await;
+    editor.synced().await;
+
+    let mut flooder = raw(&url).await;
+    let name = |i: u32| format!("n-{i}");
+    let seen = |s: &huddle_protocol::session::ClientSession, i: u32| {
+        s.peers().into_iter().any(|(_, p)| p.user.name == name(i))
+    };
+    for i in 1..=15 {
+        let json = format!(r##"{{"user":{{"name":"{}","color":"#123456"}}}}"##, name(i));
+        flooder.send(Message::Binary(awareness_frame(555, i, &json).into())).await.expect("send");
+    }
+    // The flood's first ten (its burst) arrive at once; the last five take a second each.
+    bystander.until("the flood's burst", |s| seen(s, 10)).await;
+    editor.add_shape("passes", ShapeKind::Rect).await;
+    bystander
+        .until("the editor's shape", |s| common::sync_doc_contents(s).contains(&"passes".into()))
+        .await;
+    assert!(!seen(&bystander.session, 15), "the flood was taken in at once, not slowed");
+
+    // Nothing was dropped: the flood's last message arrives too, and the flooder is still in.
+    bystander.until("the flood's last message", |s| seen(s, 15)).await;
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed), 0);
+    flooder.send(Message::Binary(awareness_frame(555, 16, "null").into())).await.expect("open");
+    bystander.until("the flooder's departure", |s| s.peers().is_empty()).await;
+    server.stop().await;
+}
+
+/// A room at `--max-room-bytes` refuses edits that add to it (the sender is closed with 1008)
+/// and keeps what it has; everyone else stays, and deleting still works.
+#[tokio::test]
+async fn a_full_room_refuses_more_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_room_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("full");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let mut writer = TestClient::connect(&url).await;
+    writer.synced().await;
+
+    // One update past the limit is still taken (the room was below it)...
+    writer.add_many_shapes(100).await;
+    bystander.until("the hundred shapes", |s| common::sync_doc_contents(s).len() == 100).await;
+    // ...and then the room is full.
+    writer.add_shape("one-too-many", ShapeKind::Rect).await;
+    assert_eq!(expect_close(&mut writer.ws).await, Some(1008));
+
+    // Deleting still works, and the room holds what it took.
+    bystander.edit(|board, txn| assert!(board.remove_shape(txn, "s0"))).await;
+    let mut newcomer = TestClient::connect(&url).await;
+    newcomer.until("the room minus s0", |s| common::sync_doc_contents(s).len() == 99).await;
+    assert!(!newcomer.has_shape("one-too-many") && !newcomer.has_shape("s0"));
+    server.stop().await;
+}
