@@ -44,7 +44,10 @@ fn main() {
             idle_unload: Duration::from_secs(60),
             compact_every: 1000,
             presence: PresenceLimits::default(),
-            max_presence_per_socket: 8,
+            presence_per_socket: huddle_protocol::session::OwnedLimits {
+                clients: 8,
+                bytes: 64 << 10,
+            },
             max_room_presence_bytes: 8 << 20,
             max_room_bytes: 256 << 20,
         };

@@ -156,7 +156,10 @@ impl Config {
             idle_unload: Duration::from_millis(self.room_idle_ms),
             compact_every: self.compact_every,
             presence: PresenceLimits::default(),
-            max_presence_per_socket: 8,
+            presence_per_socket: huddle_protocol::session::OwnedLimits {
+                clients: 8,
+                bytes: 64 << 10,
+            },
             max_room_presence_bytes: MAX_ROOM_PRESENCE_BYTES,
             max_room_bytes: self.max_room_bytes,
         }

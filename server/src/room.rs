@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use huddle_protocol::RoomName;
 use huddle_protocol::presence::PresenceLimits;
-use huddle_protocol::session::{PeerPresence, PresenceApplyError};
+use huddle_protocol::session::{OwnedLimits, PeerPresence, PresenceApplyError};
 use huddle_protocol::wire::{self, CloseCode};
 use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
 use huddle_protocol::yrs::updates::decoder::Decode;
@@ -115,8 +115,9 @@ pub struct RoomConfig {
     pub compact_every: u64,
     /// Limits on awareness states.
     pub presence: PresenceLimits,
-    /// Most awareness client ids one socket may speak for.
-    pub max_presence_per_socket: usize,
+    /// How much presence one socket may publish: clients it speaks for, and their states'
+    /// bytes together.
+    pub presence_per_socket: OwnedLimits,
     /// Most bytes of presence (live states' JSON) in one room: every joiner is sent all of it
     /// at once, so past this, states that would grow it are refused (see
     /// [`Room::apply_awareness`]).
@@ -161,6 +162,9 @@ impl RoomError {
             }
             RoomError::Presence(PresenceApplyError::TooManyClients { .. }) => {
                 (CloseCode::POLICY_VIOLATION, "too many awareness clients on one socket")
+            }
+            RoomError::Presence(PresenceApplyError::TooMuchState { .. }) => {
+                (CloseCode::POLICY_VIOLATION, "too much awareness state on one socket")
             }
             RoomError::NotDurable(_) | RoomError::Unavailable => {
                 (CloseCode::INTERNAL_ERROR, "storage unavailable")
@@ -525,6 +529,8 @@ pub struct Room {
     /// Bytes of log written since that snapshot (approximately: compaction resets it).
     log_bytes: AtomicU64,
     compacting: AtomicBool,
+    /// Deletions came into a full room while a compaction ran (see [`Room::maybe_compact`]).
+    deleted_while_full: AtomicBool,
     /// Set when the room can no longer be trusted (storage failure, a panic inside yrs).
     broken: AtomicBool,
     /// Becomes true once the document is built (at once for all but big stored rooms).
@@ -551,7 +557,13 @@ enum Applied {
     Whole { changed: bool },
     /// yrs refused it part-way; `integrated` is what went in before (encoded as an update).
     Part { error: huddle_protocol::yrs::error::UpdateError, integrated: Option<Vec<u8>> },
+    /// yrs refused it while updates waiting for dependencies were involved: what the document
+    /// holds now cannot be told from what it held.
+    Tangled(huddle_protocol::yrs::error::UpdateError),
 }
+
+/// [`pending_fingerprint`] of a document where nothing waits for missing dependencies.
+const NOTHING_PENDING: (Option<(StateVector, usize)>, Option<IdSet>) = (None, None);
 
 /// An accepted update on its way out: relayed once it is durable. If the socket that sent it
 /// is cut off meanwhile (its task dropped while waiting here), the relay goes on in a task of
@@ -566,6 +578,8 @@ struct Relay {
     /// False in the task that finishes a dropped relay, so a runtime shutting down (which
     /// drops new tasks at once) cannot make it spawn itself forever.
     detach_if_dropped: bool,
+    /// The update deletes something (see [`Room::maybe_compact`]).
+    deletes: bool,
 }
 
 impl Relay {
@@ -579,7 +593,7 @@ impl Relay {
         }
         self.room.broadcast(Some(self.from), &frame);
         self.room.stats.updates.fetch_add(1, Ordering::Relaxed);
-        self.room.maybe_compact(self.seq);
+        self.room.maybe_compact(self.seq, self.deletes);
         Ok(())
     }
 }
@@ -596,6 +610,7 @@ impl Drop for Relay {
                 seq: self.seq,
                 frame: Some(frame),
                 detach_if_dropped: false,
+                deletes: self.deletes,
             };
             runtime.spawn(async move {
                 let _ = rest.when_durable().await;
@@ -813,6 +828,7 @@ impl Room {
             snapshot_bytes: AtomicU64::new(snapshot_bytes),
             log_bytes: AtomicU64::new(log_bytes),
             compacting: AtomicBool::new(false),
+            deleted_while_full: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             ready: tokio::sync::watch::Sender::new(!lazy),
             encoded: tokio::sync::Notify::new(),
@@ -1214,6 +1230,7 @@ impl Room {
         let stored_bytes =
             self.snapshot_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed);
         let full = stored_bytes >= self.config.max_room_bytes;
+        let deletes = !decoded.delete_set().is_empty();
         let mut waiting = WaitingEdit::new(self);
         let (seq, stored, refused) = loop {
             let encoded = {
@@ -1256,12 +1273,22 @@ impl Room {
                             // error, `InvalidParent`). Those are in the document now: what
                             // changed is stored and relayed like any update, so the room
                             // keeps one history with its log and its clients, and only the
-                            // sender is cut off.
-                            Err(e) => Applied::Part {
-                                error: e,
-                                integrated: (txn.state_vector() != before.0)
-                                    .then(|| txn.encode_diff_v1(&before.0)),
-                            },
+                            // sender is cut off. Only while nothing waits for missing
+                            // dependencies, before and after: yrs retries what waits inside
+                            // this apply, and a failed retry drops it, so the document would
+                            // then differ from its log in ways no diff captures.
+                            Err(e)
+                                if before.1 == NOTHING_PENDING
+                                    && pending_fingerprint(&txn) == NOTHING_PENDING =>
+                            {
+                                let changed =
+                                    txn.state_vector() != before.0 || !txn.delete_set().is_empty();
+                                Applied::Part {
+                                    error: e,
+                                    integrated: changed.then(|| txn.encode_diff_v1(&before.0)),
+                                }
+                            }
+                            Err(e) => Applied::Tangled(e),
                         }
                     }));
                     let (stored, refused) = match applied {
@@ -1274,6 +1301,13 @@ impl Room {
                             (Bytes::from(part), Some(error))
                         }
                         Ok(Applied::Part { error, integrated: None }) => {
+                            return Err(RoomError::InvalidUpdate(error.to_string()));
+                        }
+                        Ok(Applied::Tangled(error)) => {
+                            // The log holds everything accepted: a reload loses nothing.
+                            drop(state);
+                            tracing::warn!(room = %self.name, %error, "update failed to apply with updates waiting; reloading room");
+                            self.break_room();
                             return Err(RoomError::InvalidUpdate(error.to_string()));
                         }
                         Err(_) => {
@@ -1303,9 +1337,16 @@ impl Room {
             (Some(frame), None) => frame,
             _ => Bytes::from(wire::update(stored.to_vec())),
         };
-        Relay { room: Arc::clone(self), from, seq, frame: Some(frame), detach_if_dropped: true }
-            .when_durable()
-            .await?;
+        Relay {
+            room: Arc::clone(self),
+            from,
+            seq,
+            frame: Some(frame),
+            detach_if_dropped: true,
+            deletes,
+        }
+        .when_durable()
+        .await?;
         match refused {
             None => Ok(()),
             Some(error) => Err(RoomError::InvalidUpdate(error.to_string())),
@@ -1338,7 +1379,7 @@ impl Room {
                 &mut state.awareness,
                 update,
                 &self.config.presence,
-                self.config.max_presence_per_socket,
+                self.config.presence_per_socket,
             )?;
             if let Some(effective) = &effective {
                 let removed = effective.clients.values().filter(|e| &*e.json == "null").count();
@@ -1443,17 +1484,29 @@ impl Room {
     /// snapshot's size: rewriting the snapshot costs time proportional to the document, so it
     /// must wait for a proportional amount of log, or small edits into a big room would each
     /// pay for a slice of a full re-encode. Loading replays at most that much log.
-    fn maybe_compact(self: &Arc<Self>, seq: Seq) {
+    ///
+    /// A full room (see [`RoomConfig::max_room_bytes`]) compacts after each update that
+    /// deletes (`deletes`), one compaction at a time, and again after one that ran while
+    /// deletions came in: only deletions get into a full room, and it has room again only once
+    /// a snapshot without what they deleted replaces the old one and its log.
+    fn maybe_compact(self: &Arc<Self>, seq: Seq, deletes: bool) {
         let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
         let log = self.log_bytes.load(Ordering::Relaxed);
         let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
-        if behind >= self.config.compact_every
-            && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot
-            && !self.compacting.swap(true, Ordering::AcqRel)
-        {
+        let due = behind >= self.config.compact_every
+            && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot;
+        let full = deletes && log + snapshot >= self.config.max_room_bytes;
+        if full {
+            self.deleted_while_full.store(true, Ordering::Release);
+        }
+        if (due || full) && !self.compacting.swap(true, Ordering::AcqRel) {
             let room = Arc::clone(self);
             self.tracker.spawn(async move {
+                room.deleted_while_full.store(false, Ordering::Release);
                 let _ = room.compact().await;
+                while room.deleted_while_full.swap(false, Ordering::AcqRel) {
+                    let _ = room.compact().await;
+                }
                 room.compacting.store(false, Ordering::Release);
             });
         }

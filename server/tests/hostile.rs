@@ -353,7 +353,7 @@ async fn a_flooding_peer_is_slowed_while_the_room_carries_on() {
 }
 
 /// A room at `--max-room-bytes` refuses edits that add to it (the sender is closed with 1008)
-/// and keeps what it has; everyone else stays, and deleting still works.
+/// and keeps what it has; everyone else stays, deleting still works, and makes room again.
 #[tokio::test]
 async fn a_full_room_refuses_more_and_keeps_what_it_has() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -378,5 +378,22 @@ async fn a_full_room_refuses_more_and_keeps_what_it_has() {
     let mut newcomer = TestClient::connect(&url).await;
     newcomer.until("the room minus s0", |s| common::sync_doc_contents(s).len() == 99).await;
     assert!(!newcomer.has_shape("one-too-many") && !newcomer.has_shape("s0"));
+
+    // Deleting most of it makes room again (once a snapshot without them replaces the log).
+    let compactions = server.stats.compactions.load(Ordering::Relaxed);
+    bystander
+        .edit(|board, txn| {
+            for i in 1..95 {
+                assert!(board.remove_shape(txn, &format!("s{i}")));
+            }
+        })
+        .await;
+    common::eventually("a compaction of the emptied room", || {
+        server.stats.compactions.load(Ordering::Relaxed) > compactions
+    })
+    .await;
+    newcomer.add_shape("fits-again", ShapeKind::Rect).await;
+    bystander.until("the new shape", |s| common::sync_doc_contents(s).len() == 6).await;
+    assert!(bystander.has_shape("fits-again"));
     server.stop().await;
 }

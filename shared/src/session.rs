@@ -21,8 +21,18 @@ use crate::wire::{self, WireError};
 pub struct PeerPresence {
     /// Awareness client ids whose current state came from this socket, with the clock it set.
     /// The clock tells, at departure, whether someone else (the same user reconnected on a new
-    /// socket) has taken the id over since.
-    owned: HashMap<ClientID, u32>,
+    /// socket) has taken the id over since. With each, the bytes of its state's JSON.
+    owned: HashMap<ClientID, (u32, usize)>,
+}
+
+/// How much presence one socket may publish ([`PeerPresence::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedLimits {
+    /// Most clients it may speak for (one tab is one client).
+    pub clients: usize,
+    /// Most bytes of JSON its states may take together, so that a room's presence (which every
+    /// joiner is sent) takes many sockets to fill.
+    pub bytes: usize,
 }
 
 /// Why a socket's awareness update was refused by [`PeerPresence::apply`].
@@ -36,6 +46,14 @@ pub enum PresenceApplyError {
     TooManyClients {
         /// How many it would own.
         owned: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The socket's states would take more bytes together than allowed.
+    #[error("socket's awareness states would take {bytes} bytes, over the limit of {max}")]
+    TooMuchState {
+        /// What they would take.
+        bytes: usize,
         /// The limit.
         max: usize,
     },
@@ -65,13 +83,13 @@ impl PeerPresence {
     ///
     /// # Errors
     /// [`PresenceApplyError`] when an entry is invalid or the socket would own more than
-    /// `max_owned` clients; then nothing is applied.
+    /// `owned` allows; then nothing is applied.
     pub fn apply(
         &mut self,
         awareness: &mut Awareness,
         update: AwarenessUpdate,
         limits: &PresenceLimits,
-        max_owned: usize,
+        owned: OwnedLimits,
     ) -> Result<Option<AwarenessUpdate>, PresenceApplyError> {
         validate_update(&update, limits)?;
         let mut effective = AwarenessUpdate { clients: HashMap::new() };
@@ -95,11 +113,21 @@ impl PeerPresence {
             .iter()
             .filter(|(id, e)| &*e.json != NULL && !self.owned.contains_key(id))
             .count();
-        if self.owned.len() + new_ids > max_owned {
+        if self.owned.len() + new_ids > owned.clients {
             return Err(PresenceApplyError::TooManyClients {
                 owned: self.owned.len() + new_ids,
-                max: max_owned,
+                max: owned.clients,
             });
+        }
+        let bytes_after = self
+            .owned
+            .iter()
+            .filter(|(id, _)| !effective.clients.contains_key(id))
+            .map(|(_, (_, bytes))| *bytes)
+            .chain(effective.clients.values().filter(|e| &*e.json != NULL).map(|e| e.json.len()))
+            .sum::<usize>();
+        if bytes_after > owned.bytes {
+            return Err(PresenceApplyError::TooMuchState { bytes: bytes_after, max: owned.bytes });
         }
         // Cannot fail: every entry is valid and the clients map is fresh.
         let _ = awareness.apply_update(effective.clone());
@@ -107,7 +135,7 @@ impl PeerPresence {
             if &*entry.json == NULL {
                 self.owned.remove(id);
             } else {
-                self.owned.insert(*id, entry.clock);
+                self.owned.insert(*id, (entry.clock, entry.json.len()));
             }
         }
         Ok(Some(effective))
@@ -119,7 +147,7 @@ impl PeerPresence {
     /// another socket has replaced since (same client id, newer clock) is left alone.
     pub fn depart(&mut self, awareness: &mut Awareness) -> Option<AwarenessUpdate> {
         let mut removal = AwarenessUpdate { clients: HashMap::new() };
-        for (id, clock) in self.owned.drain() {
+        for (id, (clock, _)) in self.owned.drain() {
             let current = awareness.meta(id).map(|(c, _)| c);
             if current == Some(clock) && is_live(awareness, id) {
                 removal.clients.insert(
@@ -589,6 +617,32 @@ mod tests {
         assert!(!b.peers()[0].1.idle);
     }
 
+    const OWN: OwnedLimits = OwnedLimits { clients: 4, bytes: 1024 };
+
+    #[test]
+    fn a_sockets_states_together_stay_within_its_byte_limit() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let mut peer = PeerPresence::default();
+        let limits = PresenceLimits::default();
+        let state = |id: u64, clock: u32, bytes: usize| AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(id),
+                AwarenessUpdateEntry {
+                    clock,
+                    json: format!("\"{}\"", "x".repeat(bytes - 2)).into(),
+                },
+            )]),
+        };
+        peer.apply(&mut room, state(1, 1, 600), &limits, OWN).expect("600 of 1024");
+        let err = peer.apply(&mut room, state(2, 1, 600), &limits, OWN).expect_err("1200 bytes");
+        assert!(matches!(err, PresenceApplyError::TooMuchState { bytes: 1200, max: 1024 }));
+        assert!(room.meta(ClientID::new(2)).is_none(), "nothing applied");
+        // Replacing its own state counts the new one only.
+        peer.apply(&mut room, state(1, 2, 1000), &limits, OWN).expect("1000 replaces 600");
+        peer.apply(&mut room, state(1, 3, 10), &limits, OWN).expect("smaller");
+        peer.apply(&mut room, state(2, 1, 900), &limits, OWN).expect("910 in all");
+    }
+
     #[test]
     fn peer_presence_removes_what_the_socket_owned() {
         let mut room = Awareness::with_clock(Doc::new(), clock);
@@ -600,9 +654,9 @@ mod tests {
         };
         let mut peer = PeerPresence::default();
         let limits = PresenceLimits::default();
-        assert!(peer.apply(&mut room, update.clone(), &limits, 4).expect("ok").is_some());
+        assert!(peer.apply(&mut room, update.clone(), &limits, OWN).expect("ok").is_some());
         // The same state again (an echo) changes nothing.
-        assert!(peer.apply(&mut room, update, &limits, 4).expect("ok").is_none());
+        assert!(peer.apply(&mut room, update, &limits, OWN).expect("ok").is_none());
         // Removals of ids nobody knows are dropped, and so leave no tombstones behind.
         let ghost = AwarenessUpdate {
             clients: HashMap::from([(
@@ -610,7 +664,7 @@ mod tests {
                 AwarenessUpdateEntry { clock: 3, json: "null".into() },
             )]),
         };
-        assert!(peer.apply(&mut room, ghost, &limits, 4).expect("ok").is_none());
+        assert!(peer.apply(&mut room, ghost, &limits, OWN).expect("ok").is_none());
         assert!(room.meta(ClientID::new(555)).is_none());
         // A stock y-websocket client re-sends every state it receives: echoes of many other
         // clients' states do not count against the one it owns.
@@ -623,10 +677,10 @@ mod tests {
                     AwarenessUpdateEntry { clock: 1, json: "{}".into() },
                 )]),
             };
-            p.apply(&mut room, one.clone(), &limits, 4).expect("ok");
+            p.apply(&mut room, one.clone(), &limits, OWN).expect("ok");
             others.clients.extend(one.clients);
         }
-        assert!(peer.apply(&mut room, others, &limits, 4).expect("echo accepted").is_none());
+        assert!(peer.apply(&mut room, others, &limits, OWN).expect("echo accepted").is_none());
         let removal = peer.depart(&mut room).expect("owned one");
         assert_eq!(removal.clients.len(), 1);
         assert!(room.iter().all(|(id, s)| s.data.is_none() || id.get() >= 100));

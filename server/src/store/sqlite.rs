@@ -259,9 +259,11 @@ impl Journal {
             return Ok(());
         }
         remove_journal_file(&self.dir, broken).map_err(StoreError::Journal)?;
-        state.broken_file = None;
+        // Still broken until a new file is there: if it cannot be created (the disk still
+        // full), the next round tries again.
         let file = journal::create(&self.dir, state.number).map_err(StoreError::Journal)?;
         state.appender = Some(Appender::new(file));
+        state.broken_file = None;
         Ok(())
     }
 }
