@@ -1,7 +1,8 @@
 // Multi-user behaviour in real Chromium contexts against a real server.
-import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf, outage } from './fixtures';
+import { test, expect, newUser, adaAndBob, runYjsScript, dragOnBoard, shapesOf, outage, HuddleServer } from './fixtures';
 import { Page } from '@playwright/test';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -418,4 +419,31 @@ test('coming back to a room that grew by thousands of shapes meanwhile brings th
   await a.keyboard.press('r');
   await dragOnBoard(a, 100, 100, 160, 150);
   await expect(board).toHaveAttribute('data-shape-count', String(shapes + 1));
+});
+
+test('a room at its size limit tells the one whose shape it refused, and the others carry on', async ({ browser }) => {
+  const dir = mkdtempSync(join(tmpdir(), 'huddle-e2e-'));
+  const server = new HuddleServer(dir, ['--max-room-bytes', '8192']);
+  await server.start();
+  try {
+    // About 15 KB of shapes in one update: taken (the room was empty), and the room is full.
+    await runYjsScript(server, 'yjs-fill.mjs', 'full-room', '100');
+    const a = await newUser(await browser.newContext(), `${server.url}/r/full-room`, 'Ada');
+    const b = await newUser(await browser.newContext(), `${server.url}/r/full-room`, 'Bob');
+    await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '100');
+
+    await a.getByTestId('tool-rect').click();
+    await dragOnBoard(a, 100, 100, 200, 200);
+    const status = a.getByTestId('connection-status');
+    await expect(status).toHaveAttribute('data-state', 'refused');
+    await expect(status).toHaveText(/^Room is full: your new shapes are not saved · retrying in \d+ s$/);
+    await a.screenshot(shot('room-full-ada'));
+    // Ada still sees what she drew; nobody else got it, and Bob is not disturbed.
+    await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '101');
+    await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '100');
+    await expect(b.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  } finally {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -11,14 +11,15 @@ export class HuddleServer {
   url = '';
   private proc?: ChildProcess;
   private port = 0;
-  constructor(readonly dataDir: string) {}
+  /** `args`: more server flags, e.g. `['--max-room-bytes', '8192']`. */
+  constructor(readonly dataDir: string, readonly args: string[] = []) {}
 
   async start(): Promise<void> {
     const bin = process.env.HUDDLE_SERVER_BIN;
     if (!bin) throw new Error('HUDDLE_SERVER_BIN is not set: run the e2e tests through `cargo xtask test`');
     // Reuse the port across restarts so open pages reconnect to the same address.
     const addr = `127.0.0.1:${this.port}`;
-    this.proc = spawn(bin, ['--addr', addr, '--data-dir', this.dataDir, '--durability', 'process'], {
+    this.proc = spawn(bin, ['--addr', addr, '--data-dir', this.dataDir, '--durability', 'process', ...this.args], {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: 'warn' },
     });

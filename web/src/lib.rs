@@ -38,7 +38,7 @@ use crate::board::BoardView;
 use crate::chat::ChatPanel;
 use crate::identity::{Identity, USER_COLORS, random_room_name};
 use crate::state::{RoomState, Tool};
-use crate::sync::{Connection, Signals, Status, now_ms};
+use crate::sync::{Connection, Refusal, Signals, Status, now_ms};
 
 /// Most selected shape ids published in presence.
 const MAX_SELECTION_IN_PRESENCE: usize = 500;
@@ -698,6 +698,13 @@ fn StatusBadge() -> impl IntoView {
                 format!("Reconnecting in {} s", ((at_ms - now_ms()) / 1000.0).ceil().max(0.0))
             }
             Status::Offline => "Offline".to_owned(),
+            Status::Refused { why, at_ms } => {
+                let why = match why {
+                    Refusal::RoomFull => "Room is full: your new shapes are not saved",
+                    Refusal::Limit => "The server refused your last change",
+                };
+                format!("{why} · retrying in {} s", ((at_ms - now_ms()) / 1000.0).ceil().max(0.0))
+            }
         }
     };
     let kind = move || match state.signals.status.get() {
@@ -705,6 +712,7 @@ fn StatusBadge() -> impl IntoView {
         Status::Connecting => "connecting",
         Status::Reconnecting { .. } => "reconnecting",
         Status::Offline => "offline",
+        Status::Refused { .. } => "refused",
     };
     view! {
         <span class="status" data-testid="connection-status" data-state=kind role="status" aria-live="polite">

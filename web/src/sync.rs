@@ -59,7 +59,39 @@ pub enum Status {
     },
     /// The browser reports no network.
     Offline,
+    /// The server closed the socket refusing something of ours (see [`Refusal`]); the next
+    /// attempt is at this time, later than after a plain disconnect.
+    Refused {
+        /// What was refused.
+        why: Refusal,
+        /// When the next attempt starts.
+        at_ms: f64,
+    },
 }
+
+/// Why the server closed the socket over something this client sent (close code 1008): retrying
+/// at once would only be refused again, so the user is told, and retries are spaced out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The room's board reached the server's size limit (`--max-room-bytes`): edits that add
+    /// to it are refused until something is deleted.
+    RoomFull,
+    /// Another of the server's limits (presence size, clients per socket).
+    Limit,
+}
+
+impl Refusal {
+    /// The refusal a close with `code` and `reason` means, if any.
+    fn of_close(code: u16, reason: &str) -> Option<Self> {
+        (code == 1008).then(|| {
+            if reason.starts_with("room is full") { Refusal::RoomFull } else { Refusal::Limit }
+        })
+    }
+}
+
+/// Least reconnect attempt number after a refusal: its backoff ceiling is 8 s, so a client
+/// whose edit a full room refuses does not come back every half second to be refused again.
+const REFUSED_ATTEMPT: u32 = 4;
 
 /// Reactive values the UI reads; the connection writes them.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +172,8 @@ pub struct Connection {
     session: RefCell<ClientSession>,
     socket: RefCell<Option<Socket>>,
     attempt: Cell<u32>,
+    /// What the server refused when it last closed the socket (see [`Refusal`]).
+    refused: Cell<Option<Refusal>>,
     closed: Cell<bool>,
     signals: Signals,
     undo: RefCell<UndoManager>,
@@ -319,6 +353,7 @@ impl Connection {
             session: RefCell::new(session),
             socket: RefCell::new(None),
             attempt: Cell::new(0),
+            refused: Cell::new(None),
             closed: Cell::new(false),
             signals,
             undo: RefCell::new(undo),
@@ -379,8 +414,9 @@ impl Connection {
                 }
             }
         });
-        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_ev: CloseEvent| {
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |ev: CloseEvent| {
             if let Some(c) = weak.upgrade() {
+                c.refused.set(Refusal::of_close(ev.code(), &ev.reason()));
                 c.on_close();
             }
         });
@@ -600,14 +636,18 @@ impl Connection {
     fn schedule_reconnect(self: &Rc<Self>) {
         // Exponential backoff with full jitter: spreads a crowd of clients reconnecting after a
         // server restart over the whole window instead of hitting it at once.
-        let attempt = self.attempt.get();
+        let refused = self.refused.take();
+        let attempt = match refused {
+            Some(_) => self.attempt.get().max(REFUSED_ATTEMPT),
+            None => self.attempt.get(),
+        };
         self.attempt.set(attempt.saturating_add(1));
         let delay = backoff_ms(attempt, js_sys::Math::random());
         let offline = web_sys::window().is_some_and(|w| !w.navigator().on_line());
-        self.signals.status.set(if offline {
-            Status::Offline
-        } else {
-            Status::Reconnecting { at_ms: now_ms() + delay }
+        self.signals.status.set(match refused {
+            _ if offline => Status::Offline,
+            Some(why) => Status::Refused { why, at_ms: now_ms() + delay },
+            None => Status::Reconnecting { at_ms: now_ms() + delay },
         });
         let weak = Rc::downgrade(self);
         set_timeout(
