@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use huddle_protocol::RoomName;
-use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::schema::{Board, Shape, ShapeKind};
 use huddle_protocol::yrs::{Doc, Transact};
 use huddle_server::outbox::{Flusher, Limits, Outbox};
@@ -42,14 +41,7 @@ fn main() {
         let persister = Persister::start(store.clone(), &tracker);
         let config = RoomConfig {
             idle_unload: Duration::from_secs(60),
-            compact_every: 1000,
-            presence: PresenceLimits::default(),
-            presence_per_socket: huddle_protocol::session::OwnedLimits {
-                clients: 8,
-                bytes: 64 << 10,
-            },
-            max_room_presence_bytes: 8 << 20,
-            max_room_bytes: 256 << 20,
+            ..huddle_server::Config::with_data_dir("unused").room()
         };
         let registry = Registry::new(
             store,

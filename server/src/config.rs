@@ -151,7 +151,8 @@ impl Config {
         }
     }
 
-    pub(crate) fn room(&self) -> RoomConfig {
+    /// The rooms' settings (also what tests and the relay guard start from).
+    pub fn room(&self) -> RoomConfig {
         RoomConfig {
             idle_unload: Duration::from_millis(self.room_idle_ms),
             compact_every: self.compact_every,

@@ -217,7 +217,6 @@ impl Registry {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use huddle_protocol::presence::PresenceLimits;
     use huddle_protocol::schema::{Board, Shape, ShapeKind};
     use huddle_protocol::yrs::{Doc, Transact};
 
@@ -233,17 +232,7 @@ pub(crate) mod tests {
         idle_unload: Duration,
     ) -> Registry {
         let persister = Persister::start(store.clone(), &TaskTracker::new());
-        let config = RoomConfig {
-            idle_unload,
-            compact_every: 1000,
-            presence: PresenceLimits::default(),
-            presence_per_socket: huddle_protocol::session::OwnedLimits {
-                clients: 8,
-                bytes: 64 << 10,
-            },
-            max_room_presence_bytes: 8 << 20,
-            max_room_bytes: 256 << 20,
-        };
+        let config = RoomConfig { idle_unload, ..crate::Config::with_data_dir("unused").room() };
         Registry::new(store, persister, config, stats, TaskTracker::new(), CancellationToken::new())
     }
 

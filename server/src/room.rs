@@ -1227,8 +1227,7 @@ impl Room {
             return Ok(());
         }
         self.ready().await;
-        let stored_bytes =
-            self.snapshot_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed);
+        let stored_bytes = self.stored_bytes();
         let full = stored_bytes >= self.config.max_room_bytes;
         let deletes = !decoded.delete_set().is_empty();
         let mut waiting = WaitingEdit::new(self);
@@ -1478,6 +1477,11 @@ impl Room {
         }
     }
 
+    /// What the room takes in storage: its snapshot and the log since.
+    fn stored_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed)
+    }
+
     /// Starts a background compaction once the log since the last snapshot is long enough.
     ///
     /// "Long enough" is at least `compact_every` entries *and* at least an eighth of the last
@@ -1495,7 +1499,7 @@ impl Room {
         let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
         let due = behind >= self.config.compact_every
             && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot;
-        let full = deletes && log + snapshot >= self.config.max_room_bytes;
+        let full = deletes && self.stored_bytes() >= self.config.max_room_bytes;
         if full {
             self.deleted_while_full.store(true, Ordering::Release);
         }

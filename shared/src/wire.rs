@@ -225,10 +225,7 @@ fn decode_awareness(buf: &[u8], max_clients: usize) -> Result<AwarenessUpdate, W
         return Err(WireError::TooManyClients { count, max: max_clients });
     }
     // Each entry is at least three varints (client, clock, JSON length).
-    let bytes = buf.len() - cursor.next;
-    if count > (bytes / 3) as u64 {
-        return Err(WireError::ImplausibleCount { count, bytes });
-    }
+    check_count(buf, 3)?;
     let mut clients = HashMap::with_capacity(count as usize);
     for _ in 0..count {
         let client: u64 = cursor.read_var()?;
