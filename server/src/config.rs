@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use huddle_protocol::presence::PresenceLimits;
 
+use crate::clients::TrustedProxies;
 use crate::connection::SocketConfig;
 use crate::room::RoomConfig;
 use crate::store::sqlite::Durability;
@@ -62,6 +63,20 @@ pub struct Config {
     #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Most connections one client may hold at once: its WebSockets, and if it connects
+    /// directly, its other connections too. An IPv6 client is its /64; a client behind a
+    /// trusted proxy is the one its `X-Forwarded-For` names. Sockets over the limit are
+    /// refused with 503, direct connections closed at once.
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
+
+    /// Reverse proxies in front of the server, as comma-separated addresses or CIDR ranges
+    /// (`none` for none): connections from them count for the client their `X-Forwarded-For`
+    /// names. Only list proxies that set that header themselves.
+    #[arg(long, env = "HUDDLE_TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: TrustedProxies,
 
     /// Most connections at once that are not WebSockets (yet): requests for the web client's
     /// files, and upgrades whose request is still being read. More wait to be accepted, so

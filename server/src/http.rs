@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::clients::{ClientSlot, Clients, Origin};
 use crate::connection::{SocketContext, Upgraded, serve_socket};
 use crate::stats::Stats;
 
@@ -35,6 +37,8 @@ pub struct AppState {
     pub connection_permits: Arc<Semaphore>,
     /// One permit per accepted connection that is not an admitted socket (see [`HttpSlot`]).
     pub http_permits: Arc<Semaphore>,
+    /// The connections each client holds (`--max-connections-per-client`).
+    pub clients: Arc<Clients>,
     /// Socket tasks, so shutdown can wait for every socket to close.
     pub socket_tasks: TaskTracker,
 }
@@ -48,6 +52,9 @@ pub enum AppError {
     /// The server is at its connection limit.
     #[error("too many connections; try again later")]
     TooManyConnections,
+    /// The client holds as many connections as one client may.
+    #[error("too many connections from your address; close some and try again")]
+    TooManyFromClient,
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -57,7 +64,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match self {
             AppError::BadRoomName(_) => StatusCode::BAD_REQUEST,
-            AppError::TooManyConnections | AppError::ShuttingDown => {
+            AppError::TooManyConnections | AppError::TooManyFromClient | AppError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
@@ -114,9 +121,9 @@ pub async fn serve_http1(
             },
             () = stop.cancelled() => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     wait_after_accept_error(e).await;
                     continue;
@@ -124,9 +131,14 @@ pub async fn serve_http1(
             },
             () = stop.cancelled() => break,
         };
+        // A client at its limit is closed at once, before it is given buffers and time.
+        let Some(origin) = state.clients.accepted(peer.ip()) else {
+            continue;
+        };
         without_nagle(&tcp);
         connections.spawn(serve_connection(
             tcp,
+            origin,
             HttpSlot::new(permit, &state.sockets.stats),
             state.clone(),
             app.clone(),
@@ -154,13 +166,14 @@ pub async fn serve_http1(
 /// after a restart spends its time on (docs/benchmarks.md).
 async fn serve_connection(
     tcp: TcpStream,
+    origin: Origin,
     slot: HttpSlot,
     state: AppState,
     app: Router,
     timeouts: HttpTimeouts,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    match read_head(tcp, &state, timeouts.header, &stop).await {
+    match read_head(tcp, &state, &origin, timeouts.header, &stop).await {
         Opening::Socket { tcp, upgrade, pipelined, admission } => {
             // A socket now, counted by its admission.
             drop(slot);
@@ -168,7 +181,7 @@ async fn serve_connection(
         }
         Opening::Http { tcp, head } => {
             let stats = Arc::clone(&state.sockets.stats);
-            serve_hyper(tcp, head, app, timeouts, stats, stop).await;
+            serve_hyper(tcp, head, origin, app, timeouts, stats, stop).await;
         }
         Opening::Gone => {}
     }
@@ -216,6 +229,7 @@ enum Opening {
 async fn read_head(
     mut tcp: TcpStream,
     state: &AppState,
+    origin: &Origin,
     header_timeout: std::time::Duration,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Opening {
@@ -235,9 +249,10 @@ async fn read_head(
                     head.reserve(head.len());
                 }
             }
-            Head::Upgrade { room, deflate, accept, len } => {
+            Head::Upgrade { room, deflate, accept, len, forwarded } => {
                 // A refusal (400, 503) is answered by the router, like any other request's.
-                let Ok(admission) = admit(state, room, deflate) else {
+                let Ok(admission) = admit(state, room, deflate, Some(origin), forwarded.as_deref())
+                else {
                     return Opening::Http { tcp, head };
                 };
                 let pipelined = head.split_off(len);
@@ -252,6 +267,7 @@ async fn read_head(
 async fn serve_hyper(
     tcp: TcpStream,
     head: Vec<u8>,
+    origin: Origin,
     app: Router,
     timeouts: HttpTimeouts,
     stats: Arc<Stats>,
@@ -265,6 +281,14 @@ async fn serve_hyper(
         stalled: None,
         stats,
     });
+    // The router's handlers see who the connection is from (see `websocket`).
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(origin.clone());
+            request
+        },
+    );
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -309,6 +333,8 @@ enum Head<'a> {
         accept: String,
         /// Length of the head; anything after it was sent ahead of the 101.
         len: usize,
+        /// Its `X-Forwarded-For` (several such headers joined, as HTTP reads them).
+        forwarded: Option<String>,
     },
     /// Anything else, for hyper (including requests it will refuse).
     Other,
@@ -332,10 +358,32 @@ fn upgrade_request(bytes: &[u8]) -> Head<'_> {
     let header = |name: &str| {
         request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     };
-    match websocket_accept(header) {
-        Some(accept) => Head::Upgrade { room, deflate: wire::wants_deflate(query), accept, len },
-        None => Head::Other,
+    let Some(accept) = websocket_accept(header) else { return Head::Other };
+    let forwarded = forwarded_for(
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value),
+    );
+    Head::Upgrade { room, deflate: wire::wants_deflate(query), accept, len, forwarded }
+}
+
+/// The `X-Forwarded-For` of a request whose values of that header are `values`: several are
+/// one list, in order (RFC 9110 section 5.3). `None` if there is none, or it is not text.
+fn forwarded_for<'h>(values: impl Iterator<Item = &'h [u8]>) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for value in values {
+        let value = std::str::from_utf8(value).ok()?;
+        match &mut joined {
+            Some(list) => {
+                list.push(',');
+                list.push_str(value);
+            }
+            None => joined = Some(value.to_owned()),
+        }
     }
+    joined
 }
 
 /// The `Sec-WebSocket-Accept` for a request whose headers (looked up by `header`) ask for a
@@ -545,6 +593,8 @@ pub struct Admission {
     room: RoomName,
     deflate: bool,
     permit: OwnedSemaphorePermit,
+    /// The client's place, if it is counted (see [`Clients::admit`]).
+    client: Option<Arc<ClientSlot>>,
     tracked: TaskTrackerToken,
 }
 
@@ -553,32 +603,47 @@ impl Admission {
     /// back. A task of its own, rather than the rest of the connection's: that future would
     /// carry everything the connection needed to get here for the socket's whole life.
     fn serve(self, socket: Upgraded, ctx: SocketContext) {
-        let Self { room, deflate, permit, tracked } = self;
+        let Self { room, deflate, permit, client, tracked } = self;
         let serving = serve_socket(socket, room, deflate, ctx);
         tokio::spawn(async move {
             serving.await;
             drop(permit);
+            drop(client);
             drop(tracked);
         });
     }
 }
 
 /// The one place a socket is admitted, whichever way it was upgraded: the room name is checked
-/// first, then that the server is not stopping, then the connection limit. `deflate`: the
-/// client asked for deflated frames ([`wire::wants_deflate`] of the URL's query).
+/// first, then that the server is not stopping, then the client's limit, then the server's.
+/// `deflate`: the client asked for deflated frames ([`wire::wants_deflate`] of the URL's
+/// query). `origin`: who the connection is from (`None`: not counted per client);
+/// `forwarded`: the request's `X-Forwarded-For`, believed only from a trusted proxy.
 ///
 /// # Errors
 /// The [`AppError`] to answer the request with.
-pub fn admit(state: &AppState, room: &str, deflate: bool) -> Result<Admission, AppError> {
+pub fn admit(
+    state: &AppState,
+    room: &str,
+    deflate: bool,
+    origin: Option<&Origin>,
+    forwarded: Option<&str>,
+) -> Result<Admission, AppError> {
     let room = RoomName::parse(room)?;
     if state.sockets.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
+    let client = match origin {
+        Some(origin) => {
+            state.clients.admit(origin, forwarded).map_err(|_| AppError::TooManyFromClient)?
+        }
+        None => None,
+    };
     let permit = Arc::clone(&state.connection_permits)
         .try_acquire_owned()
         .map_err(|_| AppError::TooManyConnections)?;
     // Taken now, so shutdown waits for this socket even if its upgrade completes late.
-    Ok(Admission { room, deflate, permit, tracked: state.socket_tasks.token() })
+    Ok(Admission { room, deflate, permit, client, tracked: state.socket_tasks.token() })
 }
 
 /// `GET /ws/{room}` as a request hyper serves: refusals (bad room name, limits), requests that
@@ -588,10 +653,15 @@ async fn websocket(
     Path(room): Path<String>,
     RawQuery(query): RawQuery,
     State(state): State<AppState>,
+    origin: Option<Extension<Origin>>,
     mut request: Request,
 ) -> Result<Response, AppError> {
     let deflate = query.is_some_and(|q| wire::wants_deflate(&q));
-    let admission = admit(&state, &room, deflate)?;
+    let headers = request.headers();
+    let forwarded =
+        forwarded_for(headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes));
+    let admission =
+        admit(&state, &room, deflate, origin.as_ref().map(|o| &o.0), forwarded.as_deref())?;
     let headers = request.headers();
     let Some(accept) = websocket_accept(|name| headers.get(name).map(HeaderValue::as_bytes)) else {
         return Ok((
@@ -650,14 +720,16 @@ mod tests {
         let head = request(
             "GET /ws/team-board?token=1 HTTP/1.1",
             &format!(
-                "Connection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\nSec-WebSocket-Version: 13\r\n{KEY}"
+                "Connection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\nSec-WebSocket-Version: 13\r\n{KEY}\
+                 X-Forwarded-For: 198.51.100.1\r\nx-forwarded-for: 203.0.113.7\r\n"
             ),
         );
         let mut bytes = head.clone().into_bytes();
         bytes.extend_from_slice(&[0x82, 0x84]); // the client's first frame, sent early
         match upgrade_request(&bytes) {
-            Head::Upgrade { room, deflate, accept, len } => {
+            Head::Upgrade { room, deflate, accept, len, forwarded } => {
                 assert_eq!(room, "team-board");
+                assert_eq!(forwarded.as_deref(), Some("198.51.100.1,203.0.113.7"), "one list");
                 assert!(!deflate, "only `deflate=1` asks for deflated frames");
                 // RFC 6455's own example.
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");

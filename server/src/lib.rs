@@ -6,6 +6,7 @@
 //! Modules:
 //! - [`config`]: flags and environment ([`Config`]).
 //! - [`http`]: routes, socket admission, [`http::AppError`].
+//! - [`clients`]: connections per client, and who is behind a trusted proxy.
 //! - [`connection`]: one socket's reader loop, pings, close codes.
 //! - [`outbox`]: a socket's queued frames, and the flusher that writes them.
 //! - [`registry`]: which rooms are in memory; single load, idle unload.
@@ -18,6 +19,7 @@
 //! Binaries stay thin: `main.rs` parses [`Config`] and calls [`run`]; tests call [`Server`] with
 //! their own listener and shutdown signal.
 
+pub mod clients;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -117,6 +119,11 @@ impl Server {
             },
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
             http_permits: Arc::new(Semaphore::new(self.config.max_http_connections as usize)),
+            clients: clients::Clients::new(
+                self.config.max_connections_per_client,
+                self.config.trusted_proxies.clone(),
+                Arc::clone(&self.stats),
+            ),
             socket_tasks: TaskTracker::new(),
         };
         let socket_tasks = state.socket_tasks.clone();

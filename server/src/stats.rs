@@ -45,6 +45,9 @@ pub struct Stats {
     pub pool_diffs: AtomicU64,
     /// `write`s to sockets: against `frames_relayed`, how many frames share a write.
     pub socket_writes: AtomicU64,
+    /// Connections and sockets refused because their client held as many as it may
+    /// (`--max-connections-per-client`).
+    pub client_limit_refusals: AtomicU64,
 }
 
 impl Stats {
@@ -121,6 +124,11 @@ impl Stats {
                 "huddle_socket_writes_total",
                 "Writes to sockets (frames queued together share one).",
                 self.socket_writes.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_client_limit_refusals_total",
+                "Connections refused because their client held as many as it may.",
+                self.client_limit_refusals.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

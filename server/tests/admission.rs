@@ -1,7 +1,7 @@
 //! How sockets get in: the upgrade the server's accept loop handles itself (a connection's
 //! first request), the one hyper handles (an upgrade on a connection that already served a
 //! request), a first frame sent before the 101 arrived, requests to the socket endpoint that
-//! are not upgrades, and the connection limit.
+//! are not upgrades, the connection limit, and the limit per client (direct or behind a proxy).
 
 mod common;
 
@@ -234,5 +234,142 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
         tokio::time::timeout(DEADLINE, waiting).await.expect("the newcomer got in").expect("task");
     assert_eq!(shapes, vec!["while-full".to_owned()]);
     common::eventually("places given back", || open() == 0).await;
+    server.stop().await;
+}
+
+/// A WebSocket handshake for `url` from `from` (a loopback address: all of 127.0.0.0/8 is this
+/// machine), with `forwarded` as its `X-Forwarded-For` if given.
+async fn connect_from(
+    from: &str,
+    url: &str,
+    forwarded: Option<&str>,
+) -> Result<WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind(format!("{from}:0").parse().expect("an address")).expect("binds");
+    let addr =
+        url.trim_start_matches("ws://").split('/').next().expect("host").parse().expect("addr");
+    let tcp = socket.connect(addr).await.expect("connects");
+    let mut request = url.into_client_request().expect("a request");
+    if let Some(forwarded) = forwarded {
+        request.headers_mut().insert("x-forwarded-for", forwarded.parse().expect("a header"));
+    }
+    let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(request, tcp))
+        .await
+        .expect("answered in time")?;
+    Ok(ws)
+}
+
+/// Joins the room over `ws` and returns once synced: the socket is really in.
+async fn join(mut ws: WebSocketStream<TcpStream>) -> WebSocketStream<TcpStream> {
+    ws.send(Message::Binary(vec![0, 0, 1, 0].into())).await.expect("sends");
+    let _ = read_until_synced(&mut ws).await;
+    ws
+}
+
+/// A client that connects directly holds at most `--max-connections-per-client` connections:
+/// more are closed at once, while another client still gets in, and a place comes back when
+/// one of its connections ends.
+#[tokio::test]
+async fn one_client_cannot_take_every_place() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_connections_per_client = 2;
+    config.trusted_proxies = "none".parse().expect("a proxy list");
+    let server = TestServer::start_with(config).await;
+    let url = server.url("crowded");
+    let first = join(connect_from("127.0.0.1", &url, None).await.expect("first in")).await;
+    let _second = join(connect_from("127.0.0.1", &url, None).await.expect("second in")).await;
+    match connect_from("127.0.0.1", &url, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            panic!("expected the connection closed unanswered, got HTTP {}", resp.status())
+        }
+        Err(_) => {}
+        Ok(_) => panic!("a third connection let in over a limit of two per client"),
+    }
+    // Nor a plain HTTP request: the connection is closed before anything is read.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "answered over the limit: {read:?}");
+    assert!(server.stats.client_limit_refusals.load(Ordering::Relaxed) >= 2);
+
+    // Someone else is not held up by that client.
+    let other = join(connect_from("127.0.0.2", &url, None).await.expect("another client")).await;
+
+    drop(first);
+    let start = tokio::time::Instant::now();
+    let _third = loop {
+        match connect_from("127.0.0.1", &url, None).await {
+            Ok(ws) => break join(ws).await,
+            Err(_) => {
+                assert!(start.elapsed() < DEADLINE, "the freed place never came back");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    drop(other);
+    server.stop().await;
+}
+
+/// Behind a trusted proxy (loopback by default) the client is the one `X-Forwarded-For`
+/// names, with what the client wrote there itself ignored; the proxy itself is not limited.
+#[tokio::test]
+async fn behind_a_proxy_the_forwarded_client_is_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_connections_per_client = 2;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("proxied");
+    let alice = "203.0.113.7";
+    let first = join(connect_from("127.0.0.1", &url, Some(alice)).await.expect("in")).await;
+    let _second = join(connect_from("127.0.0.1", &url, Some(alice)).await.expect("in")).await;
+    for (what, forwarded) in [
+        ("a third socket", alice.to_owned()),
+        ("a forged address in front", format!("198.51.100.9, {alice}")),
+    ] {
+        match connect_from("127.0.0.1", &url, Some(&forwarded)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503, "{what}");
+                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+                    .into_owned();
+                assert!(body.contains("from your address"), "{what}: {body}");
+            }
+            Err(other) => panic!("{what}: expected HTTP 503, got {other}"),
+            Ok(_) => panic!("{what}: let in over a limit of two per client"),
+        }
+    }
+    // Other clients behind the same proxy, and the proxy's own sockets, get in.
+    let _bob =
+        join(connect_from("127.0.0.1", &url, Some("198.51.100.9")).await.expect("bob")).await;
+    let mut own = Vec::new();
+    for _ in 0..3 {
+        own.push(join(connect_from("127.0.0.1", &url, None).await.expect("unnamed")).await);
+    }
+
+    // An upgrade on a connection that served a request first (hyper's path) is limited too.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("writes");
+    let (head, _) = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let upgrade = upgrade_request("proxied")
+        .replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {alice}\r\n\r\n"));
+    tcp.write_all(upgrade.as_bytes()).await.expect("writes");
+    let (head, _) = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+
+    drop(first);
+    let start = tokio::time::Instant::now();
+    let _again = loop {
+        match connect_from("127.0.0.1", &url, Some(alice)).await {
+            Ok(ws) => break join(ws).await,
+            Err(_) => {
+                assert!(start.elapsed() < DEADLINE, "the freed place never came back");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
     server.stop().await;
 }

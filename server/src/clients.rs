@@ -1,0 +1,287 @@
+//! Connections per client. The server's connection limits (`--max-connections`,
+//! `--max-http-connections`) are shared by everyone, so without a limit per client one address
+//! could take every place and lock everyone else out. `--max-connections-per-client` caps what
+//! one client holds at once.
+//!
+//! A client is its IP address, and an IPv6 client its /64: one host is usually given a whole
+//! /64, so counting single addresses would let it take every place.
+//!
+//! Behind a reverse proxy every connection comes from the proxy's address. Connections from a
+//! trusted proxy (`--trusted-proxies`, loopback by default) are therefore not counted as one
+//! client: a socket upgraded through one counts for the client its `X-Forwarded-For` names,
+//! the rightmost address there that is not itself a trusted proxy (everything to the left of
+//! that is what the client said about itself, which anyone can forge). HTTP connections from a
+//! proxy are the proxy's to limit, and so is a socket whose request names no client (a local
+//! tool such as the benchmark, which connects from loopback).
+//!
+//! A plain table of counts under a mutex rather than a crate: an entry lives exactly as long as
+//! its client holds a connection, so the table is bounded by the connection limits, and one
+//! lock per connect and per disconnect is nothing next to the connect's system calls.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use crate::stats::Stats;
+
+/// The addresses of reverse proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` is one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Why a `--trusted-proxies` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an address or a CIDR range (write e.g. `10.0.0.0/8,::1`, or `none`)")]
+pub struct BadProxyList(String);
+
+impl FromStr for TrustedProxies {
+    type Err = BadProxyList;
+
+    /// Comma-separated addresses and CIDR ranges; `none` (or nothing) for no proxy at all.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        s.split(',')
+            .map(str::trim)
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| BadProxyList(item.to_owned()))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// One client, as the limits count them: an IPv4 address, or an IPv6 address's /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    /// The client `ip` counts as.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+        }
+    }
+}
+
+/// The client an `X-Forwarded-For` value names, as seen by a trusted proxy: the rightmost
+/// entry that is not a trusted proxy itself. `None` when it names nobody that can be told
+/// apart (empty, all proxies, or an entry that is not an address where the client should be).
+pub fn forwarded_client(forwarded: &str, trusted: &TrustedProxies) -> Option<IpAddr> {
+    for entry in forwarded.rsplit(',').map(str::trim) {
+        // Some proxies write a port after the address.
+        let ip = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))?;
+        if !trusted.contains(ip) {
+            return Some(ip);
+        }
+    }
+    None
+}
+
+/// The connections each client holds, and the limit on them.
+pub struct Clients {
+    held: Mutex<HashMap<ClientKey, u32>>,
+    max_per_client: u32,
+    trusted: TrustedProxies,
+    stats: Arc<Stats>,
+}
+
+/// Who a connection is from, decided when it is accepted.
+#[derive(Clone)]
+pub enum Origin {
+    /// A client connected directly; this connection holds one of its places.
+    Client(Arc<ClientSlot>),
+    /// A trusted proxy at this address: the client is named by each request.
+    Proxy(IpAddr),
+}
+
+/// A connection refused because its client holds as many as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyFromClient;
+
+/// One of a client's places; given back when dropped.
+pub struct ClientSlot {
+    clients: Arc<Clients>,
+    key: ClientKey,
+}
+
+impl Clients {
+    /// A table allowing `max_per_client` connections per client.
+    pub fn new(max_per_client: u32, trusted: TrustedProxies, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self { held: Mutex::new(HashMap::new()), max_per_client, trusted, stats })
+    }
+
+    /// Who a connection accepted from `peer` is from, or `None` if that client already holds
+    /// as many connections as it may (the connection is then to be closed at once: reading its
+    /// request first would give it the buffers and time the limit is there to bound).
+    pub fn accepted(self: &Arc<Self>, peer: IpAddr) -> Option<Origin> {
+        if self.trusted.contains(peer) {
+            return Some(Origin::Proxy(peer));
+        }
+        self.take(ClientKey::of(peer)).map(|slot| Origin::Client(Arc::new(slot)))
+    }
+
+    /// The place a socket from `origin` holds while it is open: the connection's own for a
+    /// direct client, a new one for the client a proxy names in `forwarded` (the request's
+    /// `X-Forwarded-For`), none for a proxied request that names nobody.
+    ///
+    /// # Errors
+    /// [`TooManyFromClient`] if the named client holds as many sockets as it may.
+    pub fn admit(
+        self: &Arc<Self>,
+        origin: &Origin,
+        forwarded: Option<&str>,
+    ) -> Result<Option<Arc<ClientSlot>>, TooManyFromClient> {
+        match origin {
+            Origin::Client(slot) => Ok(Some(Arc::clone(slot))),
+            Origin::Proxy(_) => match forwarded.and_then(|f| forwarded_client(f, &self.trusted)) {
+                None => Ok(None),
+                Some(client) => {
+                    self.take(ClientKey::of(client)).map(Arc::new).map(Some).ok_or_else(|| {
+                        self.stats.client_limit_refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%client, "socket refused: client at its connection limit");
+                        TooManyFromClient
+                    })
+                }
+            },
+        }
+    }
+
+    /// Connections `ip`'s client holds now (for tests and diagnostics).
+    pub fn held_by(&self, ip: IpAddr) -> u32 {
+        self.held.lock().get(&ClientKey::of(ip)).copied().unwrap_or(0)
+    }
+
+    fn take(self: &Arc<Self>, key: ClientKey) -> Option<ClientSlot> {
+        let mut held = self.held.lock();
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.max_per_client {
+            drop(held);
+            self.stats.client_limit_refusals.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { clients: Arc::clone(self), key })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.clients.held.lock();
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    fn proxies(s: &str) -> TrustedProxies {
+        s.parse().expect("a proxy list")
+    }
+
+    #[test]
+    fn proxy_lists_parse_addresses_ranges_and_none() {
+        let list = proxies("127.0.0.0/8, ::1,10.1.2.3/16");
+        assert!(list.contains(ip("127.9.9.9")));
+        assert!(list.contains(ip("::1")));
+        assert!(list.contains(ip("::ffff:127.0.0.1")), "IPv4-mapped addresses are IPv4");
+        assert!(list.contains(ip("10.1.200.1")), "a range written from a host address");
+        assert!(!list.contains(ip("10.2.0.1")));
+        assert_eq!(proxies("none"), TrustedProxies::default());
+        assert_eq!(proxies(""), TrustedProxies::default());
+        let err = "10.0.0.0/33".parse::<TrustedProxies>().expect_err("refused");
+        assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
+        assert!("10.0.0.1, proxy.lan".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        assert_eq!(ClientKey::of(ip("2001:db8:1:2::5")), ClientKey::of(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(ClientKey::of(ip("2001:db8:1:2::5")), ClientKey::of(ip("2001:db8:1:3::5")));
+        assert_eq!(ClientKey::of(ip("::ffff:192.0.2.1")), ClientKey::of(ip("192.0.2.1")));
+        assert_ne!(ClientKey::of(ip("192.0.2.1")), ClientKey::of(ip("192.0.2.2")));
+    }
+
+    #[test]
+    fn the_client_behind_a_proxy_is_the_rightmost_address_not_a_proxy() {
+        let trusted = proxies("127.0.0.0/8,10.0.0.0/8");
+        let client = |f: &str| forwarded_client(f, &trusted);
+        assert_eq!(client("203.0.113.7"), Some(ip("203.0.113.7")));
+        // What the client wrote itself is left of what the proxy appended.
+        assert_eq!(client("1.1.1.1, 203.0.113.7"), Some(ip("203.0.113.7")));
+        // Through a chain of trusted proxies.
+        assert_eq!(client("203.0.113.7, 10.0.0.2,10.0.0.3"), Some(ip("203.0.113.7")));
+        assert_eq!(client("[2001:db8::1]:4711"), Some(ip("2001:db8::1")));
+        assert_eq!(client("198.51.100.1:80"), Some(ip("198.51.100.1")));
+        assert_eq!(client("10.0.0.2"), None, "only proxies");
+        assert_eq!(client("unknown"), None);
+        assert_eq!(client("unknown, 10.0.0.2"), None);
+        assert_eq!(client(""), None);
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_share_and_gets_places_back() {
+        let clients = Clients::new(2, proxies("127.0.0.1"), Arc::new(Stats::default()));
+        let alice = ip("192.0.2.1");
+        let first = clients.accepted(alice).expect("first");
+        let second = clients.accepted(alice).expect("second");
+        assert!(clients.accepted(alice).is_none(), "a third over a limit of two");
+        assert!(clients.accepted(ip("192.0.2.2")).is_some(), "someone else still gets in");
+        // A socket on a direct connection holds the connection's own place.
+        let socket = clients.admit(&first, None).expect("admitted").expect("a place");
+        drop(first);
+        assert_eq!(clients.held_by(alice), 2, "the socket keeps the place");
+        drop(socket);
+        assert_eq!(clients.held_by(alice), 1);
+        let _third = clients.accepted(alice).expect("a place came back");
+        drop(second);
+
+        let proxy = clients.accepted(ip("127.0.0.1")).expect("a proxy is not limited");
+        let held: Vec<_> = (0..2)
+            .map(|_| clients.admit(&proxy, Some("203.0.113.7")).expect("in").expect("counted"))
+            .collect();
+        assert_eq!(
+            clients.admit(&proxy, Some("203.0.113.7")).err(),
+            Some(TooManyFromClient),
+            "the client behind the proxy is limited"
+        );
+        assert!(clients.admit(&proxy, None).expect("in").is_none(), "a request naming nobody");
+        drop(held);
+        assert_eq!(clients.held_by(ip("203.0.113.7")), 0);
+        assert!(clients.held.lock().len() <= 1, "entries go with their last connection");
+    }
+}
