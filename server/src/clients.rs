@@ -1,7 +1,8 @@
 //! Connections per client. The server's connection limits (`--max-connections`,
 //! `--max-http-connections`) are shared by everyone, so without a limit per client one address
 //! could take every place and lock everyone else out. `--max-connections-per-client` caps what
-//! one client holds at once.
+//! one client holds at once. (It takes several addresses to fill the server now, not one: what
+//! stops many addresses is a firewall's or a proxy's job.)
 //!
 //! A client is its IP address, and an IPv6 client its /64: one host is usually given a whole
 //! /64, so counting single addresses would let it take every place.
@@ -10,9 +11,12 @@
 //! trusted proxy (`--trusted-proxies`, loopback by default) are therefore not counted as one
 //! client: a socket upgraded through one counts for the client its `X-Forwarded-For` names,
 //! the rightmost address there that is not itself a trusted proxy (everything to the left of
-//! that is what the client said about itself, which anyone can forge). HTTP connections from a
-//! proxy are the proxy's to limit, and so is a socket whose request names no client (a local
-//! tool such as the benchmark, which connects from loopback).
+//! that is what the client said about itself, which anyone can forge; a proxy that passes the
+//! client's header on without appending the address it saw defeats this, so only such proxies
+//! may be trusted). An entry there that is not an address counts as the proxy itself, so
+//! garbage cannot switch the limit off. HTTP connections from a proxy are the proxy's to
+//! limit, and so is a socket whose request names no client (a local tool such as the
+//! benchmark, which connects from loopback).
 //!
 //! A plain table of counts under a mutex rather than a crate: an entry lives exactly as long as
 //! its client holds a connection, so the table is bounded by the connection limits, and one
@@ -24,7 +28,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use parking_lot::Mutex;
 
 use crate::stats::Stats;
@@ -60,11 +64,23 @@ impl FromStr for TrustedProxies {
             .map(|item| {
                 item.parse::<IpNet>()
                     .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
-                    .map(|net| net.trunc())
+                    .map(|net| ipv4_if_mapped(net).trunc())
                     .map_err(|_| BadProxyList(item.to_owned()))
             })
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+}
+
+/// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it stands for:
+/// addresses are compared as IPv4 (see [`TrustedProxies::contains`]).
+fn ipv4_if_mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        net => net,
     }
 }
 
@@ -85,21 +101,44 @@ impl ClientKey {
     }
 }
 
-/// The client an `X-Forwarded-For` value names, as seen by a trusted proxy: the rightmost
-/// entry that is not a trusted proxy itself. `None` when it names nobody that can be told
-/// apart (empty, all proxies, or an entry that is not an address where the client should be).
-pub fn forwarded_client(forwarded: &str, trusted: &TrustedProxies) -> Option<IpAddr> {
-    for entry in forwarded.rsplit(',').map(str::trim) {
-        // Some proxies write a port after the address.
-        let ip = entry
-            .parse::<IpAddr>()
-            .ok()
-            .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))?;
+/// Who an `X-Forwarded-For` names, read from the right (see [`forwarded_client`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// This client: the rightmost entry that is not a trusted proxy.
+    Client(IpAddr),
+    /// Nobody but trusted proxies (or nothing at all): the request started at a proxy.
+    Proxies,
+    /// An entry where the client should be is not an address (not text, `unknown`, a zone).
+    Unreadable,
+}
+
+/// The client an `X-Forwarded-For` value (its raw bytes, several headers joined by commas)
+/// names, as seen by a trusted proxy: the rightmost entry that is not a trusted proxy itself.
+/// Only the entries up to that one are read, so whatever the client put left of it, text or
+/// not, changes nothing.
+pub fn forwarded_client(forwarded: &[u8], trusted: &TrustedProxies) -> Forwarded {
+    for entry in forwarded.rsplit(|&b| b == b',') {
+        let entry = entry.trim_ascii();
+        if entry.is_empty() {
+            continue;
+        }
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
+            return Forwarded::Unreadable;
+        };
         if !trusted.contains(ip) {
-            return Some(ip);
+            return Forwarded::Client(ip);
         }
     }
-    None
+    Forwarded::Proxies
+}
+
+/// An `X-Forwarded-For` entry's address: bare, bracketed (IPv6), or with a port after it.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse::<IpAddr>().ok())
 }
 
 /// The connections each client holds, and the limit on them.
@@ -142,33 +181,40 @@ impl Clients {
         if self.trusted.contains(peer) {
             return Some(Origin::Proxy(peer));
         }
-        self.take(ClientKey::of(peer)).map(|slot| Origin::Client(Arc::new(slot)))
+        let slot = self.take(ClientKey::of(peer));
+        if slot.is_none() {
+            self.refused();
+            tracing::debug!(client = %peer, "connection closed: client at its connection limit");
+        }
+        slot.map(|slot| Origin::Client(Arc::new(slot)))
     }
 
     /// The place a socket from `origin` holds while it is open: the connection's own for a
     /// direct client, a new one for the client a proxy names in `forwarded` (the request's
-    /// `X-Forwarded-For`), none for a proxied request that names nobody.
+    /// `X-Forwarded-For`; an unreadable one counts as the proxy), none for a proxied request
+    /// that names nobody. A refusal is not counted here: the caller counts what it answers.
     ///
     /// # Errors
     /// [`TooManyFromClient`] if the named client holds as many sockets as it may.
     pub fn admit(
         self: &Arc<Self>,
         origin: &Origin,
-        forwarded: Option<&str>,
+        forwarded: Option<&[u8]>,
     ) -> Result<Option<Arc<ClientSlot>>, TooManyFromClient> {
-        match origin {
-            Origin::Client(slot) => Ok(Some(Arc::clone(slot))),
-            Origin::Proxy(_) => match forwarded.and_then(|f| forwarded_client(f, &self.trusted)) {
-                None => Ok(None),
-                Some(client) => {
-                    self.take(ClientKey::of(client)).map(Arc::new).map(Some).ok_or_else(|| {
-                        self.stats.client_limit_refusals.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%client, "socket refused: client at its connection limit");
-                        TooManyFromClient
-                    })
-                }
+        let client = match origin {
+            Origin::Client(slot) => return Ok(Some(Arc::clone(slot))),
+            Origin::Proxy(proxy) => match forwarded.map(|f| forwarded_client(f, &self.trusted)) {
+                None | Some(Forwarded::Proxies) => return Ok(None),
+                Some(Forwarded::Client(client)) => client,
+                Some(Forwarded::Unreadable) => *proxy,
             },
-        }
+        };
+        self.take(ClientKey::of(client)).map(|slot| Some(Arc::new(slot))).ok_or(TooManyFromClient)
+    }
+
+    /// Counts a socket refused for its client's limit (see [`Clients::admit`]).
+    pub fn refused(&self) {
+        self.stats.client_limit_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections `ip`'s client holds now (for tests and diagnostics).
@@ -180,11 +226,10 @@ impl Clients {
         let mut held = self.held.lock();
         let count = held.entry(key).or_insert(0);
         if *count >= self.max_per_client {
-            drop(held);
-            self.stats.client_limit_refusals.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         *count += 1;
+        self.stats.clients.store(held.len(), Ordering::Relaxed);
         Some(ClientSlot { clients: Arc::clone(self), key })
     }
 }
@@ -196,6 +241,7 @@ impl Drop for ClientSlot {
             *count -= 1;
             if *count == 0 {
                 held.remove(&self.key);
+                self.clients.stats.clients.store(held.len(), Ordering::Relaxed);
             }
         }
     }
@@ -220,6 +266,7 @@ mod tests {
         assert!(list.contains(ip("::1")));
         assert!(list.contains(ip("::ffff:127.0.0.1")), "IPv4-mapped addresses are IPv4");
         assert!(list.contains(ip("10.1.200.1")), "a range written from a host address");
+        assert!(proxies("::ffff:10.0.0.0/104").contains(ip("10.9.9.9")), "a mapped range");
         assert!(!list.contains(ip("10.2.0.1")));
         assert_eq!(proxies("none"), TrustedProxies::default());
         assert_eq!(proxies(""), TrustedProxies::default());
@@ -239,18 +286,22 @@ mod tests {
     #[test]
     fn the_client_behind_a_proxy_is_the_rightmost_address_not_a_proxy() {
         let trusted = proxies("127.0.0.0/8,10.0.0.0/8");
-        let client = |f: &str| forwarded_client(f, &trusted);
-        assert_eq!(client("203.0.113.7"), Some(ip("203.0.113.7")));
-        // What the client wrote itself is left of what the proxy appended.
-        assert_eq!(client("1.1.1.1, 203.0.113.7"), Some(ip("203.0.113.7")));
+        let client = |f: &[u8]| forwarded_client(f, &trusted);
+        let named = |s: &str| Forwarded::Client(ip(s));
+        assert_eq!(client(b"203.0.113.7"), named("203.0.113.7"));
+        // What the client wrote itself is left of what the proxy appended, and is not read.
+        assert_eq!(client(b"1.1.1.1, 203.0.113.7"), named("203.0.113.7"));
+        assert_eq!(client(b"\xff\xfe, 203.0.113.7"), named("203.0.113.7"));
         // Through a chain of trusted proxies.
-        assert_eq!(client("203.0.113.7, 10.0.0.2,10.0.0.3"), Some(ip("203.0.113.7")));
-        assert_eq!(client("[2001:db8::1]:4711"), Some(ip("2001:db8::1")));
-        assert_eq!(client("198.51.100.1:80"), Some(ip("198.51.100.1")));
-        assert_eq!(client("10.0.0.2"), None, "only proxies");
-        assert_eq!(client("unknown"), None);
-        assert_eq!(client("unknown, 10.0.0.2"), None);
-        assert_eq!(client(""), None);
+        assert_eq!(client(b"203.0.113.7, 10.0.0.2,10.0.0.3"), named("203.0.113.7"));
+        assert_eq!(client(b"[2001:db8::1]:4711"), named("2001:db8::1"));
+        assert_eq!(client(b"[2001:db8::1]"), named("2001:db8::1"));
+        assert_eq!(client(b"198.51.100.1:80"), named("198.51.100.1"));
+        assert_eq!(client(b"10.0.0.2"), Forwarded::Proxies);
+        assert_eq!(client(b""), Forwarded::Proxies);
+        assert_eq!(client(b"unknown"), Forwarded::Unreadable);
+        assert_eq!(client(b"unknown, 10.0.0.2"), Forwarded::Unreadable);
+        assert_eq!(client(b"\xff, 10.0.0.2"), Forwarded::Unreadable);
     }
 
     #[test]
@@ -272,14 +323,21 @@ mod tests {
 
         let proxy = clients.accepted(ip("127.0.0.1")).expect("a proxy is not limited");
         let held: Vec<_> = (0..2)
-            .map(|_| clients.admit(&proxy, Some("203.0.113.7")).expect("in").expect("counted"))
+            .map(|_| clients.admit(&proxy, Some(b"203.0.113.7")).expect("in").expect("counted"))
             .collect();
         assert_eq!(
-            clients.admit(&proxy, Some("203.0.113.7")).err(),
+            clients.admit(&proxy, Some(b"203.0.113.7")).err(),
             Some(TooManyFromClient),
             "the client behind the proxy is limited"
         );
         assert!(clients.admit(&proxy, None).expect("in").is_none(), "a request naming nobody");
+        // Garbage where the client should be counts as the proxy: it cannot lift the limit.
+        let garbage: Vec<_> = (0..2)
+            .map(|_| clients.admit(&proxy, Some(b"\xff")).expect("in").expect("counted"))
+            .collect();
+        assert_eq!(clients.held_by(ip("127.0.0.1")), 2);
+        assert!(clients.admit(&proxy, Some(b"unknown")).is_err());
+        drop(garbage);
         drop(held);
         assert_eq!(clients.held_by(ip("203.0.113.7")), 0);
         assert!(clients.held.lock().len() <= 1, "entries go with their last connection");

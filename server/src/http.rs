@@ -334,7 +334,7 @@ enum Head<'a> {
         /// Length of the head; anything after it was sent ahead of the 101.
         len: usize,
         /// Its `X-Forwarded-For` (several such headers joined, as HTTP reads them).
-        forwarded: Option<String>,
+        forwarded: Option<Vec<u8>>,
     },
     /// Anything else, for hyper (including requests it will refuse).
     Other,
@@ -370,17 +370,17 @@ fn upgrade_request(bytes: &[u8]) -> Head<'_> {
 }
 
 /// The `X-Forwarded-For` of a request whose values of that header are `values`: several are
-/// one list, in order (RFC 9110 section 5.3). `None` if there is none, or it is not text.
-fn forwarded_for<'h>(values: impl Iterator<Item = &'h [u8]>) -> Option<String> {
-    let mut joined: Option<String> = None;
+/// one list, in order (RFC 9110 section 5.3). Raw bytes: what is not text is for
+/// [`crate::clients::forwarded_client`] to judge, entry by entry.
+fn forwarded_for<'h>(values: impl Iterator<Item = &'h [u8]>) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
     for value in values {
-        let value = std::str::from_utf8(value).ok()?;
         match &mut joined {
             Some(list) => {
-                list.push(',');
-                list.push_str(value);
+                list.push(b',');
+                list.extend_from_slice(value);
             }
-            None => joined = Some(value.to_owned()),
+            None => joined = Some(value.to_vec()),
         }
     }
     joined
@@ -627,7 +627,7 @@ pub fn admit(
     room: &str,
     deflate: bool,
     origin: Option<&Origin>,
-    forwarded: Option<&str>,
+    forwarded: Option<&[u8]>,
 ) -> Result<Admission, AppError> {
     let room = RoomName::parse(room)?;
     if state.sockets.shutdown.is_cancelled() {
@@ -658,11 +658,6 @@ async fn websocket(
 ) -> Result<Response, AppError> {
     let deflate = query.is_some_and(|q| wire::wants_deflate(&q));
     let headers = request.headers();
-    let forwarded =
-        forwarded_for(headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes));
-    let admission =
-        admit(&state, &room, deflate, origin.as_ref().map(|o| &o.0), forwarded.as_deref())?;
-    let headers = request.headers();
     let Some(accept) = websocket_accept(|name| headers.get(name).map(HeaderValue::as_bytes)) else {
         return Ok((
             StatusCode::UPGRADE_REQUIRED,
@@ -671,6 +666,17 @@ async fn websocket(
         )
             .into_response());
     };
+    let forwarded =
+        forwarded_for(headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes));
+    // Counted here, where the refusal is answered (the accept loop's fast path hands refused
+    // upgrades to this handler).
+    let admission =
+        admit(&state, &room, deflate, origin.as_ref().map(|o| &o.0), forwarded.as_deref())
+            .inspect_err(|e| {
+                if matches!(e, AppError::TooManyFromClient) {
+                    state.clients.refused();
+                }
+            })?;
     let upgrade = hyper::upgrade::on(&mut request);
     let ctx = state.sockets.clone();
     tokio::spawn(async move {
@@ -729,7 +735,11 @@ mod tests {
         match upgrade_request(&bytes) {
             Head::Upgrade { room, deflate, accept, len, forwarded } => {
                 assert_eq!(room, "team-board");
-                assert_eq!(forwarded.as_deref(), Some("198.51.100.1,203.0.113.7"), "one list");
+                assert_eq!(
+                    forwarded.as_deref(),
+                    Some(&b"198.51.100.1,203.0.113.7"[..]),
+                    "one list"
+                );
                 assert!(!deflate, "only `deflate=1` asks for deflated frames");
                 // RFC 6455's own example.
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");

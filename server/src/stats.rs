@@ -48,6 +48,8 @@ pub struct Stats {
     /// Connections and sockets refused because their client held as many as it may
     /// (`--max-connections-per-client`).
     pub client_limit_refusals: AtomicU64,
+    /// Clients (addresses, IPv6 /64s) holding connections that are counted per client.
+    pub clients: AtomicUsize,
 }
 
 impl Stats {
@@ -144,6 +146,11 @@ impl Stats {
                 "huddle_http_connections",
                 "Open connections that are not WebSockets (yet).",
                 self.http_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_clients",
+                "Client addresses holding connections counted per client.",
+                self.clients.load(Ordering::Relaxed),
             ),
             ("huddle_rooms_loaded", "Rooms in memory.", rooms_loaded),
         ];

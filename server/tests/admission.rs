@@ -260,6 +260,20 @@ async fn connect_from(
     Ok(ws)
 }
 
+/// Sends a request for `/healthz` on `tcp` and reads the whole answer: the connection has
+/// then served a request, so an upgrade on it goes through hyper.
+async fn serve_a_request(tcp: &mut TcpStream) {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("writes");
+    let (head, mut body) = read_head(tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    while body.len() < br#"{"status":"ok"}"#.len() {
+        let mut chunk = [0u8; 256];
+        let n = tcp.read(&mut chunk).await.expect("reads");
+        assert!(n > 0, "body cut short");
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Joins the room over `ws` and returns once synced: the socket is really in.
 async fn join(mut ws: WebSocketStream<TcpStream>) -> WebSocketStream<TcpStream> {
     ws.send(Message::Binary(vec![0, 0, 1, 0].into())).await.expect("sends");
@@ -279,7 +293,11 @@ async fn one_client_cannot_take_every_place() {
     config.trusted_proxies = "none".parse().expect("a proxy list");
     let server = TestServer::start_with(config).await;
     let url = server.url("crowded");
-    let first = join(connect_from("127.0.0.1", &url, None).await.expect("first in")).await;
+    // The first connection serves a request, then becomes a socket (through hyper): one place.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    serve_a_request(&mut tcp).await;
+    let (first, _) = tokio_tungstenite::client_async(&url, tcp).await.expect("upgrades");
+    let first = join(first).await;
     let _second = join(connect_from("127.0.0.1", &url, None).await.expect("second in")).await;
     match connect_from("127.0.0.1", &url, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -294,7 +312,7 @@ async fn one_client_cannot_take_every_place() {
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "answered over the limit: {read:?}");
-    assert!(server.stats.client_limit_refusals.load(Ordering::Relaxed) >= 2);
+    assert_eq!(server.stats.client_limit_refusals.load(Ordering::Relaxed), 2);
 
     // Someone else is not held up by that client.
     let other = join(connect_from("127.0.0.2", &url, None).await.expect("another client")).await;
@@ -311,6 +329,12 @@ async fn one_client_cannot_take_every_place() {
         }
     };
     drop(other);
+    drop(_second);
+    drop(_third);
+    common::eventually("every place given back", || {
+        server.stats.clients.load(Ordering::Relaxed) == 0
+    })
+    .await;
     server.stop().await;
 }
 
@@ -318,6 +342,8 @@ async fn one_client_cannot_take_every_place() {
 /// names, with what the client wrote there itself ignored; the proxy itself is not limited.
 #[tokio::test]
 async fn behind_a_proxy_the_forwarded_client_is_limited() {
+    use std::sync::atomic::Ordering;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     config.max_connections_per_client = 2;
@@ -359,6 +385,19 @@ async fn behind_a_proxy_the_forwarded_client_is_limited() {
     tcp.write_all(upgrade.as_bytes()).await.expect("writes");
     let (head, _) = read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let refusals = || server.stats.client_limit_refusals.load(Ordering::Relaxed);
+    assert_eq!(refusals(), 3, "each refusal counted once");
+    // And let in through hyper's path, holding a place until it leaves.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
+    serve_a_request(&mut tcp).await;
+    let mut request = url.as_str().into_client_request().expect("a request");
+    request.headers_mut().insert("x-forwarded-for", "192.0.2.50".parse().expect("a header"));
+    let (carol, _) = tokio_tungstenite::client_async(request, tcp).await.expect("upgrades");
+    let carol = join(carol).await;
+    let clients = || server.stats.clients.load(Ordering::Relaxed);
+    assert_eq!(clients(), 3, "alice, bob and carol hold places; the proxy's own sockets do not");
+    drop(carol);
+    common::eventually("carol's place given back", || clients() == 2).await;
 
     drop(first);
     let start = tokio::time::Instant::now();
@@ -371,5 +410,7 @@ async fn behind_a_proxy_the_forwarded_client_is_limited() {
             }
         }
     };
+    drop((_second, _bob, own, _again));
+    common::eventually("every place given back", || clients() == 0).await;
     server.stop().await;
 }
