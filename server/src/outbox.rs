@@ -6,8 +6,9 @@
 //! tungstenite's buffer before the `write`. Here a broadcast appends the shared payload, with
 //! its frame header, to each recipient's [`Outbox`] and marks it due; one [`Flusher`] task per
 //! runtime thread then writes every due outbox with one `writev` each. Woken once per round,
-//! it runs after the tasks already woken (the readers of everything that arrived together), so
-//! frames that arrived together still leave a socket in one write, as they did before. A
+//! it runs after the tasks already woken (the readers of everything that arrived together; see
+//! [`Flusher`]'s task for the multi-thread runtime), so frames that arrived together still
+//! leave a socket in one write, as they did before. A
 //! socket's own task is woken only when its socket is full (it then writes the rest as the
 //! socket takes it) or writing failed.
 //!
@@ -113,8 +114,19 @@ impl Framed {
     }
 }
 
-/// A close frame with `code` and `reason`, for [`Outbox::close_with`].
+/// Longest close reason: a control frame's payload is at most 125 bytes (RFC 6455 section
+/// 5.5), two of them the code. A browser fails a connection whose close frame is longer, and
+/// the client then sees 1006 instead of the code it earned.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A close frame with `code` and `reason`, for [`Outbox::close_with`]; a reason too long for a
+/// control frame is cut at a character boundary (some carry text from the peer's input).
 pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason[..end];
     control(Frame::close(Some(CloseFrame { code: code.0.into(), reason: reason.into() })))
 }
 
@@ -134,6 +146,9 @@ fn control(frame: Frame) -> Bytes {
 struct Pending {
     frame: Framed,
     sent: usize,
+    /// Not a broadcast: it does not count against broadcasts' byte budget (see
+    /// [`Queue::exempt`]).
+    exempt: bool,
 }
 
 impl Pending {
@@ -155,6 +170,11 @@ struct Queue {
     /// being written belongs to the socket already (as it belonged to tungstenite's buffer
     /// before), so a big answer does not hold the budget for as long as the client reads it.
     bytes: usize,
+    /// Of `bytes`, those of frames that are not broadcasts: answers the socket asked for
+    /// (paced by [`Outbox::offer_reply`] instead) and control frames. Broadcasts are measured
+    /// against the budget without them, so a big answer queued behind a frame still being
+    /// written does not get the socket cut off by the next broadcast.
+    exempt: usize,
     /// In the flusher's list.
     due: bool,
     /// The socket was full: its own task writes the rest as the socket takes it.
@@ -294,17 +314,22 @@ impl Outbox {
         if queue.failed || (queue.closing && budget != Budget::Control) {
             return false;
         }
-        // One frame is always taken into an empty queue, however large (a big room's sync
-        // answer may exceed the budget on its own).
+        // One broadcast is always taken into a queue without any, however large (a big
+        // room's sync answer may exceed the budget on its own).
+        let broadcasts = queue.bytes - queue.exempt;
         let over_bytes =
-            budget == Budget::Full && queue.bytes > 0 && queue.bytes + len > self.limits.max_bytes;
+            budget == Budget::Full && broadcasts > 0 && broadcasts + len > self.limits.max_bytes;
         if over_bytes || queue.frames.len() >= self.limits.max_frames {
             drop(queue);
             self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: outgoing queue full");
             return false;
         }
         queue.bytes += len;
-        queue.frames.push_back(Pending { frame, sent: 0 });
+        let exempt = budget != Budget::Full;
+        if exempt {
+            queue.exempt += len;
+        }
+        queue.frames.push_back(Pending { frame, sent: 0, exempt });
         let schedule = !(queue.due || queue.blocked || queue.held);
         queue.due |= schedule;
         drop(queue);
@@ -399,6 +424,9 @@ impl Outbox {
             let Some(front) = queue.frames.front_mut() else { break };
             if front.sent == 0 {
                 queue.bytes -= front.frame.payload.len();
+                if front.exempt {
+                    queue.exempt -= front.frame.payload.len();
+                }
                 started = true;
             }
             let rest = front.frame.len() - front.sent;
@@ -417,6 +445,7 @@ impl Outbox {
         queue.failed = true;
         queue.frames.clear();
         queue.bytes = 0;
+        queue.exempt = 0;
     }
 
     /// The socket task's part: whenever the socket was full, writes the rest as the socket
@@ -462,9 +491,11 @@ impl Outbox {
         let started = usize::from(queue.frames.front().is_some_and(|p| p.sent > 0));
         queue.frames.truncate(started);
         queue.bytes = 0;
+        queue.exempt = 0;
         if let Some(close) = close.filter(|c| !c.is_empty()) {
             queue.bytes += close.len();
-            queue.frames.push_back(Pending { frame: Framed::raw(close), sent: 0 });
+            queue.exempt += close.len();
+            queue.frames.push_back(Pending { frame: Framed::raw(close), sent: 0, exempt: true });
         }
     }
 
@@ -525,9 +556,18 @@ impl Flusher {
     }
 
     async fn run(self: Arc<Self>) {
+        // On the current-thread runtime (the default) a task woken from another runs after
+        // those already woken, which is what lets frames that arrived together share a write.
+        // A worker of the multi-thread runtime runs the task it woke last first (its LIFO
+        // slot): there the flusher steps back once, behind the readers woken with it.
+        let step_back = tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::CurrentThread;
         let mut batch = Vec::new();
         loop {
             self.wake.notified().await;
+            if step_back {
+                tokio::task::yield_now().await;
+            }
             std::mem::swap(&mut batch, &mut *self.due.lock());
             for outbox in batch.drain(..) {
                 outbox.flush();
@@ -825,6 +865,44 @@ pub(crate) mod tests {
         assert!(offered.await.expect("offer ends"), "the answer is queued once there is room");
         assert_eq!(next_binary(&mut c.client).await, answer);
         assert!(!c.outbox.kick.token_cancelled());
+    }
+
+    /// A big answer queued behind a frame still being written is the socket's own request,
+    /// paced by `offer_reply`: broadcasts after it are measured without it, instead of
+    /// cutting the socket off as too slow (which would happen again at every reconnect).
+    #[tokio::test]
+    async fn a_big_answer_behind_a_frame_in_flight_does_not_cut_off_the_next_broadcast() {
+        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20 }).await;
+        c.outbox.release();
+        let big = big();
+        assert!(c.outbox.offer(&Framed::binary(big.clone())));
+        until(&c.outbox, "the big frame is being written, the socket full", |q| {
+            q.blocked && q.frames.front().is_some_and(|p| p.sent > 0)
+        })
+        .await;
+        // Over the budget on its own, and queued since nothing else waits.
+        let answer = Bytes::from(vec![9; 2 << 20]);
+        assert!(c.outbox.offer_reply(answer.clone(), DEADLINE).await);
+        assert!(c.outbox.offer(&small(1)), "a broadcast is still taken");
+        assert!(!c.outbox.kick.token_cancelled());
+        assert_eq!(next_binary(&mut c.client).await, big);
+        assert_eq!(next_binary(&mut c.client).await, answer);
+        assert_eq!(next_binary(&mut c.client).await, small(1).payload);
+        until(&c.outbox, "everything written", |q| q.frames.is_empty()).await;
+        let queue = c.outbox.queue.lock();
+        assert_eq!((queue.bytes, queue.exempt), (0, 0), "the accounts are square");
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_to_fit_a_control_frame() {
+        let reason = format!("invalid update: {}", "é".repeat(200));
+        let frame = close_frame(CloseCode::INVALID_PAYLOAD, &reason);
+        // Header (2 bytes for a payload under 126), code, reason.
+        assert!(frame.len() <= 2 + 125, "{} bytes", frame.len());
+        assert_eq!(usize::from(frame[1] & 0x7f), frame.len() - 2);
+        let text = std::str::from_utf8(&frame[4..]).expect("cut at a character boundary");
+        assert!(reason.starts_with(text) && text.len() >= 122, "{text}");
+        assert_eq!(&close_frame(CloseCode::GOING_AWAY, "bye")[4..], b"bye");
     }
 
     #[tokio::test]

@@ -6,7 +6,10 @@
 //! fsync) while an idle server commits each update at once.
 //!
 //! The queue is unbounded on purpose, and still bounded: every socket waits for its update to be
-//! durable before it reads its next message, so at most one entry per connection is queued.
+//! durable before it reads its next message, so at most one entry per connection is queued,
+//! plus one for each socket cut off while its update waited (the update is in the document
+//! and relayed once durable, see `room::Relay`). While the store is stalled those last ones can
+//! add up, one per such cut-off, each at most a message's size; they go with the next commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -149,12 +149,15 @@ impl Registry {
     }
 
     fn release(&self, name: &RoomName, slot: &Arc<Slot>) {
+        // The join count is read under the lock with the departure: read after it, it could
+        // include a join (and leave) that came between, and this timer would then unload the
+        // room `idle_unload` after this socket left rather than after the last one.
         let idle = {
             let _slots = self.inner.slots.lock();
-            slot.clients.fetch_sub(1, Ordering::Relaxed) == 1
+            (slot.clients.fetch_sub(1, Ordering::Relaxed) == 1)
+                .then(|| slot.joins.load(Ordering::Relaxed))
         };
-        if idle {
-            let joins = slot.joins.load(Ordering::Relaxed);
+        if let Some(joins) = idle {
             let registry = self.clone();
             let (name, slot) = (name.clone(), Arc::clone(slot));
             let delay = self.inner.config.idle_unload;
