@@ -2,7 +2,10 @@
 //! `--max-http-connections`) are shared by everyone, so without a limit per client one address
 //! could take every place and lock everyone else out. `--max-connections-per-client` caps what
 //! one client holds at once. (It takes several addresses to fill the server now, not one: what
-//! stops many addresses is a firewall's or a proxy's job.)
+//! stops many addresses is a firewall's or a proxy's job.) And `--max-client-joins-per-second`
+//! caps how often one client may open a room's socket: each join makes the server answer a
+//! sync, which for a big room the client holds part of costs milliseconds of CPU, so without
+//! it one address reconnecting in a loop could keep the cores busy.
 //!
 //! A client is its IP address, and an IPv6 client its /64: one host is usually given a whole
 //! /64, so counting single addresses would let it take every place.
@@ -18,9 +21,11 @@
 //! limit, and so is a socket whose request names no client (a local tool such as the
 //! benchmark, which connects from loopback).
 //!
-//! A plain table of counts under a mutex rather than a crate: an entry lives exactly as long as
-//! its client holds a connection, so the table is bounded by the connection limits, and one
-//! lock per connect and per disconnect is nothing next to the connect's system calls.
+//! A plain table under a mutex rather than a crate: an entry lives while its client holds a
+//! connection or its join rate is not back to full (at most `gcra::BURST_SECONDS` after its
+//! last join), so the table is bounded by the connection limits and the joins of the last ten
+//! seconds; one lock per connect and per disconnect is nothing next to the connect's system
+//! calls.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -141,12 +146,75 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse::<IpAddr>().ok())
 }
 
-/// The connections each client holds, and the limit on them.
+/// The connections each client holds and how fast it joins, and the limits on them.
 pub struct Clients {
-    held: Mutex<HashMap<ClientKey, u32>>,
-    max_per_client: u32,
+    table: Mutex<Table>,
+    limits: ClientLimits,
     trusted: TrustedProxies,
     stats: Arc<Stats>,
+}
+
+/// What one client may do.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Most connections held at once (`--max-connections-per-client`).
+    pub connections: u32,
+    /// Most room sockets opened per second, on average (`--max-client-joins-per-second`;
+    /// ten seconds' worth at once).
+    pub joins_per_second: u32,
+}
+
+#[derive(Default)]
+struct Table {
+    clients: HashMap<ClientKey, Held>,
+    /// Entries that hold connections (the others only remember a recent join).
+    holding: usize,
+    /// Size at which entries that only remember a join long past are swept out.
+    sweep_at: usize,
+}
+
+/// One client's entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    connections: u32,
+    /// Its join bucket (see `gcra`): full again at this time, in nanoseconds.
+    joins_at: u64,
+}
+
+/// Fewest entries before a sweep is worth it.
+const MIN_SWEEP: usize = 1024;
+
+impl Table {
+    /// Counts one more connection for `key`, unless it holds `max` already.
+    fn hold(&mut self, key: ClientKey, max: u32) -> bool {
+        if !self.clients.contains_key(&key) && self.clients.len() >= self.sweep_at.max(MIN_SWEEP) {
+            let now = crate::gcra::now();
+            self.clients.retain(|_, held| held.connections > 0 || held.joins_at > now);
+            self.sweep_at = 2 * self.clients.len();
+        }
+        let held = self.clients.entry(key).or_default();
+        if held.connections >= max {
+            return false;
+        }
+        held.connections += 1;
+        if held.connections == 1 {
+            self.holding += 1;
+        }
+        true
+    }
+
+    /// Gives one of `key`'s connections back; its entry goes unless it remembers a recent
+    /// join.
+    fn release(&mut self, key: ClientKey) {
+        let Some(held) = self.clients.get_mut(&key) else { return };
+        held.connections = held.connections.saturating_sub(1);
+        if held.connections == 0 {
+            self.holding -= 1;
+            if held.joins_at <= crate::gcra::now() {
+                self.clients.remove(&key);
+            }
+        }
+    }
 }
 
 /// Who a connection is from, decided when it is accepted.
@@ -158,9 +226,17 @@ pub enum Origin {
     Proxy(IpAddr),
 }
 
-/// A connection refused because its client holds as many as it may.
+/// Why a client's socket was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyFromClient;
+pub enum ClientRefusal {
+    /// It holds as many connections as it may.
+    Connections,
+    /// It joined as often as it may lately; room again after this long.
+    Joins {
+        /// Until its join rate allows the next.
+        wait: std::time::Duration,
+    },
+}
 
 /// One of a client's places; given back when dropped.
 pub struct ClientSlot {
@@ -169,9 +245,9 @@ pub struct ClientSlot {
 }
 
 impl Clients {
-    /// A table allowing `max_per_client` connections per client.
-    pub fn new(max_per_client: u32, trusted: TrustedProxies, stats: Arc<Stats>) -> Arc<Self> {
-        Arc::new(Self { held: Mutex::new(HashMap::new()), max_per_client, trusted, stats })
+    /// A table holding clients to `limits`.
+    pub fn new(limits: ClientLimits, trusted: TrustedProxies, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self { table: Mutex::default(), limits, trusted, stats })
     }
 
     /// Who a connection accepted from `peer` is from, or `None` if that client already holds
@@ -192,24 +268,44 @@ impl Clients {
     /// The place a socket from `origin` holds while it is open: the connection's own for a
     /// direct client, a new one for the client a proxy names in `forwarded` (the request's
     /// `X-Forwarded-For`; an unreadable one counts as the proxy), none for a proxied request
-    /// that names nobody. A refusal is not counted here: the caller counts what it answers.
+    /// that names nobody (which is not limited either). The join is taken from the client's
+    /// join rate. A refusal is not counted here: the caller counts what it answers.
     ///
     /// # Errors
-    /// [`TooManyFromClient`] if the named client holds as many sockets as it may.
+    /// [`ClientRefusal`]: the client holds as many sockets as it may, or joins too often.
     pub fn admit(
         self: &Arc<Self>,
         origin: &Origin,
         forwarded: Option<&[u8]>,
-    ) -> Result<Option<Arc<ClientSlot>>, TooManyFromClient> {
-        let client = match origin {
-            Origin::Client(slot) => return Ok(Some(Arc::clone(slot))),
+    ) -> Result<Option<Arc<ClientSlot>>, ClientRefusal> {
+        let (key, direct) = match origin {
+            Origin::Client(slot) => (slot.key, Some(slot)),
             Origin::Proxy(proxy) => match forwarded.map(|f| forwarded_client(f, &self.trusted)) {
                 None | Some(Forwarded::Proxies) => return Ok(None),
-                Some(Forwarded::Client(client)) => client,
-                Some(Forwarded::Unreadable) => *proxy,
+                Some(Forwarded::Client(client)) => (ClientKey::of(client), None),
+                Some(Forwarded::Unreadable) => (ClientKey::of(*proxy), None),
             },
         };
-        self.take(ClientKey::of(client)).map(|slot| Some(Arc::new(slot))).ok_or(TooManyFromClient)
+        let mut table = self.table.lock();
+        if direct.is_none() && !table.hold(key, self.limits.connections) {
+            return Err(ClientRefusal::Connections);
+        }
+        let held = table.clients.entry(key).or_default();
+        let per_second = u64::from(self.limits.joins_per_second);
+        if let Err(wait) =
+            crate::gcra::take(&mut held.joins_at, crate::gcra::now(), 1, per_second, 1)
+        {
+            if direct.is_none() {
+                table.release(key);
+            }
+            return Err(ClientRefusal::Joins { wait: std::time::Duration::from_nanos(wait) });
+        }
+        self.stats.clients.store(table.holding, Ordering::Relaxed);
+        drop(table);
+        Ok(Some(match direct {
+            Some(slot) => Arc::clone(slot),
+            None => Arc::new(ClientSlot { clients: Arc::clone(self), key }),
+        }))
     }
 
     /// Counts a socket refused for its client's limit (see [`Clients::admit`]).
@@ -219,31 +315,24 @@ impl Clients {
 
     /// Connections `ip`'s client holds now (for tests and diagnostics).
     pub fn held_by(&self, ip: IpAddr) -> u32 {
-        self.held.lock().get(&ClientKey::of(ip)).copied().unwrap_or(0)
+        self.table.lock().clients.get(&ClientKey::of(ip)).map_or(0, |held| held.connections)
     }
 
     fn take(self: &Arc<Self>, key: ClientKey) -> Option<ClientSlot> {
-        let mut held = self.held.lock();
-        let count = held.entry(key).or_insert(0);
-        if *count >= self.max_per_client {
+        let mut table = self.table.lock();
+        if !table.hold(key, self.limits.connections) {
             return None;
         }
-        *count += 1;
-        self.stats.clients.store(held.len(), Ordering::Relaxed);
+        self.stats.clients.store(table.holding, Ordering::Relaxed);
         Some(ClientSlot { clients: Arc::clone(self), key })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut held = self.clients.held.lock();
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-                self.clients.stats.clients.store(held.len(), Ordering::Relaxed);
-            }
-        }
+        let mut table = self.clients.table.lock();
+        table.release(self.key);
+        self.clients.stats.clients.store(table.holding, Ordering::Relaxed);
     }
 }
 
@@ -306,7 +395,8 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_its_share_and_gets_places_back() {
-        let clients = Clients::new(2, proxies("127.0.0.1"), Arc::new(Stats::default()));
+        let limits = ClientLimits { connections: 2, joins_per_second: 1000 };
+        let clients = Clients::new(limits, proxies("127.0.0.1"), Arc::new(Stats::default()));
         let alice = ip("192.0.2.1");
         let first = clients.accepted(alice).expect("first");
         let second = clients.accepted(alice).expect("second");
@@ -318,7 +408,7 @@ mod tests {
         assert_eq!(clients.held_by(alice), 2, "the socket keeps the place");
         drop(socket);
         assert_eq!(clients.held_by(alice), 1);
-        let _third = clients.accepted(alice).expect("a place came back");
+        let third = clients.accepted(alice).expect("a place came back");
         drop(second);
 
         let proxy = clients.accepted(ip("127.0.0.1")).expect("a proxy is not limited");
@@ -327,7 +417,7 @@ mod tests {
             .collect();
         assert_eq!(
             clients.admit(&proxy, Some(b"203.0.113.7")).err(),
-            Some(TooManyFromClient),
+            Some(ClientRefusal::Connections),
             "the client behind the proxy is limited"
         );
         assert!(clients.admit(&proxy, None).expect("in").is_none(), "a request naming nobody");
@@ -340,6 +430,59 @@ mod tests {
         drop(garbage);
         drop(held);
         assert_eq!(clients.held_by(ip("203.0.113.7")), 0);
-        assert!(clients.held.lock().len() <= 1, "entries go with their last connection");
+        assert_eq!(clients.table.lock().holding, 1, "only alice holds a connection");
+        drop(third);
+        assert_eq!(clients.table.lock().holding, 0, "nobody holds anything");
+    }
+
+    #[test]
+    fn a_client_joining_too_often_is_told_when_to_come_back() {
+        // One a second: ten at once, then one a second.
+        let limits = ClientLimits { connections: 100, joins_per_second: 1 };
+        let clients = Clients::new(limits, proxies("127.0.0.1"), Arc::new(Stats::default()));
+        let proxy = clients.accepted(ip("127.0.0.1")).expect("a proxy");
+        for i in 0..10 {
+            let slot = clients.admit(&proxy, Some(b"203.0.113.7")).expect("joins").expect("slot");
+            drop(slot);
+            assert_eq!(clients.held_by(ip("203.0.113.7")), 0, "join {i} left again");
+        }
+        match clients.admit(&proxy, Some(b"203.0.113.7")) {
+            Err(ClientRefusal::Joins { wait }) => {
+                assert!(
+                    wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1)
+                )
+            }
+            other => panic!(
+                "the eleventh join at once was not refused: {:?}",
+                other.map(|s| s.is_some())
+            ),
+        }
+        assert_eq!(clients.held_by(ip("203.0.113.7")), 0, "a refused join holds nothing");
+        assert!(clients.admit(&proxy, Some(b"203.0.113.8")).is_ok(), "someone else joins");
+
+        // A direct client's joins count the same way, its connection still held.
+        let alice = ip("192.0.2.1");
+        let direct = clients.accepted(alice).expect("connects");
+        for _ in 0..10 {
+            drop(clients.admit(&direct, None).expect("joins"));
+        }
+        assert!(matches!(clients.admit(&direct, None), Err(ClientRefusal::Joins { .. })));
+        assert_eq!(clients.held_by(alice), 1);
+    }
+
+    #[test]
+    fn entries_that_only_remember_old_joins_are_swept() {
+        // A millionth of a second per join: an entry is forgotten almost at once.
+        let limits = ClientLimits { connections: 10, joins_per_second: 1_000_000 };
+        let clients = Clients::new(limits, proxies("127.0.0.1"), Arc::new(Stats::default()));
+        let proxy = clients.accepted(ip("127.0.0.1")).expect("a proxy");
+        for i in 0..5000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            let client = format!("198.18.{a}.{b}");
+            drop(clients.admit(&proxy, Some(client.as_bytes())).expect("joins"));
+        }
+        let table = clients.table.lock();
+        assert!(table.clients.len() <= 2 * MIN_SWEEP, "{} entries kept", table.clients.len());
+        assert_eq!(table.holding, 0);
     }
 }

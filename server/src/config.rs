@@ -72,6 +72,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_client: u32,
 
+    /// Most room sockets one client may open per second, on average (ten seconds' worth at
+    /// once); more get 429 until its rate allows. Each join makes the server answer a sync,
+    /// which for a big room costs milliseconds of CPU. Counted like
+    /// `--max-connections-per-client`.
+    #[arg(long, env = "HUDDLE_MAX_CLIENT_JOINS_PER_SECOND", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_joins_per_second: u32,
+
     /// Reverse proxies in front of the server, as comma-separated addresses or CIDR ranges
     /// (`none` for none): connections from them count for the client their `X-Forwarded-For`
     /// names. Only list proxies that set that header themselves.

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
+use crate::gcra;
 use crate::outbox::{self, Flushers, Limits, Outbox, Wire};
 use crate::registry::{Lease, Registry};
 use crate::room::{ConnId, Room, RoomError};
@@ -54,62 +55,32 @@ pub struct SocketConfig {
 }
 
 /// How fast one socket's messages are taken in: a token bucket for messages and one for
-/// bytes, each holding [`BURST_SECONDS`] of its rate (the bytes' at least two of the largest
+/// bytes, each holding [`gcra::BURST_SECONDS`] of its rate (the bytes' at least two of the largest
 /// messages). A socket over either waits before its next message is handled, so it is slowed,
 /// not cut off: its unread frames stay in its TCP buffers until the sender itself has to
 /// wait. One peer cannot take more of the relay's time than that, whatever it sends.
 ///
-/// Written here rather than with `governor`: its limiter is 40 bytes and a socket needs two,
-/// which with the code awaiting them made every idle socket half a kilobyte bigger (6.55 →
-/// 7.06 KiB measured; 6.80 with the waits boxed). The buckets are the same GCRA `governor`
-/// uses, kept as two theoretical arrival times; the rates live in the shared config.
+/// The buckets are [`crate::gcra`]'s, kept as two theoretical arrival times (not `governor`,
+/// see there; with it and the waits boxed an idle socket was 6.80 KiB instead of 6.66); the
+/// rates live in the shared config.
 #[derive(Debug, Default)]
 struct ReadRate {
-    /// When the messages bucket would be empty again, in nanoseconds since [`epoch`].
+    /// When the messages bucket would be empty again, in nanoseconds (see [`gcra::now`]).
     messages_at: u64,
     /// The same for bytes.
     bytes_at: u64,
-}
-
-/// Seconds of a socket's read rate it may use at once (see [`ReadRate`]).
-const BURST_SECONDS: u64 = 10;
-
-/// The instant [`ReadRate`] counts from.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// One GCRA step: takes `cost` units at `per_second` (holding [`BURST_SECONDS`] of it, and at
-/// least `least_burst` units) out of the bucket whose empty time is `at`, at `now` (both in
-/// nanoseconds). `Err(wait)` if there is not room yet, and nothing is taken.
-fn take(at: &mut u64, now: u64, cost: u64, per_second: u64, least_burst: u64) -> Result<(), u64> {
-    let per_second = per_second.max(1);
-    let burst = per_second.saturating_mul(BURST_SECONDS).max(least_burst);
-    // Nanoseconds of the bucket one unit is worth, and the whole bucket's.
-    let unit = 1_000_000_000 / per_second;
-    let unit = unit.max(1);
-    let depth = burst.saturating_mul(unit);
-    let after = (*at).max(now).saturating_add(cost.min(burst).saturating_mul(unit));
-    match after.saturating_sub(now) {
-        ahead if ahead <= depth => {
-            *at = after;
-            Ok(())
-        }
-        ahead => Err(ahead - depth),
-    }
 }
 
 impl ReadRate {
     /// Takes a message of `len` bytes out of both buckets, or says how long until both have
     /// room (and takes nothing).
     fn try_take(&mut self, len: usize, config: &SocketConfig) -> Result<(), Duration> {
-        let now = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = gcra::now();
         let largest = 2 * config.max_message_bytes as u64;
         let (mut messages, mut bytes) = (self.messages_at, self.bytes_at);
-        take(&mut messages, now, 1, config.max_messages_per_second.into(), 1)
+        gcra::take(&mut messages, now, 1, config.max_messages_per_second.into(), 1)
             .and_then(|()| {
-                take(&mut bytes, now, len as u64, config.max_bytes_per_second.into(), largest)
+                gcra::take(&mut bytes, now, len as u64, config.max_bytes_per_second.into(), largest)
             })
             .map_err(Duration::from_nanos)?;
         (self.messages_at, self.bytes_at) = (messages, bytes);
@@ -507,38 +478,5 @@ fn transport_error(e: WsError, ctx: &SocketContext) -> End {
             tracing::debug!(error = %e, "transport error");
             End::PeerGone
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECOND: u64 = 1_000_000_000;
-
-    #[test]
-    fn a_bucket_gives_its_burst_at_once_then_its_rate() {
-        // 10 a second: 100 (ten seconds' worth) at once, then one every tenth of a second.
-        let mut at = 0;
-        for i in 0..100 {
-            assert_eq!(take(&mut at, 0, 1, 10, 1), Ok(()), "message {i} of the burst");
-        }
-        assert_eq!(take(&mut at, 0, 1, 10, 1), Err(SECOND / 10), "the next in a tenth");
-        assert_eq!(take(&mut at, SECOND / 10, 1, 10, 1), Ok(()));
-        assert!(take(&mut at, SECOND / 10, 1, 10, 1).is_err(), "and not two");
-        // A bucket left alone fills up again, and no further: a burst again, no more.
-        let later = 1_000 * SECOND;
-        for i in 0..100 {
-            assert_eq!(take(&mut at, later, 1, 10, 1), Ok(()), "message {i} of the second burst");
-        }
-        assert!(take(&mut at, later, 1, 10, 1).is_err());
-    }
-
-    #[test]
-    fn a_bytes_bucket_holds_at_least_two_of_the_largest_messages() {
-        // 100 bytes a second would hold 1,000; it holds 5,000 so a 5,000-byte message passes.
-        let mut at = 0;
-        assert_eq!(take(&mut at, 0, 5_000, 100, 5_000), Ok(()));
-        assert_eq!(take(&mut at, 0, 1, 100, 5_000), Err(SECOND / 100));
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::clients::{ClientSlot, Clients, Origin};
+use crate::clients::{ClientRefusal, ClientSlot, Clients, Origin};
 use crate::connection::{SocketContext, Upgraded, serve_socket};
 use crate::stats::Stats;
 
@@ -55,6 +55,12 @@ pub enum AppError {
     /// The client holds as many connections as one client may.
     #[error("too many connections from your address; close some and try again")]
     TooManyFromClient,
+    /// The client opened sockets faster than one client may.
+    #[error("too many connections from your address lately; try again in {retry_after} s")]
+    JoiningTooOften {
+        /// Whole seconds until its rate allows the next (`Retry-After`).
+        retry_after: u64,
+    },
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -67,8 +73,14 @@ impl IntoResponse for AppError {
             AppError::TooManyConnections | AppError::TooManyFromClient | AppError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            AppError::JoiningTooOften { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
-        (status, [(header::CACHE_CONTROL, "no-store")], self.to_string()).into_response()
+        let mut response =
+            (status, [(header::CACHE_CONTROL, "no-store")], self.to_string()).into_response();
+        if let AppError::JoiningTooOften { retry_after } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 
@@ -635,7 +647,12 @@ pub fn admit(
     }
     let client = match origin {
         Some(origin) => {
-            state.clients.admit(origin, forwarded).map_err(|_| AppError::TooManyFromClient)?
+            state.clients.admit(origin, forwarded).map_err(|refusal| match refusal {
+                ClientRefusal::Connections => AppError::TooManyFromClient,
+                ClientRefusal::Joins { wait } => {
+                    AppError::JoiningTooOften { retry_after: wait.as_secs() + 1 }
+                }
+            })?
         }
         None => None,
     };
@@ -673,7 +690,7 @@ async fn websocket(
     let admission =
         admit(&state, &room, deflate, origin.as_ref().map(|o| &o.0), forwarded.as_deref())
             .inspect_err(|e| {
-                if matches!(e, AppError::TooManyFromClient) {
+                if matches!(e, AppError::TooManyFromClient | AppError::JoiningTooOften { .. }) {
                     state.clients.refused();
                 }
             })?;

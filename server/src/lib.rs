@@ -7,6 +7,7 @@
 //! - [`config`]: flags and environment ([`Config`]).
 //! - [`http`]: routes, socket admission, [`http::AppError`].
 //! - [`clients`]: connections per client, and who is behind a trusted proxy.
+//! - `gcra`: token buckets (read rates, joins per client).
 //! - [`connection`]: one socket's reader loop, pings, close codes.
 //! - [`outbox`]: a socket's queued frames, and the flusher that writes them.
 //! - [`registry`]: which rooms are in memory; single load, idle unload.
@@ -22,6 +23,7 @@
 pub mod clients;
 pub mod config;
 pub mod connection;
+pub(crate) mod gcra;
 pub mod http;
 pub mod outbox;
 pub mod persist;
@@ -120,7 +122,10 @@ impl Server {
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
             http_permits: Arc::new(Semaphore::new(self.config.max_http_connections as usize)),
             clients: clients::Clients::new(
-                self.config.max_connections_per_client,
+                clients::ClientLimits {
+                    connections: self.config.max_connections_per_client,
+                    joins_per_second: self.config.max_client_joins_per_second,
+                },
                 self.config.trusted_proxies.clone(),
                 Arc::clone(&self.stats),
             ),

@@ -414,3 +414,44 @@ async fn behind_a_proxy_the_forwarded_client_is_limited() {
     common::eventually("every place given back", || clients() == 0).await;
     server.stop().await;
 }
+
+/// A client that reconnects in a loop is told to wait (429 with `Retry-After`) once it has
+/// used its burst of joins, each of which would cost the server a sync; others still join.
+#[tokio::test]
+async fn a_client_joining_in_a_loop_is_told_to_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    // One a second: ten at once.
+    config.max_client_joins_per_second = 1;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("revolving-door");
+    let mallory = "203.0.113.66";
+    for _ in 0..10 {
+        let ws = join(connect_from("127.0.0.1", &url, Some(mallory)).await.expect("in")).await;
+        drop(ws);
+    }
+    match connect_from("127.0.0.1", &url, Some(mallory)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            let retry: u64 = resp
+                .headers()
+                .get("retry-after")
+                .expect("says when to come back")
+                .to_str()
+                .expect("text")
+                .parse()
+                .expect("whole seconds");
+            assert!((1..=2).contains(&retry), "retry after {retry} s");
+        }
+        Err(other) => panic!("expected HTTP 429, got {other}"),
+        Ok(_) => panic!("an eleventh join at once was let in at one a second"),
+    }
+    let _other =
+        join(connect_from("127.0.0.1", &url, Some("198.51.100.4")).await.expect("in")).await;
+    assert_eq!(
+        server.stats.client_limit_refusals.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "counted once"
+    );
+    server.stop().await;
+}
