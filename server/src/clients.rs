@@ -21,11 +21,12 @@
 //! limit, and so is a socket whose request names no client (a local tool such as the
 //! benchmark, which connects from loopback).
 //!
-//! A plain table under a mutex rather than a crate: an entry lives while its client holds a
-//! connection or its join rate is not back to full (at most `gcra::BURST_SECONDS` after its
-//! last join), so the table is bounded by the connection limits and the joins of the last ten
-//! seconds; one lock per connect and per disconnect is nothing next to the connect's system
-//! calls.
+//! A plain table under a mutex rather than a crate: an entry goes when its client holds no
+//! connection and its join bucket is full again (at most `gcra::BURST_SECONDS` after its last
+//! join), or, if it still remembered a join then, at the next sweep, when the table has
+//! doubled; so the table is bounded by the connection limits and the joins of the last ten
+//! seconds, twice over. One lock per connect and per disconnect is nothing next to the
+//! connect's system calls.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -177,7 +178,7 @@ struct Table {
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
     connections: u32,
-    /// Its join bucket (see `gcra`): full again at this time, in nanoseconds.
+    /// Its join bucket's time (see `gcra`): the bucket is full again then, in nanoseconds.
     joins_at: u64,
 }
 
@@ -207,7 +208,11 @@ impl Table {
     /// join.
     fn release(&mut self, key: ClientKey) {
         let Some(held) = self.clients.get_mut(&key) else { return };
-        held.connections = held.connections.saturating_sub(1);
+        if held.connections == 0 {
+            debug_assert!(false, "a connection given back twice");
+            return;
+        }
+        held.connections -= 1;
         if held.connections == 0 {
             self.holding -= 1;
             if held.joins_at <= crate::gcra::now() {

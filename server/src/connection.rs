@@ -61,11 +61,10 @@ pub struct SocketConfig {
 /// wait. One peer cannot take more of the relay's time than that, whatever it sends.
 ///
 /// The buckets are [`crate::gcra`]'s, kept as two theoretical arrival times (not `governor`,
-/// see there; with it and the waits boxed an idle socket was 6.80 KiB instead of 6.66); the
-/// rates live in the shared config.
+/// see there); the rates live in the shared config.
 #[derive(Debug, Default)]
 struct ReadRate {
-    /// When the messages bucket would be empty again, in nanoseconds (see [`gcra::now`]).
+    /// The messages bucket's time: full again then, in nanoseconds (see [`gcra::now`]).
     messages_at: u64,
     /// The same for bytes.
     bytes_at: u64,

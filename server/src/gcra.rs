@@ -1,5 +1,5 @@
 //! Token buckets as GCRA, the algorithm `governor` uses, each kept as one `u64`: the time at
-//! which the bucket would be full again. Used for each socket's read rate (two per socket, see
+//! which the bucket is full again (every unit taken pushes it one unit's time further). Used for each socket's read rate (two per socket, see
 //! `connection::ReadRate`) and for how often a client may join (see `clients`).
 //!
 //! Written here rather than with `governor`: its limiter is 40 bytes and a socket needs two,
@@ -12,7 +12,9 @@ use std::time::Instant;
 /// Seconds of a rate a bucket holds: what may be used at once after a quiet spell.
 pub(crate) const BURST_SECONDS: u64 = 10;
 
-/// Nanoseconds since the first call: the clock buckets are kept in.
+/// Nanoseconds since the first call: the clock buckets are kept in. The system's monotonic
+/// clock, not tokio's: a test that paused tokio's time would find buckets never refilling
+/// (and `connection`'s wait for its read rate looping).
 pub(crate) fn now() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
@@ -20,7 +22,7 @@ pub(crate) fn now() -> u64 {
 }
 
 /// One GCRA step: takes `cost` units at `per_second` (holding [`BURST_SECONDS`] of it, and at
-/// least `least_burst` units) out of the bucket whose empty time is `at`, at `now` (both in
+/// least `least_burst` units) out of the bucket whose time is `at` (see the module), at `now` (both in
 /// nanoseconds). `Err(wait)` if there is not room yet, and nothing is taken.
 pub(crate) fn take(
     at: &mut u64,

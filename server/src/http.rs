@@ -262,7 +262,7 @@ async fn read_head(
                 }
             }
             Head::Upgrade { room, deflate, accept, len, forwarded } => {
-                // A refusal (400, 503) is answered by the router, like any other request's.
+                // A refusal (400, 429, 503) is answered by the router, like any other request's.
                 let Ok(admission) = admit(state, room, deflate, Some(origin), forwarded.as_deref())
                 else {
                     return Opening::Http { tcp, head };
@@ -645,20 +645,23 @@ pub fn admit(
     if state.sockets.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
+    // The server's permit first: a client's join is taken from its rate only for a socket
+    // that then gets in (a refused one is tried again through hyper, see `read_head`).
+    let permit = Arc::clone(&state.connection_permits)
+        .try_acquire_owned()
+        .map_err(|_| AppError::TooManyConnections)?;
     let client = match origin {
         Some(origin) => {
             state.clients.admit(origin, forwarded).map_err(|refusal| match refusal {
                 ClientRefusal::Connections => AppError::TooManyFromClient,
-                ClientRefusal::Joins { wait } => {
-                    AppError::JoiningTooOften { retry_after: wait.as_secs() + 1 }
-                }
+                ClientRefusal::Joins { wait } => AppError::JoiningTooOften {
+                    // Whole seconds, rounded up.
+                    retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+                },
             })?
         }
         None => None,
     };
-    let permit = Arc::clone(&state.connection_permits)
-        .try_acquire_owned()
-        .map_err(|_| AppError::TooManyConnections)?;
     // Taken now, so shutdown waits for this socket even if its upgrade completes late.
     Ok(Admission { room, deflate, permit, client, tracked: state.socket_tasks.token() })
 }
