@@ -311,15 +311,28 @@ impl ClientSession {
     /// Call when the socket closes: the session is no longer synced, and everyone else's
     /// presence is forgotten (departures during the outage would never arrive; the server's
     /// greeting on reconnect lists who is there).
+    ///
+    /// Forgotten entirely, in a fresh awareness, rather than marked removed: yrs marks a removal
+    /// by raising the client's clock, and would then ignore the greeting, which lists everyone
+    /// at the clock the server has, until each had changed its state twice. Our own state
+    /// comes back two clocks on: the server marked it removed at its clock + 1 when this socket
+    /// went, and takes a state only at a newer clock, so at + 1 others would not see us until
+    /// our second change.
     pub fn disconnected(&mut self) {
         self.synced = false;
         self.server_sv = None;
         let me = self.awareness.client_id();
-        let others: Vec<ClientID> =
-            self.awareness.iter().map(|(id, _)| id).filter(|id| *id != me).collect();
-        for id in others {
-            self.awareness.remove_state(id);
+        let own = self.awareness.meta(me).map(|(clock, _)| AwarenessUpdateEntry {
+            clock: clock.saturating_add(2),
+            json: self.awareness.local_state_raw().unwrap_or_else(|| NULL.into()),
+        });
+        let stamps = Arc::clone(&self.clock);
+        let mut fresh = Awareness::with_clock(self.doc().clone(), move || stamps.now());
+        if let Some(own) = own {
+            // Cannot fail: one valid entry, applied to an empty awareness.
+            let _ = fresh.apply_update(AwarenessUpdate { clients: HashMap::from([(me, own)]) });
         }
+        self.awareness = fresh;
     }
 
     /// Handles one binary frame from the server.
@@ -690,5 +703,73 @@ mod tests {
         assert_eq!(other.peers().len(), 1);
         other.receive(&wire::awareness(removal)).expect("removal");
         assert!(other.peers().is_empty());
+    }
+
+    /// What a relay does with one socket's awareness frame: applies it to the room's
+    /// awareness through the socket's [`PeerPresence`], and returns the frame to relay.
+    fn relay_presence(room: &mut Awareness, peer: &mut PeerPresence, frame: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for message in wire::decode_frame(frame).expect("decodes") {
+            if let Message::Awareness(update) = message
+                && let Some(effective) =
+                    peer.apply(room, update, &PresenceLimits::default(), OWN).expect("valid")
+            {
+                out.push(wire::awareness(effective));
+            }
+        }
+        out
+    }
+
+    /// After a socket drops and comes back, the client is seen again at once, and sees everyone
+    /// at once, from the greeting alone: nobody has to move first.
+    #[test]
+    fn after_a_reconnect_everyone_is_seen_again_without_moving() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let (mut ada, mut bob) = (
+            ClientSession::new(Doc::with_client_id(1), clock),
+            ClientSession::new(Doc::with_client_id(2), clock),
+        );
+        let (mut ada_socket, mut bob_socket) = (PeerPresence::default(), PeerPresence::default());
+        let named = |name: &str| {
+            let mut p = Presence::default();
+            p.user.name = name.into();
+            p
+        };
+        // Both join and move a few times, so their clocks are well past 1.
+        for round in 0..3 {
+            let frame = ada.set_presence(&named(&format!("Ada {round}"))).expect("set");
+            for relayed in relay_presence(&mut room, &mut ada_socket, &frame) {
+                bob.receive(&relayed).expect("applies");
+            }
+            let frame = bob.set_presence(&named(&format!("Bob {round}"))).expect("set");
+            for relayed in relay_presence(&mut room, &mut bob_socket, &frame) {
+                ada.receive(&relayed).expect("applies");
+            }
+        }
+        assert_eq!(ada.peers()[0].1.user.name, "Bob 2");
+
+        // Ada's socket drops: the relay removes her state for everyone; she notices the close.
+        let removal = ada_socket.depart(&mut room).expect("she owned a state");
+        bob.receive(&wire::awareness(removal)).expect("applies");
+        assert!(bob.peers().is_empty(), "Bob sees Ada leave");
+        ada.disconnected();
+        assert!(ada.peers().is_empty(), "Ada forgets who was there");
+
+        // She reconnects: her handshake's presence is taken and relayed to Bob...
+        let mut ada_socket = PeerPresence::default();
+        let frames = ada.handshake();
+        let relayed: Vec<_> =
+            frames.iter().flat_map(|f| relay_presence(&mut room, &mut ada_socket, f)).collect();
+        assert_eq!(relayed.len(), 1, "her presence is news to the room");
+        for frame in &relayed {
+            bob.receive(frame).expect("applies");
+        }
+        assert_eq!(bob.peers().len(), 1, "Bob sees Ada again without her moving");
+        assert_eq!(bob.peers()[0].1.user.name, "Ada 2");
+        // ...and the relay's greeting (everyone in the room) shows her Bob at once.
+        let greeting = wire::awareness(room.update().expect("encodes"));
+        ada.receive(&greeting).expect("applies");
+        let names: Vec<_> = ada.peers().into_iter().map(|(_, p)| p.user.name).collect();
+        assert_eq!(names, vec!["Bob 2".to_owned()], "Ada sees Bob without him moving");
     }
 }
