@@ -622,6 +622,36 @@ test('a socket that silently stops answering is dropped at a heartbeat and the p
   await expect(board(a)).toHaveAttribute('data-shape-count', '1');
 });
 
+test('after a dropped socket comes back, both see each other at once, though neither moved', async ({ browser, server }) => {
+  // Both clocks are fake, so no heartbeat re-sends anyone's presence: what each sees after the
+  // reconnect comes from the reconnect alone. Ada's socket goes through Playwright, which
+  // drops it once.
+  const ctxA = await browser.newContext();
+  const ctxB = await browser.newContext();
+  await ctxA.clock.install();
+  await ctxB.clock.install();
+  const open: Array<{ page: WebSocketRoute; server: WebSocketRoute }> = [];
+  await ctxA.routeWebSocket(/\/ws\//, (ws) => {
+    open.push({ page: ws, server: ws.connectToServer() });
+  });
+  const a = await newUser(ctxA, server.url, 'Ada');
+  const b = await newUser(ctxB, a.url(), 'Bob');
+  await expect(a.getByTestId('presence-item').filter({ hasText: 'Bob' })).toHaveCount(1);
+  await expect(b.getByTestId('presence-item').filter({ hasText: 'Ada' })).toHaveCount(1);
+
+  for (const { page, server } of open.splice(0)) {
+    await server.close({ code: 1001, reason: 'network blip' });
+    await page.close({ code: 1001, reason: 'network blip' });
+  }
+  await expect(b.getByTestId('presence-item').filter({ hasText: 'Ada' })).toHaveCount(0);
+  // The first reconnect comes within half a second; a heartbeat would take fifteen.
+  await ctxA.clock.fastForward('00:02');
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  expect(open.length).toBe(1);
+  await expect(b.getByTestId('presence-item').filter({ hasText: 'Ada' })).toHaveCount(1);
+  await expect(a.getByTestId('presence-item').filter({ hasText: 'Bob' })).toHaveCount(1);
+});
+
 test('a new, empty room reports data-synced once it is on screen, not later', async ({ browser, server }) => {
   const page = await (await browser.newContext()).newPage();
   await page.goto(server.url);

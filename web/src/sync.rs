@@ -89,6 +89,19 @@ impl Refusal {
     }
 }
 
+/// How long a connection must have been synced for the reconnect backoff to start over when
+/// it ends (see `Connection::schedule_reconnect`).
+const HEALTHY_MS: f64 = 10_000.0;
+
+/// How long a socket may take to open before it is given up (a network that swallows the
+/// connection without refusing it): checked at each heartbeat.
+const OPEN_DEADLINE_MS: f64 = 20_000.0;
+
+/// How long a connection's first sync may take before the socket is given up: a big room over
+/// a slow link takes a while, and the heartbeat's liveness question is not asked meanwhile
+/// (see `Connection::heartbeat`).
+const FIRST_SYNC_DEADLINE_MS: f64 = 300_000.0;
+
 /// Least reconnect attempt number after a refusal: its backoff ceiling is 8 s, so a client
 /// whose edit a full room refuses does not come back every half second to be refused again.
 const REFUSED_ATTEMPT: u32 = 4;
@@ -172,6 +185,14 @@ pub struct Connection {
     session: RefCell<ClientSession>,
     socket: RefCell<Option<Socket>>,
     attempt: Cell<u32>,
+    /// Which scheduled reconnect may still run: bumped whenever one is scheduled or the
+    /// connection is opened some other way, so a timer left from before does not replace a
+    /// socket opened since.
+    reconnect_ticket: Cell<u32>,
+    /// When the current socket was opened (`Date.now()` ms; 0 when there is none).
+    opened_at: Cell<f64>,
+    /// When the current connection's first sync was applied (0: not yet, or no connection).
+    synced_at: Cell<f64>,
     /// What the server refused when it last closed the socket (see [`Refusal`]).
     refused: Cell<Option<Refusal>>,
     closed: Cell<bool>,
@@ -353,6 +374,9 @@ impl Connection {
             session: RefCell::new(session),
             socket: RefCell::new(None),
             attempt: Cell::new(0),
+            reconnect_ticket: Cell::new(0),
+            opened_at: Cell::new(0.0),
+            synced_at: Cell::new(0.0),
             refused: Cell::new(None),
             closed: Cell::new(false),
             signals,
@@ -379,6 +403,11 @@ impl Connection {
         if self.closed.get() {
             return;
         }
+        // A reconnect still scheduled from before must not replace this socket.
+        self.reconnect_ticket.set(self.reconnect_ticket.get().wrapping_add(1));
+        self.opened_at.set(now_ms());
+        self.synced_at.set(0.0);
+        self.asked_at.set(0.0);
         self.signals.status.set(Status::Connecting);
         self.signals.loading.set(Loading::Connecting);
         // Frames held back from an earlier connection must not count for this one.
@@ -586,7 +615,7 @@ impl Connection {
                         ClientEvent::Synced => {
                             mark("huddle-synced");
                             self.signals.loading.set(Loading::Done);
-                            self.attempt.set(0);
+                            self.synced_at.set(now_ms());
                             self.signals.synced.set(true);
                             self.signals.status.set(Status::Connected);
                         }
@@ -635,7 +664,15 @@ impl Connection {
 
     fn schedule_reconnect(self: &Rc<Self>) {
         // Exponential backoff with full jitter: spreads a crowd of clients reconnecting after a
-        // server restart over the whole window instead of hitting it at once.
+        // server restart over the whole window instead of hitting it at once. It starts over
+        // only after a connection that synced and then lasted (see [`HEALTHY_MS`]): a server
+        // that lets us in and then cuts us off (a socket too slow for it, a stored update it
+        // cannot load) is retried less and less often, not every half second for ever.
+        let synced_at = self.synced_at.replace(0.0);
+        if synced_at > 0.0 && now_ms() - synced_at >= HEALTHY_MS {
+            self.attempt.set(0);
+        }
+        self.opened_at.set(0.0);
         let refused = self.refused.take();
         let attempt = match refused {
             Some(_) => self.attempt.get().max(REFUSED_ATTEMPT),
@@ -649,10 +686,15 @@ impl Connection {
             Some(why) => Status::Refused { why, at_ms: now_ms() + delay },
             None => Status::Reconnecting { at_ms: now_ms() + delay },
         });
+        let ticket = self.reconnect_ticket.get().wrapping_add(1);
+        self.reconnect_ticket.set(ticket);
         let weak = Rc::downgrade(self);
         set_timeout(
             move || {
-                if let Some(c) = weak.upgrade() {
+                if let Some(c) = weak.upgrade()
+                    && c.reconnect_ticket.get() == ticket
+                    && c.socket.borrow().is_none()
+                {
                     c.connect();
                 }
             },
@@ -781,11 +823,36 @@ impl Connection {
     /// that slept): it is dropped and the connection starts over, so the status never says
     /// "Connected" over a dead socket for long. In a room with company, others' heartbeats
     /// keep arriving and nothing is asked (the answer lists everyone: big in a big room).
+    ///
+    /// Before the connection's first sync the server may still be sending a big answer, which
+    /// the browser hands over only once all of it is in, and which the server answers the
+    /// question behind: asking then would end a slow first sync every time. A socket is given
+    /// [`OPEN_DEADLINE_MS`] to open and [`FIRST_SYNC_DEADLINE_MS`] to sync instead.
     pub fn heartbeat(self: &Rc<Self>) {
+        let now = now_ms();
+        let opened_at = self.opened_at.get();
+        let connecting = self
+            .socket
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.ws.ready_state() == WebSocket::CONNECTING);
+        if connecting && opened_at > 0.0 && now - opened_at > OPEN_DEADLINE_MS {
+            leptos::logging::warn!("the socket did not open in time; reconnecting");
+            self.drop_socket();
+            return;
+        }
         if !self.is_open() {
             return;
         }
-        let now = now_ms();
+        if self.synced_at.get() == 0.0 {
+            if opened_at > 0.0 && now - opened_at > FIRST_SYNC_DEADLINE_MS {
+                leptos::logging::warn!("the first sync did not finish in time; reconnecting");
+                self.drop_socket();
+            } else {
+                self.send_presence_now();
+            }
+            return;
+        }
         let heard = self.last_received.get();
         let asked = self.asked_at.get();
         if asked > 0.0 && heard < asked {
