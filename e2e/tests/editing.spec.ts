@@ -456,3 +456,39 @@ test('Share copies the room link and says so', async ({ browser, server }) => {
   await expect(a.getByTestId('share-note')).toHaveText('Link copied');
   await expect.poll(() => a.evaluate(() => navigator.clipboard.readText())).toBe(a.url());
 });
+
+test('with no room on this device for an offline copy, edits made while the server is away are flagged, and leaving asks first', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  // This device cannot store anything: opening IndexedDB fails, as it does when storage is full.
+  await context.addInitScript(() => {
+    IDBFactory.prototype.open = function () {
+      throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    };
+  });
+  const a = await newUser(context, server.url, 'Ada');
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  await expect(a.getByTestId('connection-status')).not.toContainText('not saved');
+  await server.stop();
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await expect(a.getByTestId('connection-status')).toContainText('edits not saved on this device');
+  await a.screenshot({ path: 'test-results/screens/offline-not-saved.png' });
+  // Closing the tab asks first; Ada stays, and her rectangle with her.
+  const dialogs: string[] = [];
+  a.on('dialog', (dialog) => {
+    dialogs.push(dialog.type());
+    void dialog.dismiss();
+  });
+  await a.close({ runBeforeUnload: true });
+  await expect.poll(() => dialogs).toEqual(['beforeunload']);
+  expect(a.isClosed()).toBe(false);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  // The server back, the rectangle reaches it, and the warning goes.
+  await server.start();
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected', { timeout: 45_000 });
+  await expect(a.getByTestId('connection-status')).not.toContainText('not saved');
+  const b = await newUser(await browser.newContext(), a.url(), 'Bob');
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+});

@@ -321,6 +321,15 @@ fn RoomView(
         window_event_listener(ev::offline, move |_| state.conn.get_value().went_offline());
     // Leaving the page: write pending edits to the offline cache.
     let pagehide = window_event_listener(ev::pagehide, move |_| state.conn.get_value().save_now());
+    // Leaving the page while edits made offline are neither on the server nor in the offline
+    // cache (storage full or unavailable): the browser asks first.
+    let beforeunload = window_event_listener(ev::beforeunload, move |e| {
+        if state.conn.get_value().would_lose_edits() {
+            e.prevent_default();
+            // Older browsers ask only when a return value is set.
+            e.set_return_value("Edits made offline are not saved on this device yet.");
+        }
+    });
     // Also re-reads everyone's presence: a peer that went silent shows as away without any
     // message arriving to say so.
     let idle_check = set_interval_with_handle(
@@ -366,6 +375,7 @@ fn RoomView(
         online.remove();
         offline.remove();
         pagehide.remove();
+        beforeunload.remove();
         if let Ok(h) = idle_check {
             h.clear();
         }
@@ -691,7 +701,10 @@ fn StatusBadge() -> impl IntoView {
     });
     let text = move || {
         tick.track();
-        match state.signals.status.get() {
+        // Disconnected with the offline cache failing: edits live only in this tab.
+        let unsaved =
+            state.signals.cache_failed.get() && state.signals.status.get() != Status::Connected;
+        let status = match state.signals.status.get() {
             Status::Connected => "Connected".to_owned(),
             Status::Connecting => "Connecting…".to_owned(),
             Status::Reconnecting { at_ms } => {
@@ -705,7 +718,8 @@ fn StatusBadge() -> impl IntoView {
                 };
                 format!("{why} · retrying in {} s", ((at_ms - now_ms()) / 1000.0).ceil().max(0.0))
             }
-        }
+        };
+        if unsaved { format!("{status} · edits not saved on this device") } else { status }
     };
     let kind = move || match state.signals.status.get() {
         Status::Connected => "connected",

@@ -119,6 +119,9 @@ pub struct Signals {
     pub presence_version: RwSignal<u64>,
     /// True when everything in the document is also in the offline cache.
     pub cached: RwSignal<bool>,
+    /// The last write to the offline cache failed (storage full, or none on this device):
+    /// until one succeeds, edits made while disconnected live only in this tab.
+    pub cache_failed: RwSignal<bool>,
     /// How far the first sync of the current connection has got, for the loading display.
     pub loading: RwSignal<Loading>,
 }
@@ -149,6 +152,7 @@ impl Signals {
             status: RwSignal::new(Status::Connecting),
             presence_version: RwSignal::new(0),
             cached: RwSignal::new(false),
+            cache_failed: RwSignal::new(false),
             loading: RwSignal::new(Loading::Connecting),
         }
     }
@@ -249,6 +253,11 @@ struct CacheState {
     whole_bytes: usize,
     /// Saves made by this page (part of a record's key).
     count: u32,
+    /// Local edits made while the socket was not open: until a save made after them succeeds
+    /// (or the server has them), they exist only in this tab.
+    offline_edits: u64,
+    /// Of those, how many the last successful save held.
+    saved_offline_edits: u64,
 }
 
 impl CacheState {
@@ -262,6 +271,8 @@ impl CacheState {
             update_bytes: 0,
             whole_bytes: 0,
             count: 0,
+            offline_edits: 0,
+            saved_offline_edits: 0,
         }
     }
 }
@@ -783,6 +794,8 @@ impl Connection {
             for f in &frames {
                 self.send(f);
             }
+        } else if !frames.is_empty() {
+            self.cache.borrow_mut().offline_edits += 1;
         }
         self.signals.doc_version.update(|v| *v += 1);
         self.schedule_save();
@@ -899,6 +912,17 @@ impl Connection {
         self.save_to_cache();
     }
 
+    /// Whether leaving the page now would lose edits: some were made while disconnected, no
+    /// save since them succeeded, and the offline cache is failing (storage full or
+    /// unavailable). While it works, the save on the way out (`pagehide`) keeps them, so a
+    /// reload right after an offline edit is not held up by a question.
+    pub fn would_lose_edits(&self) -> bool {
+        let cache = self.cache.borrow();
+        !self.is_open()
+            && cache.offline_edits > cache.saved_offline_edits
+            && self.signals.cache_failed.get_untracked()
+    }
+
     /// Saves the document to the offline cache soon (coalescing bursts of edits).
     fn schedule_save(self: &Rc<Self>) {
         self.signals.cached.set(false);
@@ -923,9 +947,10 @@ impl Connection {
     /// whole document on every save (every 300 ms while anyone draws) stalled the page for up
     /// to 55 ms a time in a 40,000-shape room.
     fn save_to_cache(&self) {
-        let (key, bytes, replaced) = {
+        let (key, bytes, replaced, offline_edits) = {
             let mut cache = self.cache.borrow_mut();
             cache.count = cache.count.wrapping_add(1);
+            let offline_edits = cache.offline_edits;
             let key = crate::cache::record_key(&self.room, &cache.page, cache.count);
             let session = self.session.borrow();
             let txn = session.doc().transact();
@@ -944,7 +969,7 @@ impl Connection {
                     cache.updates += 1;
                     cache.update_bytes += update.len();
                     cache.covered.push(key.clone());
-                    (key, update, Vec::new())
+                    (key, update, Vec::new(), offline_edits)
                 }
                 None => {
                     let copy = txn.encode_state_as_update_v1(&StateVector::default());
@@ -952,17 +977,20 @@ impl Connection {
                     cache.update_bytes = 0;
                     cache.whole_bytes = copy.len();
                     let replaced = std::mem::replace(&mut cache.covered, vec![key.clone()]);
-                    (key, copy, replaced)
+                    (key, copy, replaced, offline_edits)
                 }
             }
         };
         let cache = Rc::clone(&self.cache);
-        let cached = self.signals.cached;
+        let (cached, failed) = (self.signals.cached, self.signals.cache_failed);
         leptos::task::spawn_local(async move {
             let written = crate::cache::save(&key, &bytes, &replaced).await;
+            let _ = failed.try_set(!written);
             let current = {
                 let mut cache = cache.borrow_mut();
-                if !written {
+                if written {
+                    cache.saved_offline_edits = cache.saved_offline_edits.max(offline_edits);
+                } else {
                     // Nothing changed: the next save writes a whole copy, which holds what
                     // this one lost, and replaces what this one would have.
                     cache.saved_sv = None;
