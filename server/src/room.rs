@@ -685,6 +685,30 @@ fn adds_items(update: &huddle_protocol::yrs::Update, doc: &StateVector) -> bool 
         .any(|(client, clocks)| clocks.iter().any(|range| range.end > doc.get(client)))
 }
 
+/// The deletions in `update` of items a document with state vector `doc` has, as an update of
+/// their own; `None` if there are none. Deletions of items the document lacks are left out:
+/// yrs would keep them pending, and a room with something pending reloads on the next update
+/// that fails (see `Applied::Tangled`).
+fn deletions_of(update: &huddle_protocol::yrs::Update, doc: &StateVector) -> Option<Vec<u8>> {
+    use huddle_protocol::yrs::encoding::write::Write;
+    use huddle_protocol::yrs::updates::encoder::{Encoder, EncoderV1};
+    let mut held = IdSet::new();
+    for (client, clock) in doc.iter() {
+        if *clock > 0 {
+            held.insert(huddle_protocol::yrs::ID::new(*client, 0), *clock);
+        }
+    }
+    let deletions = update.delete_set().intersect(&held);
+    if deletions.is_empty() {
+        return None;
+    }
+    let mut encoder = EncoderV1::new();
+    // No blocks, then the delete set: the v1 update format.
+    encoder.write_var(0u32);
+    deletions.encode(&mut encoder);
+    Some(encoder.to_vec())
+}
+
 /// What a document holds back for lack of dependencies (updates and deletions waiting for
 /// earlier ones). A change here is new information even when the state vector did not move.
 fn pending_fingerprint(txn: &impl ReadTxn) -> (Option<(StateVector, usize)>, Option<IdSet>) {
@@ -1221,8 +1245,11 @@ impl Room {
         if update == wire::EMPTY_UPDATE {
             return Ok(());
         }
-        let decoded =
+        let mut decoded =
             wire::decode_update(update).map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+        // Set when a full room takes only the deletions of this update (see below): what is
+        // stored and relayed then, and the sender is refused afterwards.
+        let mut deletions_only: Option<(Bytes, RoomError)> = None;
         if decoded.is_empty() {
             return Ok(());
         }
@@ -1247,13 +1274,22 @@ impl Room {
                     self.encoded.notified()
                 } else {
                     waiting.done(&mut state);
-                    if full
-                        && adds_items(&decoded, &state.awareness.doc().transact().state_vector())
-                    {
-                        return Err(RoomError::Full {
+                    let sv = state.awareness.doc().transact().state_vector();
+                    if full && adds_items(&decoded, &sv) {
+                        let refusal = RoomError::Full {
                             bytes: stored_bytes,
                             max: self.config.max_room_bytes,
-                        });
+                        };
+                        // Deleting still works in a full room, also in an update that adds:
+                        // a client's sync step 2 after a refusal bundles the refused shapes
+                        // with whatever its user deleted since, and refusing it all would
+                        // leave those deletions, the way to make room, out for good.
+                        let Some(deletions) = deletions_of(&decoded, &sv) else {
+                            return Err(refusal);
+                        };
+                        decoded = wire::decode_update(&deletions)
+                            .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+                        deletions_only = Some((Bytes::from(deletions), refusal));
                     }
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
@@ -1291,10 +1327,13 @@ impl Room {
                         }
                     }));
                     let (stored, refused) = match applied {
-                        Ok(Applied::Whole { changed: true }) => {
-                            (Bytes::copy_from_slice(update), None)
+                        Ok(Applied::Whole { changed: true }) => match &deletions_only {
+                            Some((deletions, _)) => (deletions.clone(), None),
+                            None => (Bytes::copy_from_slice(update), None),
+                        },
+                        Ok(Applied::Whole { changed: false }) => {
+                            return deletions_only.map_or(Ok(()), |(_, refusal)| Err(refusal));
                         }
-                        Ok(Applied::Whole { changed: false }) => return Ok(()),
                         Ok(Applied::Part { error, integrated: Some(part) }) => {
                             tracing::warn!(room = %self.name, %error, "update applied in part; storing and relaying that part");
                             (Bytes::from(part), Some(error))
@@ -1332,8 +1371,8 @@ impl Room {
             encoded.await;
         };
         waiting.signal();
-        let frame = match (frame, &refused) {
-            (Some(frame), None) => frame,
+        let frame = match (frame, &refused, &deletions_only) {
+            (Some(frame), None, None) => frame,
             _ => Bytes::from(wire::update(stored.to_vec())),
         };
         Relay {
@@ -1346,9 +1385,10 @@ impl Room {
         }
         .when_durable()
         .await?;
-        match refused {
-            None => Ok(()),
-            Some(error) => Err(RoomError::InvalidUpdate(error.to_string())),
+        match (refused, deletions_only) {
+            (Some(error), _) => Err(RoomError::InvalidUpdate(error.to_string())),
+            (None, Some((_, refusal))) => Err(refusal),
+            (None, None) => Ok(()),
         }
     }
 
@@ -2061,5 +2101,64 @@ mod tests {
             .expect("ok");
         assert_eq!(live(room), fit, "the newcomer took the leaver's place");
         assert!(room.state.lock().awareness.meta(ClientID::new(last)).is_some());
+    }
+
+    /// Of an update that adds and deletes, a full room takes the deletions of items it has,
+    /// and nothing that would leave deletions waiting for items it lacks.
+    #[test]
+    fn a_full_rooms_share_of_an_update_is_the_deletions_of_what_it_has() {
+        use huddle_protocol::yrs::Update;
+        let room = Doc::with_client_id(1);
+        let board = Board::new(&room);
+        for id in ["a", "b"] {
+            board.put_shape(&mut room.transact_mut(), &Shape::new(id, ShapeKind::Rect));
+        }
+        let sv = room.transact().state_vector();
+        let everything = room.transact().encode_state_as_update_v1(&StateVector::default());
+        let client = Doc::with_client_id(2);
+        client
+            .transact_mut()
+            .apply_update(Update::decode_v1(&everything).expect("decodes"))
+            .expect("applies");
+        let mixed = {
+            let board = Board::new(&client);
+            let mut txn = client.transact_mut();
+            board.put_shape(&mut txn, &Shape::new("new", ShapeKind::Ellipse));
+            assert!(board.remove_shape(&mut txn, "a"));
+            drop(txn);
+            client.transact().encode_state_as_update_v1(&sv)
+        };
+        let mixed = Update::decode_v1(&mixed).expect("decodes");
+        assert!(adds_items(&mixed, &sv));
+        let deletions = deletions_of(&mixed, &sv).expect("deletes a");
+        let deletions = Update::decode_v1(&deletions).expect("an update");
+        assert!(!adds_items(&deletions, &sv), "nothing added");
+        room.transact_mut().apply_update(deletions).expect("applies");
+        let ids = |doc: &Doc| {
+            let mut ids: Vec<_> =
+                Board::new(doc).shapes(&doc.transact()).into_iter().map(|s| s.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&room), vec!["b".to_owned()]);
+        assert_eq!(pending_fingerprint(&room.transact()), NOTHING_PENDING);
+
+        // A client's own new shape, deleted in the same update: nothing the room has.
+        let other = Doc::with_client_id(3);
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&everything).expect("decodes"))
+            .expect("applies");
+        let own = {
+            let board = Board::new(&other);
+            let mut txn = other.transact_mut();
+            board.put_shape(&mut txn, &Shape::new("brief", ShapeKind::Rect));
+            assert!(board.remove_shape(&mut txn, "brief"));
+            drop(txn);
+            other.transact().encode_state_as_update_v1(&sv)
+        };
+        let own = Update::decode_v1(&own).expect("decodes");
+        assert!(!own.delete_set().is_empty());
+        assert!(deletions_of(&own, &sv).is_none());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{TestClient, TestServer, Ws, eventually, expect_close, test_config};
 use futures_util::{SinkExt, StreamExt};
-use huddle_protocol::schema::ShapeKind;
+use huddle_protocol::schema::{Shape, ShapeKind};
 use huddle_protocol::wire;
 use huddle_protocol::yrs::ClientID;
 use huddle_protocol::yrs::sync::AwarenessUpdate;
@@ -373,17 +373,32 @@ async fn a_full_room_refuses_more_and_keeps_what_it_has() {
     writer.add_shape("one-too-many", ShapeKind::Rect).await;
     assert_eq!(expect_close(&mut writer.ws).await, Some(1008));
 
+    // An update that adds and deletes (a refused client's sync step 2 after its user deleted
+    // something): the deletion is taken, the addition refused.
+    let mut mixed = TestClient::connect(&url).await;
+    mixed.synced().await;
+    mixed
+        .edit(|board, txn| {
+            board.put_shape(txn, &Shape::new("mixed-new", ShapeKind::Rect));
+            assert!(board.remove_shape(txn, "s1"));
+        })
+        .await;
+    assert_eq!(expect_close(&mut mixed.ws).await, Some(1008));
+    bystander.until("s1 deleted", |s| common::sync_doc_contents(s).len() == 99).await;
+    assert!(!bystander.has_shape("mixed-new") && !bystander.has_shape("s1"));
+
     // Deleting still works, and the room holds what it took.
     bystander.edit(|board, txn| assert!(board.remove_shape(txn, "s0"))).await;
     let mut newcomer = TestClient::connect(&url).await;
-    newcomer.until("the room minus s0", |s| common::sync_doc_contents(s).len() == 99).await;
+    newcomer.until("the room minus s0 and s1", |s| common::sync_doc_contents(s).len() == 98).await;
     assert!(!newcomer.has_shape("one-too-many") && !newcomer.has_shape("s0"));
+    assert!(!newcomer.has_shape("mixed-new") && !newcomer.has_shape("s1"));
 
     // Deleting most of it makes room again (once a snapshot without them replaces the log).
     let compactions = server.stats.compactions.load(Ordering::Relaxed);
     bystander
         .edit(|board, txn| {
-            for i in 1..95 {
+            for i in 2..95 {
                 assert!(board.remove_shape(txn, &format!("s{i}")));
             }
         })
