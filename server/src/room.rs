@@ -1274,8 +1274,10 @@ impl Room {
                     self.encoded.notified()
                 } else {
                     waiting.done(&mut state);
-                    let sv = state.awareness.doc().transact().state_vector();
-                    if full && adds_items(&decoded, &sv) {
+                    // The state vector only when full: building it on every update would cost
+                    // the relay path an allocation per client for nothing.
+                    let sv = full.then(|| state.awareness.doc().transact().state_vector());
+                    if let Some(sv) = sv.filter(|sv| adds_items(&decoded, sv)) {
                         let refusal = RoomError::Full {
                             bytes: stored_bytes,
                             max: self.config.max_room_bytes,
