@@ -67,6 +67,9 @@ self.addEventListener('activate', (event) => {
   event.waitUntil(Promise.all([preload, old]).then(() => self.clients.claim()));
 });
 
+/// Whether the last page was answered from this worker's copy: the server could not be reached.
+let shellFromCache = false;
+
 self.addEventListener('fetch', (event) => {
   const url = new URL(event.request.url);
   if (event.request.method !== 'GET' || url.origin !== self.location.origin || url.pathname.startsWith('/ws/')) return;
@@ -74,10 +77,12 @@ self.addEventListener('fetch', (event) => {
     event.respondWith((async () => {
       try {
         const response = (await event.preloadResponse) || (await fetch(event.request));
+        shellFromCache = false;
         // Keep this page (for every room URL: it is the same app) unless it is the same version.
         if (response.ok) event.waitUntil(keepIfNew(response.clone()));
         return response;
       } catch (e) {
+        shellFromCache = true;
         return (await caches.match('/')) || Response.error();
       }
     })());
@@ -90,5 +95,11 @@ self.addEventListener('fetch', (event) => {
   }
   // Versioned files go straight to the HTTP cache, which holds them as immutable and answers
   // at once, even offline, with the wasm's compiled code cached alongside; answering them from
-  // this worker's cache cost 30–70 ms per page load.
+  // this worker's cache cost 30–70 ms per page load. Except while the server cannot be reached
+  // (the page itself came from this worker's copy, or the browser knows it is offline): then
+  // the HTTP cache may have let a file go (it evicts more readily than this cache), and this
+  // worker's copy is all there is.
+  else if (shellFromCache || !self.navigator.onLine) {
+    event.respondWith(caches.match(event.request).then((kept) => kept || fetch(event.request)));
+  }
 });

@@ -492,3 +492,32 @@ test('with no room on this device for an offline copy, edits made while the serv
   const b = await newUser(await browser.newContext(), a.url(), 'Bob');
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
 });
+
+test('offline, a reload opens the room even after the browser let go of the cached app files', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  const a = await newUser(context, server.url, 'Ada');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  await a.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  // The worker has kept the app's files (the wasm among them).
+  await a.waitForFunction(async () => {
+    for (const name of await caches.keys()) {
+      const keys = await (await caches.open(name)).keys();
+      if (keys.some((k) => k.url.includes('huddle_web_bg.wasm?v='))) return true;
+    }
+    return false;
+  });
+  // The browser's HTTP cache forgets everything (as it may, under storage pressure), and the
+  // network goes away.
+  const cdp = await context.newCDPSession(a);
+  await cdp.send('Network.clearBrowserCache');
+  await context.setOffline(true);
+  await a.reload();
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  // And she can go on drawing.
+  await a.getByTestId('tool-ellipse').click();
+  await dragOnBoard(a, 250, 100, 350, 200);
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '2');
+});
