@@ -274,6 +274,25 @@ async fn serve_a_request(tcp: &mut TcpStream) {
     }
 }
 
+/// Joins the room from `from` as soon as a place is free (a socket that just closed gives its
+/// place back once its task has ended).
+async fn join_once_freed(
+    from: &str,
+    url: &str,
+    forwarded: Option<&str>,
+) -> WebSocketStream<TcpStream> {
+    let start = tokio::time::Instant::now();
+    loop {
+        match connect_from(from, url, forwarded).await {
+            Ok(ws) => return join(ws).await,
+            Err(_) => {
+                assert!(start.elapsed() < DEADLINE, "the freed place never came back");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Joins the room over `ws` and returns once synced: the socket is really in.
 async fn join(mut ws: WebSocketStream<TcpStream>) -> WebSocketStream<TcpStream> {
     ws.send(Message::Binary(vec![0, 0, 1, 0].into())).await.expect("sends");
@@ -318,16 +337,7 @@ async fn one_client_cannot_take_every_place() {
     let other = join(connect_from("127.0.0.2", &url, None).await.expect("another client")).await;
 
     drop(first);
-    let start = tokio::time::Instant::now();
-    let _third = loop {
-        match connect_from("127.0.0.1", &url, None).await {
-            Ok(ws) => break join(ws).await,
-            Err(_) => {
-                assert!(start.elapsed() < DEADLINE, "the freed place never came back");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let _third = join_once_freed("127.0.0.1", &url, None).await;
     drop(other);
     drop(_second);
     drop(_third);
@@ -400,16 +410,7 @@ async fn behind_a_proxy_the_forwarded_client_is_limited() {
     common::eventually("carol's place given back", || clients() == 2).await;
 
     drop(first);
-    let start = tokio::time::Instant::now();
-    let _again = loop {
-        match connect_from("127.0.0.1", &url, Some(alice)).await {
-            Ok(ws) => break join(ws).await,
-            Err(_) => {
-                assert!(start.elapsed() < DEADLINE, "the freed place never came back");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let _again = join_once_freed("127.0.0.1", &url, Some(alice)).await;
     drop((_second, _bob, own, _again));
     common::eventually("every place given back", || clients() == 0).await;
     server.stop().await;
