@@ -627,7 +627,8 @@ impl Admission {
 }
 
 /// The one place a socket is admitted, whichever way it was upgraded: the room name is checked
-/// first, then that the server is not stopping, then the client's limit, then the server's.
+/// first, then that the server is not stopping, then the server's connection limit, then the
+/// client's limits (so a socket the server refuses does not spend the client's join rate).
 /// `deflate`: the client asked for deflated frames ([`wire::wants_deflate`] of the URL's
 /// query). `origin`: who the connection is from (`None`: not counted per client);
 /// `forwarded`: the request's `X-Forwarded-For`, believed only from a trusted proxy.

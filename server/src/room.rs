@@ -2117,20 +2117,21 @@ mod tests {
         }
         let sv = room.transact().state_vector();
         let everything = room.transact().encode_state_as_update_v1(&StateVector::default());
-        let client = Doc::with_client_id(2);
-        client
-            .transact_mut()
-            .apply_update(Update::decode_v1(&everything).expect("decodes"))
-            .expect("applies");
-        let mixed = {
-            let board = Board::new(&client);
-            let mut txn = client.transact_mut();
-            board.put_shape(&mut txn, &Shape::new("new", ShapeKind::Ellipse));
-            assert!(board.remove_shape(&mut txn, "a"));
-            drop(txn);
-            client.transact().encode_state_as_update_v1(&sv)
+        // What client `id`, holding the room as it is now, sends after `edit` (one transaction).
+        let edited = |id: u64, edit: &dyn Fn(&Board, &mut TransactionMut<'_>)| {
+            let client = Doc::with_client_id(id);
+            client
+                .transact_mut()
+                .apply_update(Update::decode_v1(&everything).expect("decodes"))
+                .expect("applies");
+            edit(&Board::new(&client), &mut client.transact_mut());
+            let diff = client.transact().encode_state_as_update_v1(&sv);
+            Update::decode_v1(&diff).expect("decodes")
         };
-        let mixed = Update::decode_v1(&mixed).expect("decodes");
+        let mixed = edited(2, &|board, txn| {
+            board.put_shape(txn, &Shape::new("new", ShapeKind::Ellipse));
+            assert!(board.remove_shape(txn, "a"));
+        });
         assert!(adds_items(&mixed, &sv));
         let deletions = deletions_of(&mixed, &sv).expect("deletes a");
         let deletions = Update::decode_v1(&deletions).expect("an update");
@@ -2146,20 +2147,10 @@ mod tests {
         assert_eq!(pending_fingerprint(&room.transact()), NOTHING_PENDING);
 
         // A client's own new shape, deleted in the same update: nothing the room has.
-        let other = Doc::with_client_id(3);
-        other
-            .transact_mut()
-            .apply_update(Update::decode_v1(&everything).expect("decodes"))
-            .expect("applies");
-        let own = {
-            let board = Board::new(&other);
-            let mut txn = other.transact_mut();
-            board.put_shape(&mut txn, &Shape::new("brief", ShapeKind::Rect));
-            assert!(board.remove_shape(&mut txn, "brief"));
-            drop(txn);
-            other.transact().encode_state_as_update_v1(&sv)
-        };
-        let own = Update::decode_v1(&own).expect("decodes");
+        let own = edited(3, &|board, txn| {
+            board.put_shape(txn, &Shape::new("brief", ShapeKind::Rect));
+            assert!(board.remove_shape(txn, "brief"));
+        });
         assert!(!own.delete_set().is_empty());
         assert!(deletions_of(&own, &sv).is_none());
     }

@@ -702,9 +702,9 @@ impl Connection {
         let weak = Rc::downgrade(self);
         set_timeout(
             move || {
+                // A socket opened since (`connect` takes a ticket too) makes this one stale.
                 if let Some(c) = weak.upgrade()
                     && c.reconnect_ticket.get() == ticket
-                    && c.socket.borrow().is_none()
                 {
                     c.connect();
                 }
