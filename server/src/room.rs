@@ -552,14 +552,32 @@ fn now_millis() -> u64 {
 }
 
 /// What applying a client's update did to the room's document.
+///
+/// Parts of an update that wait for missing dependencies (yrs keeps them pending, and retries
+/// them inside later applies) are stored but not relayed: the room's clients get what the room
+/// integrated, when it integrates it. Relayed as they came, every client would hold them
+/// pending too, and a client running yrs (Huddle's own) then fails where the room's retry
+/// fails (see [`Applied::Tangled`]) and has to reconnect. (Whole-document answers carry what
+/// waits, as yrs and Yjs encode it, so snapshots keep it; only those who join while something
+/// waits hold it.)
 enum Applied {
-    /// All of it went in; `changed` is false when the room had it all already.
-    Whole { changed: bool },
+    /// All of it went in, or waits for dependencies; `changed` is false when the room had it
+    /// all already. `integrated` is set when something waited, before or after: what this
+    /// apply integrated (encoded as an update, possibly empty), relayed instead of the update.
+    Whole { changed: bool, integrated: Option<Vec<u8>> },
     /// yrs refused it part-way; `integrated` is what went in before (encoded as an update).
     Part { error: huddle_protocol::yrs::error::UpdateError, integrated: Option<Vec<u8>> },
-    /// yrs refused it while updates waiting for dependencies were involved: what the document
-    /// holds now cannot be told from what it held.
-    Tangled(huddle_protocol::yrs::error::UpdateError),
+    /// yrs refused it while something waited for dependencies: either at one of the update's
+    /// own items (`own`: what waited is untouched) or while retrying what waited, which it
+    /// then drops. The update is stored as it came, since replaying the log refuses it at the
+    /// same point and drops the same (see [`build_doc`]); what went in (`integrated`) is
+    /// relayed; the sender is cut off only if the fault was its own update's.
+    Tangled { error: huddle_protocol::yrs::error::UpdateError, integrated: Vec<u8>, own: bool },
+}
+
+/// `update` (what one apply integrated) as bytes to relay; empty when nothing went in.
+fn integrated_part(update: Vec<u8>) -> Bytes {
+    if update == wire::EMPTY_UPDATE { Bytes::new() } else { Bytes::from(update) }
 }
 
 /// [`pending_fingerprint`] of a document where nothing waits for missing dependencies.
@@ -574,6 +592,7 @@ struct Relay {
     from: ConnId,
     seq: Seq,
     /// Taken once relayed (or refused); still here when dropped means "finish elsewhere".
+    /// Empty when there is nothing to send (see [`Applied`]).
     frame: Option<Bytes>,
     /// False in the task that finishes a dropped relay, so a runtime shutting down (which
     /// drops new tasks at once) cannot make it spawn itself forever.
@@ -591,8 +610,11 @@ impl Relay {
             self.room.break_room();
             return Err(e.into());
         }
-        self.room.broadcast(Some(self.from), &frame);
-        self.room.stats.updates.fetch_add(1, Ordering::Relaxed);
+        // Empty when nothing of the update went in yet (it waits for dependencies).
+        if !frame.is_empty() {
+            self.room.broadcast(Some(self.from), &frame);
+            self.room.stats.updates.fetch_add(1, Ordering::Relaxed);
+        }
         self.room.maybe_compact(self.seq, self.deletes);
         Ok(())
     }
@@ -687,8 +709,7 @@ fn adds_items(update: &huddle_protocol::yrs::Update, doc: &StateVector) -> bool 
 
 /// The deletions in `update` of items a document with state vector `doc` has, as an update of
 /// their own; `None` if there are none. Deletions of items the document lacks are left out:
-/// yrs would keep them pending, and a room with something pending reloads on the next update
-/// that fails (see `Applied::Tangled`).
+/// yrs would keep them pending, which a full room need not hold for a refused client.
 fn deletions_of(update: &huddle_protocol::yrs::Update, doc: &StateVector) -> Option<Vec<u8>> {
     use huddle_protocol::yrs::encoding::write::Write;
     use huddle_protocol::yrs::updates::encoder::{Encoder, EncoderV1};
@@ -735,7 +756,13 @@ fn build_doc(
         let update = wire::decode_update(data).map_err(|e| corrupt(e.to_string()))?;
         match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(corrupt(e.to_string())),
+            // The room stored it as it came although yrs refused it part-way, because updates
+            // waiting for dependencies were involved (see `Applied::Tangled`): replayed in the
+            // same order it is refused at the same point, and the document ends as the room's
+            // did. (Updates refused part-way otherwise are stored as the part that went in.)
+            Ok(Err(e)) => {
+                tracing::warn!(room = %name, %what, error = %e, "stored update refused part-way, as when it arrived");
+            }
             Err(_) => return Err(corrupt("apply panicked".into())),
         }
     }
@@ -1258,7 +1285,7 @@ impl Room {
         let full = stored_bytes >= self.config.max_room_bytes;
         let deletes = !decoded.delete_set().is_empty();
         let mut waiting = WaitingEdit::new(self);
-        let (seq, stored, refused) = loop {
+        let (seq, relayed, as_stored, refused) = loop {
             let encoded = {
                 let mut state = self.state.lock();
                 if self.is_broken() {
@@ -1296,59 +1323,63 @@ impl Room {
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
-                        match txn.apply_update(decoded) {
+                        let result = txn.apply_update(decoded);
+                        let after = pending_fingerprint(&txn);
+                        let waited = before.1 != NOTHING_PENDING || after != NOTHING_PENDING;
+                        match result {
                             // An update the room already had entirely (a reconnecting client
                             // re-sending its delete set, say) changes nothing: nothing to
                             // store, nothing to relay.
                             Ok(()) => Applied::Whole {
                                 changed: !txn.delete_set().is_empty()
                                     || txn.state_vector() != before.0
-                                    || pending_fingerprint(&txn) != before.1,
+                                    || after != before.1,
+                                integrated: waited.then(|| txn.encode_update_v1()),
                             },
                             // yrs refuses an item whose parent is not a type only once it
                             // meets it, after integrating the items before it (its only
                             // error, `InvalidParent`). Those are in the document now: what
                             // changed is stored and relayed like any update, so the room
                             // keeps one history with its log and its clients, and only the
-                            // sender is cut off. Only while nothing waits for missing
-                            // dependencies, before and after: yrs retries what waits inside
-                            // this apply, and a failed retry drops it, so the document would
-                            // then differ from its log in ways no diff captures.
-                            Err(e)
-                                if before.1 == NOTHING_PENDING
-                                    && pending_fingerprint(&txn) == NOTHING_PENDING =>
-                            {
+                            // sender is cut off.
+                            Err(e) if !waited => {
                                 let changed =
                                     txn.state_vector() != before.0 || !txn.delete_set().is_empty();
                                 Applied::Part {
                                     error: e,
-                                    integrated: changed.then(|| txn.encode_diff_v1(&before.0)),
+                                    integrated: changed.then(|| txn.encode_update_v1()),
                                 }
                             }
-                            Err(e) => Applied::Tangled(e),
+                            Err(error) => Applied::Tangled {
+                                error,
+                                integrated: txn.encode_update_v1(),
+                                own: after == before.1,
+                            },
                         }
                     }));
-                    let (stored, refused) = match applied {
-                        Ok(Applied::Whole { changed: true }) => match &deletions_only {
-                            Some((deletions, _)) => (deletions.clone(), None),
-                            None => (Bytes::copy_from_slice(update), None),
-                        },
-                        Ok(Applied::Whole { changed: false }) => {
+                    // `relayed`: what to relay when it is not what is stored (empty: nothing).
+                    let (stored, relayed, refused) = match applied {
+                        Ok(Applied::Whole { changed: true, integrated }) => {
+                            let stored = match &deletions_only {
+                                Some((deletions, _)) => deletions.clone(),
+                                None => Bytes::copy_from_slice(update),
+                            };
+                            (stored, integrated.map(integrated_part), None)
+                        }
+                        Ok(Applied::Whole { changed: false, .. }) => {
                             return deletions_only.map_or(Ok(()), |(_, refusal)| Err(refusal));
                         }
                         Ok(Applied::Part { error, integrated: Some(part) }) => {
                             tracing::warn!(room = %self.name, %error, "update applied in part; storing and relaying that part");
-                            (Bytes::from(part), Some(error))
+                            (Bytes::from(part), None, Some(error))
                         }
                         Ok(Applied::Part { error, integrated: None }) => {
                             return Err(RoomError::InvalidUpdate(error.to_string()));
                         }
-                        Ok(Applied::Tangled(error)) => {
-                            // The log holds everything accepted: a reload loses nothing.
-                            drop(state);
-                            tracing::warn!(room = %self.name, %error, "update failed to apply with updates waiting; reloading room");
-                            self.break_room();
-                            return Err(RoomError::InvalidUpdate(error.to_string()));
+                        Ok(Applied::Tangled { error, integrated, own }) => {
+                            tracing::warn!(room = %self.name, %error, own, "update refused part-way with updates waiting for dependencies; storing it whole, relaying what went in");
+                            let stored = Bytes::copy_from_slice(update);
+                            (stored, Some(integrated_part(integrated)), own.then_some(error))
                         }
                         Err(_) => {
                             // The document may be half-changed in ways nothing can tell: stop
@@ -1364,18 +1395,23 @@ impl Room {
                     state.full = None;
                     let seq = state.applied;
                     self.log_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
-                    keep_for_joiners(&mut state, &stored);
-                    let entry = LogEntry { room: self.name.clone(), seq, update: stored.clone() };
+                    let as_stored = relayed.is_none();
+                    let relayed = relayed.unwrap_or_else(|| stored.clone());
+                    if !relayed.is_empty() {
+                        keep_for_joiners(&mut state, &relayed);
+                    }
+                    let entry = LogEntry { room: self.name.clone(), seq, update: stored };
                     self.persister.enqueue(entry, Arc::clone(&self.watermark));
-                    break (seq, stored, refused);
+                    break (seq, relayed, as_stored, refused);
                 }
             };
             encoded.await;
         };
         waiting.signal();
         let frame = match (frame, &refused, &deletions_only) {
-            (Some(frame), None, None) => frame,
-            _ => Bytes::from(wire::update(stored.to_vec())),
+            _ if relayed.is_empty() => Bytes::new(),
+            (Some(frame), None, None) if as_stored => frame,
+            _ => Bytes::from(wire::update(relayed.to_vec())),
         };
         Relay {
             room: Arc::clone(self),

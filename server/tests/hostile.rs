@@ -412,3 +412,54 @@ async fn a_full_room_refuses_more_and_keeps_what_it_has() {
     assert!(bystander.has_shape("fits-again"));
     server.stop().await;
 }
+
+/// Two crafted updates: the first, from one socket, holds an item whose parent is item (77, 0),
+/// which the room has not seen, so it waits there; the second, from another socket, brings
+/// (77, 0) as plain text, not a type, so the waiting item can never go in (yrs drops it when it
+/// retries). The room carries on: nobody is disconnected, the second update's text goes in and
+/// reaches everyone, and after a restart the room loads with everything it took.
+#[tokio::test]
+async fn an_item_waiting_for_a_parent_that_turns_out_not_to_be_a_type_disturbs_nobody() {
+    // A string from client 88 whose parent is item (77, 0).
+    const ORPHAN: [u8; 11] = [1, 1, 88, 0, 4, 0, 77, 0, 1, b'b', 0];
+    // Item (77, 0): the string "a" in the root type "t".
+    const NOT_A_TYPE: [u8; 11] = [1, 1, 77, 0, 4, 1, 1, b't', 1, b'a', 0];
+    let has_77 = |s: &huddle_protocol::session::ClientSession| {
+        use huddle_protocol::yrs::{ReadTxn, Transact};
+        s.doc().transact().state_vector().get(&ClientID::new(77)) == 1
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("tangle");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let mut first = raw(&url).await;
+    common::send_handled(&mut first, wire::update(ORPHAN.to_vec())).await;
+    // Its sender is answered afterwards: not cut off for what waited.
+    let mut second = raw(&url).await;
+    common::send_handled(&mut second, wire::update(NOT_A_TYPE.to_vec())).await;
+    bystander.until("the plain text", has_77).await;
+
+    bystander.add_shape("after", ShapeKind::Rect).await;
+    let mut newcomer = TestClient::connect(&url).await;
+    newcomer
+        .until("the bystander's shape", |s| {
+            common::sync_doc_contents(s).contains(&"after".to_owned())
+        })
+        .await;
+    assert!(has_77(&newcomer.session));
+    for client in [&bystander, &newcomer] {
+        use huddle_protocol::yrs::{ReadTxn, Transact};
+        assert!(!client.session.doc().transact().has_missing_updates());
+    }
+    drop((first, second));
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let mut fresh = TestClient::connect(&server.url("tangle")).await;
+    fresh.synced().await;
+    assert_eq!(fresh.shape_ids(), vec!["after"]);
+    assert!(has_77(&fresh.session));
+    server.stop().await;
+}

@@ -198,6 +198,76 @@ async fn restart_brings_every_room_back_with_the_same_state() {
     server.stop().await;
 }
 
+/// Ada draws a shape and Bob, who has it, moves it; the room gets Bob's move first (it travelled
+/// another way, or Ada's socket was slower), so it waits there for Ada's shape. It is not
+/// relayed while it waits, a restart meanwhile (whose clean stop writes snapshots) keeps it,
+/// and once Ada's shape arrives everyone, and everyone after, sees it where Bob put it.
+#[tokio::test]
+async fn an_edit_that_arrives_before_the_one_it_builds_on_waits_and_survives_a_restart() {
+    use huddle_protocol::schema::{Board, Shape};
+    use huddle_protocol::wire;
+    use huddle_protocol::yrs::updates::decoder::Decode;
+    use huddle_protocol::yrs::{Doc, Update};
+
+    let ada = Doc::with_client_id(77);
+    let drawn = {
+        let board = Board::new(&ada);
+        let mut txn = ada.transact_mut();
+        board.put_shape(&mut txn, &Shape::new("box", ShapeKind::Rect));
+        txn.encode_update_v1()
+    };
+    let bob = Doc::with_client_id(88);
+    bob.transact_mut().apply_update(Update::decode_v1(&drawn).expect("decodes")).expect("applies");
+    let moved = {
+        let board = Board::new(&bob);
+        let mut txn = bob.transact_mut();
+        let mut shape = Shape::new("box", ShapeKind::Rect);
+        shape.x = 500.0;
+        board.put_shape(&mut txn, &shape);
+        txn.encode_update_v1()
+    };
+    let x_of_box = |s: &huddle_protocol::session::ClientSession| {
+        Board::new(s.doc()).shape(&s.doc().transact(), "box").map(|shape| shape.x)
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("early");
+    let mut watcher = TestClient::connect(&url).await;
+    watcher.synced().await;
+    let (mut bobs, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    common::send_handled(&mut bobs, wire::update(moved)).await;
+    let mut other = TestClient::connect(&url).await;
+    other.synced().await;
+    // Relayed after the move would have been: the watcher holds nothing it cannot place.
+    other.add_shape("later", ShapeKind::Ellipse).await;
+    watcher
+        .until("the other's shape", |s| common::sync_doc_contents(s).contains(&"later".to_owned()))
+        .await;
+    assert!(
+        !watcher.session.doc().transact().has_missing_updates(),
+        "the waiting move was relayed"
+    );
+    drop(bobs);
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("early");
+    let mut watcher = TestClient::connect(&url).await;
+    watcher.synced().await;
+    assert_eq!(x_of_box(&watcher.session), None, "the move alone shows nothing");
+    let (mut adas, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    common::send_handled(&mut adas, wire::update(drawn)).await;
+    watcher.until("the box where Bob moved it", |s| x_of_box(s) == Some(500.0)).await;
+    let mut fresh = TestClient::connect(&url).await;
+    fresh.synced().await;
+    assert_eq!(x_of_box(&fresh.session), Some(500.0), "a joiner gets the move too");
+    for client in [&watcher, &fresh] {
+        assert!(!client.session.doc().transact().has_missing_updates());
+    }
+    server.stop().await;
+}
+
 /// Stores a room of 5,000 shapes in `dir` through a server that then stops (writing the
 /// room's snapshot), and returns the room as the client that drew it holds it.
 async fn store_big_room(dir: &std::path::Path, room: &str) -> Vec<u8> {

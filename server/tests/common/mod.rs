@@ -253,6 +253,32 @@ pub async fn expect_close(ws: &mut Ws) -> Option<u16> {
     }
 }
 
+/// Sends `frame` on a raw socket and waits until the server has handled it: a sync step 1
+/// follows it, and the server answers a socket's frames in order, each update once it is
+/// durable. The socket must not have sent a sync step 1 before.
+pub async fn send_handled(ws: &mut Ws, frame: Vec<u8>) {
+    use huddle_protocol::wire::{self, WireMessage, WireSyncMessage};
+    ws.send(Message::Binary(frame.into())).await.expect("send");
+    let step1 = wire::sync_step1(&huddle_protocol::yrs::StateVector::default());
+    ws.send(Message::Binary(step1.into())).await.expect("send");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("answered in time") {
+            Some(Ok(Message::Binary(frame))) => {
+                let messages = wire::decode_frame(&frame).expect("server frames are valid");
+                if messages
+                    .iter()
+                    .any(|m| matches!(m, WireMessage::Sync(WireSyncMessage::SyncStep2(_))))
+                {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before its frame was handled: {other:?}"),
+        }
+    }
+}
+
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
