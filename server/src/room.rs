@@ -572,7 +572,23 @@ enum Applied {
     /// then drops. The update is stored as it came, since replaying the log refuses it at the
     /// same point and drops the same (see [`build_doc`]); what went in (`integrated`) is
     /// relayed; the sender is cut off only if the fault was its own update's.
-    Tangled { error: huddle_protocol::yrs::error::UpdateError, integrated: Vec<u8>, own: bool },
+    /// `dropped`: what waited changed (yrs dropped what it could not place).
+    Tangled {
+        error: huddle_protocol::yrs::error::UpdateError,
+        integrated: Vec<u8>,
+        own: bool,
+        dropped: bool,
+    },
+}
+
+/// After yrs refused an update part-way, retries what waits for dependencies, as an apply that
+/// succeeds does. yrs returns the error before its retry, so an item waiting for a parent that
+/// the refused update brought would go on waiting with nothing missing; a snapshot (which
+/// carries what waits) would then fail to load at it. The room and its replay both call this
+/// after every refusal, so they stay one history. Its own refusal needs no handling: yrs drops
+/// what failed, in both.
+fn retry_waiting(txn: &mut huddle_protocol::yrs::TransactionMut<'_>) {
+    let _ = txn.apply_update(huddle_protocol::yrs::Update::new());
 }
 
 /// `update` (what one apply integrated) as bytes to relay; empty when nothing went in.
@@ -589,7 +605,8 @@ const NOTHING_PENDING: (Option<(StateVector, usize)>, Option<IdSet>) = (None, No
 /// whose later edits would otherwise wait on it until they reconnect.
 struct Relay {
     room: Arc<Room>,
-    from: ConnId,
+    /// Who is not sent the frame: its sender, unless the frame holds more than it sent.
+    from: Option<ConnId>,
     seq: Seq,
     /// Taken once relayed (or refused); still here when dropped means "finish elsewhere".
     /// Empty when there is nothing to send (see [`Applied`]).
@@ -612,7 +629,7 @@ impl Relay {
         }
         // Empty when nothing of the update went in yet (it waits for dependencies).
         if !frame.is_empty() {
-            self.room.broadcast(Some(self.from), &frame);
+            self.room.broadcast(self.from, &frame);
             self.room.stats.updates.fetch_add(1, Ordering::Relaxed);
         }
         self.room.maybe_compact(self.seq, self.deletes);
@@ -745,7 +762,6 @@ fn build_doc(
     log: &[(Seq, Vec<u8>)],
 ) -> Result<Doc, LoadError> {
     let doc = Doc::new();
-    let mut txn = doc.transact_mut();
     let rows = snapshot
         .into_iter()
         .map(|data| ("snapshot".to_owned(), data))
@@ -754,19 +770,31 @@ fn build_doc(
         let corrupt =
             |detail: String| LoadError::Corrupt { room: name.clone(), what: what.clone(), detail };
         let update = wire::decode_update(data).map_err(|e| corrupt(e.to_string()))?;
-        match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+        let is_snapshot = what == "snapshot";
+        // One transaction per row, as the room applied them: each commit collects what its
+        // update deleted, and yrs tells a collected parent from a live one.
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let result = txn.apply_update(update);
+            if result.is_err() {
+                retry_waiting(&mut txn);
+            }
+            result
+        }));
+        match applied {
             Ok(Ok(())) => {}
             // The room stored it as it came although yrs refused it part-way, because updates
             // waiting for dependencies were involved (see `Applied::Tangled`): replayed in the
             // same order it is refused at the same point, and the document ends as the room's
-            // did. (Updates refused part-way otherwise are stored as the part that went in.)
-            Ok(Err(e)) => {
+            // did. (Updates refused part-way otherwise are stored as the part that went in; a
+            // snapshot is an encode of a document, which never fails to apply.)
+            Ok(Err(e)) if !is_snapshot => {
                 tracing::warn!(room = %name, %what, error = %e, "stored update refused part-way, as when it arrived");
             }
+            Ok(Err(e)) => return Err(corrupt(e.to_string())),
             Err(_) => return Err(corrupt("apply panicked".into())),
         }
     }
-    drop(txn);
     Ok(doc)
 }
 
@@ -1326,6 +1354,12 @@ impl Room {
                         let result = txn.apply_update(decoded);
                         let after = pending_fingerprint(&txn);
                         let waited = before.1 != NOTHING_PENDING || after != NOTHING_PENDING;
+                        // Whether a refusal left what waited untouched (the fault was the
+                        // update's own), before the retry below touches it.
+                        let own = after == before.1;
+                        if result.is_err() && waited {
+                            retry_waiting(&mut txn);
+                        }
                         match result {
                             // An update the room already had entirely (a reconnecting client
                             // re-sending its delete set, say) changes nothing: nothing to
@@ -1353,7 +1387,8 @@ impl Room {
                             Err(error) => Applied::Tangled {
                                 error,
                                 integrated: txn.encode_update_v1(),
-                                own: after == before.1,
+                                own,
+                                dropped: pending_fingerprint(&txn) != before.1,
                             },
                         }
                     }));
@@ -1376,10 +1411,23 @@ impl Room {
                         Ok(Applied::Part { error, integrated: None }) => {
                             return Err(RoomError::InvalidUpdate(error.to_string()));
                         }
-                        Ok(Applied::Tangled { error, integrated, own }) => {
+                        Ok(Applied::Tangled { error, integrated, own, dropped }) => {
+                            let integrated = integrated_part(integrated);
+                            if own && !dropped && integrated.is_empty() {
+                                // Nothing changed: nothing to store (a peer must not fill the
+                                // log with updates that fail at their first item).
+                                return Err(RoomError::InvalidUpdate(error.to_string()));
+                            }
                             tracing::warn!(room = %self.name, %error, own, "update refused part-way with updates waiting for dependencies; storing it whole, relaying what went in");
+                            if dropped {
+                                // The last encode may hold what yrs just dropped, and the
+                                // edits since may hold what makes it fail: a joiner given
+                                // both would fail where the room did.
+                                state.last_encode = None;
+                                state.since_encode = None;
+                            }
                             let stored = Bytes::copy_from_slice(update);
-                            (stored, Some(integrated_part(integrated)), own.then_some(error))
+                            (stored, Some(integrated), own.then_some(error))
                         }
                         Err(_) => {
                             // The document may be half-changed in ways nothing can tell: stop
@@ -1397,9 +1445,14 @@ impl Room {
                     self.log_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
                     let as_stored = relayed.is_none();
                     let relayed = relayed.unwrap_or_else(|| stored.clone());
-                    if !relayed.is_empty() {
-                        keep_for_joiners(&mut state, &relayed);
-                    }
+                    // Nothing to relay is kept as an empty update: the tail still covers
+                    // everything since the last encode.
+                    let kept = if relayed.is_empty() {
+                        Bytes::from_static(&wire::EMPTY_UPDATE)
+                    } else {
+                        relayed.clone()
+                    };
+                    keep_for_joiners(&mut state, &kept);
                     let entry = LogEntry { room: self.name.clone(), seq, update: stored };
                     self.persister.enqueue(entry, Arc::clone(&self.watermark));
                     break (seq, relayed, as_stored, refused);
@@ -1415,7 +1468,9 @@ impl Room {
         };
         Relay {
             room: Arc::clone(self),
-            from,
+            // What went in may hold edits that waited, which the sender never got: it is
+            // relayed to the sender too (its own part is nothing new to it).
+            from: as_stored.then_some(from),
             seq,
             frame: Some(frame),
             detach_if_dropped: true,

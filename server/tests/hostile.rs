@@ -16,6 +16,15 @@ use huddle_protocol::yrs::sync::AwarenessUpdate;
 use huddle_protocol::yrs::sync::awareness::AwarenessUpdateEntry;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A string from client 88 whose parent is item (77, 0).
+const ORPHAN: [u8; 11] = [1, 1, 88, 0, 4, 0, 77, 0, 1, b'b', 0];
+
+/// Whether `s` has item (77, 0).
+fn has_77(s: &huddle_protocol::session::ClientSession) -> bool {
+    use huddle_protocol::yrs::{ReadTxn, Transact};
+    s.doc().transact().state_vector().get(&ClientID::new(77)) == 1
+}
+
 async fn raw(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.expect("connects").0
 }
@@ -420,22 +429,23 @@ async fn a_full_room_refuses_more_and_keeps_what_it_has() {
 /// reaches everyone, and after a restart the room loads with everything it took.
 #[tokio::test]
 async fn an_item_waiting_for_a_parent_that_turns_out_not_to_be_a_type_disturbs_nobody() {
-    // A string from client 88 whose parent is item (77, 0).
-    const ORPHAN: [u8; 11] = [1, 1, 88, 0, 4, 0, 77, 0, 1, b'b', 0];
     // Item (77, 0): the string "a" in the root type "t".
     const NOT_A_TYPE: [u8; 11] = [1, 1, 77, 0, 4, 1, 1, b't', 1, b'a', 0];
-    let has_77 = |s: &huddle_protocol::session::ClientSession| {
-        use huddle_protocol::yrs::{ReadTxn, Transact};
-        s.doc().transact().state_vector().get(&ClientID::new(77)) == 1
-    };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start_with(test_config(dir.path())).await;
     let url = server.url("tangle");
     let mut bystander = TestClient::connect(&url).await;
     bystander.synced().await;
+    // Big enough that joiners get the room's last whole-document encode.
+    bystander.add_many_shapes(10_001).await;
     let mut first = raw(&url).await;
     common::send_handled(&mut first, wire::update(ORPHAN.to_vec())).await;
+    // Someone joins while the item waits: the room's whole-document answer (kept for later
+    // joiners) carries it.
+    let mut early = raw(&url).await;
+    common::send_handled(&mut early, wire::sync_step1(&Default::default())).await;
+    drop(early);
     // Its sender is answered afterwards: not cut off for what waited.
     let mut second = raw(&url).await;
     common::send_handled(&mut second, wire::update(NOT_A_TYPE.to_vec())).await;
@@ -443,12 +453,8 @@ async fn an_item_waiting_for_a_parent_that_turns_out_not_to_be_a_type_disturbs_n
 
     bystander.add_shape("after", ShapeKind::Rect).await;
     let mut newcomer = TestClient::connect(&url).await;
-    newcomer
-        .until("the bystander's shape", |s| {
-            common::sync_doc_contents(s).contains(&"after".to_owned())
-        })
-        .await;
-    assert!(has_77(&newcomer.session));
+    newcomer.synced().await;
+    assert!(newcomer.has_shape("after") && has_77(&newcomer.session));
     for client in [&bystander, &newcomer] {
         use huddle_protocol::yrs::{ReadTxn, Transact};
         assert!(!client.session.doc().transact().has_missing_updates());
@@ -459,7 +465,45 @@ async fn an_item_waiting_for_a_parent_that_turns_out_not_to_be_a_type_disturbs_n
     let server = TestServer::start_with(test_config(dir.path())).await;
     let mut fresh = TestClient::connect(&server.url("tangle")).await;
     fresh.synced().await;
-    assert_eq!(fresh.shape_ids(), vec!["after"]);
+    assert!(fresh.has_shape("after") && fresh.has_shape("s10000"));
     assert!(has_77(&fresh.session));
+    server.stop().await;
+}
+
+/// As above, but the update that brings (77, 0) as plain text is refused at an item of its own
+/// (REFUSED_PART_WAY): its sender is cut off, the waiting item can never go in, and the room
+/// still writes a snapshot it can load again.
+#[tokio::test]
+async fn an_update_refused_at_its_own_item_while_an_item_waits_for_it_leaves_a_loadable_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("tangle");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let mut first = raw(&url).await;
+    common::send_handled(&mut first, wire::update(ORPHAN.to_vec())).await;
+    let mut second = raw(&url).await;
+    second
+        .send(Message::Binary(wire::update(REFUSED_PART_WAY.to_vec()).into()))
+        .await
+        .expect("send");
+    assert_eq!(expect_close(&mut second).await, Some(1007));
+    bystander.until("the part that went in", has_77).await;
+    // Stopped before anything else happens in the room: its clean stop writes a snapshot.
+    drop((first, bystander));
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("tangle");
+    let mut fresh = TestClient::connect(&url).await;
+    fresh.synced().await;
+    assert!(has_77(&fresh.session));
+    fresh.add_shape("after", ShapeKind::Rect).await;
+    let mut newcomer = TestClient::connect(&url).await;
+    newcomer
+        .until("the shape added after the restart", |s| {
+            common::sync_doc_contents(s).contains(&"after".to_owned())
+        })
+        .await;
     server.stop().await;
 }

@@ -256,13 +256,16 @@ async fn an_edit_that_arrives_before_the_one_it_builds_on_waits_and_survives_a_r
     let mut watcher = TestClient::connect(&url).await;
     watcher.synced().await;
     assert_eq!(x_of_box(&watcher.session), None, "the move alone shows nothing");
-    let (mut adas, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
-    common::send_handled(&mut adas, wire::update(drawn)).await;
+    // Ada sends her shape (her client has it; this one sends it as she drew it).
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    ada.send(wire::update(drawn)).await;
     watcher.until("the box where Bob moved it", |s| x_of_box(s) == Some(500.0)).await;
+    ada.until("Ada, too, sees Bob's move", |s| x_of_box(s) == Some(500.0)).await;
     let mut fresh = TestClient::connect(&url).await;
     fresh.synced().await;
     assert_eq!(x_of_box(&fresh.session), Some(500.0), "a joiner gets the move too");
-    for client in [&watcher, &fresh] {
+    for client in [&watcher, &fresh, &ada] {
         assert!(!client.session.doc().transact().has_missing_updates());
     }
     server.stop().await;
