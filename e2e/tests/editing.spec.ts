@@ -493,6 +493,35 @@ test('with no room on this device for an offline copy, edits made while the serv
   await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
 });
 
+test('when the device has room again, the offline copy is saved without waiting for another edit', async ({ browser, server }) => {
+  const context = await browser.newContext();
+  // Storage is full (opening IndexedDB fails) until the page says otherwise; the flag outlives
+  // a reload.
+  await context.addInitScript(() => {
+    const open = IDBFactory.prototype.open;
+    IDBFactory.prototype.open = function (this: IDBFactory, ...args: Parameters<IDBFactory['open']>) {
+      if (localStorage.getItem('storage-full') !== 'no') {
+        throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+      }
+      return open.apply(this, args);
+    };
+  });
+  const a = await newUser(context, server.url, 'Ada');
+  await expect(a.getByTestId('connection-status')).toHaveAttribute('data-state', 'connected');
+  await server.stop();
+  await expect(a.getByTestId('connection-status')).not.toHaveAttribute('data-state', 'connected');
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(a.getByTestId('connection-status')).toContainText('edits not saved on this device');
+  // Space is freed; Ada draws nothing more.
+  await a.evaluate(() => localStorage.setItem('storage-full', 'no'));
+  await expect(a.getByTestId('connection-status')).not.toContainText('not saved');
+  await expect(a.getByTestId('board')).toHaveAttribute('data-cached', 'true');
+  // Her rectangle is on this device: a reload while the server is still away shows it.
+  await a.reload();
+  await expect(a.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+});
+
 test('offline, a reload opens the room even after the browser let go of the cached app files', async ({ browser, server }) => {
   const context = await browser.newContext();
   const a = await newUser(context, server.url, 'Ada');

@@ -42,6 +42,14 @@ const BACKOFF_CAP_MS: f64 = 30_000.0;
 const UNDO_MERGE_MS: f64 = 400.0;
 /// Edits are written to the offline cache at most this often.
 const SAVE_DELAY_MS: u64 = 300;
+
+/// First wait before retrying a save to the offline cache that failed (storage full or
+/// unavailable); it doubles after each failure, up to [`CACHE_RETRY_MAX_MS`].
+const CACHE_RETRY_FIRST_MS: u64 = 1_000;
+
+/// Longest wait between retries of a failing offline cache: each retry encodes the whole
+/// document, tens of milliseconds in a big room.
+const CACHE_RETRY_MAX_MS: u64 = 60_000;
 /// Presence (cursor) updates are sent at most this often (~30 Hz).
 const PRESENCE_INTERVAL_MS: f64 = 33.0;
 
@@ -258,6 +266,10 @@ struct CacheState {
     offline_edits: u64,
     /// Of those, how many the last successful save held.
     saved_offline_edits: u64,
+    /// Wait before retrying a failed save (0: the last save worked).
+    retry_ms: u64,
+    /// A retry of a failed save is pending.
+    retrying: bool,
 }
 
 impl CacheState {
@@ -273,6 +285,8 @@ impl CacheState {
             count: 0,
             offline_edits: 0,
             saved_offline_edits: 0,
+            retry_ms: 0,
+            retrying: false,
         }
     }
 }
@@ -486,7 +500,7 @@ impl Connection {
     }
 
     /// Closes for good (the room view is going away).
-    pub fn close(&self) {
+    pub fn close(self: &Rc<Self>) {
         self.closed.set(true);
         self.save_to_cache();
         let bye = self.session.borrow_mut().clear_presence();
@@ -908,7 +922,7 @@ impl Connection {
     }
 
     /// Writes the document to the offline cache now (the page is going away).
-    pub fn save_now(&self) {
+    pub fn save_now(self: &Rc<Self>) {
         self.save_to_cache();
     }
 
@@ -946,7 +960,7 @@ impl Connection {
     /// copy's size, a whole copy instead, which replaces the records it holds. Encoding the
     /// whole document on every save (every 300 ms while anyone draws) stalled the page for up
     /// to 55 ms a time in a 40,000-shape room.
-    fn save_to_cache(&self) {
+    fn save_to_cache(self: &Rc<Self>) {
         let (key, bytes, replaced, offline_edits) = {
             let mut cache = self.cache.borrow_mut();
             cache.count = cache.count.wrapping_add(1);
@@ -981,26 +995,54 @@ impl Connection {
                 }
             }
         };
-        let cache = Rc::clone(&self.cache);
+        let weak = Rc::downgrade(self);
         let (cached, failed) = (self.signals.cached, self.signals.cache_failed);
         leptos::task::spawn_local(async move {
             let written = crate::cache::save(&key, &bytes, &replaced).await;
             let _ = failed.try_set(!written);
-            let current = {
-                let mut cache = cache.borrow_mut();
+            let Some(conn) = weak.upgrade() else { return };
+            let (current, retry) = {
+                let mut cache = conn.cache.borrow_mut();
+                let mut retry = None;
                 if written {
                     cache.saved_offline_edits = cache.saved_offline_edits.max(offline_edits);
+                    cache.retry_ms = 0;
                 } else {
                     // Nothing changed: the next save writes a whole copy, which holds what
                     // this one lost, and replaces what this one would have.
                     cache.saved_sv = None;
                     cache.covered.extend(replaced);
+                    // Storage may come back (space freed) with no edit to trigger a save: try
+                    // again, less and less often.
+                    cache.retry_ms =
+                        (cache.retry_ms * 2).clamp(CACHE_RETRY_FIRST_MS, CACHE_RETRY_MAX_MS);
+                    if !std::mem::replace(&mut cache.retrying, true) {
+                        retry = Some(cache.retry_ms);
+                    }
                 }
                 // Still current unless another save was scheduled meanwhile.
-                written && !cache.scheduled
+                (written && !cache.scheduled, retry)
             };
             if current {
                 let _ = cached.try_set(true);
+            }
+            if let Some(delay) = retry {
+                let weak = Rc::downgrade(&conn);
+                set_timeout(
+                    move || {
+                        let Some(c) = weak.upgrade() else { return };
+                        let due = {
+                            let mut cache = c.cache.borrow_mut();
+                            cache.retrying = false;
+                            // Not if a save since worked, or one is scheduled anyway.
+                            cache.retry_ms != 0 && !cache.scheduled
+                        };
+                        if due && !c.closed.get() {
+                            c.save_to_cache();
+                        }
+                    },
+                    std::time::Duration::from_millis(delay),
+                );
             }
         });
     }
