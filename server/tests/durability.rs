@@ -139,3 +139,40 @@ async fn sigterm_closes_sockets_with_1001_saves_and_exits_zero() {
     c.synced().await;
     assert_eq!(c.shape_ids(), vec!["kept"]);
 }
+
+/// The room collects what each update deletes when that update's transaction ends, and yrs
+/// takes an item under a collected parent but refuses one under a parent that is deleted and
+/// not yet collected. A log replayed in one transaction refused the third update below, which
+/// the room had taken and relayed, so after a `kill -9` the room failed to load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_an_item_under_text_deleted_before_it_came_loads_after_kill_dash_9() {
+    use huddle_protocol::wire;
+    use huddle_protocol::yrs::{ClientID, ReadTxn};
+    // Item (77, 0): the string "a" in the root type "t".
+    const TEXT: [u8; 11] = [1, 1, 77, 0, 4, 1, 1, b't', 1, b'a', 0];
+    // No items; deletes (77, 0).
+    const DELETE_TEXT: [u8; 6] = [0, 1, 77, 1, 0, 1];
+    // A string from client 88 whose parent is item (77, 0).
+    const UNDER_TEXT: [u8; 11] = [1, 1, 88, 0, 4, 0, 77, 0, 1, b'b', 0];
+    let has_88 = |s: &huddle_protocol::session::ClientSession| {
+        s.doc().transact().state_vector().get(&ClientID::new(88)) == 1
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = spawn_server(dir.path()).await;
+    let url = format!("ws://{}/ws/collected", server.addr);
+    let mut watcher = TestClient::connect(&url).await;
+    watcher.synced().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    for update in [&TEXT[..], &DELETE_TEXT, &UNDER_TEXT] {
+        common::send_handled(&mut ws, wire::update(update.to_vec())).await;
+    }
+    watcher.until("the item under the deleted text, relayed", has_88).await;
+    server.child.start_kill().expect("kill -9");
+    server.child.wait().await.expect("killed");
+
+    let server = spawn_server(dir.path()).await;
+    let mut fresh = TestClient::connect(&format!("ws://{}/ws/collected", server.addr)).await;
+    fresh.synced().await;
+    assert!(has_88(&fresh.session), "the room lost what it relayed");
+}

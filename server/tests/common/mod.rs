@@ -255,7 +255,7 @@ pub async fn expect_close(ws: &mut Ws) -> Option<u16> {
 
 /// Sends `frame` on a raw socket and waits until the server has handled it: a sync step 1
 /// follows it, and the server answers a socket's frames in order, each update once it is
-/// durable. The socket must not have sent a sync step 1 before.
+/// durable. Every sync step 2 the socket was sent before must have been read.
 pub async fn send_handled(ws: &mut Ws, frame: Vec<u8>) {
     use huddle_protocol::wire::{self, WireMessage, WireSyncMessage};
     ws.send(Message::Binary(frame.into())).await.expect("send");
