@@ -78,6 +78,12 @@ async fn database() -> Option<Rc<IdbDatabase>> {
     Some(db)
 }
 
+/// Drops the open database: the browser closed it (site data cleared to free space, say), and
+/// every transaction on it fails from then on. The next save or load opens it again.
+fn forget_database() {
+    DATABASE.with(|d| *d.borrow_mut() = None);
+}
+
 /// The keys under which `room`'s records lie: `<room>#…`, before any other room's (room names
 /// are letters, digits, `-` and `_`, all of which sort after `#`, and `~` sorts after every
 /// character used in a record's key).
@@ -120,7 +126,10 @@ async fn committed(tx: &web_sys::IdbTransaction) -> bool {
 /// saved may be replaced).
 pub async fn load(room: &str) -> Option<Vec<(String, Vec<u8>)>> {
     let db = database().await?;
-    let tx = db.transaction_with_str(STORE).ok()?;
+    let Ok(tx) = db.transaction_with_str(STORE) else {
+        forget_database();
+        return None;
+    };
     let store = tx.object_store(STORE).ok()?;
     // One transaction: one consistent view of what is saved. An older version saved one whole
     // copy under the room's own name.
@@ -148,6 +157,7 @@ pub async fn load(room: &str) -> Option<Vec<(String, Vec<u8>)>> {
 pub async fn save(key: &str, bytes: &[u8], replaced: &[String]) -> bool {
     let Some(db) = database().await else { return false };
     let Ok(tx) = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite) else {
+        forget_database();
         return false;
     };
     let Ok(store) = tx.object_store(STORE) else { return false };

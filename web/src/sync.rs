@@ -268,8 +268,13 @@ struct CacheState {
     saved_offline_edits: u64,
     /// Wait before retrying a failed save (0: the last save worked).
     retry_ms: u64,
-    /// A retry of a failed save is pending.
-    retrying: bool,
+    /// Retry timers armed so far: a timer acts only if no later one was armed.
+    retry_timers: u32,
+    /// Saves that failed so far. A save that starts before a failure and succeeds after it
+    /// may be an update on top of what failed: it counts as failed too.
+    failures: u32,
+    /// Saves started and not finished.
+    in_flight: u32,
 }
 
 impl CacheState {
@@ -286,7 +291,9 @@ impl CacheState {
             offline_edits: 0,
             saved_offline_edits: 0,
             retry_ms: 0,
-            retrying: false,
+            retry_timers: 0,
+            failures: 0,
+            in_flight: 0,
         }
     }
 }
@@ -961,6 +968,11 @@ impl Connection {
     /// whole document on every save (every 300 ms while anyone draws) stalled the page for up
     /// to 55 ms a time in a 40,000-shape room.
     fn save_to_cache(self: &Rc<Self>) {
+        self.save_to_cache_as(false);
+    }
+
+    /// [`Connection::save_to_cache`]; `retry_of_failed`: this is a retry after a failed save.
+    fn save_to_cache_as(self: &Rc<Self>, retry_of_failed: bool) {
         let (key, bytes, replaced, offline_edits) = {
             let mut cache = self.cache.borrow_mut();
             cache.count = cache.count.wrapping_add(1);
@@ -995,50 +1007,65 @@ impl Connection {
                 }
             }
         };
+        let epoch = {
+            let mut cache = self.cache.borrow_mut();
+            cache.in_flight += 1;
+            cache.failures
+        };
         let weak = Rc::downgrade(self);
         let (cached, failed) = (self.signals.cached, self.signals.cache_failed);
         leptos::task::spawn_local(async move {
             let written = crate::cache::save(&key, &bytes, &replaced).await;
-            let _ = failed.try_set(!written);
             let Some(conn) = weak.upgrade() else { return };
-            let (current, retry) = {
+            let (ok, current, retry) = {
                 let mut cache = conn.cache.borrow_mut();
+                cache.in_flight -= 1;
+                let ok = written && epoch == cache.failures;
                 let mut retry = None;
-                if written {
+                if ok {
                     cache.saved_offline_edits = cache.saved_offline_edits.max(offline_edits);
                     cache.retry_ms = 0;
                 } else {
-                    // Nothing changed: the next save writes a whole copy, which holds what
-                    // this one lost, and replaces what this one would have.
-                    cache.saved_sv = None;
-                    cache.covered.extend(replaced);
-                    // Storage may come back (space freed) with no edit to trigger a save: try
-                    // again, less and less often.
-                    cache.retry_ms =
-                        (cache.retry_ms * 2).clamp(CACHE_RETRY_FIRST_MS, CACHE_RETRY_MAX_MS);
-                    if !std::mem::replace(&mut cache.retrying, true) {
-                        retry = Some(cache.retry_ms);
+                    if !written {
+                        // Nothing changed: what this save would have replaced is still there.
+                        cache.failures += 1;
+                        cache.covered.extend(replaced);
                     }
+                    // The next save writes a whole copy, which holds what this one lost.
+                    cache.saved_sv = None;
+                    // Storage may come back (space freed) with no edit to trigger a save: try
+                    // again, less and less often while retries fail, soon after a save for an
+                    // edit failed.
+                    cache.retry_ms = if retry_of_failed {
+                        (cache.retry_ms * 2).clamp(CACHE_RETRY_FIRST_MS, CACHE_RETRY_MAX_MS)
+                    } else {
+                        CACHE_RETRY_FIRST_MS
+                    };
+                    cache.retry_timers = cache.retry_timers.wrapping_add(1);
+                    retry = Some((cache.retry_ms, cache.retry_timers));
                 }
-                // Still current unless another save was scheduled meanwhile.
-                (written && !cache.scheduled, retry)
+                // Current unless another save is due or still being written.
+                (ok, ok && !cache.scheduled && cache.in_flight == 0, retry)
             };
+            let _ = failed.try_set(!ok);
             if current {
                 let _ = cached.try_set(true);
+            } else if !ok {
+                let _ = cached.try_set(false);
             }
-            if let Some(delay) = retry {
+            if let Some((delay, timer)) = retry {
                 let weak = Rc::downgrade(&conn);
                 set_timeout(
                     move || {
                         let Some(c) = weak.upgrade() else { return };
                         let due = {
-                            let mut cache = c.cache.borrow_mut();
-                            cache.retrying = false;
-                            // Not if a save since worked, or one is scheduled anyway.
-                            cache.retry_ms != 0 && !cache.scheduled
+                            let cache = c.cache.borrow();
+                            // Not if a later timer was armed, a save since worked, or one is
+                            // scheduled anyway (its failure arms a timer again).
+                            cache.retry_timers == timer && cache.retry_ms != 0 && !cache.scheduled
                         };
                         if due && !c.closed.get() {
-                            c.save_to_cache();
+                            c.save_to_cache_as(true);
                         }
                     },
                     std::time::Duration::from_millis(delay),
