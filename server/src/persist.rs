@@ -75,6 +75,10 @@ impl Watermark {
     fn fail(&self) {
         self.0.send_modify(|d| d.failed = true);
     }
+
+    fn is_failed(&self) -> bool {
+        self.0.borrow().failed
+    }
 }
 
 enum Pending {
@@ -150,6 +154,10 @@ async fn write_loop(
         let mut barriers = Vec::new();
         for p in batch.drain(..) {
             match p {
+                // Storage already failed for this room: an entry after the lost one would leave
+                // a gap in the room's log (and keep an edit that may build on the lost one).
+                // The room is reloaded from what the store has; nobody was sent this entry.
+                Pending::Entry { watermark, .. } if watermark.is_failed() => {}
                 Pending::Entry { entry, watermark } => {
                     entries.push(entry);
                     watermarks.push(watermark);
@@ -202,5 +210,80 @@ async fn commit(store: &dyn Store, entries: &[LogEntry], watermarks: &[Arc<Water
                 watermark.fail();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{StoreError, StoredRoom};
+
+    /// A store whose first `failures` appends fail.
+    #[derive(Debug)]
+    struct FailingStore {
+        inner: MemoryStore,
+        failures: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for FailingStore {
+        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+            self.inner.load(room).await
+        }
+        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+            let left = self.failures.load(Ordering::Relaxed);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::Relaxed);
+                return Err(StoreError::Journal(std::io::Error::other("disk full")));
+            }
+            self.inner.append(batch).await
+        }
+        async fn compact(
+            &self,
+            room: &RoomName,
+            upto: Seq,
+            snapshot: Bytes,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.compact(room, upto, snapshot, state_vector).await
+        }
+        async fn set_snapshot_state_vector(
+            &self,
+            room: &RoomName,
+            seq: Seq,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
+        }
+        async fn close(&self) {}
+    }
+
+    /// An entry that comes after one the store failed to take is not stored either: the
+    /// room's log never has a gap.
+    #[tokio::test]
+    async fn an_entry_after_a_lost_one_is_not_stored() {
+        let store = Arc::new(FailingStore {
+            inner: MemoryStore::default(),
+            failures: AtomicU32::new(ATTEMPTS + 1),
+        });
+        let tracker = TaskTracker::new();
+        let persister = Persister::start(Arc::clone(&store) as Arc<dyn Store>, &tracker);
+        let room = RoomName::parse("r").expect("valid");
+        let watermark = Arc::new(Watermark::new(Seq(0)));
+        let entry = |seq| LogEntry { room: room.clone(), seq: Seq(seq), update: Bytes::new() };
+        persister.enqueue(entry(1), Arc::clone(&watermark));
+        // Queued while the first is being retried.
+        tokio::task::yield_now().await;
+        persister.enqueue(entry(2), Arc::clone(&watermark));
+        assert_eq!(watermark.wait_for(Seq(1)).await, Err(NotDurable));
+        persister.barrier().await;
+        assert_eq!(store.failures.load(Ordering::Relaxed), 0, "every failure was used");
+        let stored = store.inner.load(&room).await.expect("loads");
+        assert!(stored.log.is_empty(), "stored after the lost entry: {:?}", stored.log);
     }
 }
