@@ -192,3 +192,48 @@ async fn health_and_metrics_endpoints_answer() {
     assert!(metrics.contains("huddle_rooms_loaded 1"), "{metrics}");
     server.stop().await;
 }
+
+/// A journal file (left by a killed server) with a damaged record in the middle: the records
+/// before it are replayed, and the file is kept aside rather than deleted, since the records
+/// after the damage may have been relayed. A write cut short at the end is not damage.
+#[tokio::test]
+async fn a_damaged_journal_is_kept_aside_and_the_records_before_the_damage_are_replayed() {
+    use huddle_protocol::RoomName;
+    use huddle_server::store::journal;
+    use huddle_server::store::{LogEntry, Seq};
+
+    let entry = |room: &str, seq: u64| LogEntry {
+        room: RoomName::parse(room).expect("room"),
+        seq: Seq(seq),
+        update: bytes::Bytes::from_static(&[0, 0]),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // File 1: three records, the second damaged. File 2: one whole record and a torn one.
+    let mut damaged = Vec::new();
+    journal::encode(&[entry("hurt", 1)], &mut damaged);
+    let second_starts = damaged.len();
+    journal::encode(&[entry("hurt", 2), entry("hurt", 3)], &mut damaged);
+    damaged[second_starts + 9] ^= 0xff;
+    std::fs::write(journal::path(dir.path(), 1), &damaged).expect("write");
+    let mut torn = Vec::new();
+    journal::encode(&[entry("fine", 1), entry("fine", 2)], &mut torn);
+    torn.truncate(torn.len() - 3);
+    std::fs::write(journal::path(dir.path(), 2), &torn).expect("write");
+
+    let store = SqliteStore::open(dir.path(), Durability::Process).await.expect("opens");
+    let seqs = |room: &str| {
+        let store = &store;
+        let room = RoomName::parse(room).expect("room");
+        async move {
+            store.load(&room).await.expect("loads").log.iter().map(|(s, _)| s.0).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(seqs("hurt").await, vec![1]);
+    assert_eq!(seqs("fine").await, vec![1]);
+    store.close().await;
+    let mut aside = journal::path(dir.path(), 1).into_os_string();
+    aside.push(".damaged");
+    assert_eq!(std::fs::read(&aside).expect("kept aside"), damaged, "kept as it was");
+    assert!(!journal::path(dir.path(), 1).exists(), "not replayed again");
+    assert!(!journal::path(dir.path(), 2).exists(), "the torn one was replayed and deleted");
+}

@@ -11,9 +11,12 @@
 //!
 //! The file format is this module's own (SQLite has no "append a record" that skips its page
 //! machinery): records of `[body length: u32 LE][CRC-32 of body: u32 LE][body]`, the body being
-//! `[room name length: u16 LE][room name][seq: u64 LE][update]`. A record that is cut short or
-//! fails its checksum ends a file's replay (a write torn by a crash); appends that fail are cut
-//! off the file again, so nothing good ever follows a bad record.
+//! `[room name length: u16 LE][room name][seq: u64 LE][update]`. A record that is cut short
+//! (it runs past the end of the file) or zeros to the end of the file ends a file's replay: a
+//! write torn by a crash, never acknowledged. Appends that fail are cut off the file again, so
+//! nothing good ever follows a torn record. A whole record that fails its checksum or does not
+//! decode, with bytes after it, is damage (a bad disk block, a flipped bit): what follows it may
+//! have been acknowledged, so the file is kept aside (see `SqliteStore`), never deleted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -91,8 +94,11 @@ pub fn encode(batch: &[LogEntry], out: &mut Vec<u8>) {
 pub struct Replayed {
     /// Its whole records, in order.
     pub entries: Vec<LogEntry>,
-    /// Bytes after the last whole record (a write cut short by a crash), not replayed.
+    /// Bytes after the last whole record, not replayed.
     pub torn_bytes: usize,
+    /// Those bytes are damage, not a write cut short by a crash: a whole record that fails its
+    /// checksum or does not decode, with something other than zeros after it.
+    pub damaged: bool,
 }
 
 /// Reads the records in `bytes` (a journal file's contents), up to the first that is cut short
@@ -104,7 +110,13 @@ pub fn decode(bytes: &[u8]) -> Replayed {
         at += HEADER + entry.1;
         entries.push(entry.0);
     }
-    Replayed { entries, torn_bytes: bytes.len() - at }
+    let rest = &bytes[at..];
+    // A torn write is a prefix of a record: it runs past the end. A crash of the machine may
+    // leave zeros instead (blocks allocated, never written).
+    let runs_past_end = rest.len() < HEADER
+        || HEADER + u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize > rest.len();
+    let damaged = !rest.is_empty() && !runs_past_end && rest.iter().any(|&b| b != 0);
+    Replayed { entries, torn_bytes: rest.len(), damaged }
 }
 
 /// The record at `at` and its body's length, if it is whole and its checksum matches.
@@ -218,10 +230,25 @@ mod tests {
             assert_eq!(torn.torn_bytes, cut - last_starts);
         }
 
-        // A flipped byte in the second record ends the replay there.
+        for cut in [last_starts + 1, last_starts + HEADER, bytes.len() - 1] {
+            assert!(!decode(&bytes[..cut]).damaged, "a torn write is not damage (cut at {cut})");
+        }
+        // Zeros where the last record should be (a machine crash): not damage either.
+        let mut zeroed = bytes.clone();
+        zeroed[last_starts..].fill(0);
+        let zeroed = decode(&zeroed);
+        assert_eq!((zeroed.entries.len(), zeroed.damaged), (2, false));
+
+        // A flipped byte in the second record ends the replay there, and is damage: the third
+        // record after it may have been acknowledged.
         let mut damaged = bytes.clone();
         damaged[HEADER + 2 + 1 + 8 + 3 + HEADER + 1] ^= 0xff;
-        assert_eq!(decode(&damaged).entries.len(), 1);
+        let damaged = decode(&damaged);
+        assert_eq!((damaged.entries.len(), damaged.damaged), (1, true));
+        // So is a flipped byte in the last record's body (whole, but failing its checksum).
+        let mut last = bytes.clone();
+        *last.last_mut().expect("bytes") ^= 0xff;
+        assert!(decode(&last).damaged);
     }
 
     #[test]

@@ -125,15 +125,31 @@ impl Journal {
     ) -> Result<(JournalState, Vec<std::path::PathBuf>), StoreError> {
         let files = journal::existing(dir).map_err(StoreError::Journal)?;
         let mut entries = Vec::new();
+        let mut replayed_files = Vec::with_capacity(files.len());
         for (_, path) in &files {
             let bytes = std::fs::read(path).map_err(StoreError::Journal)?;
             let replayed = journal::decode(&bytes);
-            if replayed.torn_bytes > 0 {
-                tracing::warn!(
-                    file = %path.display(),
-                    bytes = replayed.torn_bytes,
-                    "update journal ends in a write cut short by a crash; that write was never acknowledged"
+            if replayed.damaged {
+                // What follows the damage may have been relayed: keep the file for whoever
+                // can recover it, out of the way of the next replay and of deletion.
+                let mut aside = path.clone().into_os_string();
+                aside.push(".damaged");
+                std::fs::rename(path, &aside).map_err(StoreError::Journal)?;
+                tracing::error!(
+                    file = %std::path::Path::new(&aside).display(),
+                    replayed = replayed.entries.len(),
+                    bytes_after = replayed.torn_bytes,
+                    "update journal damaged (a record fails its checksum with more after it); the records before it were replayed, the file is kept under this name, and updates after the damage are missing from their rooms"
                 );
+            } else {
+                if replayed.torn_bytes > 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        bytes = replayed.torn_bytes,
+                        "update journal ends in a write cut short by a crash; that write was never acknowledged"
+                    );
+                }
+                replayed_files.push(path.clone());
             }
             entries.extend(replayed.entries);
         }
@@ -152,7 +168,7 @@ impl Journal {
             held_bytes: 0,
             broken_file: None,
         };
-        Ok((state, files.into_iter().map(|(_, p)| p).collect()))
+        Ok((state, replayed_files))
     }
 
     /// Appends `batch` to the journal file. `Ok(false)`: there is no file to append to (a
