@@ -263,6 +263,8 @@ struct FullState {
     /// The Yjs update inside `frame` (what a room not built yet is built from, and what a
     /// compaction stores).
     update: Bytes,
+    /// The room's `log_bytes` at `seq` (what a snapshot of this covers; 0 for a stored one).
+    log_bytes: u64,
     /// The document's state vector (v1) at `seq`, when it was encoded from the document
     /// (`None` for a stored snapshot served as it is).
     state_vector: Option<Vec<u8>>,
@@ -273,12 +275,13 @@ struct FullState {
 }
 
 impl FullState {
-    fn new(seq: Seq, update: Vec<u8>, state_vector: Option<Vec<u8>>) -> Arc<Self> {
+    fn new(seq: Seq, update: Vec<u8>, state_vector: Option<Vec<u8>>, log_bytes: u64) -> Arc<Self> {
         let len = update.len();
         let frame = Bytes::from(wire::into_sync_step2(update));
         // The frame ends with the update: share its bytes rather than keep a second copy.
         let update = frame.slice(frame.len() - len..);
-        Arc::new(Self { seq, frame, update, state_vector, deflated: tokio::sync::OnceCell::new() })
+        let deflated = tokio::sync::OnceCell::new();
+        Arc::new(Self { seq, frame, update, state_vector, log_bytes, deflated })
     }
 }
 
@@ -380,8 +383,10 @@ impl EncodeJob {
             match encoded {
                 // Nothing was applied meanwhile (edits wait for `encoding`); the check is for
                 // a room rebuilt from the store in between, which has nothing to do with us.
-                Encoded::Done(update, sv) if state.applied == self.seq => {
-                    let full = FullState::new(self.seq, update, Some(sv));
+                // Not from a broken room: its document may be half-changed.
+                Encoded::Done(update, sv) if state.applied == self.seq && !room.is_broken() => {
+                    let log_bytes = room.log_bytes.load(Ordering::Relaxed);
+                    let full = FullState::new(self.seq, update, Some(sv), log_bytes);
                     let number = state.last_encode.as_ref().map_or(1, |(n, _)| n + 1);
                     state.last_encode = Some((number, Arc::clone(&full)));
                     state.full = Some(full);
@@ -526,8 +531,10 @@ pub struct Room {
     snapshot_seq: AtomicU64,
     /// Size of the last snapshot written.
     snapshot_bytes: AtomicU64,
-    /// Bytes of log written since that snapshot (approximately: compaction resets it).
+    /// Bytes of log this copy of the room knows of: what it loaded plus what it appended since.
     log_bytes: AtomicU64,
+    /// Of `log_bytes`, those the last snapshot written covers (the log since is the rest).
+    snapshot_log_bytes: AtomicU64,
     compacting: AtomicBool,
     /// Deletions came into a full room while a compaction ran (see [`Room::maybe_compact`]).
     deleted_while_full: AtomicBool,
@@ -853,12 +860,12 @@ impl Room {
             // The snapshot becomes the answer in its own buffer (megabytes: not copied), and
             // the build, when it comes, reads it from there.
             let (seq, data) = stored.snapshot.unwrap_or_default();
-            let full = FullState::new(seq, data, None);
+            let full = FullState::new(seq, data, None, 0);
             let unbuilt = full.update.clone();
             (Doc::new(), Some(full), Some(unbuilt))
         } else {
             let full = match (&stored.snapshot, whole) {
-                (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone(), None)),
+                (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone(), None, 0)),
                 _ => None,
             };
             // Decoding is CPU work: keep it off the async workers.
@@ -906,6 +913,7 @@ impl Room {
             snapshot_seq: AtomicU64::new(snapshot_seq.0),
             snapshot_bytes: AtomicU64::new(snapshot_bytes),
             log_bytes: AtomicU64::new(log_bytes),
+            snapshot_log_bytes: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
             deleted_while_full: AtomicBool::new(false),
             broken: AtomicBool::new(false),
@@ -1000,8 +1008,14 @@ impl Room {
     /// sends what we lack) and everyone's presence. The peer is registered before the state
     /// vector is read, so no update can fall between the two.
     pub fn subscribe(&self, id: ConnId, tx: Arc<Outbox>) -> Vec<Bytes> {
-        self.peers.lock().insert(id, tx);
         let state = self.state.lock();
+        // Under the state lock, as a room is broken: either this socket is among the peers the
+        // break kicks, or it sees the room broken and goes at once (its client reconnects to
+        // the reloaded copy) rather than sit on a copy nobody edits.
+        if self.is_broken() {
+            tx.kick.kick(CloseCode::INTERNAL_ERROR, "room unavailable; reconnect");
+        }
+        self.peers.lock().insert(id, tx);
         let mut frames = Vec::with_capacity(2);
         if state.ready {
             let sv = state.awareness.doc().transact().state_vector();
@@ -1432,10 +1446,11 @@ impl Room {
                         Err(_) => {
                             // The document may be half-changed in ways nothing can tell: stop
                             // using this copy; the log holds everything accepted, so a reload
-                            // loses nothing.
+                            // loses nothing. Broken before the lock is let go, so that no
+                            // encode, compaction or answer reads the half-changed document.
+                            self.mark_broken();
                             drop(state);
                             tracing::error!(room = %self.name, "yrs panicked applying an update; reloading room");
-                            self.break_room();
                             return Err(RoomError::Unavailable);
                         }
                     };
@@ -1612,7 +1627,13 @@ impl Room {
 
     /// What the room takes in storage: its snapshot and the log since.
     fn stored_bytes(&self) -> u64 {
-        self.snapshot_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed)
+        self.snapshot_bytes.load(Ordering::Relaxed) + self.log_since_snapshot()
+    }
+
+    /// Bytes of log written after the last snapshot.
+    fn log_since_snapshot(&self) -> u64 {
+        let covered = self.snapshot_log_bytes.load(Ordering::Relaxed);
+        self.log_bytes.load(Ordering::Relaxed).saturating_sub(covered)
     }
 
     /// Starts a background compaction once the log since the last snapshot is long enough.
@@ -1628,7 +1649,7 @@ impl Room {
     /// a snapshot without what they deleted replaces the old one and its log.
     fn maybe_compact(self: &Arc<Self>, seq: Seq, deletes: bool) {
         let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
-        let log = self.log_bytes.load(Ordering::Relaxed);
+        let log = self.log_since_snapshot();
         let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
         let due = behind >= self.config.compact_every
             && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot;
@@ -1675,15 +1696,22 @@ impl Room {
             return Ok(());
         }
         self.watermark.wait_for(seq).await?;
+        // A room broken meanwhile may have been encoded half-changed: its log stays.
+        if self.is_broken() {
+            return Err(RoomError::Unavailable);
+        }
         let snapshot_len = full.update.len() as u64;
         if let Err(e) = self.store.compact(&self.name, seq, full.update.clone(), state_vector).await
         {
             tracing::warn!(room = %self.name, error = %e, "compaction failed; the log still holds everything");
             return Ok(());
         }
-        self.snapshot_seq.fetch_max(seq.0, Ordering::AcqRel);
-        self.snapshot_bytes.store(snapshot_len, Ordering::Relaxed);
-        self.log_bytes.store(0, Ordering::Relaxed);
+        // Unless a newer snapshot was written meanwhile (an unload's beside a background one).
+        // Updates applied while this one was encoded and written stay counted as log.
+        if self.snapshot_seq.fetch_max(seq.0, Ordering::AcqRel) < seq.0 {
+            self.snapshot_bytes.store(snapshot_len, Ordering::Relaxed);
+            self.snapshot_log_bytes.fetch_max(full.log_bytes, Ordering::Relaxed);
+        }
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -2117,6 +2145,22 @@ mod tests {
             .apply_update(wire::decode_update(&relayed).expect("decodes"))
             .expect("applies");
         assert!(Board::new(&doc).shape(&doc.transact(), "kept").is_some(), "the relayed update");
+    }
+
+    /// A socket that subscribes to a room broken just after its join (between the registry's
+    /// check and the subscription) is told to go at once, not left on a copy nobody edits.
+    #[tokio::test]
+    async fn a_socket_subscribing_to_a_broken_room_is_sent_away() {
+        let registry = registry(Arc::new(Stats::default()));
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = lease.room();
+        let before = crate::outbox::tests::connected(crate::outbox::tests::ROOMY).await;
+        let _ = room.subscribe(ConnId(1), Arc::clone(&before.outbox));
+        room.break_room();
+        assert!(before.outbox.kick.token_cancelled(), "a peer of the broken room is kicked");
+        let after = crate::outbox::tests::connected(crate::outbox::tests::ROOMY).await;
+        let _ = room.subscribe(ConnId(2), Arc::clone(&after.outbox));
+        assert!(after.outbox.kick.token_cancelled(), "a socket arriving after the break too");
     }
 
     /// One peer naming new presence ids and removing them again, over and over: the room's
