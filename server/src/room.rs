@@ -2147,6 +2147,78 @@ mod tests {
         assert!(Board::new(&doc).shape(&doc.transact(), "kept").is_some(), "the relayed update");
     }
 
+    /// A store whose snapshot writes wait until `open` is true, and say when they start.
+    #[derive(Debug)]
+    struct SlowSnapshots {
+        inner: MemoryStore,
+        started: tokio::sync::Notify,
+        open: tokio::sync::watch::Receiver<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for SlowSnapshots {
+        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+            self.inner.load(room).await
+        }
+        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+            self.inner.append(batch).await
+        }
+        async fn compact(
+            &self,
+            room: &RoomName,
+            upto: Seq,
+            snapshot: Bytes,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.started.notify_one();
+            let _ = self.open.clone().wait_for(|open| *open).await;
+            self.inner.compact(room, upto, snapshot, state_vector).await
+        }
+        async fn set_snapshot_state_vector(
+            &self,
+            room: &RoomName,
+            seq: Seq,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
+        }
+        async fn close(&self) {}
+    }
+
+    /// An edit applied while a snapshot is being written is not covered by it: it stays counted
+    /// in the room's stored size (what the room-size limit checks).
+    #[tokio::test]
+    async fn an_edit_during_a_compaction_still_counts_toward_the_rooms_size() {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let store = Arc::new(SlowSnapshots {
+            inner: MemoryStore::default(),
+            started: tokio::sync::Notify::new(),
+            open,
+        });
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = Arc::clone(lease.room());
+        for id in ["a", "b"] {
+            room.apply_update(ConnId(1), &shape_update(id), None).await.expect("applies");
+        }
+        let compaction = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.compact().await }
+        });
+        store.started.notified().await;
+        let late = shape_update("c");
+        room.apply_update(ConnId(1), &late, None).await.expect("applies");
+        gate.send_replace(true);
+        compaction.await.expect("joins").expect("compacts");
+        let snapshot = room.snapshot_bytes.load(Ordering::Relaxed);
+        assert!(snapshot > 0, "a snapshot was written");
+        assert_eq!(room.stored_bytes(), snapshot + late.len() as u64);
+    }
+
     /// A socket that subscribes to a room broken just after its join (between the registry's
     /// check and the subscription) is told to go at once, not left on a copy nobody edits.
     #[tokio::test]
