@@ -288,13 +288,10 @@ impl Shape {
                 // A pen stroke being drawn keeps its points in a nested array (see
                 // [`Board::begin_stroke`]).
                 Out::YArray(points) if name == "points" => {
-                    reader.shape.points = points
-                        .iter(txn)
-                        .filter_map(|p| match p {
-                            Out::Any(p) => any_number(&p),
-                            _ => None,
-                        })
-                        .collect();
+                    reader.shape.points = point_pairs(points.iter(txn).map(|p| match p {
+                        Out::Any(p) => any_number(&p),
+                        _ => None,
+                    }));
                 }
                 _ => {}
             }
@@ -366,7 +363,7 @@ impl ShapeReader {
             ("width", v) => shape.width = any_number(v).unwrap_or(DEFAULT_WIDTH),
             ("z", v) => shape.z = any_number(v).unwrap_or(0.0),
             ("points", Any::Array(points)) => {
-                shape.points = points.iter().filter_map(any_number).collect()
+                shape.points = point_pairs(points.iter().map(any_number))
             }
             ("stroke", Any::String(v)) if is_safe_color(v) => {
                 shape.stroke = v.to_string();
@@ -502,7 +499,10 @@ impl Board {
     /// Sets several fields of an existing shape in one write (moving it sets `x` and `y`).
     /// A plain-object shape is replaced by a copy with the fields changed, so a concurrent
     /// change of the same shape by someone else is settled as last writer wins; a nested-map
-    /// shape gets each field set on its own. Returns false if there is no such shape.
+    /// shape gets each field set on its own, except the `points` of a stroke still being drawn
+    /// (a `Y.Array` its author appends to, see [`Board::begin_stroke`]): replacing them would
+    /// drop the points on their way and make the stroke jump; they can be changed once it is
+    /// finished. Returns false if there is no such shape.
     pub fn set_fields<'a>(
         &self,
         txn: &mut TransactionMut<'_>,
@@ -512,6 +512,9 @@ impl Board {
         match self.shapes.get(txn, id) {
             Some(Out::YMap(map)) => {
                 for (field, value) in changes {
+                    if field == "points" && matches!(map.get(txn, "points"), Some(Out::YArray(_))) {
+                        continue;
+                    }
                     map.insert(txn, field, In::Any(compact(value)));
                 }
                 true
@@ -942,11 +945,21 @@ fn num_field(fields: &HashMap<String, Any>, name: &str) -> Option<f64> {
     any_number(fields.get(name)?)
 }
 
+/// A finite number, as a field from any client may hold: Yjs encodes `Infinity` and `NaN` as
+/// floats, and one of them in a shape's `z` would put every new shape at infinity.
 fn any_number(any: &Any) -> Option<f64> {
     match any {
-        Any::Number(n) => n.as_f64(),
+        Any::Number(n) => n.as_f64().filter(|v| v.is_finite()),
         _ => None,
     }
+}
+
+/// A stroke's flat `[x0, y0, x1, y1, …]` list from values of any kind: a pair with a value
+/// that is not a finite number is left out whole, so the pairs after it stay pairs (dropping
+/// only that value would turn every later x into a y).
+fn point_pairs(values: impl Iterator<Item = Option<f64>>) -> Vec<f64> {
+    let values: Vec<Option<f64>> = values.collect();
+    values.chunks_exact(2).filter_map(|pair| Some([pair[0]?, pair[1]?])).flatten().collect()
 }
 
 #[cfg(test)]
@@ -954,6 +967,58 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Transact, Update};
+
+    /// Someone resizing a stroke another is still drawing does not replace its growing list of
+    /// points: the points still on their way, and those after, are kept, and the stroke does
+    /// not jump.
+    #[test]
+    fn the_points_of_a_stroke_still_being_drawn_are_not_replaced() {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        let mut pen = Shape::new("s", ShapeKind::Pen);
+        pen.points = vec![0.0, 0.0, 1.0, 1.0];
+        board.begin_stroke(&mut doc.transact_mut(), &pen);
+        let scaled = Any::from(vec![Any::from(9.0), Any::from(9.0)]);
+        assert!(board.set_fields(
+            &mut doc.transact_mut(),
+            "s",
+            [("points", scaled), ("x", Any::from(5.0))]
+        ));
+        assert!(board.append_points(&mut doc.transact_mut(), "s", &[2.0, 2.0]));
+        let shape = board.shape(&doc.transact(), "s").expect("the stroke");
+        assert_eq!(shape.points, vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(shape.x, 5.0, "other fields still change");
+    }
+
+    /// What a stock Yjs client may write: a stroke with a string among its points keeps its
+    /// other pairs as pairs, and a shape at `z: Infinity` reads as if `z` were missing.
+    #[test]
+    fn a_peers_odd_numbers_do_not_garble_a_stroke_or_the_stacking_order() {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        {
+            let mut txn = doc.transact_mut();
+            let points: Vec<Any> = vec![
+                Any::from(1.0),
+                Any::from(2.0),
+                Any::from("three"),
+                Any::from(4.0),
+                Any::from(5.0),
+                Any::from(6.0),
+                Any::from(f64::NAN),
+            ];
+            let odd = Any::from(HashMap::from([
+                ("id".to_owned(), Any::from("odd")),
+                ("kind".to_owned(), Any::from("pen")),
+                ("points".to_owned(), Any::from(points)),
+                ("z".to_owned(), Any::from(f64::INFINITY)),
+            ]));
+            board.shapes.insert(&mut txn, "odd", odd);
+        }
+        let shape = board.shape(&doc.transact(), "odd").expect("a pen stroke");
+        assert_eq!(shape.points, vec![1.0, 2.0, 5.0, 6.0]);
+        assert_eq!(shape.z, 0.0);
+    }
 
     /// Whole numbers are written as Yjs writes them (varints), others as floats, and both
     /// read back as they were: a board of whole coordinates is a fifth smaller than with
