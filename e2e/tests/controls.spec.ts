@@ -362,6 +362,20 @@ test('chat: times, new lines, the length limit, the unread badge and scrolling',
   await b.screenshot({ path: 'test-results/screens/chat-scrolled.png' });
 });
 
+test('chat messages from a client that leaves out their ids all show, and so do the ones after them', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+  await runYjsScript(server, 'yjs-chat-fill.mjs', room, '2', 'noid');
+  const messages = a.getByTestId('chat-message');
+  await expect(messages).toHaveCount(2);
+  await a.getByTestId('chat-input').fill('and mine');
+  await a.getByTestId('chat-input').press('Enter');
+  await expect(messages).toHaveCount(3);
+  await expect(messages.nth(0)).toContainText('message 0');
+  await expect(messages.nth(1)).toContainText('message 1');
+  await expect(messages.nth(2)).toContainText('and mine');
+});
+
 test('a long chat history opens at its newest messages, with earlier ones a click away', async ({ browser, server }) => {
   const a = await newUser(await browser.newContext(), server.url, 'Ada');
   const room = new URL(a.url()).pathname.split('/').pop()!;

@@ -28,6 +28,20 @@ struct ChatView {
     shown: usize,
 }
 
+impl ChatView {
+    /// The messages with the keys the list renders them under: their position in the chat
+    /// and their id. Ids alone are not keys: a stock Yjs client may leave them out or repeat
+    /// them, and rows with one key are drawn as one (and new messages went missing).
+    fn keyed(&self) -> Vec<((usize, String), ChatMessage)> {
+        let first = self.total.saturating_sub(self.messages.len());
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((first + i, m.id.clone()), m.clone()))
+            .collect()
+    }
+}
+
 /// How close to the bottom (px) counts as "reading the latest", for auto-scroll.
 const STICK_PX: i32 = 40;
 
@@ -181,12 +195,15 @@ pub fn ChatPanel() -> impl IntoView {
                             </button>
                         </li>
                     })}
-                    <For each=move || chat.with(|c| c.messages.clone()) key=|m| m.id.clone() let:m>
+                    <For each=move || chat.with(ChatView::keyed) key=|(key, _)| key.clone() let:entry>
+                        {let (_, m) = entry;
+                        view! {
                         <li class="message" data-testid="chat-message" data-author=m.author_name.clone()>
                             <span class="author" style:color=m.author_color.clone()>{m.author_name.clone()}</span>
                             <time class="time">{time_of_day(m.ts)}</time>
                             <p class="text">{m.text.clone()}</p>
                         </li>
+                        }}
                     </For>
                 </ol>
                 <div class="composer">
