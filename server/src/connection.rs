@@ -338,16 +338,22 @@ async fn read_loop<S>(
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    // Any frame proves the peer alive; a healthy peer answers each ping within the timeout.
+    // Any bytes prove the peer alive; a healthy peer answers each ping within the timeout.
     let liveness = liveness(ctx);
     let mut rate = ReadRate::default();
     let mut greeted = false;
     loop {
-        let message = match tokio::time::timeout(liveness, stream.next()).await {
-            Err(_) => return End::Silent,
-            Ok(None) => return End::PeerGone,
-            Ok(Some(Err(e))) => return transport_error(e, ctx),
-            Ok(Some(Ok(m))) => m,
+        let message = loop {
+            let read = tx.bytes_read();
+            match tokio::time::timeout(liveness, stream.next()).await {
+                // Bytes came, though no whole frame (a big message on a slow link, its sender's
+                // pong queued behind it): alive. Reading a frame resumes where it stopped.
+                Err(_) if tx.bytes_read() != read => {}
+                Err(_) => return End::Silent,
+                Ok(None) => return End::PeerGone,
+                Ok(Some(Err(e))) => return transport_error(e, ctx),
+                Ok(Some(Ok(m))) => break m,
+            }
         };
         let frame = match message {
             Message::Binary(frame) => frame,
@@ -358,7 +364,16 @@ where
                     "text frames are not supported; send binary".into(),
                 );
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            // Charged like any message: each ping costs a pong (a copy, a queue, a write), and
+            // a peer that pings without end must not get more of the relay than one that sends
+            // updates.
+            Message::Ping(payload) | Message::Pong(payload) => {
+                if let Err(wait) = rate.try_take(payload.len(), &ctx.config) {
+                    Box::pin(rate.take_after(wait, payload.len(), &ctx.config)).await;
+                }
+                continue;
+            }
+            Message::Frame(_) => continue,
             Message::Close(_) => return End::PeerGone,
         };
         if let Err(wait) = rate.try_take(frame.len(), &ctx.config) {

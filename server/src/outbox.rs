@@ -227,6 +227,8 @@ pub struct Outbox {
     /// Wakes the socket's task: the socket is full, or writing failed.
     task: Notify,
     limits: Limits,
+    /// Bytes read from the socket so far (see [`Outbox::bytes_read`]).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -247,6 +249,7 @@ impl Outbox {
             kick: Kick::new(),
             drained: Notify::new(),
             task: Notify::new(),
+            read: std::sync::atomic::AtomicU64::new(0),
             limits,
         })
     }
@@ -337,6 +340,12 @@ impl Outbox {
             self.flusher.schedule(Arc::clone(self));
         }
         true
+    }
+
+    /// Bytes read from the socket so far: a peer still sending part of a big message is alive
+    /// though no whole frame has come for a while.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     /// Lets queued frames go: until now they were held (see [`Outbox::new`]).
@@ -614,7 +623,13 @@ impl AsyncRead for Wire {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.read).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.outbox.read.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
     }
 }
 

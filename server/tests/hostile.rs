@@ -361,6 +361,106 @@ async fn a_flooding_peer_is_slowed_while_the_room_carries_on() {
     server.stop().await;
 }
 
+/// A big message on a slow link takes longer than the ping timeout to arrive, and its sender's
+/// pong waits behind it: the bytes still coming prove the sender alive, so it is not dropped
+/// as silent (and sent back to resend the same message forever) but heard out.
+#[tokio::test]
+async fn a_big_message_arriving_slowly_is_heard_out() {
+    use huddle_protocol::schema::{Board, Shape};
+    use huddle_protocol::yrs::{Doc, Transact};
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.ping_interval_ms = 200;
+    config.pong_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("slow-link");
+    let mut watcher = TestClient::connect(&url).await;
+    watcher.synced().await;
+
+    let doc = Doc::new();
+    let board = Board::new(&doc);
+    let mut shape = Shape::new("long", ShapeKind::Text);
+    shape.text = "x".repeat(20_000);
+    let update = {
+        let mut txn = doc.transact_mut();
+        board.put_shape(&mut txn, &shape);
+        txn.encode_update_v1()
+    };
+    let payload = wire::update(update);
+    // One binary frame, masked with a zero key (so the payload goes as it is).
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend((payload.len() as u64).to_be_bytes());
+    frame.extend([0u8; 4]);
+    frame.extend(&payload);
+
+    let mut slow = raw(&url).await;
+    // About 1.6 s for the whole frame, three times the server's 0.5 s of patience per frame;
+    // the watcher reads meanwhile (and so answers its pings).
+    let sender = tokio::spawn(async move {
+        for chunk in frame.chunks(frame.len() / 16 + 1) {
+            let tcp = match slow.get_mut() {
+                tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+                _ => unreachable!("a plain socket"),
+            };
+            tcp.write_all(chunk).await.expect("the server still reads");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slow
+    });
+    watcher
+        .until("the long text", |s| common::sync_doc_contents(s).contains(&"long".to_owned()))
+        .await;
+    let _slow = sender.await.expect("sent");
+    assert_eq!(server.stats.dead_peers.load(Ordering::Relaxed), 0, "the slow sender was dropped");
+    server.stop().await;
+}
+
+/// Pings count against the same rate as other messages: each costs the server a pong. A peer
+/// that pings without end is slowed, and what it sends after its pings waits its turn.
+#[tokio::test]
+async fn a_peer_flooding_pings_is_slowed_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    // Ten seconds' worth at once (10 messages), then one a second.
+    config.max_messages_per_second = 1;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("pinged");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let mut editor = TestClient::connect(&url).await;
+    editor.synced().await;
+
+    let mut flooder = raw(&url).await;
+    for i in 0..15u8 {
+        flooder.send(Message::Ping(vec![i].into())).await.expect("send");
+    }
+    let json = r##"{"user":{"name":"pinger","color":"#123456"}}"##;
+    flooder.send(Message::Binary(awareness_frame(556, 1, json).into())).await.expect("send");
+    // The burst's ten pings are answered at once.
+    let mut pongs = 0;
+    while pongs < 10 {
+        match tokio::time::timeout(common::DEADLINE, flooder.next()).await.expect("pongs in time") {
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the flooder was cut off: {other:?}"),
+        }
+    }
+    let pinger = |s: &huddle_protocol::session::ClientSession| {
+        s.peers().into_iter().any(|(_, p)| p.user.name == "pinger")
+    };
+    editor.add_shape("passes", ShapeKind::Rect).await;
+    bystander
+        .until("the editor's shape", |s| common::sync_doc_contents(s).contains(&"passes".into()))
+        .await;
+    assert!(!pinger(&bystander.session), "the pings were taken in at once, not slowed");
+    // Nothing was dropped: the message after the pings arrives too.
+    bystander.until("the pinger's presence", pinger).await;
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed), 0);
+    server.stop().await;
+}
+
 /// A room at `--max-room-bytes` refuses edits that add to it (the sender is closed with 1008)
 /// and keeps what it has; everyone else stays, deleting still works, and makes room again.
 #[tokio::test]
