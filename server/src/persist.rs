@@ -220,57 +220,30 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::memory::MemoryStore;
-    use crate::store::{StoreError, StoredRoom};
-
-    /// A store whose first `failures` appends fail.
-    #[derive(Debug)]
-    struct FailingStore {
-        inner: MemoryStore,
-        failures: AtomicU32,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for FailingStore {
-        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
-            self.inner.load(room).await
-        }
-        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
-            let left = self.failures.load(Ordering::Relaxed);
-            if left > 0 {
-                self.failures.store(left - 1, Ordering::Relaxed);
-                return Err(StoreError::Journal(std::io::Error::other("disk full")));
-            }
-            self.inner.append(batch).await
-        }
-        async fn compact(
-            &self,
-            room: &RoomName,
-            upto: Seq,
-            snapshot: Bytes,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.inner.compact(room, upto, snapshot, state_vector).await
-        }
-        async fn set_snapshot_state_vector(
-            &self,
-            room: &RoomName,
-            seq: Seq,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
-        }
-        async fn close(&self) {}
-    }
+    use crate::store::StoreError;
+    use crate::store::memory::tests::Hooked;
 
     /// An entry that comes after one the store failed to take is not stored either: the
     /// room's log never has a gap.
     #[tokio::test]
     async fn an_entry_after_a_lost_one_is_not_stored() {
-        let store = Arc::new(FailingStore {
-            inner: MemoryStore::default(),
-            failures: AtomicU32::new(ATTEMPTS + 1),
-        });
+        // The first appends fail: the batch's attempts, then its room's own.
+        let failures = Arc::new(AtomicU32::new(ATTEMPTS + 1));
+        let store = Arc::new(Hooked::appends({
+            let failures = Arc::clone(&failures);
+            Box::new(move || {
+                let failed = failures
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                Box::pin(async move {
+                    if failed {
+                        Err(StoreError::Journal(std::io::Error::other("disk full")))
+                    } else {
+                        Ok(())
+                    }
+                })
+            })
+        }));
         let tracker = TaskTracker::new();
         let persister = Persister::start(Arc::clone(&store) as Arc<dyn Store>, &tracker);
         let room = RoomName::parse("r").expect("valid");
@@ -282,7 +255,7 @@ mod tests {
         persister.enqueue(entry(2), Arc::clone(&watermark));
         assert_eq!(watermark.wait_for(Seq(1)).await, Err(NotDurable));
         persister.barrier().await;
-        assert_eq!(store.failures.load(Ordering::Relaxed), 0, "every failure was used");
+        assert_eq!(failures.load(Ordering::Relaxed), 0, "every failure was used");
         let stored = store.inner.load(&room).await.expect("loads");
         assert!(stored.log.is_empty(), "stored after the lost entry: {:?}", stored.log);
     }

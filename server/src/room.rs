@@ -1731,8 +1731,8 @@ mod tests {
     use huddle_protocol::yrs::sync::awareness::AwarenessUpdateEntry;
 
     use super::*;
-    use crate::store::StoredRoom;
     use crate::store::memory::MemoryStore;
+    use crate::store::memory::tests::Hooked;
 
     fn shape_update(id: &str) -> Vec<u8> {
         let doc = Doc::new();
@@ -2068,42 +2068,17 @@ mod tests {
         assert_eq!((answer.len(), encodes()), (1, 2));
     }
 
-    /// A store whose appends wait until the test opens its gate: storage that is slow to
-    /// confirm, the window in which a socket can be cut off with its update accepted.
-    #[derive(Debug)]
-    struct GatedStore {
-        inner: MemoryStore,
-        open: tokio::sync::watch::Receiver<bool>,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for GatedStore {
-        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
-            self.inner.load(room).await
-        }
-        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|open| *open).await;
-            self.inner.append(batch).await
-        }
-        async fn compact(
-            &self,
-            room: &RoomName,
-            upto: Seq,
-            snapshot: Bytes,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.inner.compact(room, upto, snapshot, state_vector).await
-        }
-        async fn set_snapshot_state_vector(
-            &self,
-            room: &RoomName,
-            seq: Seq,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
-        }
-        async fn close(&self) {}
+    /// A hook that waits until the test opens `gate`: storage that is slow to confirm.
+    fn wait_for_gate(
+        gate: tokio::sync::watch::Receiver<bool>,
+    ) -> crate::store::memory::tests::Hook {
+        Box::new(move || {
+            let mut gate = gate.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok(())
+            })
+        })
     }
 
     /// A socket cut off while its update waits to be durable (its task, and the edit's future
@@ -2113,7 +2088,8 @@ mod tests {
     #[tokio::test]
     async fn an_update_whose_sender_is_cut_off_before_it_is_stored_still_reaches_the_room() {
         let (gate, open) = tokio::sync::watch::channel(false);
-        let store = Arc::new(GatedStore { inner: MemoryStore::default(), open });
+        // Appends wait: the window in which a socket can be cut off with its update accepted.
+        let store = Arc::new(Hooked::appends(wait_for_gate(open)));
         let registry = crate::registry::tests::registry_for_tests(
             store,
             Arc::new(Stats::default()),
@@ -2147,54 +2123,19 @@ mod tests {
         assert!(Board::new(&doc).shape(&doc.transact(), "kept").is_some(), "the relayed update");
     }
 
-    /// A store whose snapshot writes wait until `open` is true, and say when they start.
-    #[derive(Debug)]
-    struct SlowSnapshots {
-        inner: MemoryStore,
-        started: tokio::sync::Notify,
-        open: tokio::sync::watch::Receiver<bool>,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for SlowSnapshots {
-        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
-            self.inner.load(room).await
-        }
-        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
-            self.inner.append(batch).await
-        }
-        async fn compact(
-            &self,
-            room: &RoomName,
-            upto: Seq,
-            snapshot: Bytes,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.started.notify_one();
-            let _ = self.open.clone().wait_for(|open| *open).await;
-            self.inner.compact(room, upto, snapshot, state_vector).await
-        }
-        async fn set_snapshot_state_vector(
-            &self,
-            room: &RoomName,
-            seq: Seq,
-            state_vector: Vec<u8>,
-        ) -> Result<(), StoreError> {
-            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
-        }
-        async fn close(&self) {}
-    }
-
     /// An edit applied while a snapshot is being written is not covered by it: it stays counted
     /// in the room's stored size (what the room-size limit checks).
     #[tokio::test]
     async fn an_edit_during_a_compaction_still_counts_toward_the_rooms_size() {
         let (gate, open) = tokio::sync::watch::channel(false);
-        let store = Arc::new(SlowSnapshots {
-            inner: MemoryStore::default(),
-            started: tokio::sync::Notify::new(),
-            open,
-        });
+        let started = Arc::new(tokio::sync::Notify::new());
+        let store = Arc::new(Hooked::snapshots({
+            let (started, wait) = (Arc::clone(&started), wait_for_gate(open));
+            Box::new(move || {
+                started.notify_one();
+                wait()
+            })
+        }));
         let registry = crate::registry::tests::registry_for_tests(
             Arc::clone(&store) as Arc<dyn Store>,
             Arc::new(Stats::default()),
@@ -2209,7 +2150,7 @@ mod tests {
             let room = Arc::clone(&room);
             async move { room.compact().await }
         });
-        store.started.notified().await;
+        started.notified().await;
         let late = shape_update("c");
         room.apply_update(ConnId(1), &late, None).await.expect("applies");
         gate.send_replace(true);

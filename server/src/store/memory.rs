@@ -79,3 +79,75 @@ impl Store for MemoryStore {
 
     async fn close(&self) {}
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+
+    /// What a [`Hooked`] store runs before a write: it may wait (a slow disk) or fail (a full
+    /// one).
+    pub(crate) type Hook =
+        Box<dyn Fn() -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+
+    /// A [`MemoryStore`] whose appends and snapshot writes run a hook first, for tests that
+    /// need storage to stall or fail at a chosen moment.
+    pub(crate) struct Hooked {
+        pub(crate) inner: MemoryStore,
+        pub(crate) before_append: Option<Hook>,
+        pub(crate) before_compact: Option<Hook>,
+    }
+
+    impl Hooked {
+        /// A store that runs `hook` before each append.
+        pub(crate) fn appends(hook: Hook) -> Self {
+            Self { inner: MemoryStore::default(), before_append: Some(hook), before_compact: None }
+        }
+
+        /// A store that runs `hook` before each snapshot write.
+        pub(crate) fn snapshots(hook: Hook) -> Self {
+            Self { inner: MemoryStore::default(), before_append: None, before_compact: Some(hook) }
+        }
+    }
+
+    impl std::fmt::Debug for Hooked {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Hooked").field("inner", &self.inner).finish_non_exhaustive()
+        }
+    }
+
+    #[async_trait]
+    impl Store for Hooked {
+        async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+            self.inner.load(room).await
+        }
+        async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
+            if let Some(hook) = &self.before_append {
+                hook().await?;
+            }
+            self.inner.append(batch).await
+        }
+        async fn compact(
+            &self,
+            room: &RoomName,
+            upto: Seq,
+            snapshot: Bytes,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            if let Some(hook) = &self.before_compact {
+                hook().await?;
+            }
+            self.inner.compact(room, upto, snapshot, state_vector).await
+        }
+        async fn set_snapshot_state_vector(
+            &self,
+            room: &RoomName,
+            seq: Seq,
+            state_vector: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.inner.set_snapshot_state_vector(room, seq, state_vector).await
+        }
+        async fn close(&self) {}
+    }
+}
