@@ -84,6 +84,41 @@ test('undo never brings back a shape someone else deleted', async ({ browser, se
   }
 });
 
+test("undo takes back only what you changed, never a collaborator's later move", async ({ browser, server }) => {
+  const [a, b] = await adaAndBob(browser, server.url);
+  await a.getByTestId('tool-rect').click();
+  await dragOnBoard(a, 100, 100, 200, 200);
+  await expect(b.getByTestId('board')).toHaveAttribute('data-shape-count', '1');
+  const [drawn] = await shapesOf(b);
+  // Ada selects it and makes it red.
+  await a.getByTestId('tool-select').click();
+  await a.mouse.click((await a.getByTestId('board').boundingBox())!.x + 150, (await a.getByTestId('board').boundingBox())!.y + 150);
+  await a.getByTestId('stroke-e03131').click();
+  await expect.poll(async () => (await shapesOf(b))[0].stroke).toBe('#e03131');
+  // Bob moves it 200 px right and 100 px down.
+  await b.getByTestId('tool-select').click();
+  await dragOnBoard(b, 150, 150, 350, 250);
+  await expect.poll(async () => (await shapesOf(a))[0].x).toBeCloseTo(drawn.x + 200, 0);
+  // Ada moves it 200 px further down, then undoes twice: her move, then her colour.
+  await dragOnBoard(a, 350, 250, 350, 450);
+  await expect.poll(async () => (await shapesOf(b))[0].y).toBeCloseTo(drawn.y + 300, 0);
+  await a.keyboard.press('Control+z');
+  await a.keyboard.press('Control+z');
+  // Bob's move stays, for both of them; Ada's colour and move are gone.
+  for (const page of [a, b]) {
+    await expect.poll(async () => {
+      const [s] = await shapesOf(page);
+      return [s.x - drawn.x, s.y - drawn.y, s.stroke];
+    }).toEqual([200, 100, '#1e1e1e']);
+  }
+  // Redo brings Ada's colour back on the shape where Bob left it.
+  await a.keyboard.press('Control+Shift+z');
+  await expect.poll(async () => {
+    const [s] = await shapesOf(b);
+    return [s.x - drawn.x, s.y - drawn.y, s.stroke];
+  }).toEqual([200, 100, '#e03131']);
+});
+
 test('lines and pen strokes resize with the handle too', async ({ browser, server }) => {
   const [a, b] = await adaAndBob(browser, server.url);
   await a.getByTestId('tool-line').click();

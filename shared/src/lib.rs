@@ -11,10 +11,13 @@
 //!   selection, viewport, idle — and the validation a relay applies before passing a state on.
 //! - [`schema`]: the board and chat document schema with typed accessors ([`schema::Board`],
 //!   [`schema::Shape`], [`schema::ChatMessage`]). `README.md` documents it for plain Yjs clients.
+//! - [`history`]: this user's undo and redo of shape edits, field by field, so an undo never
+//!   takes back a collaborator's later change.
 //! - [`session`]: the sans-IO state machines: [`session::PeerPresence`] (what a relay remembers per
 //!   socket) and [`session::ClientSession`] (a client's doc + awareness: bytes in, bytes and events
 //!   out), usable over any transport.
 
+pub mod history;
 pub mod presence;
 pub mod room;
 pub mod schema;

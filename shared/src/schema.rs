@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use yrs::DeepObservable;
 use yrs::types::{Event, PathSegment, ToJson};
 use yrs::{
     Any, Array, ArrayPrelim, ArrayRef, Doc, In, Map, MapPrelim, MapRef, Out, ReadTxn,
     TransactionMut,
 };
-use yrs::{DeepObservable, Observable};
 
 /// Name of the root map holding the shapes.
 pub const SHAPES: &str = "shapes";
@@ -446,7 +446,14 @@ impl ChatMessage {
 pub struct Board {
     shapes: MapRef,
     chat: ArrayRef,
+    /// Where [`Board::remove_shape`] leaves the fields of a nested-map shape it removes, for an
+    /// undo history (see [`crate::history::History::board`]): once removed, a nested map reads
+    /// as empty, even to the transaction's own observers.
+    keep_removed: Option<RemovedFields>,
 }
+
+/// The fields of nested-map shapes a [`Board`] removed, by id (see `Board::keep_removed`).
+pub(crate) type RemovedFields = Arc<std::sync::Mutex<HashMap<String, Arc<HashMap<String, Any>>>>>;
 
 impl Board {
     /// The board inside `doc` (creating the root types if this is a new document).
@@ -454,7 +461,17 @@ impl Board {
     /// Creating the root types takes a write transaction, so call this *before* opening a
     /// transaction on `doc` (yrs blocks a second transaction while one is open).
     pub fn new(doc: &Doc) -> Self {
-        Self { shapes: doc.get_or_insert_map(SHAPES), chat: doc.get_or_insert_array(CHAT) }
+        Self {
+            shapes: doc.get_or_insert_map(SHAPES),
+            chat: doc.get_or_insert_array(CHAT),
+            keep_removed: None,
+        }
+    }
+
+    /// This board, leaving the fields of each nested-map shape it removes in `keep`.
+    pub(crate) fn keeping_removed(mut self, keep: RemovedFields) -> Self {
+        self.keep_removed = Some(keep);
+        self
     }
 
     /// Adds `shape`, or replaces the shape with the same id, as one plain object.
@@ -479,6 +496,7 @@ impl Board {
     pub fn settle(&self, txn: &mut TransactionMut<'_>, id: &str, more: &[f64]) -> bool {
         let Some(Out::YMap(map)) = self.shapes.get(txn, id) else { return false };
         let Some(mut shape) = Shape::from_map(id, &map, txn) else { return false };
+        self.keep_if_nested(txn, id);
         shape.points.extend_from_slice(more);
         self.put_shape(txn, &shape);
         true
@@ -568,7 +586,79 @@ impl Board {
 
     /// Removes a shape; returns whether it existed.
     pub fn remove_shape(&self, txn: &mut TransactionMut<'_>, id: &str) -> bool {
+        self.keep_if_nested(txn, id);
         self.shapes.remove(txn, id).is_some()
+    }
+
+    /// Before shape `id` is removed or replaced: if it is a nested map and this board keeps
+    /// such shapes' fields (see [`Board::keeping_removed`]), keeps them.
+    fn keep_if_nested(&self, txn: &TransactionMut<'_>, id: &str) {
+        if let Some(keep) = &self.keep_removed
+            && let Some(Out::YMap(map)) = self.shapes.get(txn, id)
+            && let Any::Map(fields) = map.to_json(txn)
+            && let Ok(mut keep) = keep.lock()
+        {
+            keep.insert(id.to_owned(), fields);
+        }
+    }
+
+    /// The root map of shapes, for [`crate::history`].
+    pub(crate) fn shapes_ref(&self) -> &MapRef {
+        &self.shapes
+    }
+
+    /// Stores `fields` as shape `id`'s plain object, as they are (an undo putting back a shape
+    /// exactly as it was).
+    pub(crate) fn put_fields(
+        &self,
+        txn: &mut TransactionMut<'_>,
+        id: &str,
+        fields: &Arc<HashMap<String, Any>>,
+    ) {
+        self.shapes.insert(txn, id, Any::Map(Arc::clone(fields)));
+    }
+
+    /// Sets (`Some`) or removes (`None`) fields of an existing shape, as they are, in whichever
+    /// form it is stored (see [`Board::set_fields`], whose rules for a growing stroke's points
+    /// this follows). Returns the changes it made (none if there is no such shape).
+    pub(crate) fn restore_fields(
+        &self,
+        txn: &mut TransactionMut<'_>,
+        id: &str,
+        changes: Vec<(String, Option<Any>)>,
+    ) -> HashMap<String, Option<Any>> {
+        let mut written = HashMap::new();
+        match self.shapes.get(txn, id) {
+            Some(Out::YMap(map)) => {
+                for (field, value) in changes {
+                    if field == "points" && matches!(map.get(txn, "points"), Some(Out::YArray(_))) {
+                        continue;
+                    }
+                    match &value {
+                        Some(value) => {
+                            map.insert(txn, field.as_str(), In::Any(value.clone()));
+                        }
+                        None => {
+                            map.remove(txn, &field);
+                        }
+                    }
+                    written.insert(field, value);
+                }
+            }
+            Some(Out::Any(Any::Map(fields))) if !changes.is_empty() => {
+                let mut fields = Arc::unwrap_or_clone(fields);
+                for (field, value) in changes {
+                    match &value {
+                        Some(value) => fields.insert(field.clone(), value.clone()),
+                        None => fields.remove(&field),
+                    };
+                    written.insert(field, value);
+                }
+                self.shapes.insert(txn, id, Any::from(fields));
+            }
+            _ => {}
+        }
+        written
     }
 
     /// The shape with `id`, if present and of a known kind.
@@ -713,6 +803,14 @@ impl Board {
         out
     }
 
+    /// Calls `changed` after every transaction that changes the chat: a message added or
+    /// removed, or one stored as a nested map edited. A view that keeps a copy of the chat can
+    /// tell it is stale from this even when the number of messages stays the same (any Yjs
+    /// client may delete one and add one in one transaction). `key` names the observer.
+    pub fn observe_chat(&self, key: &str, changed: impl Fn() + Send + Sync + 'static) {
+        self.chat.observe_deep(key, move |_, _| changed());
+    }
+
     /// Appends a chat message.
     pub fn post_chat(&self, txn: &mut TransactionMut<'_>, message: &ChatMessage) {
         self.chat.push_back(txn, message.to_any());
@@ -739,81 +837,6 @@ impl Board {
             .iter(txn)
             .filter_map(|out| ChatMessage::from_fields(&*fields(txn, out)?))
             .collect()
-    }
-}
-
-/// Shapes that someone else removed, so that this user's undo and redo never bring one back.
-///
-/// A shape is one value in the `shapes` map, and a move replaces that value. Undoing a move
-/// restores the value it replaced — which, if someone else deleted the shape meanwhile, would
-/// bring their deleted shape back (with nested maps, the restored field landed in the deleted
-/// map and nobody saw it). The web client calls [`OthersRemovals::remove_revived`] right after
-/// each undo and redo, in a transaction its undo manager does not track.
-#[derive(Debug, Clone, Default)]
-pub struct OthersRemovals {
-    ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-}
-
-/// Most shape ids [`OthersRemovals`] remembers; past that it starts over (an undo may then
-/// revive a shape deleted long ago, as before this guard).
-const MAX_REMEMBERED_REMOVALS: usize = 100_000;
-
-impl OthersRemovals {
-    /// Starts watching `board`'s shapes under observer `key`. Transactions with origin `own`
-    /// are this user's edits and `undo` its undo manager's; every other origin (remote updates,
-    /// a restored offline copy, [`OthersRemovals::remove_revived`] itself) is someone else.
-    pub fn watch(board: &Board, key: &str, own: yrs::Origin, undo: yrs::Origin) -> Self {
-        let this = Self::default();
-        let ids = Arc::clone(&this.ids);
-        board.shapes.observe(key, move |txn, event| {
-            // The first sync into an empty document has nothing this user could undo into, and
-            // listing its 10,000 keys would slow every big room's opening.
-            if txn.before_state().is_empty() {
-                return;
-            }
-            let origin = txn.origin();
-            let mine = origin == Some(&own);
-            let undoing = origin == Some(&undo);
-            let Ok(mut ids) = ids.lock() else { return };
-            for (id, change) in event.keys(txn) {
-                let removed = matches!(change, yrs::types::EntryChange::Removed(_));
-                match (mine || undoing, removed) {
-                    // This user removed it: undoing that must bring it back.
-                    (true, true) => {
-                        ids.remove(id.as_ref());
-                    }
-                    // Someone else removed it.
-                    (false, true) => {
-                        if ids.len() >= MAX_REMEMBERED_REMOVALS {
-                            ids.clear();
-                        }
-                        ids.insert(id.to_string());
-                    }
-                    // Put back by an undo: left for `remove_revived` to judge.
-                    (_, false) if undoing => {}
-                    // Added or changed by anyone else: it exists again on its own.
-                    (_, false) => {
-                        ids.remove(id.as_ref());
-                    }
-                }
-            }
-        });
-        this
-    }
-
-    /// Removes again every shape that someone else had removed and that is back (call right
-    /// after an undo or redo). Returns how many.
-    pub fn remove_revived(&self, board: &Board, txn: &mut TransactionMut<'_>) -> usize {
-        let revived: Vec<String> = match self.ids.lock() {
-            Ok(ids) => {
-                ids.iter().filter(|id| board.shapes.contains_key(txn, id)).cloned().collect()
-            }
-            Err(_) => return 0,
-        };
-        for id in &revived {
-            board.shapes.remove(txn, id);
-        }
-        revived.len()
     }
 }
 
@@ -1451,66 +1474,6 @@ mod tests {
         assert!(matches!(board.shapes.get(&txn, "old"), Some(Out::YMap(_))));
         let old = board.shape(&txn, "old").expect("old");
         assert_eq!((old.x, old.y), (7.0, 8.0));
-    }
-
-    #[test]
-    fn undo_and_redo_never_bring_back_a_shape_someone_else_removed() {
-        use yrs::undo::Options;
-        use yrs::{Origin, UndoManager};
-        let (own, fixup) = (Origin::from("own"), Origin::from("fixup"));
-        let ada = Doc::with_client_id(1);
-        let board = Board::new(&ada);
-        let mut undo = UndoManager::with_options(Options {
-            tracked_origins: [own.clone()].into(),
-            capture_timeout_millis: u64::MAX,
-            ..Options::default()
-        });
-        undo.expand_scope(&ada, &board.shapes);
-        let removals = OthersRemovals::watch(&board, "guard", own.clone(), undo.as_origin());
-        let bob = Doc::with_client_id(2);
-        let sync = |from: &Doc, to: &Doc| {
-            let update = from.transact().encode_state_as_update_v1(&to.transact().state_vector());
-            to.transact_mut_with("remote")
-                .apply_update(Update::decode_v1(&update).expect("decodes"))
-                .expect("applies");
-        };
-        let undo_guarded = |undo: &mut UndoManager, redo: bool| {
-            if redo {
-                undo.redo_blocking()
-            } else {
-                undo.undo_blocking()
-            };
-            removals.remove_revived(&board, &mut ada.transact_mut_with(fixup.clone()))
-        };
-        let present = |d: &Doc, id: &str| Board::new(d).shape(&d.transact(), id).is_some();
-
-        // Ada draws r1 and r2, then moves r1; Bob deletes r1.
-        board
-            .put_shape(&mut ada.transact_mut_with(own.clone()), &Shape::new("r1", ShapeKind::Rect));
-        board
-            .put_shape(&mut ada.transact_mut_with(own.clone()), &Shape::new("r2", ShapeKind::Rect));
-        undo.reset();
-        // A drag: several moves in one undo step.
-        for x in [10.0, 30.0, 50.0] {
-            assert!(board.set_field(&mut ada.transact_mut_with(own.clone()), "r1", "x", x));
-        }
-        sync(&ada, &bob);
-        assert!(Board::new(&bob).remove_shape(&mut bob.transact_mut(), "r1"));
-        sync(&bob, &ada);
-        assert!(!present(&ada, "r1"));
-        // Undoing the move would restore the replaced value: the guard takes it away again.
-        assert_eq!(undo_guarded(&mut undo, false), 1, "r1 came back and was removed again");
-        assert!(!present(&ada, "r1"));
-        sync(&ada, &bob);
-        assert!(!present(&bob, "r1"), "Bob's delete stands for Bob too");
-        undo_guarded(&mut undo, true);
-        assert!(!present(&ada, "r1"), "nor does redo bring it back");
-
-        // Ada's own delete is hers to undo.
-        undo.reset();
-        assert!(board.remove_shape(&mut ada.transact_mut_with(own.clone()), "r2"));
-        assert_eq!(undo_guarded(&mut undo, false), 0);
-        assert!(present(&ada, "r2"));
     }
 
     #[test]

@@ -12,18 +12,16 @@
 //! polled by a spawned task, so a big sync is applied without an extra task hop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use huddle_protocol::history::History;
 use huddle_protocol::presence::{Presence, User};
-use huddle_protocol::schema::{Board, OthersRemovals, SHAPES};
+use huddle_protocol::schema::Board;
 use huddle_protocol::session::{ClientEvent, ClientSession};
 use huddle_protocol::wire;
-use huddle_protocol::yrs::undo::Options as UndoOptions;
-use huddle_protocol::yrs::{
-    Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, UndoManager,
-};
+use huddle_protocol::yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut};
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::Closure;
@@ -31,9 +29,6 @@ use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 /// Transaction origin of this user's own edits: the only ones undo/redo touches.
 const LOCAL: &str = "huddle-local";
-/// Origin of the transactions that take back shapes an undo revived (see [`OthersRemovals`]);
-/// not tracked by undo.
-const UNDO_GUARD: &str = "huddle-undo-guard";
 /// First reconnection delay.
 const BACKOFF_BASE_MS: f64 = 500.0;
 /// Longest reconnection delay.
@@ -209,9 +204,10 @@ pub struct Connection {
     refused: Cell<Option<Refusal>>,
     closed: Cell<bool>,
     signals: Signals,
-    undo: RefCell<UndoManager>,
-    /// Shapes others removed, which undo and redo must not bring back.
-    removals: OthersRemovals,
+    /// This user's undo and redo, field by field (see [`History`]).
+    history: History,
+    /// Bumped by every transaction that changes the chat (see [`Connection::chat_version`]).
+    chat_version: Arc<AtomicU64>,
     presence: RefCell<Presence>,
     /// Whether others may see our presence (false until the user gives a name).
     announced: Cell<bool>,
@@ -380,24 +376,14 @@ impl Connection {
     /// given a name yet) others do not see us, see [`Connection::join`].
     pub fn new(room: &str, presence: Presence, announced: bool, signals: Signals) -> Rc<Self> {
         let doc = Doc::new();
-        let shapes = doc.get_or_insert_map(SHAPES);
-        let mut undo = UndoManager::with_options(UndoOptions {
-            // Undo steps are cut by `edit`, `begin_action` and `end_action`, not by time: a
-            // slow pen stroke or drag is still one step.
-            capture_timeout_millis: u64::MAX,
-            tracked_origins: HashSet::from([Origin::from(LOCAL)]),
-            capture_transaction: None,
-            timestamp: Arc::new(|| now_ms() as u64),
-            init_undo_stack: Vec::new(),
-            init_redo_stack: Vec::new(),
+        // Undo steps are cut by `edit`, `begin_action` and `end_action`, not by time: a slow
+        // pen stroke or drag is still one step.
+        let history = History::watch(&Board::new(&doc), "huddle-history", Origin::from(LOCAL));
+        let chat_version = Arc::new(AtomicU64::new(0));
+        let bump = Arc::clone(&chat_version);
+        Board::new(&doc).observe_chat("huddle-chat-version", move || {
+            bump.fetch_add(1, Ordering::Relaxed);
         });
-        undo.expand_scope(&doc, &shapes);
-        let removals = OthersRemovals::watch(
-            &Board::new(&doc),
-            "huddle-others-removals",
-            Origin::from(LOCAL),
-            undo.as_origin(),
-        );
         let session = ClientSession::new(doc, || now_ms() as u64);
         Rc::new(Self {
             url: socket_url(room),
@@ -412,8 +398,8 @@ impl Connection {
             refused: Cell::new(None),
             closed: Cell::new(false),
             signals,
-            undo: RefCell::new(undo),
-            removals,
+            history,
+            chat_version,
             presence: RefCell::new(presence),
             announced: Cell::new(announced),
             presence_sent_at: Cell::new(0.0),
@@ -754,16 +740,14 @@ impl Connection {
         if !self.in_action.get() {
             let now = now_ms();
             if now - self.last_edit_at.get() >= UNDO_MERGE_MS {
-                self.undo.borrow_mut().reset();
+                self.history.cut();
             }
             self.last_edit_at.set(now);
         }
         {
             let session = self.session.borrow();
-            let doc = session.doc();
-            let board = Board::new(doc);
-            let mut txn = doc.transact_mut_with(LOCAL);
-            f(&board, &mut txn);
+            let mut txn = session.doc().transact_mut_with(LOCAL);
+            f(self.history.board(), &mut txn);
         }
         self.after_local_change();
     }
@@ -771,7 +755,7 @@ impl Connection {
     /// Starts a pointer gesture: every edit until [`Connection::end_action`] is one undo step,
     /// however long it takes (a slow pen stroke, a drag with pauses).
     pub fn begin_action(&self) {
-        self.undo.borrow_mut().reset();
+        self.history.cut();
         self.in_action.set(true);
     }
 
@@ -781,32 +765,25 @@ impl Connection {
         self.last_edit_at.set(0.0);
     }
 
-    /// Undoes this user's last edit (never anyone else's, and never bringing back a shape
-    /// someone else deleted).
+    /// Undoes this user's last edit: only the fields it changed that nobody has changed since,
+    /// never anyone else's edit, and never bringing back a shape someone else deleted.
     pub fn undo(self: &Rc<Self>) {
-        let changed = self.undo.borrow_mut().undo_blocking();
-        if changed {
-            self.remove_revived();
-            self.after_local_change();
-        }
+        self.step_history(true);
     }
 
-    /// Redoes this user's last undone edit.
+    /// Redoes this user's last undone edit, on the same terms as [`Connection::undo`].
     pub fn redo(self: &Rc<Self>) {
-        let changed = self.undo.borrow_mut().redo_blocking();
-        if changed {
-            self.remove_revived();
-            self.after_local_change();
-        }
+        self.step_history(false);
     }
 
-    /// Removes again any shape someone else deleted that an undo or redo put back, in a
-    /// transaction the undo manager does not track (see [`OthersRemovals`]).
-    fn remove_revived(&self) {
-        let session = self.session.borrow();
-        let doc = session.doc();
-        let board = Board::new(doc);
-        self.removals.remove_revived(&board, &mut doc.transact_mut_with(UNDO_GUARD));
+    fn step_history(self: &Rc<Self>, undo: bool) {
+        let changed = {
+            let session = self.session.borrow();
+            if undo { self.history.undo(session.doc()) } else { self.history.redo(session.doc()) }
+        };
+        if changed {
+            self.after_local_change();
+        }
     }
 
     fn after_local_change(self: &Rc<Self>) {
@@ -1077,6 +1054,12 @@ impl Connection {
     /// Reads the document.
     pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
         f(self.session.borrow().doc())
+    }
+
+    /// A number that changes whenever the chat does, so the chat panel re-reads it only then
+    /// (a drag on the board changes the document at pointer rate) but always then.
+    pub fn chat_version(&self) -> u64 {
+        self.chat_version.load(Ordering::Relaxed)
     }
 
     /// Our awareness client id.
