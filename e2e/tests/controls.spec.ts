@@ -376,6 +376,24 @@ test('chat messages from a client that leaves out their ids all show, and so do 
   await expect(messages.nth(2)).toContainText('and mine');
 });
 
+test('a chat message another client removes and replaces in one change shows as replaced', async ({ browser, server }) => {
+  const a = await newUser(await browser.newContext(), server.url, 'Ada');
+  const room = new URL(a.url()).pathname.split('/').pop()!;
+  const messages = a.getByTestId('chat-message');
+  for (const text of ['first', 'second']) {
+    await a.getByTestId('chat-input').fill(text);
+    await a.getByTestId('chat-input').press('Enter');
+  }
+  await expect(messages).toHaveCount(2);
+  await expect(messages.last()).toContainText('second');
+  // A stock Yjs client deletes Ada's last message and posts one in the same transaction: the
+  // count stays 2, and Ada's panel must still show the change.
+  await runYjsScript(server, 'yjs-chat-replace.mjs', room, 'replaced by Kim');
+  await expect(messages.last()).toContainText('replaced by Kim');
+  await expect(messages).toHaveCount(2);
+  await expect(messages.filter({ hasText: 'second' })).toHaveCount(0);
+});
+
 test('a long chat history opens at its newest messages, with earlier ones a click away', async ({ browser, server }) => {
   const a = await newUser(await browser.newContext(), server.url, 'Ada');
   const room = new URL(a.url()).pathname.split('/').pop()!;

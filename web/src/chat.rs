@@ -2,7 +2,7 @@
 //! board. Text is always rendered as text, never as HTML.
 
 use huddle_protocol::schema::{Board, ChatMessage, MAX_CHAT_CHARS};
-use huddle_protocol::yrs::{Array, Transact};
+use huddle_protocol::yrs::Transact;
 use leptos::html;
 use leptos::prelude::*;
 
@@ -26,6 +26,8 @@ struct ChatView {
     total: usize,
     /// How many were asked for.
     shown: usize,
+    /// The chat's version they were read at (see [`crate::sync::Connection::chat_version`]).
+    version: u64,
 }
 
 impl ChatView {
@@ -75,28 +77,21 @@ pub fn ChatPanel() -> impl IntoView {
     let list_ref = NodeRef::<html::Ol>::new();
     // How many of the newest messages the panel shows; "Show earlier messages" adds a page.
     let shown = RwSignal::new(CHAT_PAGE);
-    // Chat only grows: re-read the messages only when their count changed, not on every
-    // document change (a drag on the board changes the document at pointer rate), and only
-    // the ones shown.
+    // Re-read the messages only when the chat changed, not on every document change (a drag
+    // on the board changes the document at pointer rate), and only the ones shown.
     let chat = Memo::new(move |previous: Option<&ChatView>| {
         state.signals.doc_version.track();
         let shown = shown.get();
         state.conn.with_value(|c| {
-            c.with_doc(|doc| {
-                let entries = doc.get_or_insert_array(huddle_protocol::schema::CHAT);
-                // Before the read transaction: getting the root types takes a write one.
-                let board = Board::new(doc);
-                let txn = doc.transact();
-                match previous {
-                    Some(p) if p.total == entries.len(&txn) as usize && p.shown == shown => {
-                        p.clone()
-                    }
-                    _ => {
-                        let (messages, total) = board.chat_tail(&txn, shown);
-                        ChatView { messages, total, shown }
-                    }
-                }
-            })
+            let version = c.chat_version();
+            match previous {
+                Some(p) if p.version == version && p.shown == shown => p.clone(),
+                _ => c.with_doc(|doc| {
+                    let board = Board::new(doc);
+                    let (messages, total) = board.chat_tail(&doc.transact(), shown);
+                    ChatView { messages, total, shown, version }
+                }),
+            }
         })
     });
     let too_long = move || draft.with(|d| d.chars().count() > MAX_CHAT_CHARS);
