@@ -196,7 +196,16 @@ async fn serve(
     // Futures that run once or briefly (joining, handling one frame) are boxed: an async fn's
     // state is as big as its biggest await point, and this one lives as long as the socket, so
     // unboxed they would make every idle socket carry room-loading and sync-answering state.
-    let lease = match Box::pin(ctx.registry.join(&room)).await {
+    // A room can take a while to load: a server shutting down does not wait for it (the join
+    // is cancel-safe).
+    let joined = tokio::select! {
+        joined = Box::pin(ctx.registry.join(&room)) => joined,
+        () = ctx.shutdown.cancelled() => {
+            close(&outbox, CloseCode::GOING_AWAY, "server shutting down").await;
+            return;
+        }
+    };
+    let lease = match joined {
         Ok(lease) => lease,
         Err(e) => {
             tracing::error!(error = %e, "room failed to load; refusing socket");

@@ -90,6 +90,7 @@ impl Registry {
     }
 
     /// Joins `name`, loading it if it is not in memory (once, however many join at once).
+    /// Cancel-safe: a join dropped before it completes leaves the room as if it never came.
     ///
     /// # Errors
     /// [`LoadError`] if the stored room cannot be read or is corrupt.
@@ -97,13 +98,14 @@ impl Registry {
         // A broken room is being replaced: at most one retry is needed, since the broken slot
         // is removed before the retry.
         for _ in 0..2 {
-            let slot = {
+            let joining = {
                 let mut slots = self.inner.slots.lock();
                 let slot = Arc::clone(slots.entry(name.clone()).or_default());
                 slot.clients.fetch_add(1, Ordering::Relaxed);
                 slot.joins.fetch_add(1, Ordering::Relaxed);
-                slot
+                Joining { registry: self, name, slot: Some(slot) }
             };
+            let slot = Arc::clone(joining.slot.as_ref().expect("set above"));
             let inner = &self.inner;
             let loaded = slot
                 .room
@@ -121,16 +123,14 @@ impl Registry {
                 .cloned();
             match loaded {
                 Ok(room) if !room.is_broken() => {
+                    joining.done();
                     return Ok(Lease { name: name.clone(), slot, room });
                 }
                 Ok(_) => {
-                    self.release(name, &slot);
+                    drop(joining);
                     self.forget(name, &slot);
                 }
-                Err(e) => {
-                    self.release(name, &slot);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
         Err(LoadError::Store(crate::store::StoreError::Corrupt {
@@ -216,6 +216,31 @@ impl Registry {
     }
 }
 
+/// A join under way: counted in its slot, so an unload cannot take the room from under it, and
+/// given back when dropped unless it became a [`Lease`] — so a join given up while its room
+/// loads (its socket closed, the server shutting down) leaves no count behind that would keep
+/// the room in memory for good.
+struct Joining<'a> {
+    registry: &'a Registry,
+    name: &'a RoomName,
+    slot: Option<Arc<Slot>>,
+}
+
+impl Joining<'_> {
+    /// The join succeeded: its count now belongs to the lease.
+    fn done(mut self) {
+        self.slot = None;
+    }
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.registry.release(self.name, &slot);
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
@@ -286,5 +311,41 @@ pub(crate) mod tests {
             board.shapes(&doc.transact()).len()
         });
         assert_eq!(shapes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_join_given_up_while_its_room_loads_does_not_keep_the_room_in_memory() {
+        use crate::store::memory::tests::Hooked;
+        let (stall, stalled) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicU64::new(0)));
+        let store = {
+            let (stall, stalled) = (Arc::clone(&stall), Arc::clone(&stalled));
+            Hooked::loads(Box::new(move || {
+                let (stall, first) =
+                    (Arc::clone(&stall), stalled.fetch_add(1, Ordering::SeqCst) == 0);
+                Box::pin(async move {
+                    // The first load hangs until the test lets it go; later ones do not.
+                    if first {
+                        stall.notified().await;
+                    }
+                    Ok(())
+                })
+            }))
+        };
+        let stats = Arc::new(Stats::default());
+        let registry =
+            registry_for_tests(Arc::new(store), Arc::clone(&stats), Duration::from_millis(5));
+        let name = RoomName::parse("r").expect("valid");
+        // A socket starts to join, and is given up while the load is stuck.
+        let given_up = tokio::time::timeout(Duration::from_millis(20), registry.join(&name)).await;
+        assert!(given_up.is_err(), "the load was stalled");
+        assert_eq!(stalled.load(Ordering::SeqCst), 1);
+        // Another socket joins and leaves: the room must unload once it has gone.
+        let lease = registry.join(&name).await.expect("joins");
+        registry.leave(lease);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stats.room_unloads.load(Ordering::Relaxed) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "room never unloaded");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }

@@ -91,10 +91,11 @@ pub(crate) mod tests {
     pub(crate) type Hook =
         Box<dyn Fn() -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
 
-    /// A [`MemoryStore`] whose appends and snapshot writes run a hook first, for tests that
-    /// need storage to stall or fail at a chosen moment.
+    /// A [`MemoryStore`] whose loads, appends or snapshot writes run a hook first, for tests
+    /// that need storage to stall or fail at a chosen moment.
     pub(crate) struct Hooked {
         pub(crate) inner: MemoryStore,
+        pub(crate) before_load: Option<Hook>,
         pub(crate) before_append: Option<Hook>,
         pub(crate) before_compact: Option<Hook>,
     }
@@ -102,12 +103,26 @@ pub(crate) mod tests {
     impl Hooked {
         /// A store that runs `hook` before each append.
         pub(crate) fn appends(hook: Hook) -> Self {
-            Self { inner: MemoryStore::default(), before_append: Some(hook), before_compact: None }
+            Self { before_append: Some(hook), ..Self::plain() }
         }
 
         /// A store that runs `hook` before each snapshot write.
         pub(crate) fn snapshots(hook: Hook) -> Self {
-            Self { inner: MemoryStore::default(), before_append: None, before_compact: Some(hook) }
+            Self { before_compact: Some(hook), ..Self::plain() }
+        }
+
+        /// A store that runs `hook` before each load.
+        pub(crate) fn loads(hook: Hook) -> Self {
+            Self { before_load: Some(hook), ..Self::plain() }
+        }
+
+        fn plain() -> Self {
+            Self {
+                inner: MemoryStore::default(),
+                before_load: None,
+                before_append: None,
+                before_compact: None,
+            }
         }
     }
 
@@ -120,6 +135,9 @@ pub(crate) mod tests {
     #[async_trait]
     impl Store for Hooked {
         async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+            if let Some(hook) = &self.before_load {
+                hook().await?;
+            }
             self.inner.load(room).await
         }
         async fn append(&self, batch: &[LogEntry]) -> Result<(), StoreError> {
