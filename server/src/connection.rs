@@ -456,8 +456,10 @@ async fn handle_frame(
                 room.apply_awareness(peer.id, presence, update, relay).map_err(room_err)?;
             }
             WireMessage::AwarenessQuery => {
-                if let Some(frame) = room.awareness_frame() {
-                    tx.offer_reply(frame, liveness(ctx)).await;
+                for frame in room.awareness_frames() {
+                    if !tx.offer_reply(frame, liveness(ctx)).await {
+                        break;
+                    }
                 }
             }
             // Clients do not send auth in the y-websocket protocol; tolerate and ignore it.

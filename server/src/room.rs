@@ -26,7 +26,7 @@ use huddle_protocol::wire::{self, CloseCode};
 use huddle_protocol::yrs::sync::{Awareness, AwarenessUpdate};
 use huddle_protocol::yrs::updates::decoder::Decode;
 use huddle_protocol::yrs::updates::encoder::Encode;
-use huddle_protocol::yrs::{Doc, IdSet, ReadTxn, StateVector, Transact};
+use huddle_protocol::yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact};
 use parking_lot::Mutex;
 use tokio_util::task::TaskTracker;
 
@@ -690,6 +690,20 @@ fn note_departures(state: &mut DocState, departed: usize) {
     state.departed = 0;
 }
 
+/// The live states in `awareness`, as awareness frames of at most `per_frame` states each. A
+/// stock y-websocket client sends every change it receives straight back, as one message per
+/// message received: one frame listing a big room's whole presence would come back over the
+/// limit a peer's message may name (`PresenceLimits::max_entries`), and the client be cut off,
+/// reconnect and be cut off again.
+fn presence_frames(awareness: &Awareness, per_frame: usize) -> Vec<Bytes> {
+    let live: Vec<ClientID> =
+        awareness.iter().filter(|(_, s)| s.data.is_some()).map(|(id, _)| id).collect();
+    live.chunks(per_frame.max(1))
+        .filter_map(|ids| awareness.update_with_clients(ids.iter().copied()).ok())
+        .map(|update| Bytes::from(wire::awareness(update)))
+        .collect()
+}
+
 /// Whether `update` from a peer fits the room's presence budget (`max` bytes of live states'
 /// JSON, what every joiner is sent at once). Cheap while the room is far below it: the states'
 /// bytes are only summed, into `presence_bound`, an upper bound kept across calls (departures
@@ -1025,11 +1039,7 @@ impl Room {
             // one, the room is being built, and greets with our sync step 1 once it is.)
             frames.push(Bytes::from(wire::sync_step1(sv)));
         }
-        if let Ok(update) = state.awareness.update()
-            && !update.clients.is_empty()
-        {
-            frames.push(Bytes::from(wire::awareness(update)));
-        }
+        frames.extend(presence_frames(&state.awareness, self.config.presence.max_entries));
         frames
     }
 
@@ -1522,17 +1532,22 @@ impl Room {
                 self.stats.presence_refused.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            let effective = presence.apply(
+            let applied = presence.apply(
                 &mut state.awareness,
                 update,
                 &self.config.presence,
                 self.config.presence_per_socket,
             )?;
-            if let Some(effective) = &effective {
+            if let Some(effective) = &applied.effective {
                 let removed = effective.clients.values().filter(|e| &*e.json == "null").count();
                 note_departures(&mut state, removed);
             }
-            effective
+            if let Some(reminder) = applied.reminder
+                && let Some(tx) = self.peers.lock().get(&from)
+            {
+                tx.offer(&Framed::binary(Bytes::from(wire::awareness(reminder))));
+            }
+            applied.effective
         };
         if let Some(effective) = effective {
             // Relay the received frame untouched unless entries were dropped from it.
@@ -1563,11 +1578,10 @@ impl Room {
         self.config.presence.max_entries
     }
 
-    /// Everyone's presence as one frame (the answer to a query-awareness message).
-    pub fn awareness_frame(&self) -> Option<Bytes> {
-        let state = self.state.lock();
-        let update = state.awareness.update().ok()?;
-        Some(Bytes::from(wire::awareness(update)))
+    /// Everyone's presence (the answer to a query-awareness message), in frames of at most
+    /// as many states as a peer may send in one (see [`presence_frames`]).
+    pub fn awareness_frames(&self) -> Vec<Bytes> {
+        presence_frames(&self.state.lock().awareness, self.config.presence.max_entries)
     }
 
     /// Removes socket `id` and tells everyone its presence is gone.

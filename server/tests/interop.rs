@@ -1,6 +1,8 @@
 //! Interop with real Yjs: a Node script using the stock `yjs` + `y-websocket` npm packages edits
 //! a room together with a Rust client built on `huddle-protocol`. Both converge, presence flows
-//! both ways, and the stock client's clean departure reaches the Rust client.
+//! both ways, and the stock client's clean departure reaches the Rust client. A stock client
+//! joins a room with more people present than one awareness message from a peer may name, and
+//! stays.
 
 mod common;
 
@@ -90,5 +92,60 @@ async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
     // The stock client left: its presence is gone for the Rust client.
     rust.until("the stock client's departure", |s| s.peers().is_empty()).await;
     assert_eq!(rust.shape_ids(), vec!["node-rect", "rust-ellipse"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stock_client_joining_a_crowded_room_is_not_cut_off_for_echoing_its_presence() {
+    let dir = interop_dir();
+    let dir_ok = dir.join("node_modules/y-websocket").exists();
+    assert!(dir_ok, "the npm packages are missing: run `npm ci --prefix server/tests/interop`");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(tmp.path());
+    config.max_client_joins_per_second = 1000;
+    let server = TestServer::start_with(config).await;
+    let room = "crowd";
+    // More people present than one awareness message may name (64 by default).
+    const PRESENT: usize = 80;
+    let mut crowd = Vec::with_capacity(PRESENT);
+    for i in 0..PRESENT {
+        let mut client = TestClient::connect(&server.url(room)).await;
+        client.synced().await;
+        client.set_name(&format!("person {i}")).await;
+        crowd.push(client);
+    }
+    let mut watcher = crowd.pop().expect("one");
+    watcher.until("everyone's presence", |s| s.peers().len() == PRESENT - 1).await;
+
+    let mut node = Command::new("node")
+        .arg(dir.join("crowd.mjs"))
+        .arg(format!("ws://{}/ws", server.addr))
+        .arg(room)
+        .arg(PRESENT.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (Debian package nodejs)");
+    let stdout = node.stdout.take().expect("stdout");
+    // The stock client sent its echo of everyone's presence before its marker: once the marker
+    // is here, the server has handled the echo.
+    watcher
+        .until("the stock client's marker", |s| {
+            Board::new(s.doc()).shape(&s.doc().transact(), "crowd-marker").is_some()
+        })
+        .await;
+    watcher.add_shape("crowd-ack", ShapeKind::Rect).await;
+    let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("node reports in time")
+        .expect("read")
+        .expect("node printed its report");
+    let report: serde_json::Value = serde_json::from_str(&line).expect("json report");
+    assert_eq!(report["closes"], 0, "the stock client was cut off: {report}");
+    assert_eq!(report["others"], PRESENT, "{report}");
+    let status =
+        tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
+    assert!(status.success(), "node exited with {status}");
     server.stop().await;
 }

@@ -63,7 +63,9 @@ pub enum PresenceError {
         /// The limit.
         max: usize,
     },
-    /// A clock at its maximum: nothing could ever replace or remove that state.
+    /// A clock past [`MAX_CLOCK`]: no client counts that far, and a state at the top of the
+    /// range could never be replaced or removed (a peer naming someone else's client id with
+    /// such a clock would lock them out of the room's presence).
     #[error("clock of client {client} is out of range")]
     BadClock {
         /// The offending client id.
@@ -92,6 +94,12 @@ impl PresenceError {
 /// Largest client id a Yjs client can produce (JavaScript's safe integer range).
 const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 
+/// Largest awareness clock a relay accepts. A client's clock goes up by one per change of its
+/// state: at 20 changes a second it would take over three years to pass this, and it leaves
+/// room above it for every clock the relay and the clients derive from one (a removal at + 1,
+/// a returning client at + 2).
+pub const MAX_CLOCK: u32 = i32::MAX as u32;
+
 /// Checks every entry of an awareness update against `limits`. `null` (a removal) is always fine.
 ///
 /// # Errors
@@ -112,7 +120,7 @@ pub fn validate_update(
         if client > MAX_CLIENT_ID {
             return Err(PresenceError::BadClientId { client });
         }
-        if entry.clock == u32::MAX {
+        if entry.clock > MAX_CLOCK {
             return Err(PresenceError::BadClock { client });
         }
         validate_state(client, &entry.json, limits)?;

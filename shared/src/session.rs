@@ -59,6 +59,20 @@ pub enum PresenceApplyError {
     },
 }
 
+/// What [`PeerPresence::apply`] made of one awareness update.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The entries that took effect: the update a relay passes on (`None` if nothing did).
+    pub effective: Option<AwarenessUpdate>,
+    /// For the sender alone: the removals the room holds for client ids the sender sent a
+    /// state for at a clock that does not outrank them. A stock y-websocket client that comes
+    /// back on a new socket sends its state at the clock it had, and the removal the relay made
+    /// when its old socket went (at that clock + 1) outranks it, so others would not see it
+    /// until it had changed its state twice. Told of the removal, the client raises its clock
+    /// and sends its state again, which then takes effect.
+    pub reminder: Option<AwarenessUpdate>,
+}
+
 /// Whether `awareness` holds a live (non-null) state for `id`.
 fn is_live(awareness: &Awareness, id: ClientID) -> bool {
     awareness
@@ -73,13 +87,15 @@ const NULL: &str = "null";
 
 impl PeerPresence {
     /// Validates `update` from this socket and applies what in it takes effect to the room's
-    /// `awareness`. Returns the entries that took effect (the update a relay should pass on), or
-    /// `None` if nothing did.
+    /// `awareness` (see [`Applied`]).
     ///
     /// Entries that change nothing are dropped first: stock y-websocket clients re-send every
     /// state they receive (so they must not count against the sender), and yrs would record a
     /// tombstone for every unknown id named in a removal (so a peer could grow the room's
-    /// awareness map without bound).
+    /// awareness map without bound). So are removals of states this socket did not publish: the
+    /// relay announces a socket's departure itself, and a stock client removes, and tells
+    /// everyone it removed, any peer it has not heard from for 30 s, which a live Huddle tab in
+    /// the background (whose timers the browser slows to one a minute) can be.
     ///
     /// # Errors
     /// [`PresenceApplyError`] when an entry is invalid or the socket would own more than
@@ -90,23 +106,35 @@ impl PeerPresence {
         update: AwarenessUpdate,
         limits: &PresenceLimits,
         owned: OwnedLimits,
-    ) -> Result<Option<AwarenessUpdate>, PresenceApplyError> {
+    ) -> Result<Applied, PresenceApplyError> {
         validate_update(&update, limits)?;
         let mut effective = AwarenessUpdate { clients: HashMap::new() };
+        let mut reminder = AwarenessUpdate { clients: HashMap::new() };
         for (id, entry) in update.clients {
             let removal = &*entry.json == NULL;
             let takes_effect = match awareness.meta(id).map(|(clock, _)| clock) {
                 None => !removal,
                 // yrs applies a removal at an equal clock, a new state only at a newer one.
-                Some(clock) if removal => entry.clock >= clock && is_live(awareness, id),
-                Some(clock) => entry.clock > clock,
+                Some(clock) if removal => {
+                    self.owned.contains_key(&id) && entry.clock >= clock && is_live(awareness, id)
+                }
+                Some(clock) if entry.clock > clock => true,
+                Some(clock) => {
+                    if !is_live(awareness, id) {
+                        reminder
+                            .clients
+                            .insert(id, AwarenessUpdateEntry { clock, json: NULL.into() });
+                    }
+                    false
+                }
             };
             if takes_effect {
                 effective.clients.insert(id, entry);
             }
         }
+        let reminder = (!reminder.clients.is_empty()).then_some(reminder);
         if effective.clients.is_empty() {
-            return Ok(None);
+            return Ok(Applied { effective: None, reminder });
         }
         let new_ids = effective
             .clients
@@ -138,7 +166,7 @@ impl PeerPresence {
                 self.owned.insert(*id, (entry.clock, entry.json.len()));
             }
         }
-        Ok(Some(effective))
+        Ok(Applied { effective: Some(effective), reminder })
     }
 
     /// Removes this socket's states from `awareness` and returns the update announcing that to
@@ -373,7 +401,13 @@ impl ClientSession {
                         out.events.push(ClientEvent::DocChanged);
                     }
                 }
-                Message::Awareness(update) => {
+                Message::Awareness(mut update) => {
+                    let me = self.awareness.client_id();
+                    if let Some(entry) = update.clients.remove(&me)
+                        && let Some(frame) = self.reclaim(&entry)
+                    {
+                        out.replies.push(frame);
+                    }
                     if let Ok(Some(s)) = self.awareness.apply_update_summary(update) {
                         let ids = |v: &[ClientID]| v.iter().map(|c| c.get()).collect();
                         out.events.push(ClientEvent::PresenceChanged {
@@ -445,6 +479,27 @@ impl ClientSession {
                 Some((id.get(), presence))
             })
             .collect()
+    }
+
+    /// Handles a remote entry for our own client id, which yrs would apply as if it were
+    /// anyone's: a newer state from someone else (any peer can name any id) would replace ours,
+    /// and a removal (a stock client that timed us out, or the relay after a dropped socket)
+    /// would raise our clock without telling anyone we are still here. Instead our state stays,
+    /// and if the entry outranks it, is announced again at a clock above the entry's. Returns
+    /// that announcement.
+    fn reclaim(&mut self, entry: &AwarenessUpdateEntry) -> Option<Vec<u8>> {
+        let me = self.awareness.client_id();
+        let ours = self.awareness.local_state_raw()?;
+        let (clock, _) = self.awareness.meta(me)?;
+        let outranks = entry.clock > clock || (entry.clock == clock && entry.json != ours);
+        if !outranks || entry.clock >= crate::presence::MAX_CLOCK {
+            return None;
+        }
+        let again = AwarenessUpdateEntry { clock: entry.clock + 1, json: ours };
+        // Cannot fail: one valid entry for a client we know.
+        let _ =
+            self.awareness.apply_update(AwarenessUpdate { clients: HashMap::from([(me, again)]) });
+        self.own_presence_frame()
     }
 
     fn own_presence_frame(&self) -> Option<Vec<u8>> {
@@ -656,6 +711,90 @@ mod tests {
         peer.apply(&mut room, state(2, 1, 900), &limits, OWN).expect("910 in all");
     }
 
+    /// An awareness update of one entry.
+    fn entry(id: u64, clock: u32, json: &str) -> AwarenessUpdate {
+        AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(id),
+                AwarenessUpdateEntry { clock, json: json.into() },
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_socket_cannot_remove_presence_it_did_not_publish() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let limits = PresenceLimits::default();
+        let (mut ada, mut stock) = (PeerPresence::default(), PeerPresence::default());
+        ada.apply(&mut room, entry(1, 3, "{}"), &limits, OWN).expect("ok");
+        // A stock client that has not heard from Ada for 30 s removes her and says so.
+        let applied = stock.apply(&mut room, entry(1, 4, "null"), &limits, OWN).expect("ok");
+        assert!(applied.effective.is_none(), "not relayed");
+        assert!(is_live(&room, ClientID::new(1)), "Ada is still there for everyone");
+        // Ada may remove her own.
+        let applied = ada.apply(&mut room, entry(1, 4, "null"), &limits, OWN).expect("ok");
+        assert!(applied.effective.is_some());
+        assert!(!is_live(&room, ClientID::new(1)));
+    }
+
+    #[test]
+    fn a_client_back_at_the_clock_it_left_with_is_told_of_its_removal() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let limits = PresenceLimits::default();
+        let mut old = PeerPresence::default();
+        old.apply(&mut room, entry(7, 3, r#"{"a":1}"#), &limits, OWN).expect("ok");
+        // Its socket goes: removed at clock 4 for everyone.
+        assert!(old.depart(&mut room).is_some());
+        // Back on a new socket, a stock client re-sends its state at clock 3.
+        let mut new = PeerPresence::default();
+        let applied = new.apply(&mut room, entry(7, 3, r#"{"a":1}"#), &limits, OWN).expect("ok");
+        assert!(applied.effective.is_none(), "outranked by the removal");
+        let reminder = applied.reminder.expect("the sender is told");
+        let told = &reminder.clients[&ClientID::new(7)];
+        assert_eq!((told.clock, &*told.json), (4, "null"));
+        // It raises its clock over the removal and sends its state again: now it shows.
+        let applied = new.apply(&mut room, entry(7, 5, r#"{"a":1}"#), &limits, OWN).expect("ok");
+        assert!(applied.effective.is_some() && applied.reminder.is_none());
+        assert!(is_live(&room, ClientID::new(7)));
+        // An echo of a live state at its clock is no news to anyone.
+        let applied = old.apply(&mut room, entry(7, 5, r#"{"a":1}"#), &limits, OWN).expect("ok");
+        assert!(applied.effective.is_none() && applied.reminder.is_none());
+    }
+
+    #[test]
+    fn nobody_else_can_take_over_our_presence_and_a_clock_near_the_top_is_refused() {
+        let mut ada = ClientSession::new(Doc::with_client_id(1), clock);
+        let mut p = Presence::default();
+        p.user.name = "Ada".into();
+        ada.set_presence(&p).expect("presence");
+        let ours = ada.awareness.local_state_raw().expect("set");
+        // Someone sends a state under Ada's id at a newer clock.
+        let forged = wire::awareness(entry(1, 50, r#"{"user":{"name":"Eve"}}"#));
+        let received = ada.receive(&forged).expect("handled");
+        assert_eq!(ada.awareness.local_state_raw().as_deref(), Some(&*ours), "still Ada's");
+        // Ada announces herself again above the forged clock.
+        let [reply] = received.replies.as_slice() else { panic!("one reply") };
+        let Message::Awareness(again) = wire::decode_frame(reply).expect("decodes").remove(0)
+        else {
+            panic!("not awareness");
+        };
+        let mine = &again.clients[&ClientID::new(1)];
+        assert_eq!((mine.clock, &*mine.json), (51, &*ours));
+        // A removal of her at her clock (a stock client timed her out) gets the same answer.
+        let received = ada.receive(&wire::awareness(entry(1, 51, "null"))).expect("handled");
+        assert_eq!(received.replies.len(), 1);
+        // Her own state echoed back is no news.
+        let echo = ada.set_presence(&p).expect("presence");
+        assert!(ada.receive(&echo).expect("handled").replies.is_empty());
+        // A relay refuses a clock no client reaches, which would lock an id out for good.
+        let limits = PresenceLimits::default();
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let err = PeerPresence::default()
+            .apply(&mut room, entry(1, u32::MAX - 1, "{}"), &limits, OWN)
+            .expect_err("refused");
+        assert!(matches!(err, PresenceApplyError::Invalid(PresenceError::BadClock { client: 1 })));
+    }
+
     #[test]
     fn peer_presence_removes_what_the_socket_owned() {
         let mut room = Awareness::with_clock(Doc::new(), clock);
@@ -667,9 +806,11 @@ mod tests {
         };
         let mut peer = PeerPresence::default();
         let limits = PresenceLimits::default();
-        assert!(peer.apply(&mut room, update.clone(), &limits, OWN).expect("ok").is_some());
+        assert!(
+            peer.apply(&mut room, update.clone(), &limits, OWN).expect("ok").effective.is_some()
+        );
         // The same state again (an echo) changes nothing.
-        assert!(peer.apply(&mut room, update, &limits, OWN).expect("ok").is_none());
+        assert!(peer.apply(&mut room, update, &limits, OWN).expect("ok").effective.is_none());
         // Removals of ids nobody knows are dropped, and so leave no tombstones behind.
         let ghost = AwarenessUpdate {
             clients: HashMap::from([(
@@ -677,7 +818,7 @@ mod tests {
                 AwarenessUpdateEntry { clock: 3, json: "null".into() },
             )]),
         };
-        assert!(peer.apply(&mut room, ghost, &limits, OWN).expect("ok").is_none());
+        assert!(peer.apply(&mut room, ghost, &limits, OWN).expect("ok").effective.is_none());
         assert!(room.meta(ClientID::new(555)).is_none());
         // A stock y-websocket client re-sends every state it receives: echoes of many other
         // clients' states do not count against the one it owns.
@@ -693,7 +834,9 @@ mod tests {
             p.apply(&mut room, one.clone(), &limits, OWN).expect("ok");
             others.clients.extend(one.clients);
         }
-        assert!(peer.apply(&mut room, others, &limits, OWN).expect("echo accepted").is_none());
+        assert!(
+            peer.apply(&mut room, others, &limits, OWN).expect("echo accepted").effective.is_none()
+        );
         let removal = peer.depart(&mut room).expect("owned one");
         assert_eq!(removal.clients.len(), 1);
         assert!(room.iter().all(|(id, s)| s.data.is_none() || id.get() >= 100));
@@ -711,8 +854,10 @@ mod tests {
         let mut out = Vec::new();
         for message in wire::decode_frame(frame).expect("decodes") {
             if let Message::Awareness(update) = message
-                && let Some(effective) =
-                    peer.apply(room, update, &PresenceLimits::default(), OWN).expect("valid")
+                && let Some(effective) = peer
+                    .apply(room, update, &PresenceLimits::default(), OWN)
+                    .expect("valid")
+                    .effective
             {
                 out.push(wire::awareness(effective));
             }
