@@ -214,21 +214,61 @@ impl ScreenSize {
     }
 }
 
+/// Most selected shape ids a client publishes in its presence.
+pub const MAX_SELECTION_IDS: usize = 500;
+/// Most bytes of selected shape ids a client publishes in its presence: a relay refuses a state
+/// over [`PresenceLimits::max_state_bytes`] and closes the socket, and the client would send the
+/// same state again on every reconnect.
+pub const MAX_SELECTION_BYTES: usize = 16 * 1024;
+/// Longest shape id a client publishes as selected (Huddle's are about 15 bytes; any Yjs
+/// client may write longer keys).
+const MAX_SELECTED_ID_BYTES: usize = 128;
+
+/// The part of a selection a client publishes in its presence, so that others see it outlined:
+/// at most [`MAX_SELECTION_IDS`] ids and [`MAX_SELECTION_BYTES`] in all, leaving out ids too
+/// long to be worth their bytes.
+pub fn selection_for_presence(selected: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut bytes = 0;
+    selected
+        .into_iter()
+        .filter(|id| id.len() <= MAX_SELECTED_ID_BYTES)
+        .take_while(|id| {
+            // Quotes and a comma around each id in the JSON.
+            bytes += id.len() + 3;
+            bytes <= MAX_SELECTION_BYTES
+        })
+        .take(MAX_SELECTION_IDS)
+        .collect()
+}
+
+/// Least zoom a Huddle view takes.
+pub const MIN_ZOOM: f64 = 0.05;
+/// Greatest zoom a Huddle view takes.
+pub const MAX_ZOOM: f64 = 8.0;
+
 impl Viewport {
     /// The view a follower whose board is `mine` takes to show what this view shows on a board
     /// of `theirs`: the same centre, at the zoom that fits all of it (a phone following a
     /// desktop zooms out rather than showing a corner of it). With boards of one size, or the
-    /// leader's size unknown (an older client), the leader's view as it is.
+    /// leader's size unknown (an older client), the leader's view as it is, within the zoom
+    /// Huddle allows. A leader's view is whatever its client published: one that is no view
+    /// (a zoom of 0, a NaN) gives the default view rather than turning the follower's own view,
+    /// and the presence it publishes, into nonsense.
     pub fn followed(&self, theirs: Option<ScreenSize>, mine: ScreenSize) -> Viewport {
+        if !(self.x.is_finite() && self.y.is_finite() && self.zoom.is_finite() && self.zoom > 0.0) {
+            return Viewport::default();
+        }
+        let lead = Viewport { zoom: self.zoom.clamp(MIN_ZOOM, MAX_ZOOM), ..*self };
         let (Some(theirs), Some(mine)) = (theirs.and_then(ScreenSize::usable), mine.usable())
         else {
-            return *self;
+            return lead;
         };
-        if theirs == mine || !(self.zoom.is_finite() && self.zoom > 0.0) {
-            return *self;
+        if theirs == mine {
+            return lead;
         }
-        let zoom = (self.zoom * (mine.w / theirs.w).min(mine.h / theirs.h)).clamp(0.05, 8.0);
-        let (cx, cy) = (self.x + theirs.w / 2.0 / self.zoom, self.y + theirs.h / 2.0 / self.zoom);
+        let zoom =
+            (lead.zoom * (mine.w / theirs.w).min(mine.h / theirs.h)).clamp(MIN_ZOOM, MAX_ZOOM);
+        let (cx, cy) = (lead.x + theirs.w / 2.0 / lead.zoom, lead.y + theirs.h / 2.0 / lead.zoom);
         Viewport { x: cx - mine.w / 2.0 / zoom, y: cy - mine.h / 2.0 / zoom, zoom }
     }
 }
@@ -238,12 +278,26 @@ impl Viewport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct User {
     /// Stable id of the user (survives reconnects, unlike the Yjs client id).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub id: String,
     /// Display name.
     pub name: String,
-    /// CSS colour, e.g. `#e03131`.
+    /// CSS colour, e.g. `#e03131` (empty when a peer names none).
+    #[serde(default, deserialize_with = "lenient")]
     pub color: String,
+}
+
+/// Reads a field of a peer's presence as `T`, or as `T`'s default if it holds something else.
+/// Presence comes from any Yjs client, and other editors' bindings use the same field names for
+/// other things (y-codemirror's and y-prosemirror's `cursor` is `{anchor, head}`, y-monaco's
+/// `selection` an object): one such field must not hide the whole peer from the presence list.
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 /// The colour shown for a peer whose own is not one (see [`crate::schema::is_safe_color`]).
@@ -258,32 +312,33 @@ pub const HEARTBEAT_MS: u64 = 15_000;
 /// browser throttles), with some slack for a slow network.
 pub const SILENT_AFTER_MS: u64 = 2 * HEARTBEAT_MS + 5_000;
 
-/// The awareness state of one Huddle client. Every field but `user` is optional on the wire so a
-/// plain Yjs client that only sets `user` is still shown; unknown fields are ignored.
+/// The awareness state of one Huddle client. Every field but `user.name` is optional on the wire
+/// so a plain Yjs client that only sets `user: {name}` is still shown; unknown fields are
+/// ignored, and a known one holding something else reads as absent (see `lenient`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Presence {
     /// Who this is.
     pub user: User,
     /// Pointer position on the board, absent when the pointer is off the board.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Point>,
     /// Ids of the shapes this user has selected (others outline them in the user's colour).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
     pub selection: Vec<String>,
     /// What this user's screen shows (for follow mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub viewport: Option<Viewport>,
     /// How big this user's board is on screen, so a follower can fit the same area into its
     /// own (see [`Viewport::followed`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub screen: Option<ScreenSize>,
     /// True when the user has not interacted for a while (tab hidden, no input). As read by
     /// [`crate::session::ClientSession::peers`], also true when the peer has gone silent (see
     /// [`SILENT_AFTER_MS`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub idle: bool,
     /// The recent trail of the laser pointer; ephemeral, so it lives here and not in the doc.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
     pub laser: Vec<Point>,
 }
 
@@ -347,6 +402,43 @@ mod tests {
         );
         // A nonsense size from a peer changes nothing.
         assert_eq!(leader.followed(Some(ScreenSize { w: f64::NAN, h: 0.0 }), phone), leader);
+        // Nor does a view that is none: the follower's own view stays a view.
+        for zoom in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let bad = Viewport { zoom, ..leader };
+            for theirs in [None, Some(desk)] {
+                let v = bad.followed(theirs, phone);
+                assert_eq!(v, Viewport::default(), "zoom {zoom}");
+            }
+        }
+        let far = Viewport { x: f64::NAN, ..leader };
+        assert_eq!(far.followed(Some(desk), phone), Viewport::default());
+        // A zoom out of Huddle's range is brought into it.
+        let v = Viewport { zoom: 1e300, ..leader }.followed(Some(desk), desk);
+        assert_eq!(v.zoom, MAX_ZOOM);
+        assert!(serde_json::to_string(&v).expect("serialises").contains("8"));
+    }
+
+    #[test]
+    fn a_selection_of_anything_fits_in_a_presence_the_relay_accepts() {
+        // Ctrl+A on a board whose shape ids a script made long.
+        let long: Vec<String> = (0..2_000).map(|i| format!("{i:0>127}")).collect();
+        let mut p = Presence::default();
+        p.user.name = "Ada".into();
+        p.selection = selection_for_presence(long.iter().cloned());
+        assert!(!p.selection.is_empty() && p.selection.len() < long.len());
+        let json = serde_json::to_string(&p).expect("serialises");
+        assert!(json.len() < MAX_SELECTION_BYTES + 1024, "{} bytes", json.len());
+        assert!(
+            validate_state(1, &json, &PresenceLimits::default()).is_ok(),
+            "{} bytes",
+            json.len()
+        );
+        // Huddle's own ids: the first 500 of a big selection, in order; absurd ids left out.
+        let ids: Vec<String> = (0..800).map(|i| format!("k3j9x2-{i}")).collect();
+        let shown = selection_for_presence(ids.iter().cloned());
+        assert_eq!(shown, ids[..MAX_SELECTION_IDS]);
+        let shown = selection_for_presence(["a".repeat(10_000), "b".into()]);
+        assert_eq!(shown, ["b"]);
     }
 
     #[test]

@@ -722,6 +722,22 @@ mod tests {
     }
 
     #[test]
+    fn peers_from_other_editors_show_with_what_huddle_can_read_of_them() {
+        let mut huddle = ClientSession::new(Doc::with_client_id(1), clock);
+        // y-codemirror's cursor, y-monaco's selection, a user with no colour.
+        let codemirror = r#"{"user":{"name":"Kim"},"cursor":{"anchor":{"type":1},"head":2},"selection":{"x":1},"idle":"no"}"#;
+        huddle.receive(&wire::awareness(entry(9, 1, codemirror))).expect("handled");
+        let peers = huddle.peers();
+        let [(9, kim)] = peers.as_slice() else { panic!("Kim is listed: {peers:?}") };
+        assert_eq!(kim.user.name, "Kim");
+        assert_eq!(kim.user.color, crate::presence::UNKNOWN_COLOR);
+        assert!(kim.cursor.is_none() && kim.selection.is_empty() && !kim.idle);
+        // Without a name there is nobody to list.
+        huddle.receive(&wire::awareness(entry(10, 1, r#"{"cursor":{"x":1,"y":2}}"#))).expect("ok");
+        assert_eq!(huddle.peers().len(), 1);
+    }
+
+    #[test]
     fn a_socket_cannot_remove_presence_it_did_not_publish() {
         let mut room = Awareness::with_clock(Doc::new(), clock);
         let limits = PresenceLimits::default();

@@ -1,7 +1,7 @@
 //! Board geometry: the viewport transform, shape bounds and hit testing. Pure functions, so they
 //! are cheap to call per frame and easy to reason about.
 
-use huddle_protocol::presence::Viewport;
+use huddle_protocol::presence::{MAX_ZOOM, MIN_ZOOM, Viewport};
 use huddle_protocol::schema::{Shape, ShapeKind};
 
 /// Screen point (CSS pixels, relative to the board element) → board point.
@@ -89,7 +89,7 @@ fn segment_distance(px: f64, py: f64, a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// Zooms `view` by `factor` keeping the board point under screen point `(sx, sy)` fixed.
 pub fn zoom_at(view: &Viewport, factor: f64, sx: f64, sy: f64) -> Viewport {
-    let zoom = (view.zoom * factor).clamp(0.05, 8.0);
+    let zoom = (view.zoom * factor).clamp(MIN_ZOOM, MAX_ZOOM);
     let (bx, by) = to_board(view, sx, sy);
     Viewport { x: bx - sx / zoom, y: by - sy / zoom, zoom }
 }

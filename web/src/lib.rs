@@ -40,9 +40,6 @@ use crate::identity::{Identity, USER_COLORS, random_room_name};
 use crate::state::{RoomState, Tool};
 use crate::sync::{Connection, Refusal, Signals, Status, now_ms};
 
-/// Most selected shape ids published in presence.
-const MAX_SELECTION_IN_PRESENCE: usize = 500;
-
 /// No input for this long marks a user as away.
 const IDLE_AFTER_MS: f64 = 120_000.0;
 /// Where the theme someone chose is remembered (`dark` or `light`).
@@ -288,9 +285,9 @@ fn RoomView(
     });
     Effect::new(move |_| {
         let selection = state.selection.get();
-        // Presence states are bounded (64 KiB on the server): others see at most this many of
-        // our selected shapes outlined.
-        let shown: Vec<String> = selection.into_iter().take(MAX_SELECTION_IN_PRESENCE).collect();
+        // Presence states are bounded (64 KiB on the server): others see a bounded part of our
+        // selection outlined.
+        let shown = huddle_protocol::presence::selection_for_presence(selection);
         state.conn.get_value().update_presence(|p| p.selection = shown);
     });
     let heartbeat = set_interval_with_handle(
