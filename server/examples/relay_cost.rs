@@ -57,7 +57,11 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("has an address");
         let flusher = Flusher::start(Arc::clone(&stats));
-        let limits = Limits { max_frames: 4096, max_bytes: 32 << 20 };
+        let limits = Limits {
+            max_frames: 4096,
+            max_bytes: 32 << 20,
+            write_stall: std::time::Duration::from_secs(30),
+        };
         let mut clients = Vec::new();
         for id in 0..PEERS {
             let client = std::net::TcpStream::connect(addr).expect("connects");

@@ -138,8 +138,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..))]
     pub header_timeout_ms: u64,
 
-    /// Milliseconds an HTTP response may wait for the client to take any of it before the
-    /// connection is closed (bounds clients that ask for a file and then stop reading).
+    /// Milliseconds an HTTP response, or what waits to be written to a WebSocket, may wait for
+    /// the client to take any of it before the connection is closed (bounds clients that ask for
+    /// a file, or a room, and then stop reading).
     #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub write_timeout_ms: u64,
@@ -171,6 +172,7 @@ impl Config {
             pong_timeout: Duration::from_millis(self.pong_timeout_ms),
             max_messages_per_second: self.max_messages_per_second,
             max_bytes_per_second: self.max_bytes_per_second,
+            write_stall: Duration::from_millis(self.write_timeout_ms),
         }
     }
 

@@ -52,6 +52,9 @@ pub struct SocketConfig {
     pub max_messages_per_second: u32,
     /// Most bytes per second a socket's messages are read at, on average.
     pub max_bytes_per_second: u32,
+    /// Longest a socket may take none of what waits to be written (see
+    /// [`crate::outbox::Limits::write_stall`]).
+    pub write_stall: Duration,
 }
 
 /// How fast one socket's messages are taken in: a token bucket for messages and one for
@@ -155,6 +158,7 @@ impl Upgraded {
         let limits = Limits {
             max_frames: ctx.config.max_queue_frames,
             max_bytes: ctx.config.max_queue_bytes,
+            write_stall: ctx.config.write_stall,
         };
         let outbox = Outbox::new(write, ctx.flushers.pick(id.0), limits);
         let wire = Wire::new(read, Arc::clone(&outbox));

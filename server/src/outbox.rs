@@ -151,6 +151,13 @@ struct Pending {
     exempt: bool,
 }
 
+impl Queue {
+    /// Bytes of the frame being written that have not been written yet.
+    fn in_flight(&self) -> usize {
+        self.frames.front().filter(|p| p.sent > 0).map_or(0, |p| p.frame.len() - p.sent)
+    }
+}
+
 impl Pending {
     /// What is left to write, as at most two slices.
     fn rest(&self) -> (&[u8], &[u8]) {
@@ -212,6 +219,11 @@ pub struct Limits {
     pub max_frames: usize,
     /// Most bytes queued before the socket is cut off as too slow.
     pub max_bytes: usize,
+    /// Longest the socket may take none of what is waiting to be written before it is cut off
+    /// as not reading. Nothing else would notice a peer that stops reading in the middle of a
+    /// big answer while it keeps sending: its liveness comes from what it sends, and the
+    /// queue's limits only from what is queued after.
+    pub write_stall: Duration,
 }
 
 /// The sending side of one socket: frames waiting to be written, and the write half of the
@@ -283,7 +295,11 @@ impl Outbox {
                     if queue.failed || self.kick.token_cancelled() {
                         return false;
                     }
-                    if queue.bytes == 0 || queue.bytes + len <= self.limits.max_bytes {
+                    // The rest of a frame being written counts here: otherwise each answer
+                    // would leave the budget as it started, and a peer that asks again and
+                    // again without reading would hold one whole answer per request.
+                    let pending = queue.bytes + queue.in_flight();
+                    if pending == 0 || pending + len <= self.limits.max_bytes {
                         return true;
                     }
                 }
@@ -426,7 +442,8 @@ impl Outbox {
     }
 
     /// Marks `written` bytes as written. Returns whether a frame was started (and so left the
-    /// byte budget).
+    /// byte budget) or finished (and so left what an answer waits for, see
+    /// [`Outbox::offer_reply`]).
     fn advance(queue: &mut Queue, mut written: usize) -> bool {
         let mut started = false;
         while written > 0 {
@@ -442,6 +459,7 @@ impl Outbox {
             if written >= rest {
                 written -= rest;
                 queue.frames.pop_front();
+                started = true;
             } else {
                 front.sent += written;
                 written = 0;
@@ -483,9 +501,16 @@ impl Outbox {
                         }
                     }
                 }
-                if self.tcp.writable().await.is_err() {
-                    Self::fail(&mut self.queue.lock());
-                    return;
+                match tokio::time::timeout(self.limits.write_stall, self.tcp.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        Self::fail(&mut self.queue.lock());
+                        return;
+                    }
+                    Err(_) => {
+                        self.kick.kick(CloseCode::TRY_AGAIN_LATER, "too slow: not reading");
+                        return;
+                    }
                 }
             }
         }
@@ -669,7 +694,8 @@ pub(crate) mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(20);
     const SOCKET_BUFFER: u32 = 32 << 10;
-    pub(crate) const ROOMY: Limits = Limits { max_frames: 1000, max_bytes: 64 << 20 };
+    pub(crate) const ROOMY: Limits =
+        Limits { max_frames: 1000, max_bytes: 64 << 20, write_stall: Duration::from_secs(30) };
 
     pub(crate) struct Connected {
         pub(crate) outbox: Arc<Outbox>,
@@ -837,7 +863,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_queue_over_its_budget_cuts_the_socket_off_as_too_slow() {
-        let by_bytes = connected(Limits { max_frames: 100, max_bytes: 1000 }).await;
+        let by_bytes = connected(Limits { max_frames: 100, max_bytes: 1000, ..ROOMY }).await;
         let sized = |n| Framed::binary(Bytes::from(vec![0; n]));
         // Held, so nothing drains: the first frame is taken whatever its size.
         assert!(by_bytes.outbox.offer(&sized(1500)));
@@ -845,7 +871,7 @@ pub(crate) mod tests {
         assert!(!by_bytes.outbox.offer(&sized(1)));
         assert_eq!(by_bytes.outbox.kick.reason().map(|r| r.0), Some(CloseCode::TRY_AGAIN_LATER));
 
-        let by_frames = connected(Limits { max_frames: 2, max_bytes: 1 << 20 }).await;
+        let by_frames = connected(Limits { max_frames: 2, max_bytes: 1 << 20, ..ROOMY }).await;
         assert!(by_frames.outbox.offer(&small(1)));
         assert!(by_frames.outbox.offer(&small(2)));
         assert!(!by_frames.outbox.kick.token_cancelled());
@@ -858,7 +884,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_answer_waits_for_room_in_the_queue_instead_of_cutting_the_socket_off() {
-        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20 }).await;
+        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20, ..ROOMY }).await;
         c.outbox.release();
         let big = big();
         assert!(c.outbox.offer(&Framed::binary(big.clone())));
@@ -887,7 +913,7 @@ pub(crate) mod tests {
     /// cutting the socket off as too slow (which would happen again at every reconnect).
     #[tokio::test]
     async fn a_big_answer_behind_a_frame_in_flight_does_not_cut_off_the_next_broadcast() {
-        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20 }).await;
+        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20, ..ROOMY }).await;
         c.outbox.release();
         let big = big();
         assert!(c.outbox.offer(&Framed::binary(big.clone())));
@@ -895,17 +921,66 @@ pub(crate) mod tests {
             q.blocked && q.frames.front().is_some_and(|p| p.sent > 0)
         })
         .await;
-        // Over the budget on its own, and queued since nothing else waits.
+        // Over the budget on its own: queued once the frame in flight is written, and then
+        // itself being written (the client reads no further yet).
         let answer = Bytes::from(vec![9; 2 << 20]);
-        assert!(c.outbox.offer_reply(answer.clone(), DEADLINE).await);
+        let offered = {
+            let (outbox, answer) = (Arc::clone(&c.outbox), answer.clone());
+            tokio::spawn(async move { outbox.offer_reply(answer, DEADLINE).await })
+        };
+        assert_eq!(next_binary(&mut c.client).await, big);
+        assert!(offered.await.expect("offer ends"));
         assert!(c.outbox.offer(&small(1)), "a broadcast is still taken");
         assert!(!c.outbox.kick.token_cancelled());
-        assert_eq!(next_binary(&mut c.client).await, big);
         assert_eq!(next_binary(&mut c.client).await, answer);
         assert_eq!(next_binary(&mut c.client).await, small(1).payload);
         until(&c.outbox, "everything written", |q| q.frames.is_empty()).await;
         let queue = c.outbox.queue.lock();
         assert_eq!((queue.bytes, queue.exempt), (0, 0), "the accounts are square");
+    }
+
+    /// A peer that asks for one answer after another without reading holds one at a time: an
+    /// answer waits for the rest of the one being written, not only for what is queued.
+    #[tokio::test]
+    async fn an_answer_waits_for_the_rest_of_the_frame_being_written() {
+        let mut c = connected(Limits { max_frames: 100, max_bytes: 1 << 20, ..ROOMY }).await;
+        c.outbox.release();
+        let big = big();
+        assert!(c.outbox.offer_reply(big.clone(), DEADLINE).await, "an empty queue takes it");
+        until(&c.outbox, "the big answer is being written, the socket full", |q| {
+            q.blocked && q.frames.front().is_some_and(|p| p.sent > 0)
+        })
+        .await;
+        let offered = {
+            let outbox = Arc::clone(&c.outbox);
+            let again = big.clone();
+            tokio::spawn(async move { outbox.offer_reply(again, DEADLINE).await })
+        };
+        // Nothing the client did lets it in: it waits (the queue itself is empty).
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!offered.is_finished(), "a second answer waits for the first");
+        assert_eq!(c.outbox.queue.lock().frames.len(), 1);
+        assert_eq!(next_binary(&mut c.client).await, big);
+        assert!(offered.await.expect("offer ends"));
+        assert_eq!(next_binary(&mut c.client).await, big);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_cut_off_after_the_write_stall() {
+        let write_stall = Duration::from_millis(300);
+        let c = connected(Limits { write_stall, ..ROOMY }).await;
+        c.outbox.release();
+        assert!(c.outbox.offer(&Framed::binary(big())));
+        // The client never reads: the socket fills, and nothing more is taken.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while c.outbox.kick.reason().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "never cut off");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (code, reason) = c.outbox.kick.reason().expect("kicked");
+        assert_eq!((code, reason), (CloseCode::TRY_AGAIN_LATER, "too slow: not reading"));
     }
 
     #[test]
