@@ -16,6 +16,10 @@ use crate::store::sqlite::Durability;
 /// thousand people with 8 KiB of state each, a quarter of a socket's default queue budget.
 const MAX_ROOM_PRESENCE_BYTES: usize = 8 << 20;
 
+/// File descriptors kept for what is not a connection: the database and its WAL, the update
+/// journal's files, the listening socket, logs, the runtime's own.
+const OPEN_FILES_RESERVE: u64 = 256;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -176,6 +180,41 @@ impl Config {
         }
     }
 
+    /// Fits the connection limits into `open_files`, the process's open-files limit: every
+    /// WebSocket and every HTTP connection is a file descriptor, and so are the database, its
+    /// log and the update journal. With limits the descriptors cannot hold, accepting fails
+    /// (and so does opening the next journal file) instead of the 503 the limit promises. Lowers
+    /// `max_connections` to what fits beside `max_http_connections` and a reserve, and returns
+    /// a warning saying so (`None` if they fit as they are).
+    ///
+    /// # Errors
+    /// A one-line message naming the fix when not even one WebSocket fits.
+    pub fn fit_open_files(&mut self, open_files: u64) -> Result<Option<String>, String> {
+        let needed = u64::from(self.max_connections)
+            + u64::from(self.max_http_connections)
+            + OPEN_FILES_RESERVE;
+        if needed <= open_files {
+            return Ok(None);
+        }
+        let room =
+            open_files.saturating_sub(u64::from(self.max_http_connections) + OPEN_FILES_RESERVE);
+        if room == 0 {
+            return Err(format!(
+                "the open-files limit ({open_files}) leaves no room for WebSockets beside \
+                 --max-http-connections {}: raise it (ulimit -n) or lower --max-http-connections",
+                self.max_http_connections
+            ));
+        }
+        let fitted = u32::try_from(room).unwrap_or(u32::MAX);
+        let warning = format!(
+            "--max-connections {} lowered to {fitted}: the open-files limit is {open_files}; \
+             raise it (ulimit -n) to allow more",
+            self.max_connections
+        );
+        self.max_connections = fitted;
+        Ok(Some(warning))
+    }
+
     /// The rooms' settings (also what tests and the relay guard start from).
     pub fn room(&self) -> RoomConfig {
         RoomConfig {
@@ -189,5 +228,30 @@ impl Config {
             max_room_presence_bytes: MAX_ROOM_PRESENCE_BYTES,
             max_room_bytes: self.max_room_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_are_fitted_into_the_open_files_limit() {
+        let mut config = Config::with_data_dir("unused");
+        (config.max_connections, config.max_http_connections) = (65_536, 4096);
+        // Room for everything: nothing changes.
+        assert_eq!(config.fit_open_files(1 << 20), Ok(None));
+        assert_eq!(config.max_connections, 65_536);
+        // This machine's hard limit: WebSockets get what the HTTP places and the reserve leave.
+        let warning = config.fit_open_files(20_000).expect("fits").expect("a warning");
+        assert_eq!(config.max_connections, 20_000 - 4096 - 256);
+        assert!(
+            warning.contains("--max-connections") && warning.contains("ulimit -n"),
+            "{warning}"
+        );
+        assert_eq!(config.fit_open_files(20_000), Ok(None), "fitted now");
+        // Not even one: a one-line error naming the fix.
+        let error = config.fit_open_files(1024).expect_err("nothing fits");
+        assert!(error.contains("--max-http-connections") && !error.contains('\n'), "{error}");
     }
 }

@@ -92,10 +92,9 @@ pub struct HttpTimeouts {
     /// or send nothing).
     pub header: std::time::Duration,
     /// To take any of a response: a response the client has not read from for this long
-    /// ends the connection (bounds clients that ask for a file and then stop reading). It
-    /// applies as well to the rare WebSocket upgraded through hyper rather than in the accept
-    /// loop, where it acts like the queue limits: a client that takes nothing for this long
-    /// is gone.
+    /// ends the connection (bounds clients that ask for a file and then stop reading). A
+    /// WebSocket's outbox applies the same limit to its own frames (see
+    /// [`crate::outbox::Limits::write_stall`]).
     pub write_stall: std::time::Duration,
 }
 
@@ -237,6 +236,12 @@ enum Opening {
     Gone,
 }
 
+/// Whether the bytes read since `before` end the request head (its blank line may straddle two
+/// reads).
+fn head_ended(head: &[u8], before: usize) -> bool {
+    head[before.saturating_sub(3)..].windows(4).any(|w| w == b"\r\n\r\n")
+}
+
 /// Reads the start of a connection until it is clear whether it asks for a room's socket.
 async fn read_head(
     mut tcp: TcpStream,
@@ -248,6 +253,7 @@ async fn read_head(
     let deadline = tokio::time::Instant::now() + header_timeout;
     let mut head = Vec::with_capacity(HEAD_READ_BYTES);
     loop {
+        let before = head.len();
         let read = tokio::select! {
             read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut head)) => read,
             () = stop.cancelled() => return Opening::Gone,
@@ -255,7 +261,10 @@ async fn read_head(
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             return Opening::Gone;
         }
-        match upgrade_request(&head) {
+        // Parsed once it has ended (or is as long as a head may be), not after every read: a
+        // head trickled in a byte at a time would be parsed again for each byte, up to 16 KiB.
+        let parse = head_ended(&head, before) || head.len() >= MAX_HEAD_BYTES;
+        match if parse { upgrade_request(&head) } else { Head::Partial } {
             Head::Partial if head.len() < MAX_HEAD_BYTES => {
                 if head.len() == head.capacity() {
                     head.reserve(head.len());
@@ -734,7 +743,7 @@ async fn websocket(
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, upgrade_request, without_nagle};
+    use super::{Head, head_ended, upgrade_request, without_nagle};
 
     const KEY: &str = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
@@ -770,6 +779,20 @@ mod tests {
         }
         let asks = head.replace("?token=1", "?token=1&deflate=1");
         assert!(matches!(upgrade_request(asks.as_bytes()), Head::Upgrade { deflate: true, .. }));
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_its_blank_line_arrived_even_split_across_reads() {
+        let head = b"GET /ws/r HTTP/1.1\r\nHost: x\r\n\r\n";
+        let end = head.len();
+        // Every way of reading it in two parts: ended only once the last byte is in.
+        for cut in 1..end {
+            assert!(!head_ended(&head[..cut], 0), "not ended at {cut}");
+            assert!(head_ended(head, cut), "ended with the read from {cut}");
+        }
+        // A byte at a time, each read looked at once.
+        let ended: Vec<usize> = (1..=end).filter(|&n| head_ended(&head[..n], n - 1)).collect();
+        assert_eq!(ended, [end]);
     }
 
     #[test]

@@ -7,12 +7,20 @@ use huddle_server::{Config, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
     init_logging(config.log_format);
     // Every socket is a file descriptor: take the whole hard limit (the default soft limit of
-    // 1,024 would refuse the 1,025th client).
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "could not raise the open-files limit");
+    // 1,024 would refuse the 1,025th client), and fit the connection limits into it.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(open_files) => match config.fit_open_files(open_files) {
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Ok(None) => {}
+            Err(message) => {
+                eprintln!("error: {message}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
     let runtime = if config.threads == 1 {
         // One thread: no cross-thread wake-ups on the relay path. Measured on 2 cores (see
