@@ -215,6 +215,12 @@ impl Config {
         Ok(Some(warning))
     }
 
+    /// The most bytes of messages not yet whole the sockets may hold together (see
+    /// [`crate::outbox::InputBudget`]): eight of the largest messages, at least 256 MiB.
+    pub fn max_unfinished_input_bytes(&self) -> u64 {
+        (8 * u64::from(self.max_message_bytes)).max(256 << 20)
+    }
+
     /// The rooms' settings (also what tests and the relay guard start from).
     pub fn room(&self) -> RoomConfig {
         RoomConfig {

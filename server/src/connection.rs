@@ -114,6 +114,8 @@ pub struct SocketContext {
     pub shutdown: CancellationToken,
     /// What writes every socket's queued frames.
     pub flushers: Flushers,
+    /// What the sockets may hold of messages not yet whole, together.
+    pub input: Arc<crate::outbox::InputBudget>,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -161,6 +163,7 @@ impl Upgraded {
             write_stall: ctx.config.write_stall,
         };
         let outbox = Outbox::new(write, ctx.flushers.pick(id.0), limits);
+        outbox.count_input_against(Arc::clone(&ctx.input));
         let wire = Wire::new(read, Arc::clone(&outbox));
         let socket = if pipelined.is_empty() {
             WebSocketStream::from_raw_socket(wire, Role::Server, Some(websocket)).await
@@ -368,6 +371,9 @@ where
                 Ok(Some(Ok(m))) => break m,
             }
         };
+        if matches!(message, Message::Binary(_) | Message::Text(_)) {
+            tx.message_done();
+        }
         let frame = match message {
             Message::Binary(frame) => frame,
             Message::Text(_) => {

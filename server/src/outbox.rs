@@ -241,6 +241,49 @@ pub struct Outbox {
     limits: Limits,
     /// Bytes read from the socket so far (see [`Outbox::bytes_read`]).
     read: std::sync::atomic::AtomicU64,
+    /// What bytes read of messages not yet whole count against (see [`InputBudget`]).
+    input: std::sync::OnceLock<Arc<InputBudget>>,
+    /// `read` when the last whole data message was taken (see [`Outbox::message_done`]).
+    mark: std::sync::atomic::AtomicU64,
+    /// What this socket holds of the input budget now.
+    charged: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes read of messages not yet whole, on every socket together, and the most they may be.
+///
+/// tungstenite keeps what it has read of a message until the message is whole (a frame that
+/// has not all arrived, or the fragments of one message), up to the largest message accepted
+/// (32 MiB by default). One socket holding that is allowed; a thousand, each trickling or
+/// idling in the middle of one with a ping now and then to stay alive, would hold 32 GiB. Once
+/// the budget is spent, a socket holding more than [`SMALL_UNFINISHED`] of a message that
+/// receives more of it is closed (1013, its client retries later), so the budget is never
+/// overrun by more than one read per socket.
+#[derive(Debug)]
+pub struct InputBudget {
+    held: std::sync::atomic::AtomicU64,
+    limit: u64,
+}
+
+/// What a socket may hold of an unfinished message whatever the [`InputBudget`] says: the
+/// ordinary messages of a healthy client are smaller and whole within a read or two.
+pub const SMALL_UNFINISHED: u64 = 64 << 10;
+
+impl InputBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { held: std::sync::atomic::AtomicU64::new(0), limit })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.message_done();
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -262,8 +305,55 @@ impl Outbox {
             drained: Notify::new(),
             task: Notify::new(),
             read: std::sync::atomic::AtomicU64::new(0),
+            input: std::sync::OnceLock::new(),
+            mark: std::sync::atomic::AtomicU64::new(0),
+            charged: std::sync::atomic::AtomicU64::new(0),
             limits,
         })
+    }
+
+    /// Counts what this socket reads of unfinished messages against `budget` from now on.
+    pub fn count_input_against(&self, budget: Arc<InputBudget>) {
+        let _ = self.input.set(budget);
+    }
+
+    /// A whole data message was taken from the socket: what it held of the input budget is
+    /// free again. (Not for pings: a peer could otherwise clear its account in the middle of a
+    /// fragmented message with a ping between two fragments.)
+    pub fn message_done(&self) {
+        self.mark.store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        let charged = self.charged.swap(0, Ordering::Relaxed);
+        if charged > 0
+            && let Some(budget) = self.input.get()
+        {
+            budget.held.fetch_sub(charged, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts what was read since the last whole message against the input budget. Returns
+    /// false, and cuts the socket off, if the budget is spent and this socket holds more than
+    /// [`SMALL_UNFINISHED`].
+    fn charge_unfinished(&self) -> bool {
+        let Some(budget) = self.input.get() else { return true };
+        let unfinished =
+            self.read.load(Ordering::Relaxed).saturating_sub(self.mark.load(Ordering::Relaxed));
+        let charged = self.charged.load(Ordering::Relaxed);
+        if unfinished <= charged {
+            return true;
+        }
+        self.charged.store(unfinished, Ordering::Relaxed);
+        let held =
+            budget.held.fetch_add(unfinished - charged, Ordering::Relaxed) + (unfinished - charged);
+        if held > budget.limit && unfinished > SMALL_UNFINISHED {
+            // The socket is done for: what it held is free for the others at once.
+            self.message_done();
+            self.kick.kick(
+                CloseCode::TRY_AGAIN_LATER,
+                "server busy: too many unfinished messages; try again",
+            );
+            return false;
+        }
+        true
     }
 
     /// Queues a frame without waiting; a socket whose queue is full is too slow and is kicked.
@@ -653,6 +743,9 @@ impl AsyncRead for Wire {
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
             self.outbox.read.fetch_add(read, Ordering::Relaxed);
+            if !self.outbox.charge_unfinished() {
+                return Poll::Ready(Err(io::Error::other("unfinished input over the budget")));
+            }
         }
         polled
     }
@@ -981,6 +1074,75 @@ pub(crate) mod tests {
         }
         let (code, reason) = c.outbox.kick.reason().expect("kicked");
         assert_eq!((code, reason), (CloseCode::TRY_AGAIN_LATER, "too slow: not reading"));
+    }
+
+    /// The server's end of `c` read as the read loop reads it: every whole data message frees
+    /// what it held of the input budget. Sends the length of each message it gets.
+    fn serve_reads(
+        c: &mut Connected,
+        budget: &Arc<InputBudget>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<usize> {
+        c.outbox.count_input_against(Arc::clone(budget));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (read, outbox) = (c.read.take().expect("read half"), Arc::clone(&c.outbox));
+        tokio::spawn(async move {
+            let config = WebSocketConfig::default().max_frame_size(None).max_message_size(None);
+            let wire = Wire::new(read, Arc::clone(&outbox));
+            let mut server =
+                WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+            while let Some(Ok(message)) = server.next().await {
+                if let Message::Binary(payload) = message {
+                    outbox.message_done();
+                    let _ = tx.send(payload.len());
+                }
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn sockets_holding_unfinished_messages_share_one_budget() {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let fragment = |len: usize, first: bool, fin: bool| {
+            let code = if first { Data::Binary } else { Data::Continue };
+            Message::Frame(Frame::message(vec![1; len], OpCode::Data(code), fin))
+        };
+        let budget = InputBudget::new(256 << 10);
+        let (mut a, mut b) = (connected(ROOMY).await, connected(ROOMY).await);
+        let mut from_a = serve_reads(&mut a, &budget);
+        let _from_b = serve_reads(&mut b, &budget);
+        // Ada's client is in the middle of a 200 KiB message.
+        a.client.send(fragment(200 << 10, true, false)).await.expect("sends");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while budget.held() < 200 << 10 {
+            assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Another socket's unfinished 100 KiB would take the budget past its 256 KiB: cut off.
+        let _ = b.client.send(fragment(100 << 10, true, false)).await;
+        while b.outbox.kick.reason().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "b never cut off");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            b.outbox.kick.reason(),
+            Some((
+                CloseCode::TRY_AGAIN_LATER,
+                "server busy: too many unfinished messages; try again"
+            ))
+        );
+        assert!(a.outbox.kick.reason().is_none(), "the socket that came first goes on");
+        // Ada's message ends: it arrives whole, and once Bob's socket is gone too nothing is
+        // held.
+        a.client.send(fragment(10, false, true)).await.expect("sends");
+        let got = tokio::time::timeout(DEADLINE, from_a.recv()).await.expect("in time");
+        assert_eq!(got, Some((200 << 10) + 10));
+        drop(b);
+        while budget.held() != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[test]
