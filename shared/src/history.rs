@@ -51,6 +51,9 @@ struct Change {
     mine: HashMap<String, Option<Any>>,
     /// The step's last edit of the shape removed it.
     removed: bool,
+    /// The shape as that removal found it: with what others changed during the step, which an
+    /// undo of the removal keeps.
+    removed_as: Option<Fields>,
     /// When (by [`Stacks::clock`]) this user last changed the shape in the step.
     at: u64,
 }
@@ -152,10 +155,11 @@ impl History {
         // The lock is released before the transaction commits and the observer runs.
         let Ok(mut stacks) = self.stacks.lock() else { return false };
         let stacks = &mut *stacks;
-        stacks.cut = true;
         loop {
             let step = if undo { stacks.undo.pop() } else { stacks.redo.pop() };
+            // With nothing to undo or redo, the step being recorded (a stroke, a drag) goes on.
             let Some(step) = step else { return false };
+            stacks.cut = true;
             let done = revert(&self.board, &mut txn, step, stacks.clock, &stacks.others);
             if !done.is_empty() {
                 let other = if undo { &mut stacks.redo } else { &mut stacks.undo };
@@ -210,6 +214,9 @@ fn record(
                             .or_insert_with(|| Change { before: old.clone(), ..Change::default() });
                         entry.at = at;
                         entry.removed = new.is_none();
+                        if entry.removed {
+                            entry.removed_as = old.clone();
+                        }
                         // A shape created in the step is undone whole: no fields to keep.
                         let (Some(new), Some(before)) = (new, &entry.before) else { continue };
                         // What this edit changed: against the shape before it, or, for a shape
@@ -326,8 +333,12 @@ fn revert(
     for (id, change) in step {
         let now = board.shapes_ref().get(txn, &id).and_then(|out| fields_of(txn, &out));
         match (change.before, change.removed, now) {
-            // The step created it: remove it, whoever changed it since.
+            // The step created it: remove it, unless someone else changed it since (their
+            // work is not this user's to take back).
             (None, _, Some(now)) => {
+                if others.get(&id).is_some_and(|&when| when > change.at) {
+                    continue;
+                }
                 board.remove_shape(txn, &id);
                 let undone =
                     Change { before: Some(now), removed: true, at: clock, ..Change::default() };
@@ -340,7 +351,16 @@ fn revert(
                 if others.get(&id).is_some_and(|&when| when > change.at) {
                     continue;
                 }
-                board.put_fields(txn, &id, &before);
+                // As the removal found it, with this user's own changes in the step set back.
+                let mut back =
+                    change.removed_as.map_or_else(|| (*before).clone(), Arc::unwrap_or_clone);
+                for field in change.mine.keys() {
+                    match before.get(field) {
+                        Some(value) => back.insert(field.clone(), value.clone()),
+                        None => back.remove(field),
+                    };
+                }
+                board.put_fields(txn, &id, &Arc::new(back));
                 done.insert(id, Change { at: clock, ..Change::default() });
             }
             // The step changed it: set back the fields that still hold what the step left. A
@@ -358,7 +378,8 @@ fn revert(
                 if written.is_empty() {
                     continue;
                 }
-                let redo = Change { before: Some(now), mine: written, removed: false, at: clock };
+                let redo =
+                    Change { before: Some(now), mine: written, at: clock, ..Change::default() };
                 done.insert(id, redo);
             }
             _ => {}
@@ -667,6 +688,55 @@ mod tests {
         assert_eq!(ada.shape("s").map(|s| s.x), Some(0.0));
         assert!(ada.redo());
         assert_eq!(ada.shape("s").map(|s| s.x), Some(70.0));
+    }
+
+    #[test]
+    fn what_someone_else_changed_since_is_not_taken_away_with_a_creation_or_a_removal() {
+        // Ada draws a rectangle; Bob moves it. Her undo leaves his moved rectangle.
+        let (ada, bob) = (User::new(3), User::new(2));
+        ada.edit(|b, t| b.put_shape(t, &rect("r")));
+        sync(&ada, &bob);
+        bob.edit(|b, t| assert!(b.set_field(t, "r", "x", 90.0)));
+        sync(&bob, &ada);
+        assert!(!ada.undo());
+        assert_eq!(ada.shape("r").map(|s| s.x), Some(90.0));
+        // Ada deletes it and undoes that; Bob recolours it; her redo leaves it.
+        ada.history.cut();
+        ada.edit(|b, t| assert!(b.remove_shape(t, "r")));
+        assert!(ada.undo());
+        sync(&ada, &bob);
+        bob.edit(|b, t| assert!(b.set_field(t, "r", "stroke", "#0000ff")));
+        sync(&bob, &ada);
+        assert!(!ada.redo());
+        assert_eq!(ada.shape("r").map(|s| s.stroke), Some("#0000ff".to_owned()));
+    }
+
+    #[test]
+    fn a_removal_undone_keeps_what_others_changed_earlier_in_the_step() {
+        // Ada moves the shape, Bob changes its height, and Ada removes it, all in one step.
+        let (ada, bob) = pair();
+        ada.edit(|b, t| assert!(b.set_field(t, "s", "x", 10.0)));
+        sync(&ada, &bob);
+        bob.edit(|b, t| assert!(b.set_field(t, "s", "h", 50.0)));
+        sync(&bob, &ada);
+        ada.edit(|b, t| assert!(b.remove_shape(t, "s")));
+        assert!(ada.undo());
+        let s = ada.shape("s").expect("back");
+        assert_eq!((s.x, s.h), (0.0, 50.0), "Ada's move undone, Bob's height kept");
+    }
+
+    #[test]
+    fn undo_or_redo_with_nothing_to_do_does_not_split_the_step_being_drawn() {
+        let ada = User::new(1);
+        let mut stroke = Shape::new("p", ShapeKind::Pen);
+        stroke.points = vec![0.0, 0.0];
+        ada.edit(|b, t| b.begin_stroke(t, &stroke));
+        ada.edit(|b, t| assert!(b.append_points(t, "p", &[1.0, 1.0])));
+        assert!(!ada.redo(), "nothing to redo");
+        ada.edit(|b, t| assert!(b.append_points(t, "p", &[2.0, 2.0])));
+        ada.edit(|b, t| assert!(b.settle(t, "p", &[])));
+        assert!(ada.undo());
+        assert!(ada.shape("p").is_none(), "the whole stroke was one step");
     }
 
     #[test]

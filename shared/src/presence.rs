@@ -233,8 +233,9 @@ pub fn selection_for_presence(selected: impl IntoIterator<Item = String>) -> Vec
         .into_iter()
         .filter(|id| id.len() <= MAX_SELECTED_ID_BYTES)
         .take_while(|id| {
-            // Quotes and a comma around each id in the JSON.
-            bytes += id.len() + 3;
+            // As the id is written in the state's JSON (a control character takes six bytes
+            // there), with a comma.
+            bytes += serde_json::to_string(id).map_or(usize::MAX / 2, |json| json.len()) + 1;
             bytes <= MAX_SELECTION_BYTES
         })
         .take(MAX_SELECTION_IDS)
@@ -439,6 +440,11 @@ mod tests {
         assert_eq!(shown, ids[..MAX_SELECTION_IDS]);
         let shown = selection_for_presence(["a".repeat(10_000), "b".into()]);
         assert_eq!(shown, ["b"]);
+        // Ids of control characters take six bytes each in JSON.
+        let controls: Vec<String> = (0..500).map(|i| format!("{i:\u{1}>128}")).collect();
+        p.selection = selection_for_presence(controls);
+        let json = serde_json::to_string(&p).expect("serialises");
+        assert!(json.len() < MAX_SELECTION_BYTES + 1024, "{} bytes", json.len());
     }
 
     #[test]
