@@ -236,10 +236,11 @@ enum Opening {
     Gone,
 }
 
-/// Whether the bytes read since `before` end the request head (its blank line may straddle two
-/// reads).
+/// Whether the bytes read since `before` end the request head: a blank line, which may
+/// straddle two reads, after lines ending in CRLF or, as HTTP parsers also accept, a bare LF.
 fn head_ended(head: &[u8], before: usize) -> bool {
-    head[before.saturating_sub(3)..].windows(4).any(|w| w == b"\r\n\r\n")
+    let new = &head[before.saturating_sub(2)..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Reads the start of a connection until it is clear whether it asks for a room's socket.
@@ -261,9 +262,10 @@ async fn read_head(
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             return Opening::Gone;
         }
-        // Parsed once it has ended (or is as long as a head may be), not after every read: a
-        // head trickled in a byte at a time would be parsed again for each byte, up to 16 KiB.
-        let parse = head_ended(&head, before) || head.len() >= MAX_HEAD_BYTES;
+        // Parsed after the first read (what is not HTTP at all is told at once) and then once
+        // the head has ended (or is as long as a head may be), not after every read: a head
+        // trickled in a byte at a time would be parsed again for each byte, up to 16 KiB.
+        let parse = before == 0 || head_ended(&head, before) || head.len() >= MAX_HEAD_BYTES;
         match if parse { upgrade_request(&head) } else { Head::Partial } {
             Head::Partial if head.len() < MAX_HEAD_BYTES => {
                 if head.len() == head.capacity() {
@@ -793,6 +795,11 @@ mod tests {
         // A byte at a time, each read looked at once.
         let ended: Vec<usize> = (1..=end).filter(|&n| head_ended(&head[..n], n - 1)).collect();
         assert_eq!(ended, [end]);
+        // Bare line feeds, as httparse and hyper accept them.
+        let bare = b"GET / HTTP/1.1\nHost: x\n\n";
+        let ended: Vec<usize> =
+            (1..=bare.len()).filter(|&n| head_ended(&bare[..n], n - 1)).collect();
+        assert_eq!(ended, [bare.len()]);
     }
 
     #[test]

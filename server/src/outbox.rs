@@ -254,10 +254,13 @@ pub struct Outbox {
 /// tungstenite keeps what it has read of a message until the message is whole (a frame that
 /// has not all arrived, or the fragments of one message), up to the largest message accepted
 /// (32 MiB by default). One socket holding that is allowed; a thousand, each trickling or
-/// idling in the middle of one with a ping now and then to stay alive, would hold 32 GiB. Once
-/// the budget is spent, a socket holding more than [`SMALL_UNFINISHED`] of a message that
-/// receives more of it is closed (1013, its client retries later), so the budget is never
-/// overrun by more than one read per socket.
+/// idling in the middle of one with a ping now and then to stay alive, would hold 32 GiB. Only
+/// what passes [`SMALL_UNFINISHED`] on a socket is counted; once the budget is spent, a socket
+/// holding more than that of a message that receives more of it is closed (1013, its client
+/// retries later). So what all sockets hold of unfinished messages stays under the budget plus
+/// [`SMALL_UNFINISHED`] per socket (the messages of healthy clients are smaller and whole
+/// within a read or two). Sockets that filled the budget first keep their place while they
+/// stay alive: others' big messages are refused meanwhile (not bounded in time yet).
 #[derive(Debug)]
 pub struct InputBudget {
     held: std::sync::atomic::AtomicU64,
@@ -338,7 +341,9 @@ impl Outbox {
         let unfinished =
             self.read.load(Ordering::Relaxed).saturating_sub(self.mark.load(Ordering::Relaxed));
         let charged = self.charged.load(Ordering::Relaxed);
-        if unfinished <= charged {
+        // A message in progress below the size that counts is the common case: the shared
+        // counter is left alone.
+        if unfinished <= charged || unfinished <= SMALL_UNFINISHED {
             return true;
         }
         self.charged.store(unfinished, Ordering::Relaxed);

@@ -82,6 +82,10 @@ fn is_live(awareness: &Awareness, id: ClientID) -> bool {
         .unwrap_or(false)
 }
 
+/// Most clocks past a live state another socket published that a socket may name to take it
+/// over (see [`PeerPresence::apply`]).
+const MAX_TAKEOVER_STEP: u32 = 16;
+
 /// The JSON of a removed state.
 const NULL: &str = "null";
 
@@ -117,6 +121,17 @@ impl PeerPresence {
                 // yrs applies a removal at an equal clock, a new state only at a newer one.
                 Some(clock) if removal => {
                     self.owned.contains_key(&id) && entry.clock >= clock && is_live(awareness, id)
+                }
+                // Someone else's live state: taken over only a few clocks on (a client back on
+                // a new socket before its old one was found dead comes back two on), so a peer
+                // naming another's id cannot push its clock to the top of the range, where the
+                // owner could never announce itself again.
+                Some(clock)
+                    if entry.clock > clock
+                        && is_live(awareness, id)
+                        && !self.owned.contains_key(&id) =>
+                {
+                    entry.clock - clock <= MAX_TAKEOVER_STEP
                 }
                 Some(clock) if entry.clock > clock => true,
                 Some(clock) => {
@@ -751,6 +766,26 @@ mod tests {
         let applied = ada.apply(&mut room, entry(1, 4, "null"), &limits, OWN).expect("ok");
         assert!(applied.effective.is_some());
         assert!(!is_live(&room, ClientID::new(1)));
+    }
+
+    #[test]
+    fn a_live_state_is_taken_over_only_a_few_clocks_on() {
+        let mut room = Awareness::with_clock(Doc::new(), clock);
+        let limits = PresenceLimits::default();
+        let (mut ada, mut eve, mut back) =
+            (PeerPresence::default(), PeerPresence::default(), PeerPresence::default());
+        ada.apply(&mut room, entry(1, 3, r#"{"n":"Ada"}"#), &limits, OWN).expect("ok");
+        // Eve names Ada's id at the top of the clock's range: not taken.
+        let top = crate::presence::MAX_CLOCK;
+        let applied = eve.apply(&mut room, entry(1, top, r#"{"n":"Eve"}"#), &limits, OWN);
+        assert!(applied.expect("not an error").effective.is_none());
+        assert_eq!(room.meta(ClientID::new(1)).map(|(c, _)| c), Some(3));
+        // Ada's tab back on a new socket before the old one was found dead: two clocks on.
+        let applied = back.apply(&mut room, entry(1, 5, r#"{"n":"Ada"}"#), &limits, OWN);
+        assert!(applied.expect("ok").effective.is_some());
+        // Ada's own socket may go as far as she likes.
+        let applied = back.apply(&mut room, entry(1, 5000, r#"{"n":"Ada"}"#), &limits, OWN);
+        assert!(applied.expect("ok").effective.is_some());
     }
 
     #[test]
