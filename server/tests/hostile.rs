@@ -25,6 +25,22 @@ fn has_77(s: &huddle_protocol::session::ClientSession) -> bool {
     s.doc().transact().state_vector().get(&ClientID::new(77)) == 1
 }
 
+/// An update putting into the root array `a` a null inside arrays nested `depth` deep.
+fn deep_value_update(depth: usize) -> Vec<u8> {
+    use huddle_protocol::yrs::{Array, Doc, ReadTxn, StateVector, Transact};
+    let doc = Doc::with_client_id(1);
+    let array = doc.get_or_insert_array("a");
+    let placeholder = "PLACEHOLDER-VALUE";
+    array.push_back(&mut doc.transact_mut(), placeholder);
+    let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let mut encoded = vec![119, placeholder.len() as u8];
+    encoded.extend_from_slice(placeholder.as_bytes());
+    let at = update.windows(encoded.len()).position(|w| w == encoded).expect("placeholder");
+    let mut value = [117u8, 1].repeat(depth);
+    value.push(126);
+    [&update[..at], &value[..], &update[at + encoded.len()..]].concat()
+}
+
 async fn raw(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.expect("connects").0
 }
@@ -117,6 +133,13 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         ),
         // 65 clients (the limit is 64), refused from the count, before any entry is read.
         ("awareness naming too many clients", Message::Binary(vec![1, 2, 65, 0].into()), 1009),
+        // A value in arrays 20,000 deep (40 KB): yrs' own decoder recursed once per level and
+        // overflowed the stack, which aborts the whole server.
+        (
+            "update with a value nested 20,000 deep",
+            Message::Binary(wire::update(deep_value_update(20_000)).into()),
+            1007,
+        ),
     ];
     let rejected_before = server.stats.rejected_peers.load(Ordering::Relaxed);
     for (i, (what, frame, code)) in cases.into_iter().enumerate() {
@@ -133,7 +156,7 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
         assert_eq!(newcomer.peer_names(), vec!["Bystander"], "{what}: no bad presence leaked");
         newcomer.close().await;
     }
-    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 15);
+    assert_eq!(server.stats.rejected_peers.load(Ordering::Relaxed) - rejected_before, 16);
     // Nothing bad ever reached the bystander: its session decoded every frame it got.
     assert_eq!(bystander.peer_names(), Vec::<String>::new());
     server.stop().await;

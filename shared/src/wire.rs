@@ -15,9 +15,9 @@ use yrs::sync::protocol::{
     MSG_SYNC_UPDATE,
 };
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
-use yrs::updates::decoder::Decode;
+use yrs::updates::decoder::{Decode, Decoder, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, StateVector, Update};
+use yrs::{Any, ClientID, Number, StateVector, Update};
 
 pub use yrs::sync::{Message as WireMessage, SyncMessage as WireSyncMessage};
 
@@ -240,18 +240,128 @@ fn decode_awareness(buf: &[u8], max_clients: usize) -> Result<AwarenessUpdate, W
 }
 
 /// Decodes a Yjs update (v1) from a peer or from storage, safely: an implausible client count is
-/// refused before yrs reserves memory for it, and a panic inside yrs' decoder becomes an error.
+/// refused before yrs reserves memory for it, values nested deeper than [`MAX_VALUE_DEPTH`] are
+/// refused (see [`BoundedDecoder`]), and a panic inside yrs' decoder becomes an error.
 ///
 /// # Errors
 /// [`WireError::InvalidUpdate`] when the bytes are not a valid update.
 pub fn decode_update(bytes: &[u8]) -> Result<Update, WireError> {
     // Each client section is at least three varints (struct count, client, clock).
     check_count(bytes, 3).map_err(|e| WireError::InvalidUpdate(e.to_string()))?;
-    match std::panic::catch_unwind(|| Update::decode_v1(bytes)) {
+    let decode = || Update::decode(&mut BoundedDecoder(DecoderV1::new(Cursor::new(bytes))));
+    match std::panic::catch_unwind(decode) {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(WireError::InvalidUpdate(e.to_string())),
         Err(_) => Err(WireError::InvalidUpdate("decoder panicked".into())),
     }
+}
+
+/// Deepest nesting of arrays and maps in a value an update may carry (as deep as JSON gets
+/// through `serde_json`, which yrs uses for the other kinds of value).
+pub const MAX_VALUE_DEPTH: usize = 128;
+
+/// yrs' v1 decoder, with values read by [`decode_value`] instead of `Any::decode`, which
+/// recurses once per nested array or map with nothing to stop it: a value nested some ten
+/// thousand levels deep (two bytes a level) overflows the decoding thread's stack, and a stack
+/// overflow aborts the process — no `catch_unwind` catches it. One crafted update from any
+/// peer would take the server down, and every client that received it.
+struct BoundedDecoder<'a>(DecoderV1<'a>);
+
+impl Read for BoundedDecoder<'_> {
+    fn read_u8(&mut self) -> Result<u8, read::Error> {
+        self.0.read_u8()
+    }
+
+    fn read_exact(&mut self, len: usize) -> Result<&[u8], read::Error> {
+        self.0.read_exact(len)
+    }
+}
+
+impl Decoder for BoundedDecoder<'_> {
+    fn reset_ds_cur_val(&mut self) {
+        self.0.reset_ds_cur_val();
+    }
+    fn read_ds_clock(&mut self) -> Result<u32, read::Error> {
+        self.0.read_ds_clock()
+    }
+    fn read_ds_len(&mut self) -> Result<u32, read::Error> {
+        self.0.read_ds_len()
+    }
+    fn read_left_id(&mut self) -> Result<yrs::ID, read::Error> {
+        self.0.read_left_id()
+    }
+    fn read_right_id(&mut self) -> Result<yrs::ID, read::Error> {
+        self.0.read_right_id()
+    }
+    fn read_client(&mut self) -> Result<ClientID, read::Error> {
+        self.0.read_client()
+    }
+    fn read_info(&mut self) -> Result<u8, read::Error> {
+        self.0.read_info()
+    }
+    fn read_parent_info(&mut self) -> Result<bool, read::Error> {
+        self.0.read_parent_info()
+    }
+    fn read_type_ref(&mut self) -> Result<u8, read::Error> {
+        self.0.read_type_ref()
+    }
+    fn read_len(&mut self) -> Result<u32, read::Error> {
+        self.0.read_len()
+    }
+    fn read_any(&mut self) -> Result<Any, read::Error> {
+        decode_value(self, MAX_VALUE_DEPTH)
+    }
+    fn read_json(&mut self) -> Result<Any, read::Error> {
+        // `serde_json` stops at 128 levels itself.
+        self.0.read_json()
+    }
+    fn read_key(&mut self) -> Result<std::sync::Arc<str>, read::Error> {
+        self.0.read_key()
+    }
+    fn read_to_end(&mut self) -> Result<&[u8], read::Error> {
+        self.0.read_to_end()
+    }
+}
+
+/// `Any::decode` (lib0's encoding of a JSON-like value), refusing arrays and maps nested more
+/// than `depth` levels. Written out here because yrs' own has no such bound (see
+/// [`BoundedDecoder`]); tags and layouts are lib0's.
+fn decode_value<R: Read>(r: &mut R, depth: usize) -> Result<Any, read::Error> {
+    use std::sync::Arc;
+    Ok(match r.read_u8()? {
+        127 => Any::Undefined,
+        126 => Any::Null,
+        125 => Any::Number(Number::Int(r.read_var::<i64>()?)),
+        124 => Any::Number(Number::Float(f64::from(r.read_f32()?))),
+        123 => Any::Number(Number::Float(r.read_f64()?)),
+        122 => Any::Number(Number::Int(r.read_i64()?)),
+        121 => Any::Bool(false),
+        120 => Any::Bool(true),
+        119 => Any::String(Arc::from(r.read_string()?)),
+        118 | 117 if depth == 0 => return Err(read::Error::UnexpectedValue),
+        118 => {
+            let len: usize = r.read_var()?;
+            let mut map = HashMap::new();
+            // `len` is the peer's word: reserved fallibly, as yrs does.
+            map.try_reserve(len)?;
+            for _ in 0..len {
+                let key = r.read_string()?.to_owned();
+                map.insert(key, decode_value(r, depth - 1)?);
+            }
+            Any::Map(Arc::new(map))
+        }
+        117 => {
+            let len: usize = r.read_var()?;
+            let mut items = Vec::new();
+            items.try_reserve(len)?;
+            for _ in 0..len {
+                items.push(decode_value(r, depth - 1)?);
+            }
+            Any::Array(Arc::from(items))
+        }
+        116 => Any::Buffer(Arc::from(r.read_buf()?)),
+        _ => return Err(read::Error::UnexpectedValue),
+    })
 }
 
 /// Encodes one message as a frame.
@@ -363,6 +473,78 @@ pub fn inflate(frame: &[u8], limit: usize) -> Result<Option<Vec<u8>>, WireError>
 mod tests {
     use super::*;
     use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+    /// An update putting one value into the root array `a`: `value` is its lib0 encoding.
+    fn update_with_value(value: &[u8]) -> Vec<u8> {
+        let doc = Doc::with_client_id(1);
+        let array = doc.get_or_insert_array("a");
+        let placeholder = "PLACEHOLDER-VALUE";
+        yrs::Array::push_back(&array, &mut doc.transact_mut(), placeholder);
+        let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        let mut encoded = vec![119, placeholder.len() as u8];
+        encoded.extend_from_slice(placeholder.as_bytes());
+        let at = update.windows(encoded.len()).position(|w| w == encoded).expect("placeholder");
+        [&update[..at], value, &update[at + encoded.len()..]].concat()
+    }
+
+    /// Arrays nested `depth` deep around a null.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut value = [117u8, 1].repeat(depth);
+        value.push(126);
+        value
+    }
+
+    #[test]
+    fn values_nested_deeper_than_json_allows_are_refused_not_a_crash() {
+        // At the limit: decoded, and the document holds it.
+        let update = decode_update(&update_with_value(&nested(MAX_VALUE_DEPTH))).expect("decodes");
+        let doc = Doc::new();
+        doc.transact_mut().apply_update(update).expect("applies");
+        // One level more: refused. And two hundred thousand levels (400 KB, well within a
+        // message), which overflowed the stack inside yrs' own decoder and aborted the process.
+        for depth in [MAX_VALUE_DEPTH + 1, 200_000] {
+            let err = decode_update(&update_with_value(&nested(depth))).expect_err("too deep");
+            assert!(matches!(err, WireError::InvalidUpdate(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_bounded_decoder_reads_every_kind_of_value_as_yrs_does() {
+        let doc = Doc::with_client_id(7);
+        let array = doc.get_or_insert_array("a");
+        {
+            let mut txn = doc.transact_mut();
+            let values: Vec<Any> = vec![
+                Any::Null,
+                Any::Undefined,
+                Any::Bool(true),
+                Any::Bool(false),
+                Any::from(42i64),
+                Any::from(-7i64),
+                Any::from(1.5f64),
+                Any::from(1e300f64),
+                Any::from("text"),
+                Any::Buffer(std::sync::Arc::from(&[1u8, 2, 3][..])),
+                Any::from(vec![Any::from(1i64), Any::from("two")]),
+                Any::from(HashMap::from([("k".to_owned(), Any::from(vec![Any::Null]))])),
+            ];
+            yrs::Array::insert_range(&array, &mut txn, 0, values);
+        }
+        let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        let ours = decode_update(&update).expect("decodes");
+        let theirs = Update::decode_v1(&update).expect("decodes");
+        let (a, b) = (Doc::new(), Doc::new());
+        a.transact_mut().apply_update(ours).expect("applies");
+        b.transact_mut().apply_update(theirs).expect("applies");
+        let json = |d: &Doc| {
+            let mut out = String::new();
+            yrs::types::ToJson::to_json(&d.get_or_insert_array("a"), &d.transact())
+                .to_json(&mut out);
+            out
+        };
+        assert_eq!(json(&a), json(&b));
+        assert!(json(&a).contains("1e+300") && json(&a).contains("two"), "{}", json(&a));
+    }
 
     fn an_update() -> Vec<u8> {
         let doc = Doc::with_client_id(1);
