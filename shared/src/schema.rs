@@ -315,7 +315,6 @@ impl Shape {
 struct ShapeReader {
     shape: Shape,
     kind: Option<ShapeKind>,
-    has_id: bool,
     has_stroke: bool,
     has_fill: bool,
 }
@@ -340,7 +339,6 @@ impl Default for ShapeReader {
                 author: String::new(),
             },
             kind: None,
-            has_id: false,
             has_stroke: false,
             has_fill: false,
         }
@@ -352,16 +350,12 @@ impl ShapeReader {
         let shape = &mut self.shape;
         match (name, value) {
             ("kind", Any::String(k)) => self.kind = ShapeKind::parse(k),
-            ("id", Any::String(v)) => {
-                shape.id = v.to_string();
-                self.has_id = true;
-            }
-            ("x", v) => shape.x = any_number(v).unwrap_or(0.0),
-            ("y", v) => shape.y = any_number(v).unwrap_or(0.0),
-            ("w", v) => shape.w = any_number(v).unwrap_or(0.0),
-            ("h", v) => shape.h = any_number(v).unwrap_or(0.0),
-            ("width", v) => shape.width = any_number(v).unwrap_or(DEFAULT_WIDTH),
-            ("z", v) => shape.z = any_number(v).unwrap_or(0.0),
+            ("x", v) => shape.x = coordinate(v),
+            ("y", v) => shape.y = coordinate(v),
+            ("w", v) => shape.w = coordinate(v),
+            ("h", v) => shape.h = coordinate(v),
+            ("width", v) => shape.width = stroke_width(v),
+            ("z", v) => shape.z = any_number(v).map_or(0.0, |z| z.clamp(-MAX_Z, MAX_Z)),
             ("points", Any::Array(points)) => {
                 shape.points = point_pairs(points.iter().map(any_number))
             }
@@ -373,8 +367,8 @@ impl ShapeReader {
                 shape.fill = v.to_string();
                 self.has_fill = true;
             }
-            ("text", Any::String(v)) => shape.text = v.to_string(),
-            ("author", Any::String(v)) => shape.author = v.to_string(),
+            ("text", Any::String(v)) => shape.text = at_most(v, MAX_TEXT_CHARS),
+            ("author", Any::String(v)) => shape.author = at_most(v, MAX_NAME_CHARS),
             _ => {}
         }
     }
@@ -382,9 +376,9 @@ impl ShapeReader {
     fn finish(self, key: &str) -> Option<Shape> {
         let mut shape = self.shape;
         shape.kind = self.kind?;
-        if !self.has_id {
-            shape.id = key.to_owned();
-        }
+        // The key, never an `id` field: a peer could write a shape whose field names another's
+        // key, and every edit, erase and restack of it would then land on that other shape.
+        shape.id = key.to_owned();
         if !self.has_stroke {
             shape.stroke = DEFAULT_STROKE.to_owned();
         }
@@ -428,13 +422,18 @@ impl ChatMessage {
 
     fn from_fields(fields: &HashMap<String, Any>) -> Option<Self> {
         Some(Self {
-            id: str_field(fields, "id").unwrap_or_default(),
-            author_id: str_field(fields, "authorId").unwrap_or_default(),
-            author_name: str_field(fields, "authorName").unwrap_or_default(),
+            id: str_field(fields, "id").map(|id| at_most(&id, MAX_NAME_CHARS)).unwrap_or_default(),
+            author_id: str_field(fields, "authorId")
+                .map(|id| at_most(&id, MAX_NAME_CHARS))
+                .unwrap_or_default(),
+            author_name: str_field(fields, "authorName")
+                .map(|name| at_most(&name, MAX_NAME_CHARS))
+                .unwrap_or_default(),
             author_color: str_field(fields, "authorColor")
                 .filter(|c| is_safe_color(c))
                 .unwrap_or_default(),
-            text: str_field(fields, "text")?,
+            // Longer than Huddle's clients send: cut, so one message cannot freeze the panel.
+            text: at_most(&str_field(fields, "text")?, MAX_CHAT_CHARS),
             ts: num_field(fields, "ts").unwrap_or(0.0),
         })
     }
@@ -761,23 +760,35 @@ impl Board {
     }
 
     /// Brings `shapes` (a list in [`Board::shapes`] order) up to date for the shapes `changed`
-    /// names, re-reading only those: each is removed and, if it still exists, re-inserted at
-    /// its place in the drawing order.
+    /// names, re-reading only those: they are taken out in one pass, and those that still exist
+    /// merged back in at their places in the drawing order. One pass over the list, however
+    /// many changed: one peer's update touching thousands of a big board's shapes, patched one
+    /// by one (a search and a shift of the list each), froze every viewer for seconds.
     pub fn refresh<T: ReadTxn>(
         &self,
         txn: &T,
         shapes: &mut Vec<Shape>,
         changed: impl IntoIterator<Item = impl AsRef<str>>,
     ) {
-        for id in changed {
-            let id = id.as_ref();
-            if let Some(at) = shapes.iter().position(|s| s.id == id) {
-                shapes.remove(at);
-            }
-            if let Some(shape) = self.shape(txn, id) {
-                let at = shapes.partition_point(|s| drawing_order(s, &shape).is_lt());
-                shapes.insert(at, shape);
-            }
+        let changed: std::collections::HashSet<String> =
+            changed.into_iter().map(|id| id.as_ref().to_owned()).collect();
+        if changed.is_empty() {
+            return;
+        }
+        shapes.retain(|s| !changed.contains(&s.id));
+        let mut fresh: Vec<Shape> = changed.iter().filter_map(|id| self.shape(txn, id)).collect();
+        fresh.sort_by(drawing_order);
+        let kept = std::mem::take(shapes);
+        shapes.reserve(kept.len() + fresh.len());
+        let (mut kept, mut fresh) = (kept.into_iter().peekable(), fresh.into_iter().peekable());
+        loop {
+            let take_kept = match (kept.peek(), fresh.peek()) {
+                (Some(a), Some(b)) => drawing_order(a, b).is_le(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            shapes.extend(if take_kept { kept.next() } else { fresh.next() });
         }
     }
 
@@ -903,11 +914,11 @@ fn extent(fields: &HashMap<String, Any>) -> Option<(f64, f64, f64, f64)> {
     for (name, value) in fields {
         match (name.as_str(), value) {
             ("kind", Any::String(k)) => kind = ShapeKind::parse(k),
-            ("x", v) => xywh.0 = any_number(v).unwrap_or(0.0),
-            ("y", v) => xywh.1 = any_number(v).unwrap_or(0.0),
-            ("w", v) => xywh.2 = any_number(v).unwrap_or(0.0),
-            ("h", v) => xywh.3 = any_number(v).unwrap_or(0.0),
-            ("width", v) => width = any_number(v),
+            ("x", v) => xywh.0 = coordinate(v),
+            ("y", v) => xywh.1 = coordinate(v),
+            ("w", v) => xywh.2 = coordinate(v),
+            ("h", v) => xywh.3 = coordinate(v),
+            ("width", v) => width = Some(stroke_width(v)),
             ("points", Any::Array(p)) => points = Some(p),
             _ => {}
         }
@@ -915,7 +926,7 @@ fn extent(fields: &HashMap<String, Any>) -> Option<(f64, f64, f64, f64)> {
     let kind = kind?;
     let points = points
         .filter(|_| kind.uses_points())
-        .and_then(|p| points_box(p.iter().filter_map(any_number)));
+        .and_then(|p| points_box(point_pairs(p.iter().map(any_number)).into_iter()));
     Some(bounds_of(kind, xywh, width.unwrap_or(DEFAULT_WIDTH), points))
 }
 
@@ -980,9 +991,54 @@ fn any_number(any: &Any) -> Option<f64> {
 /// A stroke's flat `[x0, y0, x1, y1, …]` list from values of any kind: a pair with a value
 /// that is not a finite number is left out whole, so the pairs after it stay pairs (dropping
 /// only that value would turn every later x into a y).
+///
+/// At most [`MAX_POINT_PAIRS`] pairs are read, each number within [`MAX_COORDINATE`]: a stroke
+/// is drawn, hit-tested and re-read on every frame, and one of millions of points from a peer
+/// would freeze every viewer's tab.
 fn point_pairs(values: impl Iterator<Item = Option<f64>>) -> Vec<f64> {
-    let values: Vec<Option<f64>> = values.collect();
-    values.chunks_exact(2).filter_map(|pair| Some([pair[0]?, pair[1]?])).flatten().collect()
+    let mut values = values;
+    let mut pairs = Vec::new();
+    while pairs.len() < 2 * MAX_POINT_PAIRS {
+        let (Some(x), Some(y)) = (values.next(), values.next()) else { break };
+        if let (Some(x), Some(y)) = (x, y) {
+            let clamp = |v: f64| v.clamp(-MAX_COORDINATE, MAX_COORDINATE);
+            pairs.extend([clamp(x), clamp(y)]);
+        }
+    }
+    pairs
+}
+
+/// Farthest a shape's coordinates and sizes reach from the origin, board units. Far beyond any
+/// board people draw on; a value past it from a peer (1e300) would make the board's bounds
+/// infinite, and "zoom to fit" and the exports show nothing.
+pub const MAX_COORDINATE: f64 = 1e9;
+/// Widest stroke read, board units (a stroke a peer made 1e9 wide would paint over the board).
+pub const MAX_STROKE_WIDTH: f64 = 1000.0;
+/// Most points a stroke is read with (a five-minute freehand stroke has about that many).
+pub const MAX_POINT_PAIRS: usize = 20_000;
+/// Longest text a shape is read with, in characters.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+/// Longest name (a shape's author, a chat message's) read, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Largest stacking order read: beyond 2^53, adding one to put a shape on top changes nothing.
+const MAX_Z: f64 = (1u64 << 40) as f64;
+
+/// A coordinate or size: a finite number within [`MAX_COORDINATE`], else 0.
+fn coordinate(v: &Any) -> f64 {
+    any_number(v).map_or(0.0, |v| v.clamp(-MAX_COORDINATE, MAX_COORDINATE))
+}
+
+/// A stroke width: a finite number within `0..=`[`MAX_STROKE_WIDTH`], else the default.
+fn stroke_width(v: &Any) -> f64 {
+    any_number(v).map_or(DEFAULT_WIDTH, |w| w.clamp(0.0, MAX_STROKE_WIDTH))
+}
+
+/// `text` cut to its first `max` characters.
+fn at_most(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -1054,7 +1110,7 @@ mod tests {
             let mut shape = Shape::new("a", ShapeKind::Pen);
             shape.x = x;
             shape.y = -40.0;
-            shape.points = vec![0.0, 12.0, 2.5, 1e12];
+            shape.points = vec![0.0, 12.0, 2.5, 5e8];
             board.put_shape(&mut doc.transact_mut(), &shape);
             let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
             let fields = fields_of(&doc, &board);
@@ -1066,7 +1122,7 @@ mod tests {
         let shape = board.shape(&doc.transact(), "a").expect("shape");
         assert_eq!(
             (shape.x, shape.y, shape.points.clone()),
-            (60.0, -40.0, vec![0.0, 12.0, 2.5, 1e12])
+            (60.0, -40.0, vec![0.0, 12.0, 2.5, 5e8])
         );
         let (doc, board, fractional, fields) = write(60.25);
         assert!(matches!(fields.get("x"), Some(Any::Number(yrs::any::Number::Float(_)))));
@@ -1076,6 +1132,65 @@ mod tests {
         assert!(board.set_fields(&mut doc.transact_mut(), "a", [("x", Any::from(7.0))]));
         let fields = fields_of(&doc, &board);
         assert!(matches!(fields.get("x"), Some(Any::Number(yrs::any::Number::Int(7)))));
+    }
+
+    #[test]
+    fn whatever_a_peer_writes_a_shape_reads_within_bounds_a_board_can_draw() {
+        let doc = Doc::new();
+        let board = Board::new(&doc);
+        let huge = 1.7e308;
+        let many: Vec<Any> = (0..200_000).map(|i| Any::from(f64::from(i))).collect();
+        let fields = HashMap::from([
+            ("kind".to_owned(), Any::from("pen")),
+            // Names another shape: edits of this one must not land on it.
+            ("id".to_owned(), Any::from("victim")),
+            ("x".to_owned(), Any::from(huge)),
+            ("w".to_owned(), Any::from(huge)),
+            ("y".to_owned(), Any::from(-huge)),
+            ("width".to_owned(), Any::from(1e9)),
+            ("z".to_owned(), Any::from(1e300)),
+            ("points".to_owned(), Any::Array(many.into())),
+            ("text".to_owned(), Any::from("a ".repeat(500_000))),
+            ("author".to_owned(), Any::from("x".repeat(1000))),
+        ]);
+        {
+            let mut txn = doc.transact_mut();
+            board.shapes.insert(&mut txn, "evil", Any::from(fields));
+            board.post_chat(
+                &mut txn,
+                &ChatMessage {
+                    id: "m".into(),
+                    author_id: "u".into(),
+                    author_name: "n".repeat(1000),
+                    author_color: String::new(),
+                    text: "t".repeat(100_000),
+                    ts: 0.0,
+                },
+            );
+        }
+        let txn = doc.transact();
+        let shape = board.shape(&txn, "evil").expect("read");
+        assert_eq!(shape.id, "evil", "the key, not the id field");
+        assert_eq!((shape.x, shape.y, shape.w), (MAX_COORDINATE, -MAX_COORDINATE, MAX_COORDINATE));
+        assert_eq!(shape.width, MAX_STROKE_WIDTH);
+        assert_eq!(shape.z, MAX_Z);
+        assert_eq!(shape.points.len(), 2 * MAX_POINT_PAIRS);
+        assert_eq!(shape.text.chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(shape.author.chars().count(), MAX_NAME_CHARS);
+        let (x0, y0, x1, y1) = shape.bounds();
+        assert!([x0, y0, x1, y1].iter().all(|v| v.is_finite()), "{:?}", shape.bounds());
+        let everything = (-f64::MAX, -f64::MAX, f64::MAX, f64::MAX);
+        let (found, total) = board.shapes_meeting(&txn, everything);
+        assert_eq!((found.len(), total), (1, 1));
+        let message = &board.chat(&txn)[0];
+        assert_eq!(message.text.chars().count(), MAX_CHAT_CHARS);
+        assert_eq!(message.author_name.chars().count(), MAX_NAME_CHARS);
+        // A negative width reads as none rather than turning the bounds inside out.
+        let thin = HashMap::from([
+            ("kind".to_owned(), Any::from("rect")),
+            ("width".to_owned(), Any::from(-50.0)),
+        ]);
+        assert_eq!(Shape::from_fields("t", &thin).expect("rect").width, 0.0);
     }
 
     fn fields_of(doc: &Doc, board: &Board) -> Arc<HashMap<String, Any>> {

@@ -605,8 +605,12 @@ pub fn BoardView() -> impl IntoView {
                 });
             }
             Drag::Pen { id, origin, mut points, mut written_at, mut written } => {
-                points.push(p.0 - origin.0);
-                points.push(p.1 - origin.1);
+                // A stroke holds as many points as anyone reads of one; the rest of a longer
+                // drag is not drawn.
+                if points.len() < 2 * huddle_protocol::schema::MAX_POINT_PAIRS {
+                    points.push(p.0 - origin.0);
+                    points.push(p.1 - origin.1);
+                }
                 // New points are appended at most every PEN_WRITE_MS (one update each, which
                 // others see as the stroke growing live); pointer-up appends the rest.
                 let now = crate::sync::now_ms();

@@ -133,7 +133,16 @@ pub fn export_png(state: RoomState) {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    // Characters XML forbids even escaped (control characters but tab and line breaks, and
+    // U+FFFE/U+FFFF) are left out: one in a peer's text would make the whole file unreadable.
+    s.chars()
+        .filter(|&c| !(c.is_control() && !matches!(c, '\t' | '\n' | '\r')))
+        .filter(|&c| !matches!(c, '\u{FFFE}' | '\u{FFFF}'))
+        .collect::<String>()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The selection (or the whole board) as an SVG document.

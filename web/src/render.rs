@@ -166,13 +166,18 @@ fn draw_text(ctx: &Ctx, text: &str, x: f64, y: f64, max_width: Option<f64>) {
     let line_height = TEXT_SIZE * 1.3;
     let mut row = 0.0;
     for paragraph in text.split('\n') {
+        let Some(max_width) = max_width else {
+            // Nothing to wrap to: the paragraph is one line.
+            let _ = ctx.fill_text(paragraph, x, y + row);
+            row += line_height;
+            continue;
+        };
         let mut line = String::new();
         for word in paragraph.split(' ') {
             let candidate =
                 if line.is_empty() { word.to_owned() } else { format!("{line} {word}") };
-            let too_wide = max_width.is_some_and(|w| {
-                ctx.measure_text(&candidate).map(|m| m.width()).unwrap_or(0.0) > w
-            });
+            let too_wide =
+                ctx.measure_text(&candidate).map(|m| m.width()).unwrap_or(0.0) > max_width;
             if too_wide && !line.is_empty() {
                 let _ = ctx.fill_text(&line, x, y + row);
                 row += line_height;
