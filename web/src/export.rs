@@ -136,7 +136,7 @@ fn esc(s: &str) -> String {
     // Characters XML forbids even escaped (control characters but tab and line breaks, and
     // U+FFFE/U+FFFF) are left out: one in a peer's text would make the whole file unreadable.
     s.chars()
-        .filter(|&c| !(c.is_control() && !matches!(c, '\t' | '\n' | '\r')))
+        .filter(|&c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
         .filter(|&c| !matches!(c, '\u{FFFE}' | '\u{FFFF}'))
         .collect::<String>()
         .replace('&', "&amp;")
