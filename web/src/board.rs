@@ -233,13 +233,19 @@ pub fn BoardView() -> impl IntoView {
             crate::sync::mark("huddle-board-drawn");
         }
         // Our selection, with a resize handle when one shape is selected.
+        // Looked up in sets: a select-all of a big board against the shapes in view, list
+        // against list, was a hundred million comparisons a frame.
         let selection = room.selection.get_untracked();
-        for s in all.iter().filter(|s| selection.contains(&s.id)) {
+        let selected: std::collections::HashSet<&str> =
+            selection.iter().map(String::as_str).collect();
+        for s in all.iter().filter(|s| selected.contains(s.id.as_str())) {
             draw_outline(&ctx, s, &view, "#4263eb", selection.len() == 1);
         }
         // Other people's selections and laser pointers, in their colours.
         for (_, p) in room.conn.with_value(|c| c.peers()) {
-            for s in all.iter().filter(|s| p.selection.contains(&s.id)) {
+            let theirs: std::collections::HashSet<&str> =
+                p.selection.iter().map(String::as_str).collect();
+            for s in all.iter().filter(|s| theirs.contains(s.id.as_str())) {
                 draw_outline(&ctx, s, &view, &p.user.color, false);
             }
             draw_laser(&ctx, &p.laser, &view, &p.user.color);
@@ -457,9 +463,10 @@ pub fn BoardView() -> impl IntoView {
                         } else if !sel.contains(&s.id) {
                             sel = vec![s.id.clone()];
                         }
+                        let chosen: std::collections::HashSet<&String> = sel.iter().collect();
                         let orig = shapes()
                             .iter()
-                            .filter(|x| sel.contains(&x.id))
+                            .filter(|x| chosen.contains(&x.id))
                             .map(|x| (x.id.clone(), x.x, x.y))
                             .collect();
                         room.selection.set(sel);
@@ -672,8 +679,9 @@ pub fn BoardView() -> impl IntoView {
             }
             Drag::Marquee { start, current } => {
                 let mut sel = room.selection.get_untracked();
+                let mut chosen: std::collections::HashSet<String> = sel.iter().cloned().collect();
                 for s in shapes().iter().filter(|s| inside(s, start, current)) {
-                    if !sel.contains(&s.id) {
+                    if chosen.insert(s.id.clone()) {
                         sel.push(s.id.clone());
                     }
                 }

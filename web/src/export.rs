@@ -28,7 +28,8 @@ fn all_shapes(state: RoomState) -> Vec<Shape> {
 /// The selected shapes, bottom to top.
 pub fn selected_shapes(state: RoomState) -> Vec<Shape> {
     let selection = state.selection.get_untracked();
-    all_shapes(state).into_iter().filter(|s| selection.contains(&s.id)).collect()
+    let chosen: std::collections::HashSet<&String> = selection.iter().collect();
+    all_shapes(state).into_iter().filter(|s| chosen.contains(&s.id)).collect()
 }
 
 /// Highest z on the board.
