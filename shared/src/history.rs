@@ -397,16 +397,9 @@ fn same(a: Option<&Any>, b: Option<&Any>) -> bool {
     }
 }
 
-/// A shape's fields from its stored value, whichever form.
+/// A shape's fields from its stored value, whichever form (see `schema::fields`).
 fn fields_of<T: ReadTxn>(txn: &T, out: &Out) -> Option<Fields> {
-    match out {
-        Out::Any(Any::Map(m)) => Some(Arc::clone(m)),
-        Out::YMap(map) => match map.to_json(txn) {
-            Any::Map(m) => Some(m),
-            _ => None,
-        },
-        _ => None,
-    }
+    crate::schema::fields(txn, out.clone())
 }
 
 /// A field's value as plain data.

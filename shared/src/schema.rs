@@ -931,7 +931,7 @@ fn extent(fields: &HashMap<String, Any>) -> Option<(f64, f64, f64, f64)> {
 }
 
 /// The fields of a nested `Y.Map` or of a plain JSON object, as plain values.
-fn fields<T: ReadTxn>(txn: &T, out: Out) -> Option<Arc<HashMap<String, Any>>> {
+pub(crate) fn fields<T: ReadTxn>(txn: &T, out: Out) -> Option<Arc<HashMap<String, Any>>> {
     match out {
         Out::YMap(map) => match map.to_json(txn) {
             Any::Map(m) => Some(m),
