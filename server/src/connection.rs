@@ -341,6 +341,41 @@ async fn pings(outbox: &Arc<Outbox>, interval: Duration) -> End {
     }
 }
 
+/// Whether a socket's unfinished message is still growing. A peer that holds one (tungstenite
+/// keeps it, up to the largest message, see [`crate::outbox::InputBudget`]) and only pings to
+/// stay alive would keep its memory, and its share of the input budget, for good; a message on
+/// a slow link grows at least every so often.
+#[derive(Debug)]
+struct Progress {
+    /// Unfinished bytes when last looked at.
+    unfinished: u64,
+    /// When they last changed.
+    since: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { unfinished: 0, since: Instant::now() }
+    }
+}
+
+impl Progress {
+    /// Whether the socket has held more than [`crate::outbox::SMALL_UNFINISHED`] of a message
+    /// that has not grown for `patience`.
+    fn stalled(&mut self, tx: &Outbox, patience: Duration) -> bool {
+        let unfinished = tx.unfinished();
+        let now = Instant::now();
+        if unfinished != self.unfinished {
+            *self = Self { unfinished, since: now };
+        }
+        unfinished > crate::outbox::SMALL_UNFINISHED && now - self.since > patience
+    }
+}
+
+fn stalled_message() -> End {
+    End::Close(CloseCode::TRY_AGAIN_LATER, "too slow: a message that does not finish".into())
+}
+
 /// Reads frames and drives the protocol until the socket ends or misbehaves.
 async fn read_loop<S>(
     stream: &mut S,
@@ -358,13 +393,18 @@ where
     let liveness = liveness(ctx);
     let mut rate = ReadRate::default();
     let mut greeted = false;
+    let mut progress = Progress::default();
     loop {
         let message = loop {
             let read = tx.bytes_read();
             match tokio::time::timeout(liveness, stream.next()).await {
                 // Bytes came, though no whole frame (a big message on a slow link, its sender's
                 // pong queued behind it): alive. Reading a frame resumes where it stopped.
-                Err(_) if tx.bytes_read() != read => {}
+                Err(_) if tx.bytes_read() != read => {
+                    if progress.stalled(tx, liveness) {
+                        return stalled_message();
+                    }
+                }
                 Err(_) => return End::Silent,
                 Ok(None) => return End::PeerGone,
                 Ok(Some(Err(e))) => return transport_error(e, ctx),
@@ -387,6 +427,10 @@ where
             // a peer that pings without end must not get more of the relay than one that sends
             // updates.
             Message::Ping(payload) | Message::Pong(payload) => {
+                tx.control_frame_read(payload.len());
+                if progress.stalled(tx, liveness) {
+                    return stalled_message();
+                }
                 if let Err(wait) = rate.try_take(payload.len(), &ctx.config) {
                     Box::pin(rate.take_after(wait, payload.len(), &ctx.config)).await;
                 }

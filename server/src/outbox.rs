@@ -259,8 +259,9 @@ pub struct Outbox {
 /// holding more than that of a message that receives more of it is closed (1013, its client
 /// retries later). So what all sockets hold of unfinished messages stays under the budget plus
 /// [`SMALL_UNFINISHED`] per socket (the messages of healthy clients are smaller and whole
-/// within a read or two). Sockets that filled the budget first keep their place while they
-/// stay alive: others' big messages are refused meanwhile (not bounded in time yet).
+/// within a read or two). A socket whose unfinished message stops growing for the ping
+/// timeout is closed (see `connection::Progress`), so what fills the budget is messages on
+/// their way, not peers sitting on them.
 #[derive(Debug)]
 pub struct InputBudget {
     held: std::sync::atomic::AtomicU64,
@@ -333,13 +334,24 @@ impl Outbox {
         }
     }
 
+    /// A control frame (a ping or pong, `payload` bytes) was read: its bytes are no part of a
+    /// message being put together (a client's control frames are masked: 6 bytes of header
+    /// for the at most 125 of payload they may carry).
+    pub fn control_frame_read(&self, payload: usize) {
+        self.mark.fetch_add(6 + payload as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes read of a data message not yet whole (and of any frame read ahead after it).
+    pub fn unfinished(&self) -> u64 {
+        self.read.load(Ordering::Relaxed).saturating_sub(self.mark.load(Ordering::Relaxed))
+    }
+
     /// Counts what was read since the last whole message against the input budget. Returns
     /// false, and cuts the socket off, if the budget is spent and this socket holds more than
     /// [`SMALL_UNFINISHED`].
     fn charge_unfinished(&self) -> bool {
         let Some(budget) = self.input.get() else { return true };
-        let unfinished =
-            self.read.load(Ordering::Relaxed).saturating_sub(self.mark.load(Ordering::Relaxed));
+        let unfinished = self.unfinished();
         let charged = self.charged.load(Ordering::Relaxed);
         // A message in progress below the size that counts is the common case: the shared
         // counter is left alone.

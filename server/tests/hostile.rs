@@ -440,6 +440,49 @@ async fn a_big_message_arriving_slowly_is_heard_out() {
     server.stop().await;
 }
 
+/// A peer in the middle of a big message that stops sending it, and only pings to stay alive,
+/// would keep what it sent (up to the largest message) for good: once the message has not grown
+/// for the ping timeout, the socket is closed (1013).
+#[tokio::test]
+async fn a_peer_sitting_on_an_unfinished_message_is_cut_off() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.ping_interval_ms = 200;
+    config.pong_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("unfinished");
+    let mut holder = raw(&url).await;
+    let first_part = Frame::message(vec![1u8; 100 << 10], OpCode::Data(Data::Binary), false);
+    holder.send(Message::Frame(first_part)).await.expect("send");
+    let (mut sink, mut stream) = holder.split();
+    let pinger = tokio::spawn(async move {
+        while sink.send(Message::Ping(vec![1].into())).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // One deadline for the whole wait: the server's pings keep coming meanwhile.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    pinger.abort();
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1013);
+    assert!(frame.reason.contains("does not finish"), "{}", frame.reason);
+    assert_eq!(server.stats.dead_peers.load(Ordering::Relaxed), 0, "closed, not dropped as silent");
+    // The room carries on.
+    let mut next = TestClient::connect(&url).await;
+    next.synced().await;
+    server.stop().await;
+}
+
 /// Pings count against the same rate as other messages: each costs the server a pong. A peer
 /// that pings without end is slowed, and what it sends after its pings waits its turn.
 #[tokio::test]
