@@ -362,6 +362,15 @@ impl Default for Progress {
 impl Progress {
     /// Whether the socket has held more than [`crate::outbox::SMALL_UNFINISHED`] of a message
     /// that has not grown for `patience`.
+    /// Starts the clock again after the server itself stopped reading for a while. Cheap for
+    /// the usual small messages: the time is only read when a big one is under way.
+    fn restart(&mut self, tx: &Outbox) {
+        let unfinished = tx.unfinished();
+        if unfinished > crate::outbox::SMALL_UNFINISHED || self.unfinished != unfinished {
+            *self = Self { unfinished, since: Instant::now() };
+        }
+    }
+
     fn stalled(&mut self, tx: &Outbox, patience: Duration) -> bool {
         let unfinished = tx.unfinished();
         let now = Instant::now();
@@ -433,6 +442,7 @@ where
                 }
                 if let Err(wait) = rate.try_take(payload.len(), &ctx.config) {
                     Box::pin(rate.take_after(wait, payload.len(), &ctx.config)).await;
+                    progress.restart(tx);
                 }
                 continue;
             }
@@ -444,9 +454,11 @@ where
             // that peers within the rates never take.
             Box::pin(rate.take_after(wait, frame.len(), &ctx.config)).await;
         }
-        if let Err((code, reason)) =
-            Box::pin(handle_frame(frame, room, peer, tx, presence, ctx)).await
-        {
+        let handled = Box::pin(handle_frame(frame, room, peer, tx, presence, ctx)).await;
+        // While the server waited (its read rate, an answer waiting for room), it read nothing:
+        // an unfinished message that did not grow meanwhile is not the peer's doing.
+        progress.restart(tx);
+        if let Err((code, reason)) = handled {
             ctx.stats.rejected_peers.fetch_add(1, Ordering::Relaxed);
             return End::Close(code, reason);
         }
