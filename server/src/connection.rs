@@ -345,39 +345,51 @@ async fn pings(outbox: &Arc<Outbox>, interval: Duration) -> End {
 /// keeps it, up to the largest message, see [`crate::outbox::InputBudget`]) and only pings to
 /// stay alive would keep its memory, and its share of the input budget, for good; a message on
 /// a slow link grows at least every so often.
+///
+/// What the socket has read but not taken apart yet counts as unfinished too (at most a read
+/// buffer of control frames, see [`READ_AHEAD`]), so only growth past the count at the last
+/// progress by more than that is progress: pings read ahead, then taken, cannot pass for it.
 #[derive(Debug)]
 struct Progress {
-    /// Unfinished bytes when last looked at.
-    unfinished: u64,
-    /// When they last changed.
+    /// Unfinished bytes when the message last made progress (0: none under way).
+    base: u64,
+    /// When it last made progress.
     since: Instant,
 }
 
+/// Bytes a socket may have read ahead of the frames it has taken apart: a read's worth (see
+/// `http::READ_BUFFER_BYTES`), with ample slack.
+const READ_AHEAD: u64 = 8 * crate::http::READ_BUFFER_BYTES as u64;
+
 impl Default for Progress {
     fn default() -> Self {
-        Self { unfinished: 0, since: Instant::now() }
+        Self { base: 0, since: Instant::now() }
     }
 }
 
 impl Progress {
-    /// Whether the socket has held more than [`crate::outbox::SMALL_UNFINISHED`] of a message
-    /// that has not grown for `patience`.
     /// Starts the clock again after the server itself stopped reading for a while. Cheap for
     /// the usual small messages: the time is only read when a big one is under way.
     fn restart(&mut self, tx: &Outbox) {
         let unfinished = tx.unfinished();
-        if unfinished > crate::outbox::SMALL_UNFINISHED || self.unfinished != unfinished {
-            *self = Self { unfinished, since: Instant::now() };
+        if unfinished > crate::outbox::SMALL_UNFINISHED || self.base > 0 {
+            *self = Self { base: unfinished, since: Instant::now() };
         }
     }
 
+    /// Whether the socket has held more than [`crate::outbox::SMALL_UNFINISHED`] of a message
+    /// that has not grown for `patience`.
     fn stalled(&mut self, tx: &Outbox, patience: Duration) -> bool {
         let unfinished = tx.unfinished();
-        let now = Instant::now();
-        if unfinished != self.unfinished {
-            *self = Self { unfinished, since: now };
+        if unfinished <= crate::outbox::SMALL_UNFINISHED {
+            self.base = 0;
+            return false;
         }
-        unfinished > crate::outbox::SMALL_UNFINISHED && now - self.since > patience
+        let now = Instant::now();
+        if self.base == 0 || unfinished > self.base + READ_AHEAD {
+            *self = Self { base: unfinished, since: now };
+        }
+        now - self.since > patience
     }
 }
 
@@ -441,8 +453,9 @@ where
                     return stalled_message();
                 }
                 if let Err(wait) = rate.try_take(payload.len(), &ctx.config) {
+                    // Not a reason to start the unfinished-message clock again: the peer chose
+                    // to ping that fast.
                     Box::pin(rate.take_after(wait, payload.len(), &ctx.config)).await;
-                    progress.restart(tx);
                 }
                 continue;
             }

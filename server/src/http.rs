@@ -26,7 +26,7 @@ use crate::connection::{SocketContext, Upgraded, serve_socket};
 use crate::stats::Stats;
 
 /// Initial read buffer per socket (see where it is used).
-const READ_BUFFER_BYTES: usize = 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 1024;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]

@@ -445,6 +445,17 @@ async fn a_big_message_arriving_slowly_is_heard_out() {
 /// for the ping timeout, the socket is closed (1013).
 #[tokio::test]
 async fn a_peer_sitting_on_an_unfinished_message_is_cut_off() {
+    sit_on_an_unfinished_message(None).await;
+}
+
+/// The same, pinging faster than its message rate lets it: the server's waits for its pings
+/// do not count as the message's progress.
+#[tokio::test]
+async fn a_peer_sitting_on_an_unfinished_message_is_cut_off_however_fast_it_pings() {
+    sit_on_an_unfinished_message(Some(1)).await;
+}
+
+async fn sit_on_an_unfinished_message(messages_per_second: Option<u32>) {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -452,9 +463,18 @@ async fn a_peer_sitting_on_an_unfinished_message_is_cut_off() {
     let mut config = test_config(dir.path());
     config.ping_interval_ms = 200;
     config.pong_timeout_ms = 300;
+    if let Some(rate) = messages_per_second {
+        config.max_messages_per_second = rate;
+    }
     let server = TestServer::start_with(config).await;
     let url = server.url("unfinished");
     let mut holder = raw(&url).await;
+    if messages_per_second.is_some() {
+        // Its burst spent first, so each ping after the message's start waits its turn.
+        for _ in 0..12 {
+            holder.send(Message::Ping(vec![0].into())).await.expect("send");
+        }
+    }
     let first_part = Frame::message(vec![1u8; 100 << 10], OpCode::Data(Data::Binary), false);
     holder.send(Message::Frame(first_part)).await.expect("send");
     let (mut sink, mut stream) = holder.split();

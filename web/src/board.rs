@@ -781,6 +781,7 @@ pub fn BoardView() -> impl IntoView {
         let id_for_blur = id.clone();
         Some(view! {
             <textarea class="text-editor" data-testid="text-editor" aria-label="Shape text"
+                maxlength=huddle_protocol::schema::MAX_TEXT_CHARS
                 class:sticky-editor=sticky
                 style:left=format!("{sx}px") style:top=format!("{sy}px")
                 style:font-size=format!("{}px", crate::render::TEXT_SIZE * view.zoom)

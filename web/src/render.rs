@@ -172,18 +172,27 @@ fn draw_text(ctx: &Ctx, text: &str, x: f64, y: f64, max_width: Option<f64>) {
             row += line_height;
             continue;
         };
-        let mut line = String::new();
+        let width = |text: &str| ctx.measure_text(text).map(|m| m.width()).unwrap_or(0.0);
+        // Each word measured once, the line's width added up: measuring the whole line again
+        // for every word was quadratic in a long paragraph, every frame.
+        let space = width(" ");
+        let (mut line, mut line_width) = (String::new(), 0.0);
         for word in paragraph.split(' ') {
-            let candidate =
-                if line.is_empty() { word.to_owned() } else { format!("{line} {word}") };
-            let too_wide =
-                ctx.measure_text(&candidate).map(|m| m.width()).unwrap_or(0.0) > max_width;
-            if too_wide && !line.is_empty() {
+            let word_width = width(word);
+            let extended =
+                if line.is_empty() { word_width } else { line_width + space + word_width };
+            if extended > max_width && !line.is_empty() {
                 let _ = ctx.fill_text(&line, x, y + row);
                 row += line_height;
-                line = word.to_owned();
+                line.clear();
+                line.push_str(word);
+                line_width = word_width;
             } else {
-                line = candidate;
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(word);
+                line_width = extended;
             }
         }
         let _ = ctx.fill_text(&line, x, y + row);
