@@ -19,6 +19,46 @@ fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
+/// A stock Yjs client: `script` in `tests/interop`, run by node against `server`'s room `room`
+/// with `more` arguments after those two.
+fn stock_client(script: &str, server: &TestServer, room: &str, more: &[&str]) -> StockClient {
+    let mut node = Command::new("node")
+        .arg(interop_dir().join(script))
+        .arg(format!("ws://{}/ws", server.addr))
+        .arg(room)
+        .args(more)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (Debian package nodejs)");
+    let stdout = node.stdout.take().expect("stdout");
+    StockClient { node, stdout }
+}
+
+struct StockClient {
+    node: tokio::process::Child,
+    stdout: tokio::process::ChildStdout,
+}
+
+impl StockClient {
+    /// The one JSON line the script prints when it is done, then its successful exit.
+    async fn report(mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(DEADLINE, BufReader::new(self.stdout).lines().next_line())
+            .await
+            .expect("node reports in time")
+            .expect("read")
+            .expect("node printed its report");
+        let report = serde_json::from_str(&line).expect("json report");
+        let status = tokio::time::timeout(DEADLINE, self.node.wait())
+            .await
+            .expect("node exits")
+            .expect("status");
+        assert!(status.success(), "node exited with {status}: {report}");
+        report
+    }
+}
+
 #[tokio::test]
 async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
     let dir = interop_dir();
@@ -49,16 +89,7 @@ async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
     })
     .await;
 
-    let mut node = Command::new("node")
-        .arg(dir.join("peer.mjs"))
-        .arg(format!("ws://{}/ws", server.addr))
-        .arg(room)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed (Debian package nodejs)");
-    let stdout = node.stdout.take().expect("stdout");
+    let node = stock_client("peer.mjs", &server, room, &[]);
 
     rust.until("the stock client's rectangle and chat message", |s| {
         let board = Board::new(s.doc());
@@ -75,19 +106,11 @@ async fn stock_yjs_client_and_rust_client_converge_with_presence_both_ways() {
     })
     .await;
 
-    let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("node reports in time")
-        .expect("read")
-        .expect("node printed its report");
-    let report: serde_json::Value = serde_json::from_str(&line).expect("json report");
+    let report = node.report().await;
     assert_eq!(report["shapes"], serde_json::json!(["node-rect", "rust-ellipse"]), "{report}");
     assert_eq!(report["rustKind"], "ellipse");
     assert_eq!(report["peers"], serde_json::json!(["rust"]));
     assert_eq!(report["chat"].as_array().map(Vec::len), Some(2));
-    let status =
-        tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
-    assert!(status.success(), "node exited with {status}");
 
     // The stock client left: its presence is gone for the Rust client.
     rust.until("the stock client's departure", |s| s.peers().is_empty()).await;
@@ -117,17 +140,7 @@ async fn a_stock_client_joining_a_crowded_room_is_not_cut_off_for_echoing_its_pr
     let mut watcher = crowd.pop().expect("one");
     watcher.until("everyone's presence", |s| s.peers().len() == PRESENT - 1).await;
 
-    let mut node = Command::new("node")
-        .arg(dir.join("crowd.mjs"))
-        .arg(format!("ws://{}/ws", server.addr))
-        .arg(room)
-        .arg(PRESENT.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed (Debian package nodejs)");
-    let stdout = node.stdout.take().expect("stdout");
+    let node = stock_client("crowd.mjs", &server, room, &[&PRESENT.to_string()]);
     // The stock client sent its echo of everyone's presence before its marker: once the marker
     // is here, the server has handled the echo.
     watcher
@@ -136,16 +149,8 @@ async fn a_stock_client_joining_a_crowded_room_is_not_cut_off_for_echoing_its_pr
         })
         .await;
     watcher.add_shape("crowd-ack", ShapeKind::Rect).await;
-    let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("node reports in time")
-        .expect("read")
-        .expect("node printed its report");
-    let report: serde_json::Value = serde_json::from_str(&line).expect("json report");
+    let report = node.report().await;
     assert_eq!(report["closes"], 0, "the stock client was cut off: {report}");
     assert_eq!(report["others"], PRESENT, "{report}");
-    let status =
-        tokio::time::timeout(DEADLINE, node.wait()).await.expect("node exits").expect("status");
-    assert!(status.success(), "node exited with {status}");
     server.stop().await;
 }
