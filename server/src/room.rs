@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use huddle_protocol::RoomName;
+use huddle_protocol::nesting::{Nesting, Placed};
 use huddle_protocol::presence::PresenceLimits;
 use huddle_protocol::session::{OwnedLimits, PeerPresence, PresenceApplyError};
 use huddle_protocol::wire::{self, CloseCode};
@@ -197,6 +198,9 @@ pub enum LoadError {
 struct DocState {
     /// The document and everyone's presence (yrs' `Awareness` owns the `Doc`).
     awareness: Awareness,
+    /// How deeply the document's shared types nest, to refuse an update nesting them too
+    /// deeply before yrs applies it (see [`Nesting`]); changed only with the document.
+    nesting: Nesting,
     /// Presence states removed since `awareness` was last rebuilt (see [`note_departures`]).
     departed: usize,
     /// At least the bytes of the room's live presence states (see [`admit_presence`]).
@@ -588,6 +592,32 @@ enum Applied {
     },
 }
 
+/// Tells the room's [`Nesting`] what an apply put in the document: the update it checked when
+/// all of it went in (`placed`), else what yrs reports it integrated.
+fn record_nesting(nesting: &mut Nesting, doc: &Doc, applied: &Applied, placed: Option<Placed>) {
+    let integrated = match applied {
+        Applied::Whole { changed: false, .. } | Applied::Part { integrated: None, .. } => return,
+        Applied::Whole { integrated: None, .. } => {
+            if let Some(placed) = placed {
+                nesting.record(&placed);
+            }
+            return;
+        }
+        Applied::Whole { integrated: Some(part), .. }
+        | Applied::Part { integrated: Some(part), .. }
+        | Applied::Tangled { integrated: part, .. } => part,
+    };
+    match nesting.place(integrated) {
+        Ok(placed) => nesting.record(&placed),
+        // yrs' own encoding always reads; if it did not, read the whole document again
+        // rather than miss what went in.
+        Err(e) => {
+            tracing::error!(error = %e, "reading what an update integrated failed; re-reading the document");
+            *nesting = Nesting::of_doc(&doc.transact());
+        }
+    }
+}
+
 /// After yrs refused an update part-way, retries what waits for dependencies, as an apply that
 /// succeeds does. yrs returns the error before its retry, so an item waiting for a parent that
 /// the refused update brought would go on waiting with nothing missing; a snapshot (which
@@ -781,7 +811,7 @@ fn build_doc(
     name: &RoomName,
     snapshot: Option<&[u8]>,
     log: &[(Seq, Vec<u8>)],
-) -> Result<Doc, LoadError> {
+) -> Result<(Doc, Nesting), LoadError> {
     let doc = Doc::new();
     let rows = snapshot
         .into_iter()
@@ -816,7 +846,8 @@ fn build_doc(
             Err(_) => return Err(corrupt("apply panicked".into())),
         }
     }
-    Ok(doc)
+    let nesting = Nesting::of_doc(&doc.transact());
+    Ok((doc, nesting))
 }
 
 impl Room {
@@ -870,13 +901,13 @@ impl Room {
             .as_deref()
             .filter(|_| lazy)
             .and_then(|sv| StateVector::decode_v1(sv).ok());
-        let (doc, full, unbuilt) = if lazy {
+        let ((doc, nesting), full, unbuilt) = if lazy {
             // The snapshot becomes the answer in its own buffer (megabytes: not copied), and
             // the build, when it comes, reads it from there.
             let (seq, data) = stored.snapshot.unwrap_or_default();
             let full = FullState::new(seq, data, None, 0);
             let unbuilt = full.update.clone();
-            (Doc::new(), Some(full), Some(unbuilt))
+            ((Doc::new(), Nesting::default()), Some(full), Some(unbuilt))
         } else {
             let full = match (&stored.snapshot, whole) {
                 (Some((seq, data)), true) => Some(FullState::new(*seq, data.clone(), None, 0)),
@@ -903,6 +934,7 @@ impl Room {
             name,
             state: Mutex::new(DocState {
                 awareness: Awareness::with_clock(doc, now_millis),
+                nesting,
                 departed: 0,
                 presence_bound: 0,
                 applied: last,
@@ -962,8 +994,8 @@ impl Room {
             .await
             .map_err(|e| e.to_string())
             .and_then(|built| built.map_err(|e| e.to_string()));
-        let doc = match built {
-            Ok(doc) => doc,
+        let (doc, nesting) = match built {
+            Ok(built) => built,
             Err(e) => {
                 tracing::error!(room = %self.name, error = %e, "building the stored room failed");
                 return;
@@ -980,6 +1012,7 @@ impl Room {
                 tracing::warn!(room = %self.name, error = %e, "presence not carried over to the built room");
             }
             state.awareness = awareness;
+            state.nesting = nesting;
             state.departed = 0;
             state.ready = true;
             if state.stored_sv.take().is_none() {
@@ -1372,6 +1405,18 @@ impl Room {
                             .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
                         deletions_only = Some((Bytes::from(deletions), refusal));
                     }
+                    // Before yrs sees it: a chain of types too deep would go in fine and
+                    // overflow the stack when deleted. Under the lock, against the document
+                    // as it is. Deletions alone bring no types.
+                    let placed = match deletions_only {
+                        Some(_) => None,
+                        None => Some(
+                            state
+                                .nesting
+                                .check(update)
+                                .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?,
+                        ),
+                    };
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
@@ -1416,6 +1461,10 @@ impl Room {
                             },
                         }
                     }));
+                    if let Ok(applied) = &applied {
+                        let state = &mut *state;
+                        record_nesting(&mut state.nesting, state.awareness.doc(), applied, placed);
+                    }
                     // `relayed`: what to relay when it is not what is stored (empty: nothing).
                     let (stored, relayed, refused) = match applied {
                         Ok(Applied::Whole { changed: true, integrated }) => {

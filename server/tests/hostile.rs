@@ -162,6 +162,66 @@ async fn each_malformed_input_gets_its_close_code_and_the_room_carries_on() {
     server.stop().await;
 }
 
+/// `levels` maps nested under `under` (under key `k` of the root map `chain` when `None`), in
+/// one update of `doc`'s; returns it and the deepest map.
+fn nested_maps(
+    doc: &huddle_protocol::yrs::Doc,
+    under: Option<huddle_protocol::yrs::MapRef>,
+    levels: usize,
+) -> (Vec<u8>, huddle_protocol::yrs::MapRef) {
+    use huddle_protocol::yrs::{Map, MapPrelim, Transact, WriteTxn};
+    let mut txn = doc.transact_mut();
+    let mut map = under.unwrap_or_else(|| txn.get_or_insert_map("chain"));
+    for _ in 0..levels {
+        map = map.insert(&mut txn, "k", MapPrelim::default());
+    }
+    (txn.encode_update_v1(), map)
+}
+
+#[tokio::test]
+async fn shared_types_nested_too_deep_are_refused_and_the_room_carries_on() {
+    use huddle_protocol::yrs::{Doc, Map, ReadTxn, Transact, WriteTxn};
+    let server = TestServer::start().await;
+    let url = server.url("deep-types");
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.synced().await;
+    let author = Doc::with_client_id(4242);
+    let mut bad = raw(&url).await;
+    // 60 levels: fine (the limit is 64).
+    let (first, mut deepest) = nested_maps(&author, None, 60);
+    common::send_handled(&mut bad, wire::update(first)).await;
+    // Then 200,000 more, 10,000 an update. Each went in, and deleting the chain then overflowed
+    // the stack of whoever deleted it (yrs deletes a type's contents recursively): the
+    // server's, which aborted, taking every room down. Now the first to go too deep is refused.
+    for _ in 0..20 {
+        let (more, next) = nested_maps(&author, Some(deepest), 10_000);
+        deepest = next;
+        if bad.send(Message::Binary(wire::update(more).into())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut bad).await, Some(1007));
+    // The bystander has the 60 levels and deletes them, as any client may: the room carries on.
+    let has_chain = |s: &huddle_protocol::session::ClientSession| {
+        let txn = s.doc().transact();
+        txn.get_map("chain").is_some_and(|m| m.contains_key(&txn, "k"))
+    };
+    bystander.until("the chain that went in", has_chain).await;
+    bystander
+        .edit(|_, t| {
+            t.get_or_insert_map("chain").remove(t, "k");
+        })
+        .await;
+    bystander.add_shape("after-the-chain", ShapeKind::Rect).await;
+    let mut newcomer = TestClient::connect(&url).await;
+    newcomer
+        .until("the bystander's edits", |s| {
+            common::sync_doc_contents(s).contains(&"after-the-chain".to_owned()) && !has_chain(s)
+        })
+        .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_room_names_get_400_before_any_upgrade() {
     let server = TestServer::start().await;

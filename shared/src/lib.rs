@@ -13,11 +13,15 @@
 //!   [`schema::Shape`], [`schema::ChatMessage`]). `README.md` documents it for plain Yjs clients.
 //! - [`history`]: this user's undo and redo of shape edits, field by field, so an undo never
 //!   takes back a collaborator's later change.
+//! - [`nesting`]: how deeply shared types nest in a document, so an update nesting them too
+//!   deeply (which would overflow the stack of whoever deletes them) is refused before it is
+//!   applied.
 //! - [`session`]: the sans-IO state machines: [`session::PeerPresence`] (what a relay remembers per
 //!   socket) and [`session::ClientSession`] (a client's doc + awareness: bytes in, bytes and events
 //!   out), usable over any transport.
 
 pub mod history;
+pub mod nesting;
 pub mod presence;
 pub mod room;
 pub mod schema;

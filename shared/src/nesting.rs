@@ -1,0 +1,744 @@
+//! How deeply shared types nest in a document, so that an update nesting them too deeply is
+//! refused before it is applied.
+//!
+//! Shared types (a `Y.Map` in a `Y.Map` in …) are items of their own, each naming its parent
+//! (or a sibling it was inserted beside). yrs handles them one level per stack frame when it
+//! deletes one (every item below it is deleted too), when it collects deleted ones at the end
+//! of a transaction, and in `to_json`; so does Yjs. A chain of 200,000 maps is a 1.8 MB update
+//! that yrs integrates without complaint; deleting its outermost map then overflows the stack,
+//! and a stack overflow aborts the process: one crafted update, or a chain built up over many,
+//! would take down the server and every client given the document. yrs gives no way to ask an
+//! item for its parent, so the depth is kept here: for every item a document has integrated,
+//! how deeply its container is nested ([`Nesting`]), run-length encoded per client (a client's
+//! consecutive items nearly always share a level). An update is read block by block
+//! ([`Nesting::check`]), each new shared type's depth worked out from its parent or sibling,
+//! in the update or the document, and [`MAX_TYPE_DEPTH`] enforced; once applied, what went in
+//! is recorded ([`Nesting::record`]).
+//!
+//! The block layout is lib0's v1 update encoding, read exactly as yrs 0.28 reads it
+//! (`Update::decode`): a block's clock length must match yrs' or every later ID in the update
+//! would be misplaced. Written out here because yrs keeps an update's blocks to itself.
+
+use std::collections::HashMap;
+
+use yrs::encoding::read::{self, Cursor, Read};
+use yrs::updates::encoder::{Encoder, EncoderV1};
+use yrs::{ReadTxn, StateVector};
+
+/// Deepest nesting of shared types a room accepts: a type directly in a root is at depth 1.
+/// Huddle's own schema needs 2 (a shape map in `shapes`, its `points` array); rich-text
+/// editors nest a block element per level of list or quote. yrs spends a few stack frames
+/// per level when it deletes or collects a type, so 64 levels stay far inside the smallest
+/// stack that handles a document (a wasm client's 1 MiB).
+pub const MAX_TYPE_DEPTH: u16 = 64;
+
+/// Why an update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NestingError {
+    /// A shared type nested deeper than [`MAX_TYPE_DEPTH`].
+    #[error("shared types nested more than {MAX_TYPE_DEPTH} deep")]
+    TooDeep,
+    /// A shared type whose parent (or the sibling it was inserted beside) is neither in the
+    /// update nor integrated in the document, so its depth cannot be known. Yjs clients send
+    /// their edits in order; a client that has something the room lacks sends it on resync.
+    #[error("a shared type whose parent the room does not have")]
+    UnknownParent,
+    /// The update does not read as a v1 update.
+    #[error("malformed update: {0}")]
+    Malformed(String),
+}
+
+impl From<read::Error> for NestingError {
+    fn from(e: read::Error) -> Self {
+        NestingError::Malformed(e.to_string())
+    }
+}
+
+/// Depth recorded for clocks the document holds no item for yet: yrs integrates a client's
+/// items out of order when their parents are there, leaving a hole (a "skip") before them.
+const HOLE: u16 = u16::MAX;
+
+/// A run of consecutive clocks of one client whose items sit in containers of one depth
+/// (0: a root). Runs of a client are contiguous from clock 0; a run starts where the one
+/// before it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    end: u32,
+    depth: u16,
+}
+
+/// For every item a document has integrated, how deeply its container nests (see the module
+/// documentation). Kept beside the document and changed only with it: built from it
+/// ([`Nesting::of_doc`]), then told of everything applied to it ([`Nesting::record`]).
+#[derive(Debug, Default, Clone)]
+pub struct Nesting {
+    clients: HashMap<u64, Vec<Run>>,
+}
+
+/// Where an item sits, as its block says.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Directly in a root type.
+    Root,
+    /// In the shared type that is item `(client, clock)`.
+    In(u64, u32),
+    /// Beside item `(client, clock)`, in the same container (its left origin, else its right).
+    Beside(u64, u32),
+}
+
+/// One block of an update.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    client: u64,
+    clock: u32,
+    len: u32,
+    /// `None` for garbage-collected ranges and skips, which hold no items.
+    place: Option<Place>,
+    is_type: bool,
+    /// A skip: clocks the update does not have (a hole, not a collected range).
+    skip: bool,
+}
+
+/// An update read by [`Nesting::check`]: its blocks and where each sits, for
+/// [`Nesting::record`] once it is applied.
+#[derive(Debug)]
+pub struct Placed {
+    blocks: Vec<Block>,
+    /// The depth of each block's container; `None` where it cannot be known.
+    depths: Vec<Option<u16>>,
+}
+
+/// Progress of working out a block's container depth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Memo {
+    Unvisited,
+    Visiting,
+    Done(Option<u16>),
+}
+
+impl Nesting {
+    /// The nesting of everything `txn`'s document has integrated (not what waits for missing
+    /// dependencies: that is read when it goes in).
+    pub fn of_doc(txn: &impl ReadTxn) -> Self {
+        let mut encoder = EncoderV1::new();
+        txn.store().encode_diff(&StateVector::default(), &mut encoder);
+        let mut nesting = Nesting::default();
+        // A document's own encoding always reads; if it did not, an empty index refuses every
+        // new type whose parent is in the document rather than let one through unchecked.
+        if let Ok(placed) = nesting.place(&encoder.to_vec()) {
+            nesting.record(&placed);
+        }
+        nesting
+    }
+
+    /// Reads `update` and works out where each of its blocks sits, refusing it if a shared
+    /// type it brings would nest deeper than [`MAX_TYPE_DEPTH`] or sit where the depth cannot
+    /// be known (see [`NestingError::UnknownParent`]). Types the document holds already are
+    /// not checked again (yrs skips them).
+    ///
+    /// # Errors
+    /// See [`NestingError`].
+    pub fn check(&self, update: &[u8]) -> Result<Placed, NestingError> {
+        let placed = self.place(update)?;
+        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
+            if !block.is_type || self.holds(block.client, block.clock) {
+                continue;
+            }
+            match depth {
+                None => return Err(NestingError::UnknownParent),
+                Some(d) if *d >= MAX_TYPE_DEPTH => return Err(NestingError::TooDeep),
+                Some(_) => {}
+            }
+        }
+        Ok(placed)
+    }
+
+    /// Reads `update` (what a document integrated, as yrs encodes it) and works out where each
+    /// of its blocks sits, without checking, for [`Nesting::record`].
+    ///
+    /// # Errors
+    /// [`NestingError::Malformed`] if it does not read.
+    pub fn place(&self, update: &[u8]) -> Result<Placed, NestingError> {
+        let blocks = read_blocks(update)?;
+        let depths = Resolver::new(self, &blocks).resolve_all();
+        Ok(Placed { blocks, depths })
+    }
+
+    /// Records the blocks of `placed` that the document did not hold: call it with what was
+    /// integrated, once it was. Clocks already held are left as they are, whatever the update
+    /// claimed about them (yrs kept its own).
+    pub fn record(&mut self, placed: &Placed) {
+        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
+            let depth = match (block.place, depth) {
+                // Collected ranges and skips: nothing nests there. A skip is a hole.
+                (None, _) if block.skip => HOLE,
+                (None, _) => 0,
+                // Integrated, yet its container unknown: yrs knew it, we do not. Unknown
+                // clocks are holes, so nothing is placed beside or inside it unchecked.
+                (Some(_), None) => HOLE,
+                (Some(_), Some(d)) => (*d).min(HOLE - 1),
+            };
+            let runs = self.clients.entry(block.client).or_default();
+            assign(runs, block.clock, block.clock.saturating_add(block.len), depth);
+        }
+    }
+
+    /// Whether the document holds item `(client, clock)` (a clock inside a hole is not held).
+    fn holds(&self, client: u64, clock: u32) -> bool {
+        self.depth_at(client, clock).is_some_and(|d| d != HOLE)
+    }
+
+    /// The depth recorded for `(client, clock)`, `None` past the client's last clock.
+    fn depth_at(&self, client: u64, clock: u32) -> Option<u16> {
+        let runs = self.clients.get(&client)?;
+        let i = runs.partition_point(|r| r.end <= clock);
+        runs.get(i).map(|r| r.depth)
+    }
+
+    /// The first clock of `client` past everything recorded.
+    fn end(&self, client: u64) -> u32 {
+        self.clients.get(&client).and_then(|runs| runs.last()).map_or(0, |r| r.end)
+    }
+}
+
+/// Sets clocks `start..end` of one client's runs to `depth` where they are holes or past the
+/// end (held clocks keep theirs), keeping runs contiguous and merged.
+fn assign(runs: &mut Vec<Run>, start: u32, end: u32, depth: u16) {
+    let last = runs.last().map_or(0, |r| r.end);
+    if start >= last {
+        // The common case: the client's next items, appended.
+        if start > last {
+            push(runs, Run { end: start, depth: HOLE });
+        }
+        push(runs, Run { end, depth });
+        return;
+    }
+    // Into holes (a client's items arriving after later ones): rebuild the runs it touches.
+    let first = runs.partition_point(|r| r.end <= start);
+    let mut rebuilt = Vec::new();
+    let mut from = if first == 0 { 0 } else { runs[first - 1].end };
+    let mut i = first;
+    while i < runs.len() && from < end {
+        let run = runs[i];
+        if run.depth == HOLE {
+            let (a, b) = (start.max(from), end.min(run.end));
+            if from < a {
+                rebuilt.push(Run { end: a, depth: HOLE });
+            }
+            rebuilt.push(Run { end: b, depth });
+            if b < run.end {
+                rebuilt.push(Run { end: run.end, depth: HOLE });
+            }
+        } else {
+            rebuilt.push(run);
+        }
+        from = run.end;
+        i += 1;
+    }
+    let tail = runs.split_off(i);
+    runs.truncate(first);
+    for run in rebuilt.into_iter().chain(tail) {
+        push(runs, run);
+    }
+    if end > from {
+        push(runs, Run { end, depth });
+    }
+}
+
+/// Appends a run, merged into the last one if it has the same depth.
+fn push(runs: &mut Vec<Run>, run: Run) {
+    match runs.last_mut() {
+        Some(last) if last.depth == run.depth => last.end = last.end.max(run.end),
+        Some(last) if last.end >= run.end => {}
+        _ => runs.push(run),
+    }
+}
+
+/// Works out the container depth of each block of one update, from the update itself and
+/// what the document holds; iterative, since a chain may be as long as the update.
+struct Resolver<'a> {
+    nesting: &'a Nesting,
+    blocks: &'a [Block],
+    /// Each client's blocks (indices into `blocks`), by clock.
+    by_client: HashMap<u64, Vec<usize>>,
+    memo: Vec<Memo>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(nesting: &'a Nesting, blocks: &'a [Block]) -> Self {
+        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, block) in blocks.iter().enumerate() {
+            by_client.entry(block.client).or_default().push(i);
+        }
+        for indices in by_client.values_mut() {
+            indices.sort_by_key(|&i| blocks[i].clock);
+        }
+        Resolver { nesting, blocks, by_client, memo: vec![Memo::Unvisited; blocks.len()] }
+    }
+
+    fn resolve_all(mut self) -> Vec<Option<u16>> {
+        for i in 0..self.blocks.len() {
+            self.resolve(i);
+        }
+        self.memo.iter().map(|m| if let Memo::Done(d) = m { *d } else { None }).collect()
+    }
+
+    /// Works out block `start`'s container depth, and on the way that of every block of the
+    /// update it depends on.
+    fn resolve(&mut self, start: usize) {
+        let mut stack = vec![start];
+        while let Some(&i) = stack.last() {
+            if let Memo::Done(_) = self.memo[i] {
+                stack.pop();
+                continue;
+            }
+            self.memo[i] = Memo::Visiting;
+            let block = self.blocks[i];
+            let found = match block.place {
+                None | Some(Place::Root) => Found::Depth(Some(0)),
+                Some(Place::In(client, clock)) => match self.lookup(client, clock) {
+                    // The parent type sits one level below its own container.
+                    Found::Depth(d) => Found::Depth(d.map(|d| d.saturating_add(1).min(HOLE - 1))),
+                    needed => needed,
+                },
+                Some(Place::Beside(client, clock)) => self.lookup(client, clock),
+            };
+            match found {
+                Found::Depth(d) => {
+                    self.memo[i] = Memo::Done(d);
+                    stack.pop();
+                }
+                Found::Needs(j) => stack.push(j),
+            }
+        }
+    }
+
+    /// The container depth of the item at `(client, clock)`, or the block of this update to
+    /// work out first.
+    fn lookup(&self, client: u64, clock: u32) -> Found {
+        if let Some(depth) = self.nesting.depth_at(client, clock)
+            && depth != HOLE
+        {
+            return Found::Depth(Some(depth));
+        }
+        let Some(indices) = self.by_client.get(&client) else { return Found::Depth(None) };
+        let k = indices.partition_point(|&j| self.blocks[j].clock <= clock);
+        let Some(&j) = k.checked_sub(1).map(|k| &indices[k]) else { return Found::Depth(None) };
+        let block = self.blocks[j];
+        if clock - block.clock >= block.len {
+            return Found::Depth(None);
+        }
+        // A block the document holds the start of: yrs integrates only its tail, beside the
+        // held part, so the tail sits where the document's item does (not where the update
+        // says).
+        let held_end = self.nesting.end(client);
+        if block.clock < held_end && self.nesting.holds(client, block.clock) {
+            return Found::Depth(
+                self.nesting.depth_at(client, held_end - 1).filter(|&d| d != HOLE),
+            );
+        }
+        match self.memo[j] {
+            Memo::Done(d) => Found::Depth(d),
+            // A cycle: yrs could never integrate it either.
+            Memo::Visiting => Found::Depth(None),
+            Memo::Unvisited => Found::Needs(j),
+        }
+    }
+}
+
+/// What [`Resolver::lookup`] found.
+enum Found {
+    Depth(Option<u16>),
+    Needs(usize),
+}
+
+/// lib0 content kinds (the low four bits of a block's info byte), as yrs numbers them.
+const CONTENT_DELETED: u8 = 1;
+const CONTENT_JSON: u8 = 2;
+const CONTENT_BINARY: u8 = 3;
+const CONTENT_STRING: u8 = 4;
+const CONTENT_EMBED: u8 = 5;
+const CONTENT_FORMAT: u8 = 6;
+const CONTENT_TYPE: u8 = 7;
+const CONTENT_ANY: u8 = 8;
+const CONTENT_DOC: u8 = 9;
+/// Info bytes of the two blocks that hold no item.
+const INFO_GC: u8 = 0;
+const INFO_SKIP: u8 = 10;
+const HAS_ORIGIN: u8 = 0x80;
+const HAS_RIGHT_ORIGIN: u8 = 0x40;
+const HAS_PARENT_SUB: u8 = 0x20;
+/// The one type kind whose content carries more than its kind: an XML element's tag name.
+const TYPE_XML_ELEMENT: u8 = 3;
+
+/// The blocks of a v1 update, as yrs' `Update::decode` reads them (the delete set after them
+/// is not needed).
+fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
+    let mut r = Cursor::new(update);
+    let sections: u32 = r.read_var()?;
+    let mut blocks = Vec::new();
+    for _ in 0..sections {
+        let count: u32 = r.read_var()?;
+        let client: u64 = r.read_var()?;
+        let mut clock: u32 = r.read_var()?;
+        for _ in 0..count {
+            let info = r.read_u8()?;
+            let (len, place, is_type) = match info {
+                INFO_GC | INFO_SKIP => (r.read_var::<u32>()?, None, false),
+                _ => {
+                    let origin = if info & HAS_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
+                    let right =
+                        if info & HAS_RIGHT_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
+                    let place = match origin.or(right) {
+                        Some((c, k)) => Place::Beside(c, k),
+                        None => {
+                            let named = r.read_var::<u32>()? == 1;
+                            let place = if named {
+                                r.read_string()?;
+                                Place::Root
+                            } else {
+                                let (c, k) = read_id(&mut r)?;
+                                Place::In(c, k)
+                            };
+                            if info & HAS_PARENT_SUB != 0 {
+                                r.read_string()?;
+                            }
+                            place
+                        }
+                    };
+                    let kind = info & 0x0f;
+                    (content_len(&mut r, kind)?, Some(place), kind == CONTENT_TYPE)
+                }
+            };
+            // yrs drops empty items without moving the clock on (and refuses empty GC/skips,
+            // which `decode_update` has refused before this runs).
+            if len == 0 {
+                continue;
+            }
+            blocks.push(Block { client, clock, len, place, is_type, skip: info == INFO_SKIP });
+            clock = clock.checked_add(len).ok_or(read::Error::UnexpectedValue)?;
+        }
+    }
+    Ok(blocks)
+}
+
+fn read_id(r: &mut Cursor<'_>) -> Result<(u64, u32), read::Error> {
+    Ok((r.read_var()?, r.read_var()?))
+}
+
+/// Reads an item's content of kind `kind` and returns how many clocks it takes, as yrs counts
+/// them (`ItemContent::len_utf16`).
+fn content_len(r: &mut Cursor<'_>, kind: u8) -> Result<u32, read::Error> {
+    Ok(match kind {
+        CONTENT_DELETED => r.read_var()?,
+        CONTENT_JSON => {
+            // yrs reads one string more than the count says (and counts it).
+            let count: u32 = r.read_var()?;
+            for _ in 0..=count {
+                r.read_string()?;
+            }
+            count.checked_add(1).ok_or(read::Error::UnexpectedValue)?
+        }
+        CONTENT_BINARY => {
+            r.read_buf()?;
+            1
+        }
+        CONTENT_STRING => {
+            let s = r.read_string()?;
+            u32::try_from(s.encode_utf16().count()).map_err(|_| read::Error::UnexpectedValue)?
+        }
+        CONTENT_EMBED => {
+            r.read_string()?;
+            1
+        }
+        CONTENT_FORMAT => {
+            r.read_string()?;
+            r.read_string()?;
+            1
+        }
+        CONTENT_TYPE => {
+            if r.read_u8()? == TYPE_XML_ELEMENT {
+                r.read_string()?;
+            }
+            1
+        }
+        CONTENT_ANY => {
+            let count: u32 = r.read_var()?;
+            for _ in 0..count {
+                skip_value(r, crate::wire::MAX_VALUE_DEPTH)?;
+            }
+            count
+        }
+        CONTENT_DOC => {
+            r.read_string()?;
+            skip_value(r, crate::wire::MAX_VALUE_DEPTH)?;
+            1
+        }
+        _ => return Err(read::Error::UnexpectedValue),
+    })
+}
+
+/// Reads past one lib0 value without building it (tags as in `wire`'s `decode_value`).
+fn skip_value(r: &mut Cursor<'_>, depth: usize) -> Result<(), read::Error> {
+    match r.read_u8()? {
+        127 | 126 | 121 | 120 => {}
+        125 => {
+            r.read_var::<i64>()?;
+        }
+        124 => {
+            r.read_exact(4)?;
+        }
+        123 | 122 => {
+            r.read_exact(8)?;
+        }
+        119 => {
+            r.read_string()?;
+        }
+        118 | 117 if depth == 0 => return Err(read::Error::UnexpectedValue),
+        118 => {
+            let len: u64 = r.read_var()?;
+            for _ in 0..len {
+                r.read_string()?;
+                skip_value(r, depth - 1)?;
+            }
+        }
+        117 => {
+            let len: u64 = r.read_var()?;
+            for _ in 0..len {
+                skip_value(r, depth - 1)?;
+            }
+        }
+        116 => {
+            r.read_buf()?;
+        }
+        _ => return Err(read::Error::UnexpectedValue),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::types::ToJson;
+    use yrs::updates::decoder::Decode;
+    use yrs::{
+        Array, ArrayPrelim, BranchID, Doc, GetString, Map, MapPrelim, MapRef, Options, Text,
+        TextPrelim, Transact, Update, WriteTxn, XmlElementPrelim, XmlFragment, XmlTextPrelim,
+    };
+
+    fn doc(client: u64) -> Doc {
+        Doc::with_options(Options { client_id: yrs::ClientID::new(client), ..Options::default() })
+    }
+
+    /// Nests `levels` maps under `map`, in one transaction; returns the update and the deepest.
+    fn nest(doc: &Doc, map: Option<MapRef>, levels: usize) -> (Vec<u8>, MapRef) {
+        let mut txn = doc.transact_mut();
+        let mut m = map.unwrap_or_else(|| txn.get_or_insert_map("root"));
+        for _ in 0..levels {
+            m = m.insert(&mut txn, "k", MapPrelim::default());
+        }
+        (txn.encode_update_v1(), m)
+    }
+
+    /// What a room does with an update: check it, apply it, record what went in.
+    fn admit(nesting: &mut Nesting, room: &Doc, update: &[u8]) -> Result<(), NestingError> {
+        let placed = nesting.check(update)?;
+        room.transact_mut()
+            .apply_update(Update::decode_v1(update).expect("present"))
+            .expect("present");
+        nesting.record(&placed);
+        Ok(())
+    }
+
+    fn depth_of(nesting: &Nesting, map: &MapRef) -> u16 {
+        let BranchID::Nested(id) = map.as_ref().id() else { panic!("a root") };
+        nesting.depth_at(id.client.get(), id.clock).expect("recorded") + 1
+    }
+
+    #[test]
+    fn a_chain_as_deep_as_allowed_goes_in_one_deeper_does_not() {
+        let (ok, _) = nest(&doc(1), None, usize::from(MAX_TYPE_DEPTH));
+        let nesting = Nesting::default();
+        nesting.check(&ok).expect("at the limit");
+        let (deep, _) = nest(&doc(1), None, usize::from(MAX_TYPE_DEPTH) + 1);
+        assert_eq!(nesting.check(&deep).expect_err("refused"), NestingError::TooDeep);
+    }
+
+    #[test]
+    fn a_chain_built_over_many_updates_is_stopped_at_the_limit() {
+        let (author, room) = (doc(1), doc(2));
+        let mut nesting = Nesting::default();
+        let (first, mut deepest) = nest(&author, None, 40);
+        admit(&mut nesting, &room, &first).expect("40 levels");
+        assert_eq!(depth_of(&nesting, &deepest), 40);
+        let (more, next) = nest(&author, Some(deepest), 24);
+        admit(&mut nesting, &room, &more).expect("64 levels");
+        deepest = next;
+        let (over, _) = nest(&author, Some(deepest), 1);
+        assert_eq!(nesting.check(&over).expect_err("refused"), NestingError::TooDeep);
+        // Beside the deepest (a new value for its key: placed by its origin, not its parent),
+        // at the same depth: allowed; one below that: not.
+        let (beside, sibling) = {
+            let parent = find_parent(&author, 63);
+            let mut txn = author.transact_mut();
+            let sibling = parent.insert(&mut txn, "k", MapPrelim::default());
+            (txn.encode_update_v1(), sibling)
+        };
+        admit(&mut nesting, &room, &beside).expect("a sibling at 64");
+        assert_eq!(depth_of(&nesting, &sibling), 64);
+        let (under, _) = nest(&author, Some(sibling), 1);
+        assert_eq!(nesting.check(&under).expect_err("refused"), NestingError::TooDeep);
+    }
+
+    /// The map at `depth` below `root` (following key `k`).
+    fn find_parent(doc: &Doc, depth: usize) -> MapRef {
+        let txn = doc.transact();
+        let mut m = txn.get_map("root").expect("present");
+        for _ in 0..depth {
+            m = m.get(&txn, "k").expect("present").cast::<MapRef>().expect("present");
+        }
+        m
+    }
+
+    #[test]
+    fn a_type_whose_parent_the_room_lacks_is_refused() {
+        let author = doc(1);
+        let (first, deepest) = nest(&author, None, 2);
+        let (second, _) = nest(&author, Some(deepest), 1);
+        let nesting = Nesting::default();
+        assert_eq!(nesting.check(&second).expect_err("refused"), NestingError::UnknownParent);
+        // Together they are fine, in either order.
+        let merged = Update::merge_updates([
+            Update::decode_v1(&second).expect("present"),
+            Update::decode_v1(&first).expect("present"),
+        ]);
+        nesting.check(&yrs::updates::encoder::Encode::encode_v1(&merged)).expect("both");
+    }
+
+    #[test]
+    fn a_chain_far_too_deep_is_refused_without_recursing() {
+        let (deep, _) = nest(&doc(1), None, 200_000);
+        assert_eq!(Nesting::default().check(&deep).expect_err("refused"), NestingError::TooDeep);
+    }
+
+    #[test]
+    fn it_reads_every_kind_of_content_at_the_clocks_yrs_gives_it() {
+        let (a, b) = (doc(1), doc(2));
+        {
+            let mut txn = a.transact_mut();
+            let text = txn.get_or_insert_text("text");
+            text.insert(&mut txn, 0, "héllo 🎨 wörld");
+            text.format(&mut txn, 1, 3, HashMap::from([("bold".into(), true.into())]));
+            text.insert_embed(
+                &mut txn,
+                1,
+                yrs::Any::from(HashMap::from([("x".to_owned(), yrs::Any::from(1))])),
+            );
+            let arr = txn.get_or_insert_array("arr");
+            arr.insert_range(&mut txn, 0, [1.5, 2.0, 3.25]);
+            arr.push_back(&mut txn, yrs::Any::Buffer(vec![1u8, 2, 3].into()));
+            let nested = arr.push_back(&mut txn, ArrayPrelim::default());
+            nested.push_back(&mut txn, TextPrelim::new("in 🎨"));
+            let xml = txn.get_or_insert_xml_fragment("xml");
+            let el = xml.push_back(&mut txn, XmlElementPrelim::empty("p"));
+            el.push_back(&mut txn, XmlTextPrelim::new("para"));
+            let map = txn.get_or_insert_map("map");
+            map.insert(
+                &mut txn,
+                "big",
+                yrs::Any::from(HashMap::from([(
+                    "a".to_owned(),
+                    yrs::Any::from(vec![yrs::Any::Null, yrs::Any::from(-7i64)]),
+                )])),
+            );
+            map.insert(&mut txn, "sub", yrs::Doc::new());
+            text.remove_range(&mut txn, 0, 1);
+            arr.remove(&mut txn, 1);
+        }
+        {
+            let mut txn = b.transact_mut();
+            txn.apply_update(
+                Update::decode_v1(&a.transact().encode_state_as_update_v1(&StateVector::default()))
+                    .expect("present"),
+            )
+            .expect("present");
+            let text = txn.get_or_insert_text("text");
+            text.insert(&mut txn, 0, "🙂 from b");
+        }
+        let nesting = Nesting::of_doc(&b.transact());
+        let sv = b.transact().state_vector();
+        for (client, clock) in sv.iter() {
+            assert_eq!(nesting.end(client.get()), *clock, "client {client:?}");
+        }
+        assert!(nesting.clients.values().flatten().all(|r| r.depth != HOLE));
+        assert!(
+            b.transact()
+                .get_text("text")
+                .expect("present")
+                .get_string(&b.transact())
+                .contains("🙂")
+        );
+        let _ = b.transact().get_map("map").expect("present").to_json(&b.transact());
+    }
+
+    #[test]
+    fn items_going_in_out_of_order_leave_a_hole_until_they_come() {
+        let (author, room) = (doc(7), doc(2));
+        let mut nesting = Nesting::default();
+        let update = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = author.transact_mut();
+            f(&mut txn);
+            txn.encode_update_v1()
+        };
+        // Clocks 0..3: text; clock 3: a map in a root map; clock 4: a map in that.
+        let early = update(&|t| t.get_or_insert_text("t").insert(t, 0, "abc"));
+        let late = update(&|t| {
+            t.get_or_insert_map("m").insert(t, "x", MapPrelim::default());
+        });
+        // yrs takes the map before the text it does not depend on, leaving clocks 0..3 a hole.
+        admit(&mut nesting, &room, &late).expect("a map whose parent is a root");
+        assert_eq!(nesting.depth_at(7, 1), Some(HOLE));
+        assert_eq!(nesting.depth_at(7, 3), Some(0));
+        admit(&mut nesting, &room, &early).expect("the text");
+        assert_eq!(nesting.depth_at(7, 1), Some(0));
+        let txn = room.transact();
+        assert_eq!(txn.get_text("t").expect("present").get_string(&txn), "abc");
+        drop(txn);
+        let inner = update(&|t| {
+            let x = t
+                .get_map("m")
+                .expect("present")
+                .get(t, "x")
+                .expect("present")
+                .cast::<MapRef>()
+                .expect("present");
+            x.insert(t, "y", MapPrelim::default());
+        });
+        admit(&mut nesting, &room, &inner).expect("a map in that map");
+        assert_eq!(nesting.end(7), 5);
+        assert_eq!(nesting.depth_at(7, 4), Some(1));
+    }
+
+    #[test]
+    fn holes_are_filled_by_what_comes_later() {
+        let mut runs = Vec::new();
+        assign(&mut runs, 5, 8, 2);
+        assert_eq!(runs, [Run { end: 5, depth: HOLE }, Run { end: 8, depth: 2 }]);
+        assign(&mut runs, 2, 4, 1);
+        assert_eq!(
+            runs,
+            [
+                Run { end: 2, depth: HOLE },
+                Run { end: 4, depth: 1 },
+                Run { end: 5, depth: HOLE },
+                Run { end: 8, depth: 2 }
+            ]
+        );
+        // Held clocks keep their depth; the rest of the holes take the new one.
+        assign(&mut runs, 0, 10, 2);
+        assert_eq!(
+            runs,
+            [Run { end: 2, depth: 2 }, Run { end: 4, depth: 1 }, Run { end: 10, depth: 2 }]
+        );
+    }
+}
