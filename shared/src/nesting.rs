@@ -82,8 +82,11 @@ enum Place {
     Root,
     /// In the shared type that is item `(client, clock)`.
     In(u64, u32),
-    /// Beside item `(client, clock)`, in the same container (its left origin, else its right).
-    Beside(u64, u32),
+    /// Beside its origins (items `(client, clock)`, left and right; at least one), in the
+    /// container of the left one, or of the right one if the left one was collected: yrs
+    /// tells which only when it integrates the item, so the deeper of the two is taken (in
+    /// anything a Yjs client writes, both are in the same container).
+    Beside(Option<(u64, u32)>, Option<(u64, u32)>),
 }
 
 /// One block of an update.
@@ -196,6 +199,7 @@ impl Nesting {
     }
 
     /// The first clock of `client` past everything recorded.
+    #[cfg(test)]
     fn end(&self, client: u64) -> u32 {
         self.clients.get(&client).and_then(|runs| runs.last()).map_or(0, |r| r.end)
     }
@@ -301,7 +305,17 @@ impl<'a> Resolver<'a> {
                     Found::Depth(d) => Found::Depth(d.map(|d| d.saturating_add(1).min(HOLE - 1))),
                     needed => needed,
                 },
-                Some(Place::Beside(client, clock)) => self.lookup(client, clock),
+                Some(Place::Beside(left, right)) => {
+                    let mut depth = Some(0);
+                    let mut needs = None;
+                    for (client, clock) in [left, right].into_iter().flatten() {
+                        match self.lookup(client, clock) {
+                            Found::Depth(d) => depth = depth.zip(d).map(|(a, b)| a.max(b)),
+                            Found::Needs(j) => needs = Some(j),
+                        }
+                    }
+                    needs.map_or(Found::Depth(depth), Found::Needs)
+                }
             };
             match found {
                 Found::Depth(d) => {
@@ -328,15 +342,8 @@ impl<'a> Resolver<'a> {
         if clock - block.clock >= block.len {
             return Found::Depth(None);
         }
-        // A block the document holds the start of: yrs integrates only its tail, beside the
-        // held part, so the tail sits where the document's item does (not where the update
-        // says).
-        let held_end = self.nesting.end(client);
-        if block.clock < held_end && self.nesting.holds(client, block.clock) {
-            return Found::Depth(
-                self.nesting.depth_at(client, held_end - 1).filter(|&d| d != HOLE),
-            );
-        }
+        // (A block the document holds the start of sits, tail and all, where the block says:
+        // yrs places an item by its own origins or parent before it trims the part it holds.)
         match self.memo[j] {
             Memo::Done(d) => Found::Depth(d),
             // A cycle: yrs could never integrate it either.
@@ -389,9 +396,8 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
                     let origin = if info & HAS_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
                     let right =
                         if info & HAS_RIGHT_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
-                    let place = match origin.or(right) {
-                        Some((c, k)) => Place::Beside(c, k),
-                        None => {
+                    let place = match (origin, right) {
+                        (None, None) => {
                             let named = r.read_var::<u32>()? == 1;
                             let place = if named {
                                 r.read_string()?;
@@ -405,6 +411,7 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
                             }
                             place
                         }
+                        (left, right) => Place::Beside(left, right),
                     };
                     let kind = info & 0x0f;
                     (content_len(&mut r, kind)?, Some(place), kind == CONTENT_TYPE)
@@ -598,6 +605,50 @@ mod tests {
             m = m.get(&txn, "k").expect("present").cast::<MapRef>().expect("present");
         }
         m
+    }
+
+    #[test]
+    fn a_type_beside_a_collected_item_is_placed_by_its_right_origin() {
+        use yrs::encoding::write::Write;
+        let (author, room) = (doc(1), doc(2));
+        let mut nesting = Nesting::default();
+        let mut txn = author.transact_mut();
+        let root = txn.get_or_insert_map("r");
+        root.insert(&mut txn, "a", "x"); // clock 0, collected below
+        let update = txn.encode_update_v1();
+        drop(txn);
+        admit(&mut nesting, &room, &update).expect("a string");
+        let update = {
+            let mut txn = author.transact_mut();
+            root.remove(&mut txn, "a");
+            txn.encode_update_v1()
+        };
+        admit(&mut nesting, &room, &update).expect("its removal");
+        // Clocks 1..=64: maps nested 64 deep; clock 65: a string in the deepest.
+        let (chain, deepest) = nest(&author, None, 64);
+        admit(&mut nesting, &room, &chain).expect("64 levels");
+        let update = {
+            let mut txn = author.transact_mut();
+            deepest.insert(&mut txn, "z", "v");
+            txn.encode_update_v1()
+        };
+        admit(&mut nesting, &room, &update).expect("a string at the bottom");
+        // A map (client 9) between the collected string and the deepest one: yrs finds no
+        // left neighbour and puts it beside the right one, 65 deep.
+        let mut crafted = Vec::new();
+        crafted.write_var(1u32); // one client
+        crafted.write_var(1u32); // one block
+        crafted.write_var(9u64);
+        crafted.write_var(0u32);
+        crafted.write_u8(HAS_ORIGIN | HAS_RIGHT_ORIGIN | CONTENT_TYPE);
+        crafted.write_var(1u64);
+        crafted.write_var(0u32); // left origin: the collected string
+        crafted.write_var(1u64);
+        crafted.write_var(65u32); // right origin: the string at the bottom
+        crafted.write_u8(1); // a map
+        crafted.write_var(0u32); // no deletions
+        Update::decode_v1(&crafted).expect("a valid update");
+        assert_eq!(nesting.check(&crafted).expect_err("refused"), NestingError::TooDeep);
     }
 
     #[test]
