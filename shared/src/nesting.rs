@@ -281,16 +281,18 @@ impl<'a> Resolver<'a> {
     }
 
     fn resolve_all(mut self) -> Vec<Option<u16>> {
+        let mut stack = Vec::new();
         for i in 0..self.blocks.len() {
-            self.resolve(i);
+            self.resolve(i, &mut stack);
         }
         self.memo.iter().map(|m| if let Memo::Done(d) = m { *d } else { None }).collect()
     }
 
     /// Works out block `start`'s container depth, and on the way that of every block of the
     /// update it depends on.
-    fn resolve(&mut self, start: usize) {
-        let mut stack = vec![start];
+    fn resolve(&mut self, start: usize, stack: &mut Vec<usize>) {
+        stack.clear();
+        stack.push(start);
         while let Some(&i) = stack.last() {
             if let Memo::Done(_) = self.memo[i] {
                 stack.pop();
