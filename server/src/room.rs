@@ -593,16 +593,23 @@ enum Applied {
 }
 
 /// Tells the room's [`Nesting`] what an apply put in the document: the update it checked when
-/// all of it went in (`placed`), else what yrs reports it integrated.
-fn record_nesting(nesting: &mut Nesting, doc: &Doc, applied: &Applied, placed: Option<Placed>) {
+/// all of it went in as it came (`placed`, if [`Placed::is_plain`]), else what yrs reports it
+/// integrated (`as_integrated`, or the encoding `applied` carries).
+fn record_nesting(
+    nesting: &mut Nesting,
+    doc: &Doc,
+    applied: &Applied,
+    placed: Option<Placed>,
+    as_integrated: Option<Vec<u8>>,
+) {
     let integrated = match applied {
         Applied::Whole { changed: false, .. } | Applied::Part { integrated: None, .. } => return,
-        Applied::Whole { integrated: None, .. } => {
-            if let Some(placed) = placed {
-                nesting.record(&placed);
-            }
-            return;
-        }
+        Applied::Whole { integrated: None, .. } => match (&as_integrated, placed) {
+            (Some(part), _) => part,
+            (None, Some(placed)) => return nesting.record(&placed),
+            // Deletions only: no items.
+            (None, None) => return,
+        },
         Applied::Whole { integrated: Some(part), .. }
         | Applied::Part { integrated: Some(part), .. }
         | Applied::Tangled { integrated: part, .. } => part,
@@ -1417,12 +1424,19 @@ impl Room {
                                 .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?,
                         ),
                     };
+                    let plain = placed.as_ref().is_none_or(Placed::is_plain);
+                    // What yrs integrated, as it encodes it, when the nesting must be recorded
+                    // from that (see `record_nesting`) and nothing below encodes it already.
+                    let mut as_integrated = None;
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         let mut txn = state.awareness.doc().transact_mut();
                         let before = (txn.state_vector(), pending_fingerprint(&txn));
                         let result = txn.apply_update(decoded);
                         let after = pending_fingerprint(&txn);
                         let waited = before.1 != NOTHING_PENDING || after != NOTHING_PENDING;
+                        if !plain && !waited && result.is_ok() {
+                            as_integrated = Some(txn.encode_update_v1());
+                        }
                         // Whether a refusal left what waited untouched (the fault was the
                         // update's own), before the retry below touches it.
                         let own = after == before.1;
@@ -1433,8 +1447,12 @@ impl Room {
                             // An update the room already had entirely (a reconnecting client
                             // re-sending its delete set, say) changes nothing: nothing to
                             // store, nothing to relay.
+                            // (An item filling a hole past the client's first one changes no
+                            // state vector: yrs reports a client's clock as where its first
+                            // hole starts. The insert set tells.)
                             Ok(()) => Applied::Whole {
                                 changed: !txn.delete_set().is_empty()
+                                    || !txn.insert_set().is_empty()
                                     || txn.state_vector() != before.0
                                     || after != before.1,
                                 integrated: waited.then(|| txn.encode_update_v1()),
@@ -1463,7 +1481,8 @@ impl Room {
                     }));
                     if let Ok(applied) = &applied {
                         let state = &mut *state;
-                        record_nesting(&mut state.nesting, state.awareness.doc(), applied, placed);
+                        let doc = state.awareness.doc();
+                        record_nesting(&mut state.nesting, doc, applied, placed, as_integrated);
                     }
                     // `relayed`: what to relay when it is not what is stored (empty: nothing).
                     let (stored, relayed, refused) = match applied {
@@ -2184,6 +2203,43 @@ mod tests {
             .apply_update(wire::decode_update(&relayed).expect("decodes"))
             .expect("applies");
         assert!(Board::new(&doc).shape(&doc.transact(), "kept").is_some(), "the relayed update");
+    }
+
+    /// yrs takes a client's items out of order when they depend on nothing missing, leaving
+    /// holes, and reports the client's clock as where its first hole starts. An item filling
+    /// a later hole changed no state vector, and the room took it for nothing new: in the
+    /// document, yet neither stored nor relayed (gone at the next load).
+    #[tokio::test]
+    async fn an_item_filling_a_later_hole_is_stored() {
+        use huddle_protocol::yrs::{Map, WriteTxn};
+        let store = Arc::new(MemoryStore::default());
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let name = RoomName::parse("holes").expect("valid");
+        let lease = registry.join(&name).await.expect("join");
+        // Client 9's clocks 0..4: one new key of the root map `m` each (nothing to depend on).
+        let author = Doc::with_client_id(9);
+        let updates: Vec<Vec<u8>> = (0..4i64)
+            .map(|i| {
+                let mut txn = author.transact_mut();
+                txn.get_or_insert_map("m").insert(&mut txn, format!("k{i}"), i);
+                txn.encode_update_v1()
+            })
+            .collect();
+        for i in [1, 3, 2] {
+            lease.room().apply_update(ConnId(1), &updates[i], None).await.expect("applies");
+        }
+        let stored = store.load(&name).await.expect("loads");
+        let snapshot = stored.snapshot.as_ref().map(|(_, data)| data.as_slice());
+        let (doc, _) = build_doc(&name, snapshot, &stored.log).expect("builds");
+        let txn = doc.transact();
+        let m = txn.get_map("m").expect("the map");
+        for key in ["k1", "k2", "k3"] {
+            assert!(m.contains_key(&txn, key), "{key} was stored");
+        }
     }
 
     /// An edit applied while a snapshot is being written is not covered by it: it stays counted

@@ -19,7 +19,7 @@
 //! (`Update::decode`): a block's clock length must match yrs' or every later ID in the update
 //! would be misplaced. Written out here because yrs keeps an update's blocks to itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yrs::encoding::read::{self, Cursor, Read};
 use yrs::updates::encoder::{Encoder, EncoderV1};
@@ -73,6 +73,8 @@ struct Run {
 #[derive(Debug, Default, Clone)]
 pub struct Nesting {
     clients: HashMap<u64, Vec<Run>>,
+    /// Clients with a hole in their runs (rare: see [`HOLE`]).
+    holey: HashSet<u64>,
 }
 
 /// Where an item sits, as its block says.
@@ -109,6 +111,21 @@ pub struct Placed {
     blocks: Vec<Block>,
     /// The depth of each block's container; `None` where it cannot be known.
     depths: Vec<Option<u16>>,
+    /// Whether yrs integrates each block as it is, if it integrates it all (see
+    /// [`Placed::is_plain`]).
+    plain: bool,
+}
+
+impl Placed {
+    /// Whether, if yrs integrates all of the update (nothing waits for dependencies), it
+    /// integrates each block the room lacks just as the update gives it: each client's new
+    /// blocks follow on from its last clock, none straddles clocks the room holds, nothing
+    /// fills or leaves a hole. A client's own edits always are. Otherwise yrs trims and
+    /// re-places blocks, and what it integrated must be recorded from its own encoding of
+    /// it (`TransactionMut::encode_update_v1`).
+    pub fn is_plain(&self) -> bool {
+        self.plain
+    }
 }
 
 /// Progress of working out a block's container depth.
@@ -164,7 +181,30 @@ impl Nesting {
     pub fn place(&self, update: &[u8]) -> Result<Placed, NestingError> {
         let blocks = read_blocks(update)?;
         let depths = Resolver::new(self, &blocks).resolve_all();
-        Ok(Placed { blocks, depths })
+        let plain = self.plain(&blocks);
+        Ok(Placed { blocks, depths, plain })
+    }
+
+    /// See [`Placed::is_plain`]. `blocks` are in update order: each client's in one section
+    /// (a client named twice is refused), by clock.
+    fn plain(&self, blocks: &[Block]) -> bool {
+        let mut next: HashMap<u64, u32> = HashMap::new();
+        for block in blocks {
+            if block.skip || self.holey.contains(&block.client) {
+                return false;
+            }
+            let held = self.end(block.client);
+            let expected = *next.entry(block.client).or_insert(held);
+            let end = block.clock.saturating_add(block.len);
+            if end <= held {
+                continue; // held entirely: yrs skips it
+            }
+            if block.clock != expected {
+                return false; // a gap, or straddling what the room holds
+            }
+            next.insert(block.client, end);
+        }
+        true
     }
 
     /// Records the blocks of `placed` that the document did not hold: call it with what was
@@ -176,13 +216,23 @@ impl Nesting {
                 // Collected ranges and skips: nothing nests there. A skip is a hole.
                 (None, _) if block.skip => HOLE,
                 (None, _) => 0,
-                // Integrated, yet its container unknown: yrs knew it, we do not. Unknown
-                // clocks are holes, so nothing is placed beside or inside it unchecked.
-                (Some(_), None) => HOLE,
+                // Integrated, yet its container unknown (nothing yrs integrates should be):
+                // counted as deep as allowed, so no type goes beside or inside it.
+                (Some(_), None) => MAX_TYPE_DEPTH,
                 (Some(_), Some(d)) => (*d).min(HOLE - 1),
             };
             let runs = self.clients.entry(block.client).or_default();
+            let last = runs.last().map_or(0, |r| r.end);
             assign(runs, block.clock, block.clock.saturating_add(block.len), depth);
+            if depth == HOLE || block.clock > last {
+                self.holey.insert(block.client);
+            } else if block.clock < last
+                && self.holey.contains(&block.client)
+                && !runs.iter().any(|r| r.depth == HOLE)
+            {
+                // Its last hole filled (a rare event, worth the look at every run).
+                self.holey.remove(&block.client);
+            }
         }
     }
 
@@ -198,8 +248,21 @@ impl Nesting {
         runs.get(i).map(|r| r.depth)
     }
 
+    /// The last clock `h` of `client` the document holds with `from <= h < to`.
+    fn last_held(&self, client: u64, from: u32, to: u32) -> Option<u32> {
+        let runs = self.clients.get(&client)?;
+        let h = to.checked_sub(1)?.min(runs.last()?.end.checked_sub(1)?);
+        let i = runs.partition_point(|r| r.end <= h);
+        let h = if runs[i].depth == HOLE {
+            // The clock before a hole is held: runs of one depth merge, so holes never meet.
+            runs[..i].last()?.end.checked_sub(1)?
+        } else {
+            h
+        };
+        (h >= from).then_some(h)
+    }
+
     /// The first clock of `client` past everything recorded.
-    #[cfg(test)]
     fn end(&self, client: u64) -> u32 {
         self.clients.get(&client).and_then(|runs| runs.last()).map_or(0, |r| r.end)
     }
@@ -209,6 +272,9 @@ impl Nesting {
 /// end (held clocks keep theirs), keeping runs contiguous and merged.
 fn assign(runs: &mut Vec<Run>, start: u32, end: u32, depth: u16) {
     let last = runs.last().map_or(0, |r| r.end);
+    if depth == HOLE && start < last {
+        return; // nothing to tell of clocks held or missing already
+    }
     if start >= last {
         // The common case: the client's next items, appended.
         if start > last {
@@ -218,6 +284,7 @@ fn assign(runs: &mut Vec<Run>, start: u32, end: u32, depth: u16) {
         return;
     }
     // Into holes (a client's items arriving after later ones): rebuild the runs it touches.
+    // (Each fill moves the runs after it, as yrs' own record of its holes does.)
     let first = runs.partition_point(|r| r.end <= start);
     let mut rebuilt = Vec::new();
     let mut from = if first == 0 { 0 } else { runs[first - 1].end };
@@ -239,11 +306,9 @@ fn assign(runs: &mut Vec<Run>, start: u32, end: u32, depth: u16) {
         from = run.end;
         i += 1;
     }
-    let tail = runs.split_off(i);
-    runs.truncate(first);
-    for run in rebuilt.into_iter().chain(tail) {
-        push(runs, run);
-    }
+    // Runs of one depth side by side (a filled hole between held runs) are left unmerged:
+    // merging would move every run after them, for each fill.
+    runs.splice(first..i, rebuilt);
     if end > from {
         push(runs, Run { end, depth });
     }
@@ -344,13 +409,21 @@ impl<'a> Resolver<'a> {
         if clock - block.clock >= block.len {
             return Found::Depth(None);
         }
-        // (A block the document holds the start of sits, tail and all, where the block says:
-        // yrs places an item by its own origins or parent before it trims the part it holds.)
-        match self.memo[j] {
-            Memo::Done(d) => Found::Depth(d),
+        let own = match self.memo[j] {
+            Memo::Done(d) => d,
             // A cycle: yrs could never integrate it either.
-            Memo::Visiting => Found::Depth(None),
-            Memo::Unvisited => Found::Needs(j),
+            Memo::Visiting => None,
+            Memo::Unvisited => return Found::Needs(j),
+        };
+        // yrs cuts the clocks the document holds out of a block before integrating it
+        // (`BlockSet::exclude`): a piece after a held clock `h` gets `h` as its left origin
+        // (keeping the block's right origin and parent) and may go into `h`'s container. The
+        // deeper of the two counts.
+        match self.nesting.last_held(client, block.clock, clock) {
+            Some(h) => {
+                Found::Depth(own.zip(self.nesting.depth_at(client, h)).map(|(a, b)| a.max(b)))
+            }
+            None => Found::Depth(own),
         }
     }
 }
@@ -386,9 +459,15 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
     let mut r = Cursor::new(update);
     let sections: u32 = r.read_var()?;
     let mut blocks = Vec::new();
+    let mut clients = HashSet::new();
     for _ in 0..sections {
         let count: u32 = r.read_var()?;
-        let client: u64 = r.read_var()?;
+        let client = read_client(&mut r)?;
+        // yrs appends a second section of a client to the first, clocks overlapping, and
+        // then overwrites blocks it still links to. No Yjs encoder writes one.
+        if !clients.insert(client) {
+            return Err(NestingError::Malformed(format!("client {client} named twice")));
+        }
         let mut clock: u32 = r.read_var()?;
         for _ in 0..count {
             let info = r.read_u8()?;
@@ -431,8 +510,18 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
     Ok(blocks)
 }
 
-fn read_id(r: &mut Cursor<'_>) -> Result<(u64, u32), read::Error> {
-    Ok((r.read_var()?, r.read_var()?))
+fn read_id(r: &mut Cursor<'_>) -> Result<(u64, u32), NestingError> {
+    Ok((read_client(r)?, r.read_var()?))
+}
+
+/// Client ids are 53 bits (JavaScript's safe integers): yrs keeps only those, so 7 and
+/// 7 + 2^53 would be one client to it and two here.
+fn read_client(r: &mut Cursor<'_>) -> Result<u64, NestingError> {
+    let client: u64 = r.read_var()?;
+    if client >> 53 != 0 {
+        return Err(NestingError::Malformed(format!("client id {client} is over 53 bits")));
+    }
+    Ok(client)
 }
 
 /// Reads an item's content of kind `kind` and returns how many clocks it takes, as yrs counts
@@ -653,6 +742,77 @@ mod tests {
         assert_eq!(nesting.check(&crafted).expect_err("refused"), NestingError::TooDeep);
     }
 
+    fn nesting_of(runs: Vec<Run>) -> Nesting {
+        Nesting { clients: HashMap::from([(1, runs)]), holey: HashSet::from([1]) }
+    }
+
+    #[test]
+    fn a_piece_after_held_clocks_is_counted_in_the_held_items_container() {
+        use yrs::encoding::write::Write;
+        let (author, room) = (doc(1), doc(2));
+        let mut nesting = Nesting::default();
+        // Clocks 0..=63 of client 1: maps nested 64 deep.
+        let (chain, deepest) = nest(&author, None, 64);
+        admit(&mut nesting, &room, &chain).expect("64 levels");
+        let BranchID::Nested(bottom) = deepest.as_ref().id() else { panic!("a root") };
+        // Client 9's clock 0: a string in the deepest map.
+        let mut first = Vec::new();
+        first.write_var(1u32);
+        first.write_var(1u32);
+        first.write_var(9u64);
+        first.write_var(0u32);
+        first.write_u8(CONTENT_STRING); // no origins: the parent follows
+        first.write_var(0u32); // the parent is an item
+        first.write_var(bottom.client.get());
+        first.write_var(bottom.clock);
+        first.write_string("a");
+        first.write_var(0u32);
+        admit(&mut nesting, &room, &first).expect("a string");
+        // Clocks 0..2 as "ab" beside the root's first map, then a map beside clock 1. yrs cuts
+        // the held clock 0 off: "b" goes in beside "a", in the deepest map, and the map too.
+        let mut second = Vec::new();
+        second.write_var(1u32);
+        second.write_var(2u32);
+        second.write_var(9u64);
+        second.write_var(0u32);
+        second.write_u8(HAS_ORIGIN | CONTENT_STRING);
+        second.write_var(1u64);
+        second.write_var(0u32);
+        second.write_string("ab");
+        second.write_u8(HAS_ORIGIN | CONTENT_TYPE);
+        second.write_var(9u64);
+        second.write_var(1u32);
+        second.write_u8(1); // a map
+        second.write_var(0u32);
+        Update::decode_v1(&second).expect("a valid update");
+        assert_eq!(nesting.check(&second).expect_err("refused"), NestingError::TooDeep);
+        assert!(!nesting.place(&second).expect("reads").is_plain());
+    }
+
+    #[test]
+    fn client_ids_yrs_would_alias_and_clients_named_twice_are_refused() {
+        let mut aliased = Vec::new();
+        {
+            use yrs::encoding::write::Write;
+            aliased.write_var(1u32);
+            aliased.write_var(1u32);
+            aliased.write_var((1u64 << 53) + 7);
+            aliased.write_var(0u32);
+            aliased.write_u8(CONTENT_STRING);
+            aliased.write_var(1u32); // a root
+            aliased.write_string("t");
+            aliased.write_string("a");
+            aliased.write_var(0u32);
+        }
+        assert!(matches!(Nesting::default().check(&aliased), Err(NestingError::Malformed(_))));
+        let (a, _) = nest(&doc(5), None, 1);
+        // The same section twice: sections, then each section again.
+        let body = &a[1..a.len() - 1];
+        let twice = [&[2u8][..], body, body, &[0]].concat();
+        Update::decode_v1(&twice).expect("yrs reads it");
+        assert!(matches!(Nesting::default().check(&twice), Err(NestingError::Malformed(_))));
+    }
+
     #[test]
     fn a_type_whose_parent_the_room_lacks_is_refused() {
         let author = doc(1);
@@ -791,7 +951,18 @@ mod tests {
         assign(&mut runs, 0, 10, 2);
         assert_eq!(
             runs,
-            [Run { end: 2, depth: 2 }, Run { end: 4, depth: 1 }, Run { end: 10, depth: 2 }]
+            [
+                Run { end: 2, depth: 2 },
+                Run { end: 4, depth: 1 },
+                Run { end: 5, depth: 2 },
+                Run { end: 10, depth: 2 }
+            ]
         );
+        assert_eq!(nesting_of(runs.clone()).last_held(1, 0, 10), Some(9));
+        assign(&mut runs, 12, 13, 0);
+        let nesting = nesting_of(runs);
+        assert_eq!(nesting.last_held(1, 0, 12), Some(9), "the clock before a hole");
+        assert_eq!(nesting.last_held(1, 10, 12), None);
+        assert_eq!(nesting.last_held(1, 0, 20), Some(12));
     }
 }
