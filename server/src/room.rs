@@ -2206,11 +2206,12 @@ mod tests {
     }
 
     /// yrs takes a client's items out of order when they depend on nothing missing, leaving
-    /// holes, and reports the client's clock as where its first hole starts. An item filling
-    /// a later hole changed no state vector, and the room took it for nothing new: in the
-    /// document, yet neither stored nor relayed (gone at the next load).
+    /// holes, and then reports the client's clock as where its first hole starts: an item
+    /// filling a later hole changed no state vector, and the room took it for nothing new (in
+    /// the document, neither stored nor relayed). Out-of-order items are refused now (see
+    /// `Nesting::check`); in order, every one is stored.
     #[tokio::test]
-    async fn an_item_filling_a_later_hole_is_stored() {
+    async fn a_clients_items_out_of_order_are_refused_and_in_order_all_stored() {
         use huddle_protocol::yrs::{Map, WriteTxn};
         let store = Arc::new(MemoryStore::default());
         let registry = crate::registry::tests::registry_for_tests(
@@ -2229,15 +2230,19 @@ mod tests {
                 txn.encode_update_v1()
             })
             .collect();
-        for i in [1, 3, 2] {
-            lease.room().apply_update(ConnId(1), &updates[i], None).await.expect("applies");
+        for i in [1, 3] {
+            let refused = lease.room().apply_update(ConnId(1), &updates[i], None).await;
+            assert!(matches!(refused, Err(RoomError::InvalidUpdate(_))), "{i} first: {refused:?}");
+        }
+        for update in &updates {
+            lease.room().apply_update(ConnId(1), update, None).await.expect("applies");
         }
         let stored = store.load(&name).await.expect("loads");
         let snapshot = stored.snapshot.as_ref().map(|(_, data)| data.as_slice());
         let (doc, _) = build_doc(&name, snapshot, &stored.log).expect("builds");
         let txn = doc.transact();
         let m = txn.get_map("m").expect("the map");
-        for key in ["k1", "k2", "k3"] {
+        for key in ["k0", "k1", "k2", "k3"] {
             assert!(m.contains_key(&txn, key), "{key} was stored");
         }
     }

@@ -38,11 +38,29 @@ pub enum NestingError {
     /// A shared type nested deeper than [`MAX_TYPE_DEPTH`].
     #[error("shared types nested more than {MAX_TYPE_DEPTH} deep")]
     TooDeep,
-    /// A shared type whose parent (or the sibling it was inserted beside) is neither in the
-    /// update nor integrated in the document, so its depth cannot be known. Yjs clients send
-    /// their edits in order; a client that has something the room lacks sends it on resync.
-    #[error("a shared type whose parent the room does not have")]
+    /// An item whose parent (or the neighbour it was inserted beside) is neither in the
+    /// update nor in the document (see [`Nesting::check`]).
+    #[error("an item whose parent or neighbour the room does not have")]
     UnknownParent,
+    /// Items the room holds sent again, in a block reaching past them, as sitting somewhere
+    /// else (see [`Nesting::check`]).
+    #[error("client {client}'s item at clock {clock} sent as sitting elsewhere than it does")]
+    Mismatch {
+        /// The client.
+        client: u64,
+        /// The last clock the room holds of it.
+        clock: u32,
+    },
+    /// A client's items out of order (see [`Nesting::check`]).
+    #[error("client {client}'s items out of order: clock {clock} where {expected} comes next")]
+    OutOfOrder {
+        /// The client.
+        client: u64,
+        /// Where its block starts.
+        clock: u32,
+        /// The clock the room expects next from it.
+        expected: u32,
+    },
     /// The update does not read as a v1 update.
     #[error("malformed update: {0}")]
     Malformed(String),
@@ -152,25 +170,72 @@ impl Nesting {
     }
 
     /// Reads `update` and works out where each of its blocks sits, refusing it if a shared
-    /// type it brings would nest deeper than [`MAX_TYPE_DEPTH`] or sit where the depth cannot
-    /// be known (see [`NestingError::UnknownParent`]). Types the document holds already are
-    /// not checked again (yrs skips them).
+    /// type it brings would nest deeper than [`MAX_TYPE_DEPTH`], if anything it brings
+    /// depends on items the room does not have, or if it brings a client's items out of
+    /// order. Blocks the document holds already are not checked again (yrs skips them).
+    ///
+    /// The last two are refused, not left to yrs, because of what yrs does with them: it
+    /// keeps items waiting for dependencies and retries them inside later applies, after
+    /// later updates (which may bring other versions of the same items) changed what they
+    /// land beside; it integrates a client's items out of order around holes, then cuts the
+    /// clocks it holds out of later blocks and re-places the rest beside them, and reports
+    /// the client's clock as where its first hole starts, so that even its own account of
+    /// what it integrated leaves things out. Each of these let a crafted sequence of updates
+    /// nest types deeper than any check of one update at a time can see. A Yjs client never
+    /// sends its own items out of order or leaves gaps, and when it has what the room lacks
+    /// (from another tab or provider), its sync step 2 after a reconnect brings it whole.
     ///
     /// # Errors
     /// See [`NestingError`].
     pub fn check(&self, update: &[u8]) -> Result<Placed, NestingError> {
         let placed = self.place(update)?;
+        self.in_order(&placed)?;
         for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
-            if !block.is_type || self.holds(block.client, block.clock) {
-                continue;
+            if block.clock.saturating_add(block.len) <= self.end(block.client) {
+                continue; // held: yrs skips it
             }
             match depth {
                 None => return Err(NestingError::UnknownParent),
-                Some(d) if *d >= MAX_TYPE_DEPTH => return Err(NestingError::TooDeep),
+                Some(d) if block.is_type && *d >= MAX_TYPE_DEPTH => {
+                    return Err(NestingError::TooDeep);
+                }
                 Some(_) => {}
             }
         }
         Ok(placed)
+    }
+
+    /// Refuses skips, blocks of clients the room holds out of order (rooms stored before
+    /// this check), and each client's new blocks not following on from its last clock (a
+    /// gap). A block reaching past what the room holds (a client re-sending its edits merged)
+    /// is cut there by yrs, the rest placed beside the last held clock: it must say it sits
+    /// where that clock's item sits, or the two accounts of where the rest goes (yrs' encoding
+    /// of it, and the parent it keeps) could differ.
+    fn in_order(&self, placed: &Placed) -> Result<(), NestingError> {
+        let mut next: HashMap<u64, u32> = HashMap::new();
+        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
+            let held = self.end(block.client);
+            let expected = *next.entry(block.client).or_insert(held);
+            let end = block.clock.saturating_add(block.len);
+            let out_of_order =
+                NestingError::OutOfOrder { client: block.client, clock: block.clock, expected };
+            if block.skip || self.holey.contains(&block.client) {
+                return Err(out_of_order);
+            }
+            if end <= held {
+                continue; // held: yrs skips it
+            }
+            if block.clock < held {
+                // Reaching past what the room holds.
+                if *depth != self.depth_at(block.client, held - 1) || block.place.is_none() {
+                    return Err(NestingError::Mismatch { client: block.client, clock: held - 1 });
+                }
+            } else if block.clock != expected {
+                return Err(out_of_order);
+            }
+            next.insert(block.client, end);
+        }
+        Ok(())
     }
 
     /// Reads `update` (what a document integrated, as yrs encodes it) and works out where each
@@ -234,11 +299,6 @@ impl Nesting {
                 self.holey.remove(&block.client);
             }
         }
-    }
-
-    /// Whether the document holds item `(client, clock)` (a clock inside a hole is not held).
-    fn holds(&self, client: u64, clock: u32) -> bool {
-        self.depth_at(client, clock).is_some_and(|d| d != HOLE)
     }
 
     /// The depth recorded for `(client, clock)`, `None` past the client's last clock.
@@ -672,8 +732,15 @@ mod tests {
         let (more, next) = nest(&author, Some(deepest), 24);
         admit(&mut nesting, &room, &more).expect("64 levels");
         deepest = next;
-        let (over, _) = nest(&author, Some(deepest), 1);
+        // (From a copy: the author's clock must not move on for what the room refuses.)
+        let copy = doc(3);
+        let full = author.transact().encode_state_as_update_v1(&StateVector::default());
+        copy.transact_mut()
+            .apply_update(Update::decode_v1(&full).expect("valid"))
+            .expect("applies");
+        let (over, _) = nest(&copy, Some(find_parent(&copy, 64)), 1);
         assert_eq!(nesting.check(&over).expect_err("refused"), NestingError::TooDeep);
+        let _ = deepest;
         // Beside the deepest (a new value for its key: placed by its origin, not its parent),
         // at the same depth: allowed; one below that: not.
         let (beside, sibling) = {
@@ -785,7 +852,10 @@ mod tests {
         second.write_u8(1); // a map
         second.write_var(0u32);
         Update::decode_v1(&second).expect("a valid update");
-        assert_eq!(nesting.check(&second).expect_err("refused"), NestingError::TooDeep);
+        assert_eq!(
+            nesting.check(&second).expect_err("refused"),
+            NestingError::Mismatch { client: 9, clock: 0 }
+        );
         assert!(!nesting.place(&second).expect("reads").is_plain());
     }
 
@@ -815,9 +885,13 @@ mod tests {
 
     #[test]
     fn a_type_whose_parent_the_room_lacks_is_refused() {
-        let author = doc(1);
-        let (first, deepest) = nest(&author, None, 2);
-        let (second, _) = nest(&author, Some(deepest), 1);
+        let (author, other) = (doc(1), doc(4));
+        let (first, _) = nest(&author, None, 2);
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&first).expect("valid"))
+            .expect("applies");
+        let (second, _) = nest(&other, Some(find_parent(&other, 2)), 1);
         let nesting = Nesting::default();
         assert_eq!(nesting.check(&second).expect_err("refused"), NestingError::UnknownParent);
         // Together they are fine, in either order.
@@ -895,7 +969,7 @@ mod tests {
     }
 
     #[test]
-    fn items_going_in_out_of_order_leave_a_hole_until_they_come() {
+    fn a_clients_items_out_of_order_are_refused_in_order_taken() {
         let (author, room) = (doc(7), doc(2));
         let mut nesting = Nesting::default();
         let update = |f: &dyn Fn(&mut yrs::TransactionMut)| {
@@ -903,33 +977,42 @@ mod tests {
             f(&mut txn);
             txn.encode_update_v1()
         };
-        // Clocks 0..3: text; clock 3: a map in a root map; clock 4: a map in that.
+        // Clocks 0..3: text; clock 3: a map in a root map. yrs would take the map first,
+        // leaving a hole (see `Nesting::check`).
         let early = update(&|t| t.get_or_insert_text("t").insert(t, 0, "abc"));
         let late = update(&|t| {
             t.get_or_insert_map("m").insert(t, "x", MapPrelim::default());
         });
-        // yrs takes the map before the text it does not depend on, leaving clocks 0..3 a hole.
-        admit(&mut nesting, &room, &late).expect("a map whose parent is a root");
-        assert_eq!(nesting.depth_at(7, 1), Some(HOLE));
-        assert_eq!(nesting.depth_at(7, 3), Some(0));
+        let refused = nesting.check(&late).expect_err("refused");
+        assert_eq!(refused, NestingError::OutOfOrder { client: 7, clock: 3, expected: 0 });
         admit(&mut nesting, &room, &early).expect("the text");
-        assert_eq!(nesting.depth_at(7, 1), Some(0));
+        admit(&mut nesting, &room, &late).expect("then the map");
+        // Again: held, so skipped.
+        admit(&mut nesting, &room, &early).expect("the text again");
+        assert_eq!(nesting.end(7), 4);
+    }
+
+    #[test]
+    fn a_block_reaching_past_what_the_room_holds_goes_in_if_it_agrees_with_it() {
+        let (author, room) = (doc(7), doc(2));
+        let mut nesting = Nesting::default();
+        let text = |at: u32, s: &str| {
+            let mut txn = author.transact_mut();
+            txn.get_or_insert_text("t").insert(&mut txn, at, s);
+            txn.encode_update_v1()
+        };
+        let (abc, de) = (text(0, "abc"), text(3, "de"));
+        admit(&mut nesting, &room, &abc).expect("abc");
+        // "abcde" as one block (the author's whole document: yrs joined the two): yrs cuts
+        // off "abc".
+        let _ = de;
+        let merged = author.transact().encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(read_blocks(&merged).expect("reads").len(), 1, "one block");
+        let placed = nesting.check(&merged).expect("agrees with what the room holds");
+        assert!(!placed.is_plain());
+        admit(&mut nesting, &room, &merged).expect("applies");
         let txn = room.transact();
-        assert_eq!(txn.get_text("t").expect("present").get_string(&txn), "abc");
-        drop(txn);
-        let inner = update(&|t| {
-            let x = t
-                .get_map("m")
-                .expect("present")
-                .get(t, "x")
-                .expect("present")
-                .cast::<MapRef>()
-                .expect("present");
-            x.insert(t, "y", MapPrelim::default());
-        });
-        admit(&mut nesting, &room, &inner).expect("a map in that map");
-        assert_eq!(nesting.end(7), 5);
-        assert_eq!(nesting.depth_at(7, 4), Some(1));
+        assert_eq!(txn.get_text("t").expect("present").get_string(&txn), "abcde");
     }
 
     #[test]
