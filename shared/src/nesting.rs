@@ -90,9 +90,35 @@ struct Run {
 /// ([`Nesting::of_doc`]), then told of everything applied to it ([`Nesting::record`]).
 #[derive(Debug, Default, Clone)]
 pub struct Nesting {
-    clients: HashMap<u64, Vec<Run>>,
+    clients: HashMap<u64, Vec<Run>, ClientHash>,
     /// Clients with a hole in their runs (rare: see [`HOLE`]).
-    holey: HashSet<u64>,
+    holey: HashSet<u64, ClientHash>,
+}
+
+/// Hashes client ids with one multiplication (spreading a random 53-bit id over all 64 bits)
+/// instead of SipHash, which cost more than the rest of checking a one-shape edit. Client ids
+/// are the peers' choice, so they could be chosen to collide: yrs keys its own per-client maps
+/// on the bare id, which a peer can make collide as well, so this adds no new exposure.
+type ClientHash = std::hash::BuildHasherDefault<ClientHasher>;
+
+/// See [`ClientHash`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientHasher(u64);
+
+impl std::hash::Hasher for ClientHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// Where an item sits, as its block says.
@@ -112,7 +138,6 @@ enum Place {
 /// One block of an update.
 #[derive(Debug, Clone, Copy)]
 struct Block {
-    client: u64,
     clock: u32,
     len: u32,
     /// `None` for garbage-collected ranges and skips, which hold no items.
@@ -122,11 +147,20 @@ struct Block {
     skip: bool,
 }
 
+/// One client's blocks in an update: `blocks[range]`, by clock.
+#[derive(Debug, Clone)]
+struct Section {
+    client: u64,
+    range: std::ops::Range<usize>,
+}
+
 /// An update read by [`Nesting::check`]: its blocks and where each sits, for
 /// [`Nesting::record`] once it is applied.
 #[derive(Debug)]
 pub struct Placed {
     blocks: Vec<Block>,
+    /// Its sections, by client (one per client).
+    sections: Vec<Section>,
     /// The depth of each block's container; `None` where it cannot be known.
     depths: Vec<Option<u16>>,
     /// Whether yrs integrates each block as it is, if it integrates it all (see
@@ -135,12 +169,12 @@ pub struct Placed {
 }
 
 impl Placed {
-    /// Whether, if yrs integrates all of the update (nothing waits for dependencies), it
-    /// integrates each block the room lacks just as the update gives it: each client's new
-    /// blocks follow on from its last clock, none straddles clocks the room holds, nothing
-    /// fills or leaves a hole. A client's own edits always are. Otherwise yrs trims and
-    /// re-places blocks, and what it integrated must be recorded from its own encoding of
-    /// it (`TransactionMut::encode_update_v1`).
+    /// Whether, checked ([`Nesting::check`]) and integrated whole (nothing waits for
+    /// dependencies), yrs integrates each block the room lacks just as the update gives it:
+    /// no block reaches back into clocks the room holds (a client's own edits never do).
+    /// Otherwise yrs trims and re-places blocks, and what it integrated must be recorded from
+    /// its own encoding of it (`TransactionMut::encode_update_v1`). Always false for updates
+    /// only placed ([`Nesting::place`]).
     pub fn is_plain(&self) -> bool {
         self.plain
     }
@@ -188,54 +222,58 @@ impl Nesting {
     /// # Errors
     /// See [`NestingError`].
     pub fn check(&self, update: &[u8]) -> Result<Placed, NestingError> {
-        let placed = self.place(update)?;
-        self.in_order(&placed)?;
-        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
-            if block.clock.saturating_add(block.len) <= self.end(block.client) {
-                continue; // held: yrs skips it
-            }
-            match depth {
-                None => return Err(NestingError::UnknownParent),
-                Some(d) if block.is_type && *d >= MAX_TYPE_DEPTH => {
-                    return Err(NestingError::TooDeep);
-                }
-                Some(_) => {}
-            }
-        }
+        let mut placed = self.place(update)?;
+        placed.plain = self.check_placed(&placed)?;
         Ok(placed)
     }
 
-    /// Refuses skips, blocks of clients the room holds out of order (rooms stored before
-    /// this check), and each client's new blocks not following on from its last clock (a
-    /// gap). A block reaching past what the room holds (a client re-sending its edits merged)
-    /// is cut there by yrs, the rest placed beside the last held clock: it must say it sits
-    /// where that clock's item sits, or the two accounts of where the rest goes (yrs' encoding
-    /// of it, and the parent it keeps) could differ.
-    fn in_order(&self, placed: &Placed) -> Result<(), NestingError> {
-        let mut next: HashMap<u64, u32> = HashMap::new();
-        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
-            let held = self.end(block.client);
-            let expected = *next.entry(block.client).or_insert(held);
-            let end = block.clock.saturating_add(block.len);
-            let out_of_order =
-                NestingError::OutOfOrder { client: block.client, clock: block.clock, expected };
-            if block.skip || self.holey.contains(&block.client) {
-                return Err(out_of_order);
-            }
-            if end <= held {
-                continue; // held: yrs skips it
-            }
-            if block.clock < held {
-                // Reaching past what the room holds.
-                if *depth != self.depth_at(block.client, held - 1) || block.place.is_none() {
-                    return Err(NestingError::Mismatch { client: block.client, clock: held - 1 });
+    /// [`Nesting::check`]'s rules, one pass over the blocks the room lacks; returns whether
+    /// the update is plain ([`Placed::is_plain`]).
+    ///
+    /// Refused: skips, blocks of clients the room holds out of order (rooms stored before
+    /// this check), each client's new blocks not following on from its last clock (a gap),
+    /// blocks whose place is unknown, and types too deep. A block reaching past what the room
+    /// holds (a client re-sending its edits merged) is cut there by yrs, the rest placed beside
+    /// the last held clock: it must say it sits where that clock's item sits, or the two
+    /// accounts of where the rest goes (yrs' encoding of it, and the parent it keeps) could
+    /// differ; such an update is not plain.
+    fn check_placed(&self, placed: &Placed) -> Result<bool, NestingError> {
+        let mut plain = true;
+        for section in &placed.sections {
+            let client = section.client;
+            let holey = !self.holey.is_empty() && self.holey.contains(&client);
+            let held = self.end(client);
+            let mut expected = held;
+            for i in section.range.clone() {
+                let block = &placed.blocks[i];
+                let end = block.clock.saturating_add(block.len);
+                if block.skip || holey {
+                    return Err(NestingError::OutOfOrder { client, clock: block.clock, expected });
                 }
-            } else if block.clock != expected {
-                return Err(out_of_order);
+                if end <= held {
+                    continue; // held: yrs skips it
+                }
+                if block.clock < held {
+                    // Reaching past what the room holds.
+                    let agrees = placed.depths[i] == self.depth_at(client, held - 1);
+                    if !agrees || block.place.is_none() {
+                        return Err(NestingError::Mismatch { client, clock: held - 1 });
+                    }
+                    plain = false;
+                } else if block.clock != expected {
+                    return Err(NestingError::OutOfOrder { client, clock: block.clock, expected });
+                }
+                expected = end;
+                match placed.depths[i] {
+                    None => return Err(NestingError::UnknownParent),
+                    Some(d) if block.is_type && d >= MAX_TYPE_DEPTH => {
+                        return Err(NestingError::TooDeep);
+                    }
+                    Some(_) => {}
+                }
             }
-            next.insert(block.client, end);
         }
-        Ok(())
+        Ok(plain)
     }
 
     /// Reads `update` (what a document integrated, as yrs encodes it) and works out where each
@@ -244,59 +282,34 @@ impl Nesting {
     /// # Errors
     /// [`NestingError::Malformed`] if it does not read.
     pub fn place(&self, update: &[u8]) -> Result<Placed, NestingError> {
-        let blocks = read_blocks(update)?;
-        let depths = Resolver::new(self, &blocks).resolve_all();
-        let plain = self.plain(&blocks);
-        Ok(Placed { blocks, depths, plain })
-    }
-
-    /// See [`Placed::is_plain`]. `blocks` are in update order: each client's in one section
-    /// (a client named twice is refused), by clock.
-    fn plain(&self, blocks: &[Block]) -> bool {
-        let mut next: HashMap<u64, u32> = HashMap::new();
-        for block in blocks {
-            if block.skip || self.holey.contains(&block.client) {
-                return false;
-            }
-            let held = self.end(block.client);
-            let expected = *next.entry(block.client).or_insert(held);
-            let end = block.clock.saturating_add(block.len);
-            if end <= held {
-                continue; // held entirely: yrs skips it
-            }
-            if block.clock != expected {
-                return false; // a gap, or straddling what the room holds
-            }
-            next.insert(block.client, end);
-        }
-        true
+        let (blocks, sections) = read_blocks(update)?;
+        let depths = Resolver { nesting: self, blocks: &blocks, sections: &sections }.resolve_all();
+        // Plain only once checked.
+        Ok(Placed { blocks, sections, depths, plain: false })
     }
 
     /// Records the blocks of `placed` that the document did not hold: call it with what was
     /// integrated, once it was. Clocks already held are left as they are, whatever the update
     /// claimed about them (yrs kept its own).
     pub fn record(&mut self, placed: &Placed) {
-        for (block, depth) in placed.blocks.iter().zip(&placed.depths) {
-            let depth = match (block.place, depth) {
-                // Collected ranges and skips: nothing nests there. A skip is a hole.
-                (None, _) if block.skip => HOLE,
-                (None, _) => 0,
-                // Integrated, yet its container unknown (nothing yrs integrates should be):
-                // counted as deep as allowed, so no type goes beside or inside it.
-                (Some(_), None) => MAX_TYPE_DEPTH,
-                (Some(_), Some(d)) => (*d).min(HOLE - 1),
-            };
-            let runs = self.clients.entry(block.client).or_default();
-            let last = runs.last().map_or(0, |r| r.end);
-            assign(runs, block.clock, block.clock.saturating_add(block.len), depth);
-            if depth == HOLE || block.clock > last {
-                self.holey.insert(block.client);
-            } else if block.clock < last
-                && self.holey.contains(&block.client)
-                && !runs.iter().any(|r| r.depth == HOLE)
-            {
-                // Its last hole filled (a rare event, worth the look at every run).
-                self.holey.remove(&block.client);
+        for section in &placed.sections {
+            let was_holey = !self.holey.is_empty() && self.holey.contains(&section.client);
+            let runs = self.clients.entry(section.client).or_default();
+            let mut holes = false;
+            for i in section.range.clone() {
+                let block = &placed.blocks[i];
+                let depth = record_depth(block, placed.depths[i]);
+                let last = runs.last().map_or(0, |r| r.end);
+                assign(runs, block.clock, block.clock.saturating_add(block.len), depth);
+                holes |= depth == HOLE || block.clock > last || was_holey && block.clock < last;
+            }
+            if holes {
+                // Rare (a hole left or filled): worth a look at every run.
+                if runs.iter().any(|r| r.depth == HOLE) {
+                    self.holey.insert(section.client);
+                } else {
+                    self.holey.remove(&section.client);
+                }
             }
         }
     }
@@ -325,6 +338,19 @@ impl Nesting {
     /// The first clock of `client` past everything recorded.
     fn end(&self, client: u64) -> u32 {
         self.clients.get(&client).and_then(|runs| runs.last()).map_or(0, |r| r.end)
+    }
+}
+
+/// The depth [`Nesting::record`] keeps for `block`, given the depth worked out for it.
+fn record_depth(block: &Block, depth: Option<u16>) -> u16 {
+    match (block.place, depth) {
+        // Collected ranges and skips: nothing nests there. A skip is a hole.
+        (None, _) if block.skip => HOLE,
+        (None, _) => 0,
+        // Integrated, yet its container unknown (nothing yrs integrates should be): counted as
+        // deep as allowed, so no type goes beside or inside it.
+        (Some(_), None) => MAX_TYPE_DEPTH,
+        (Some(_), Some(d)) => d.min(HOLE - 1),
     }
 }
 
@@ -388,65 +414,45 @@ fn push(runs: &mut Vec<Run>, run: Run) {
 struct Resolver<'a> {
     nesting: &'a Nesting,
     blocks: &'a [Block],
-    /// Each client's blocks (indices into `blocks`), by clock.
-    by_client: HashMap<u64, Vec<usize>>,
-    memo: Vec<Memo>,
+    /// The update's sections, by client.
+    sections: &'a [Section],
 }
 
-impl<'a> Resolver<'a> {
-    fn new(nesting: &'a Nesting, blocks: &'a [Block]) -> Self {
-        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (i, block) in blocks.iter().enumerate() {
-            by_client.entry(block.client).or_default().push(i);
-        }
-        for indices in by_client.values_mut() {
-            indices.sort_by_key(|&i| blocks[i].clock);
-        }
-        Resolver { nesting, blocks, by_client, memo: vec![Memo::Unvisited; blocks.len()] }
-    }
-
-    fn resolve_all(mut self) -> Vec<Option<u16>> {
+impl Resolver<'_> {
+    fn resolve_all(self) -> Vec<Option<u16>> {
+        let mut memo = vec![Memo::Unvisited; self.blocks.len()];
+        // Allocated only for a block depending on one later in the update.
         let mut stack = Vec::new();
         for i in 0..self.blocks.len() {
-            self.resolve(i, &mut stack);
+            if memo[i] == Memo::Unvisited {
+                self.resolve(i, &mut memo, &mut stack);
+            }
         }
-        self.memo.iter().map(|m| if let Memo::Done(d) = m { *d } else { None }).collect()
+        memo.into_iter().map(|m| if let Memo::Done(d) = m { d } else { None }).collect()
     }
 
     /// Works out block `start`'s container depth, and on the way that of every block of the
     /// update it depends on.
-    fn resolve(&mut self, start: usize, stack: &mut Vec<usize>) {
-        stack.clear();
-        stack.push(start);
+    fn resolve(&self, start: usize, memo: &mut [Memo], stack: &mut Vec<usize>) {
+        // Most blocks depend only on what the room holds or on blocks before them.
+        match self.evaluate(start, memo) {
+            Found::Depth(d) => {
+                memo[start] = Memo::Done(d);
+                return;
+            }
+            Found::Needs(j) => {
+                stack.clear();
+                stack.extend([start, j]);
+            }
+        }
         while let Some(&i) = stack.last() {
-            if let Memo::Done(_) = self.memo[i] {
+            if let Memo::Done(_) = memo[i] {
                 stack.pop();
                 continue;
             }
-            self.memo[i] = Memo::Visiting;
-            let block = self.blocks[i];
-            let found = match block.place {
-                None | Some(Place::Root) => Found::Depth(Some(0)),
-                Some(Place::In(client, clock)) => match self.lookup(client, clock) {
-                    // The parent type sits one level below its own container.
-                    Found::Depth(d) => Found::Depth(d.map(|d| d.saturating_add(1).min(HOLE - 1))),
-                    needed => needed,
-                },
-                Some(Place::Beside(left, right)) => {
-                    let mut depth = Some(0);
-                    let mut needs = None;
-                    for (client, clock) in [left, right].into_iter().flatten() {
-                        match self.lookup(client, clock) {
-                            Found::Depth(d) => depth = depth.zip(d).map(|(a, b)| a.max(b)),
-                            Found::Needs(j) => needs = Some(j),
-                        }
-                    }
-                    needs.map_or(Found::Depth(depth), Found::Needs)
-                }
-            };
-            match found {
+            match self.evaluate(i, memo) {
                 Found::Depth(d) => {
-                    self.memo[i] = Memo::Done(d);
+                    memo[i] = Memo::Done(d);
                     stack.pop();
                 }
                 Found::Needs(j) => stack.push(j),
@@ -454,22 +460,52 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Block `i`'s container depth if what it depends on is worked out, else the block to
+    /// work out first. Marks it as being worked out (a cycle back to it is unresolvable).
+    fn evaluate(&self, i: usize, memo: &mut [Memo]) -> Found {
+        memo[i] = Memo::Visiting;
+        match self.blocks[i].place {
+            None | Some(Place::Root) => Found::Depth(Some(0)),
+            Some(Place::In(client, clock)) => match self.lookup(memo, client, clock) {
+                // The parent type sits one level below its own container.
+                Found::Depth(d) => Found::Depth(d.map(|d| d.saturating_add(1).min(HOLE - 1))),
+                needed => needed,
+            },
+            Some(Place::Beside(left, right)) => {
+                let mut depth = Some(0);
+                let mut needs = None;
+                for (client, clock) in [left, right].into_iter().flatten() {
+                    match self.lookup(memo, client, clock) {
+                        Found::Depth(d) => depth = depth.zip(d).map(|(a, b)| a.max(b)),
+                        Found::Needs(j) => needs = Some(j),
+                    }
+                }
+                needs.map_or(Found::Depth(depth), Found::Needs)
+            }
+        }
+    }
+
     /// The container depth of the item at `(client, clock)`, or the block of this update to
     /// work out first.
-    fn lookup(&self, client: u64, clock: u32) -> Found {
+    fn lookup(&self, memo: &[Memo], client: u64, clock: u32) -> Found {
         if let Some(depth) = self.nesting.depth_at(client, clock)
             && depth != HOLE
         {
             return Found::Depth(Some(depth));
         }
-        let Some(indices) = self.by_client.get(&client) else { return Found::Depth(None) };
-        let k = indices.partition_point(|&j| self.blocks[j].clock <= clock);
-        let Some(&j) = k.checked_sub(1).map(|k| &indices[k]) else { return Found::Depth(None) };
+        let Ok(s) = self.sections.binary_search_by_key(&client, |s| s.client) else {
+            return Found::Depth(None);
+        };
+        let range = self.sections[s].range.clone();
+        let k = self.blocks[range.clone()].partition_point(|b| b.clock <= clock);
+        let Some(j) = k.checked_sub(1).map(|k| range.start + k) else {
+            return Found::Depth(None);
+        };
         let block = self.blocks[j];
         if clock - block.clock >= block.len {
             return Found::Depth(None);
         }
-        let own = match self.memo[j] {
+        let own = match memo[j] {
             Memo::Done(d) => d,
             // A cycle: yrs could never integrate it either.
             Memo::Visiting => None,
@@ -515,21 +551,20 @@ const TYPE_XML_ELEMENT: u8 = 3;
 
 /// The blocks of a v1 update, as yrs' `Update::decode` reads them (the delete set after them
 /// is not needed).
-fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
+fn read_blocks(update: &[u8]) -> Result<(Vec<Block>, Vec<Section>), NestingError> {
     let mut r = Cursor::new(update);
-    let sections: u32 = r.read_var()?;
+    let section_count: u32 = r.read_var()?;
     let mut blocks = Vec::new();
-    let mut clients = HashSet::new();
-    for _ in 0..sections {
+    let mut sections = Vec::new();
+    for s in 0..section_count {
         let count: u32 = r.read_var()?;
         let client = read_client(&mut r)?;
-        // yrs appends a second section of a client to the first, clocks overlapping, and
-        // then overwrites blocks it still links to. No Yjs encoder writes one.
-        if !clients.insert(client) {
-            return Err(NestingError::Malformed(format!("client {client} named twice")));
-        }
+        let first = blocks.len();
         let mut clock: u32 = r.read_var()?;
-        for _ in 0..count {
+        for b in 0..count {
+            // Nothing after the last block is needed (the delete set): its values need not
+            // be read past (a one-shape edit is one block of values).
+            let last = s + 1 == section_count && b + 1 == count;
             let info = r.read_u8()?;
             let (len, place, is_type) = match info {
                 INFO_GC | INFO_SKIP => (r.read_var::<u32>()?, None, false),
@@ -541,21 +576,21 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
                         (None, None) => {
                             let named = r.read_var::<u32>()? == 1;
                             let place = if named {
-                                r.read_string()?;
+                                r.read_buf()?;
                                 Place::Root
                             } else {
                                 let (c, k) = read_id(&mut r)?;
                                 Place::In(c, k)
                             };
                             if info & HAS_PARENT_SUB != 0 {
-                                r.read_string()?;
+                                r.read_buf()?;
                             }
                             place
                         }
                         (left, right) => Place::Beside(left, right),
                     };
                     let kind = info & 0x0f;
-                    (content_len(&mut r, kind)?, Some(place), kind == CONTENT_TYPE)
+                    (content_len(&mut r, kind, last)?, Some(place), kind == CONTENT_TYPE)
                 }
             };
             // yrs drops empty items without moving the clock on (and refuses empty GC/skips,
@@ -563,11 +598,18 @@ fn read_blocks(update: &[u8]) -> Result<Vec<Block>, NestingError> {
             if len == 0 {
                 continue;
             }
-            blocks.push(Block { client, clock, len, place, is_type, skip: info == INFO_SKIP });
+            blocks.push(Block { clock, len, place, is_type, skip: info == INFO_SKIP });
             clock = clock.checked_add(len).ok_or(read::Error::UnexpectedValue)?;
         }
+        sections.push(Section { client, range: first..blocks.len() });
     }
-    Ok(blocks)
+    sections.sort_unstable_by_key(|s| s.client);
+    // yrs appends a second section of a client to the first, clocks overlapping, and then
+    // overwrites blocks it still links to. No Yjs encoder writes one.
+    if let Some(w) = sections.windows(2).find(|w| w[0].client == w[1].client) {
+        return Err(NestingError::Malformed(format!("client {} named twice", w[0].client)));
+    }
+    Ok((blocks, sections))
 }
 
 fn read_id(r: &mut Cursor<'_>) -> Result<(u64, u32), NestingError> {
@@ -585,15 +627,15 @@ fn read_client(r: &mut Cursor<'_>) -> Result<u64, NestingError> {
 }
 
 /// Reads an item's content of kind `kind` and returns how many clocks it takes, as yrs counts
-/// them (`ItemContent::len_utf16`).
-fn content_len(r: &mut Cursor<'_>, kind: u8) -> Result<u32, read::Error> {
+/// them (`ItemContent::len_utf16`). Values of the update's `last` block are not read past.
+fn content_len(r: &mut Cursor<'_>, kind: u8, last: bool) -> Result<u32, read::Error> {
     Ok(match kind {
         CONTENT_DELETED => r.read_var()?,
         CONTENT_JSON => {
             // yrs reads one string more than the count says (and counts it).
             let count: u32 = r.read_var()?;
             for _ in 0..=count {
-                r.read_string()?;
+                r.read_buf()?;
             }
             count.checked_add(1).ok_or(read::Error::UnexpectedValue)?
         }
@@ -602,33 +644,39 @@ fn content_len(r: &mut Cursor<'_>, kind: u8) -> Result<u32, read::Error> {
             1
         }
         CONTENT_STRING => {
-            let s = r.read_string()?;
-            u32::try_from(s.encode_utf16().count()).map_err(|_| read::Error::UnexpectedValue)?
+            // UTF-16 units, counted from the UTF-8 bytes (yrs checked they are UTF-8): one per
+            // character, two for those beyond the BMP (four-byte sequences).
+            let bytes = r.read_buf()?;
+            let units = bytes.iter().filter(|&&b| b & 0xc0 != 0x80).count()
+                + bytes.iter().filter(|&&b| b >= 0xf0).count();
+            u32::try_from(units).map_err(|_| read::Error::UnexpectedValue)?
         }
         CONTENT_EMBED => {
-            r.read_string()?;
+            r.read_buf()?;
             1
         }
         CONTENT_FORMAT => {
-            r.read_string()?;
-            r.read_string()?;
+            r.read_buf()?;
+            r.read_buf()?;
             1
         }
         CONTENT_TYPE => {
             if r.read_u8()? == TYPE_XML_ELEMENT {
-                r.read_string()?;
+                r.read_buf()?;
             }
             1
         }
         CONTENT_ANY => {
             let count: u32 = r.read_var()?;
-            for _ in 0..count {
-                skip_value(r, crate::wire::MAX_VALUE_DEPTH)?;
+            if !last {
+                for _ in 0..count {
+                    skip_value(r, crate::wire::MAX_VALUE_DEPTH)?;
+                }
             }
             count
         }
         CONTENT_DOC => {
-            r.read_string()?;
+            r.read_buf()?;
             skip_value(r, crate::wire::MAX_VALUE_DEPTH)?;
             1
         }
@@ -650,13 +698,13 @@ fn skip_value(r: &mut Cursor<'_>, depth: usize) -> Result<(), read::Error> {
             r.read_exact(8)?;
         }
         119 => {
-            r.read_string()?;
+            r.read_buf()?;
         }
         118 | 117 if depth == 0 => return Err(read::Error::UnexpectedValue),
         118 => {
             let len: u64 = r.read_var()?;
             for _ in 0..len {
-                r.read_string()?;
+                r.read_buf()?;
                 skip_value(r, depth - 1)?;
             }
         }
@@ -810,7 +858,10 @@ mod tests {
     }
 
     fn nesting_of(runs: Vec<Run>) -> Nesting {
-        Nesting { clients: HashMap::from([(1, runs)]), holey: HashSet::from([1]) }
+        let mut nesting = Nesting::default();
+        nesting.clients.insert(1, runs);
+        nesting.holey.insert(1);
+        nesting
     }
 
     #[test]
@@ -1007,7 +1058,7 @@ mod tests {
         // off "abc".
         let _ = de;
         let merged = author.transact().encode_state_as_update_v1(&StateVector::default());
-        assert_eq!(read_blocks(&merged).expect("reads").len(), 1, "one block");
+        assert_eq!(read_blocks(&merged).expect("reads").0.len(), 1, "one block");
         let placed = nesting.check(&merged).expect("agrees with what the room holds");
         assert!(!placed.is_plain());
         admit(&mut nesting, &room, &merged).expect("applies");
