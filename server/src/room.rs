@@ -853,8 +853,39 @@ fn build_doc(
             Err(_) => return Err(corrupt("apply panicked".into())),
         }
     }
+    let doc = without_waiting(name, doc)?;
     let nesting = Nesting::of_doc(&doc.transact());
     Ok((doc, nesting))
+}
+
+/// `doc` without what waits in it for missing dependencies: rooms stored before those updates
+/// were refused (see `Nesting::check`) may hold such items, and yrs would integrate them inside
+/// some later apply, unchecked, wherever they then land. They were never part of the board
+/// anyone saw (only whole-document answers carried them, as items that could not be placed).
+/// The store's own encoding leaves them out; rebuilding from it costs a decode, only for such
+/// rooms.
+fn without_waiting(name: &RoomName, doc: Doc) -> Result<Doc, LoadError> {
+    if !doc.transact().has_missing_updates() {
+        return Ok(doc);
+    }
+    let encoded = {
+        let mut encoder = huddle_protocol::yrs::updates::encoder::EncoderV1::new();
+        doc.transact().store().encode_diff(&StateVector::default(), &mut encoder);
+        huddle_protocol::yrs::updates::encoder::Encoder::to_vec(encoder)
+    };
+    tracing::warn!(room = %name, "dropping stored items that wait for updates the room never got");
+    let clean = Doc::new();
+    let update = wire::decode_update(&encoded).map_err(|e| LoadError::Corrupt {
+        room: name.clone(),
+        what: "room".into(),
+        detail: e.to_string(),
+    })?;
+    clean.transact_mut().apply_update(update).map_err(|e| LoadError::Corrupt {
+        room: name.clone(),
+        what: "room".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(clean)
 }
 
 impl Room {
@@ -2245,6 +2276,42 @@ mod tests {
         for key in ["k0", "k1", "k2", "k3"] {
             assert!(m.contains_key(&txn, key), "{key} was stored");
         }
+    }
+
+    /// A room stored before items waiting for dependencies were refused may hold one: it is
+    /// dropped at load, so the update it waited for (here a map, the parent it names) does not
+    /// bring it in unchecked.
+    #[tokio::test]
+    async fn an_item_stored_waiting_for_its_parent_is_dropped_at_load() {
+        // A string from client 88 whose parent is item (77, 0), which the room never got.
+        const ORPHAN: [u8; 11] = [1, 1, 88, 0, 4, 0, 77, 0, 1, b'b', 0];
+        let store = Arc::new(MemoryStore::default());
+        let name = RoomName::parse("waiting").expect("valid");
+        let entry = crate::store::LogEntry {
+            room: name.clone(),
+            seq: Seq(1),
+            update: Bytes::from_static(&ORPHAN),
+        };
+        store.append(&[entry]).await.expect("stored");
+        let registry = crate::registry::tests::registry_for_tests(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(Stats::default()),
+            Duration::from_secs(60),
+        );
+        let lease = registry.join(&name).await.expect("join");
+        assert!(!lease.room().read_doc(|doc| doc.transact().has_missing_updates()));
+        // Item (77, 0): a map in the root map "t".
+        let parent = {
+            use huddle_protocol::yrs::{Map, MapPrelim, WriteTxn};
+            let doc = Doc::with_client_id(77);
+            let mut txn = doc.transact_mut();
+            txn.get_or_insert_map("t").insert(&mut txn, "m", MapPrelim::default());
+            txn.encode_update_v1()
+        };
+        lease.room().apply_update(ConnId(1), &parent, None).await.expect("applies");
+        let sv = lease.room().read_doc(|doc| doc.transact().state_vector());
+        assert_eq!(sv.get(&ClientID::new(77)), 1);
+        assert_eq!(sv.get(&ClientID::new(88)), 0, "the orphan stays out");
     }
 
     /// An edit applied while a snapshot is being written is not covered by it: it stays counted

@@ -254,9 +254,13 @@ impl Nesting {
                     continue; // held: yrs skips it
                 }
                 if block.clock < held {
-                    // Reaching past what the room holds.
+                    // Reaching past what the room holds. A nested parent named outright is
+                    // refused too: yrs would keep it as the rest's parent while linking the
+                    // rest beside the held item, in whatever container that item is in, and
+                    // depths agreeing does not make the two one container.
                     let agrees = placed.depths[i] == self.depth_at(client, held - 1);
-                    if !agrees || block.place.is_none() {
+                    let named_parent = matches!(block.place, Some(Place::In(..)));
+                    if !agrees || named_parent || block.place.is_none() {
                         return Err(NestingError::Mismatch { client, clock: held - 1 });
                     }
                     plain = false;
@@ -1064,6 +1068,26 @@ mod tests {
         admit(&mut nesting, &room, &merged).expect("applies");
         let txn = room.transact();
         assert_eq!(txn.get_text("t").expect("present").get_string(&txn), "abcde");
+        drop(txn);
+
+        // The same in a text nested in a map: its first character names the text as its
+        // parent, which yrs would keep for the rest while linking it beside the held part.
+        let (author, room) = (doc(8), doc(2));
+        let mut nesting = Nesting::default();
+        let nested = {
+            let mut txn = author.transact_mut();
+            txn.get_or_insert_map("m").insert(&mut txn, "t", TextPrelim::new(""))
+        };
+        let type_and_abc = {
+            let mut txn = author.transact_mut();
+            nested.insert(&mut txn, 0, "abc");
+            drop(txn);
+            author.transact().encode_state_as_update_v1(&StateVector::default())
+        };
+        admit(&mut nesting, &room, &type_and_abc).expect("the text and abc");
+        nested.insert(&mut author.transact_mut(), 3, "de");
+        let merged = author.transact().encode_state_as_update_v1(&StateVector::default());
+        assert!(matches!(nesting.check(&merged), Err(NestingError::Mismatch { client: 8, .. })));
     }
 
     #[test]

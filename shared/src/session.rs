@@ -440,6 +440,15 @@ impl ClientSession {
         Ok(out)
     }
 
+    /// Whether the server's greeting (its sync step 1) was answered on this connection. Until
+    /// then, local edits need not be sent: the answer, a diff against the server's state,
+    /// carries them. Sent before it, an edit made after edits made offline would reach the
+    /// server ahead of them, and the server refuses a client's edits out of order (the
+    /// socket is closed and the client reconnects).
+    pub fn answered_greeting(&self) -> bool {
+        self.server_sv.is_some()
+    }
+
     /// Local edits since the last call, as update frames (one per transaction). Empty while
     /// nothing changed.
     pub fn drain_local_updates(&mut self) -> Vec<Vec<u8>> {
@@ -650,6 +659,56 @@ mod tests {
             .expect("applies");
         assert!(Board::new(&server).shape(&server.transact(), "offline").is_some());
         assert_eq!(Board::new(&server).shape_count(&server.transact()), 2_001);
+    }
+
+    /// The update a frame of one sync message carries.
+    fn update_in(frame: &[u8]) -> Vec<u8> {
+        match &wire::decode_frame(frame).expect("a frame")[..] {
+            [
+                crate::wire::WireMessage::Sync(
+                    SyncMessage::Update(update) | SyncMessage::SyncStep2(update),
+                ),
+            ] => update.clone(),
+            other => panic!("an update, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_edit_right_after_reconnecting_goes_in_the_greetings_answer_behind_those_made_offline() {
+        let server = server_with_rects(3);
+        let mut client = ClientSession::new(Doc::with_client_id(2), clock);
+        client.handshake();
+        let everything = server.transact().encode_state_as_update_v1(&Default::default());
+        client.receive(&wire::sync_step2(everything)).expect("syncs");
+        client.disconnected();
+        let draw = |client: &ClientSession, id: &str| {
+            let board = Board::new(client.doc());
+            board.put_shape(&mut client.doc().transact_mut(), &Shape::new(id, ShapeKind::Rect));
+        };
+        draw(&client, "offline");
+        let _ = client.drain_local_updates(); // not sent: offline
+        client.handshake();
+        assert!(!client.answered_greeting());
+        draw(&client, "just-after");
+        let live = client.drain_local_updates();
+        // Sent now, the server would refuse it: it comes ahead of the offline edit.
+        let nesting = crate::nesting::Nesting::of_doc(&server.transact());
+        let refused = nesting.check(&update_in(&live[0])).expect_err("out of order");
+        assert!(matches!(refused, crate::nesting::NestingError::OutOfOrder { .. }));
+        // The answer to the greeting carries both, in order, and the server takes it.
+        let greeting = wire::sync_step1(&server.transact().state_vector());
+        let received = client.receive(&greeting).expect("answers");
+        assert!(client.answered_greeting());
+        let answer = update_in(&received.replies[0]);
+        nesting.check(&answer).expect("in order");
+        server
+            .transact_mut()
+            .apply_update(Update::decode_v1(&answer).expect("decodes"))
+            .expect("applies");
+        let board = Board::new(&server);
+        for id in ["offline", "just-after"] {
+            assert!(board.shape(&server.transact(), id).is_some(), "{id}");
+        }
     }
 
     #[test]

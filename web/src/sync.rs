@@ -789,8 +789,12 @@ impl Connection {
     fn after_local_change(self: &Rc<Self>) {
         let frames = self.session.borrow_mut().drain_local_updates();
         if self.is_open() {
-            for f in &frames {
-                self.send(f);
+            // Before the server's greeting is answered, the answer carries these (see
+            // `ClientSession::answered_greeting`).
+            if self.session.borrow().answered_greeting() {
+                for f in &frames {
+                    self.send(f);
+                }
             }
         } else if !frames.is_empty() {
             self.cache.borrow_mut().offline_edits += 1;
