@@ -1090,6 +1090,141 @@ mod tests {
         assert!(matches!(nesting.check(&merged), Err(NestingError::Mismatch { client: 8, .. })));
     }
 
+    /// A pseudo-random number below `n` (an LCG: the test must not depend on a seedless source).
+    fn below(state: &mut u64, n: usize) -> usize {
+        *state =
+            state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((*state >> 33) as usize) % n
+    }
+
+    /// Every container of `doc` under its root map `m` (the map itself first), with its depth.
+    fn containers(txn: &yrs::TransactionMut, root: &MapRef) -> Vec<(yrs::Out, u16)> {
+        let mut found = vec![(yrs::Out::YMap(root.clone()), 0u16)];
+        let mut i = 0;
+        while i < found.len() {
+            let (out, depth) = found[i].clone();
+            let children: Vec<yrs::Out> = match &out {
+                yrs::Out::YMap(m) => m.iter(txn).map(|(_, v)| v).collect(),
+                yrs::Out::YArray(a) => a.iter(txn).collect(),
+                _ => Vec::new(),
+            };
+            for child in children {
+                if matches!(child, yrs::Out::YMap(_) | yrs::Out::YArray(_) | yrs::Out::YText(_)) {
+                    found.push((child, depth + 1));
+                }
+            }
+            i += 1;
+        }
+        found
+    }
+
+    /// Clients editing nested maps, arrays and texts concurrently, going offline and coming
+    /// back with a sync step 2 as y-websocket does: the room refuses none of it, and everyone
+    /// ends with the same document.
+    #[test]
+    fn clients_editing_nested_types_as_yjs_clients_do_are_never_refused() {
+        let room = doc(1);
+        let mut nesting = Nesting::default();
+        let clients: Vec<Doc> = (10..14).map(doc).collect();
+        let mut online = vec![true; clients.len()];
+        let mut rng = 0x5eed_u64;
+        let state = |d: &Doc| d.transact().state_vector();
+        let diff = |d: &Doc, sv: &StateVector| d.transact().encode_state_as_update_v1(sv);
+        let apply = |d: &Doc, u: &[u8]| {
+            d.transact_mut().apply_update(Update::decode_v1(u).expect("valid")).expect("applies");
+        };
+        for step in 0..1500 {
+            let c = below(&mut rng, clients.len());
+            if below(&mut rng, 10) == 0 {
+                online[c] = !online[c];
+                if online[c] {
+                    // Back: its sync step 2 to the room, then the room's to it.
+                    let up = diff(&clients[c], &state(&room));
+                    admit(&mut nesting, &room, &up)
+                        .unwrap_or_else(|e| panic!("step {step}: resync refused: {e}"));
+                    for (o, other) in clients.iter().enumerate() {
+                        if o != c && online[o] {
+                            apply(other, &up);
+                        }
+                    }
+                    apply(&clients[c], &diff(&room, &state(&clients[c])));
+                }
+                continue;
+            }
+            let update = {
+                let mut txn = clients[c].transact_mut();
+                let root = txn.get_or_insert_map("m");
+                let all = containers(&txn, &root);
+                let (target, depth) = all[below(&mut rng, all.len())].clone();
+                let key = format!("k{}", below(&mut rng, 6));
+                // Mostly new containers (up to 8 deep), some values, few removals.
+                let kind = match below(&mut rng, 12) {
+                    _ if depth >= 8 => 3,
+                    0..=3 => 0,
+                    4 | 5 => 1,
+                    6 | 7 => 2,
+                    8..=10 => 3,
+                    _ => 4,
+                };
+                match target {
+                    yrs::Out::YMap(m) => match kind {
+                        0 => drop(m.insert(&mut txn, key, MapPrelim::default())),
+                        1 => drop(m.insert(&mut txn, key, ArrayPrelim::default())),
+                        2 => drop(m.insert(&mut txn, key, TextPrelim::new("hi"))),
+                        4 => drop(m.remove(&mut txn, &key)),
+                        _ => drop(m.insert(&mut txn, format!("v{key}"), i64::from(step))),
+                    },
+                    yrs::Out::YArray(a) => {
+                        let len = a.len(&txn);
+                        let at = below(&mut rng, len as usize + 1) as u32;
+                        match kind {
+                            0 => drop(a.insert(&mut txn, at, MapPrelim::default())),
+                            1 => drop(a.insert(&mut txn, at, ArrayPrelim::default())),
+                            4 if len > 0 => a.remove(&mut txn, at.min(len - 1)),
+                            _ => drop(a.insert(&mut txn, at, i64::from(step))),
+                        }
+                    }
+                    yrs::Out::YText(t) => {
+                        let len = t.len(&txn);
+                        if kind == 4 && len > 0 {
+                            t.remove_range(&mut txn, below(&mut rng, len as usize) as u32, 1);
+                        } else {
+                            t.insert(&mut txn, below(&mut rng, len as usize + 1) as u32, "xy");
+                        }
+                    }
+                    _ => {}
+                }
+                txn.encode_update_v1()
+            };
+            if online[c] {
+                admit(&mut nesting, &room, &update)
+                    .unwrap_or_else(|e| panic!("step {step}: edit refused: {e}"));
+                for (o, other) in clients.iter().enumerate() {
+                    if o != c && online[o] {
+                        apply(other, &update);
+                    }
+                }
+            }
+        }
+        for c in 0..clients.len() {
+            let up = diff(&clients[c], &state(&room));
+            admit(&mut nesting, &room, &up).expect("a last resync");
+        }
+        let everything = diff(&room, &StateVector::default());
+        let expected = room.transact().get_map("m").expect("root").to_json(&room.transact());
+        for client in &clients {
+            apply(client, &everything);
+            let txn = client.transact();
+            assert_eq!(txn.get_map("m").expect("root").to_json(&txn), expected);
+        }
+        // What the room recorded is what it holds.
+        let rebuilt = Nesting::of_doc(&room.transact());
+        assert_eq!(rebuilt.clients.len(), nesting.clients.len());
+        for (client, runs) in &rebuilt.clients {
+            assert_eq!(nesting.end(*client), runs.last().map_or(0, |r| r.end));
+        }
+    }
+
     #[test]
     fn holes_are_filled_by_what_comes_later() {
         let mut runs = Vec::new();
