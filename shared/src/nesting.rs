@@ -1206,8 +1206,8 @@ mod tests {
                 }
             }
         }
-        for c in 0..clients.len() {
-            let up = diff(&clients[c], &state(&room));
+        for client in &clients {
+            let up = diff(client, &state(&room));
             admit(&mut nesting, &room, &up).expect("a last resync");
         }
         let everything = diff(&room, &StateVector::default());
