@@ -853,8 +853,14 @@ fn build_doc(
             Err(_) => return Err(corrupt("apply panicked".into())),
         }
     }
+    let waited = doc.transact().has_missing_updates();
     let doc = without_waiting(name, doc)?;
-    let nesting = Nesting::of_doc(&doc.transact());
+    let nesting = match snapshot {
+        // The document is the snapshot, exactly.
+        Some(data) if log.is_empty() && !waited => Nesting::of_update(data),
+        _ => None,
+    }
+    .unwrap_or_else(|| Nesting::of_doc(&doc.transact()));
     Ok((doc, nesting))
 }
 

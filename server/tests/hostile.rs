@@ -218,6 +218,64 @@ async fn shared_types_nested_too_deep_are_refused_and_the_room_carries_on() {
     server.stop().await;
 }
 
+/// The depth of what a room holds survives a restart (the room reads it again from its
+/// snapshot): a chain 60 deep takes four more levels after it, not five.
+#[tokio::test]
+async fn nesting_is_counted_from_what_a_restarted_room_holds() {
+    use huddle_protocol::yrs::Doc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let author = Doc::with_client_id(4343);
+    let (first, deepest) = nested_maps(&author, None, 60);
+    let mut bad = raw(&server.url("deep-restart")).await;
+    common::send_handled(&mut bad, wire::update(first)).await;
+    drop(bad);
+    server.stop().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let url = server.url("deep-restart");
+    // Five more (65 deep) from another client that has the chain (the author's clock must not
+    // move on for what the room refuses).
+    let other = Doc::with_client_id(4344);
+    let bottom = {
+        use huddle_protocol::yrs::updates::decoder::Decode;
+        use huddle_protocol::yrs::{Map, Out, ReadTxn, StateVector, Transact, Update};
+        let all = author.transact().encode_state_as_update_v1(&StateVector::default());
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&all).expect("valid"))
+            .expect("applies");
+        let txn = other.transact();
+        let mut map = txn.get_map("chain").expect("the chain");
+        while let Some(Out::YMap(next)) = map.get(&txn, "k") {
+            map = next;
+        }
+        map
+    };
+    let (five, _) = nested_maps(&other, Some(bottom), 5);
+    let mut bad = raw(&url).await;
+    bad.send(Message::Binary(wire::update(five).into())).await.expect("send");
+    assert_eq!(expect_close(&mut bad).await, Some(1007));
+    let (four, _) = nested_maps(&author, Some(deepest), 4);
+    let mut fine = raw(&url).await;
+    common::send_handled(&mut fine, wire::update(four)).await;
+    let mut reader = TestClient::connect(&url).await;
+    reader
+        .until("64 levels", |s| {
+            use huddle_protocol::yrs::{Map, Out, ReadTxn, Transact};
+            let txn = s.doc().transact();
+            let mut depth = 0;
+            let mut map = txn.get_map("chain");
+            while let Some(Out::YMap(next)) = map.and_then(|m| m.get(&txn, "k")) {
+                depth += 1;
+                map = Some(next);
+            }
+            depth == 64
+        })
+        .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_room_names_get_400_before_any_upgrade() {
     let server = TestServer::start().await;

@@ -203,6 +203,16 @@ impl Nesting {
         nesting
     }
 
+    /// The nesting of a document built from `update` alone, with nothing left waiting for
+    /// dependencies: a room loaded from its snapshot, which is read here rather than encoded
+    /// again (a tenth of a second for a 100,000-shape room). `None` if it does not read.
+    pub fn of_update(update: &[u8]) -> Option<Self> {
+        let mut nesting = Nesting::default();
+        let placed = nesting.place(update).ok()?;
+        nesting.record(&placed);
+        Some(nesting)
+    }
+
     /// Reads `update` and works out where each of its blocks sits, refusing it if a shared
     /// type it brings would nest deeper than [`MAX_TYPE_DEPTH`], if anything it brings
     /// depends on items the room does not have, or if it brings a client's items out of
@@ -1008,6 +1018,9 @@ mod tests {
             text.insert(&mut txn, 0, "🙂 from b");
         }
         let nesting = Nesting::of_doc(&b.transact());
+        // A room loaded from its snapshot reads the snapshot instead: the same.
+        let snapshot = b.transact().encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(Nesting::of_update(&snapshot).expect("reads").clients, nesting.clients);
         let sv = b.transact().state_vector();
         for (client, clock) in sv.iter() {
             assert_eq!(nesting.end(client.get()), *clock, "client {client:?}");
