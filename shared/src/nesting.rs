@@ -95,10 +95,11 @@ pub struct Nesting {
     holey: HashSet<u64, ClientHash>,
 }
 
-/// Hashes client ids with one multiplication (spreading a random 53-bit id over all 64 bits)
-/// instead of SipHash, which cost more than the rest of checking a one-shape edit. Client ids
-/// are the peers' choice, so they could be chosen to collide: yrs keys its own per-client maps
-/// on the bare id, which a peer can make collide as well, so this adds no new exposure.
+/// Hashes client ids with a multiplication whose high half is folded into the low one (the
+/// table picks buckets from the low bits) instead of SipHash, which cost more than the rest of
+/// checking a one-shape edit. Client ids are the peers' choice, so they could be chosen to
+/// collide: yrs keys its own per-client maps on the bare id, which a peer can make collide as
+/// well, so this adds no new exposure.
 type ClientHash = std::hash::BuildHasherDefault<ClientHasher>;
 
 /// See [`ClientHash`].
@@ -117,7 +118,8 @@ impl std::hash::Hasher for ClientHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let p = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = p ^ (p >> 32);
     }
 }
 
@@ -307,6 +309,9 @@ impl Nesting {
     /// claimed about them (yrs kept its own).
     pub fn record(&mut self, placed: &Placed) {
         for section in &placed.sections {
+            if section.range.is_empty() {
+                continue; // an empty section: nothing to keep an entry for
+            }
             let was_holey = !self.holey.is_empty() && self.holey.contains(&section.client);
             let runs = self.clients.entry(section.client).or_default();
             let mut holes = false;
@@ -314,8 +319,15 @@ impl Nesting {
                 let block = &placed.blocks[i];
                 let depth = record_depth(block, placed.depths[i]);
                 let last = runs.last().map_or(0, |r| r.end);
-                assign(runs, block.clock, block.clock.saturating_add(block.len), depth);
-                holes |= depth == HOLE || block.clock > last || was_holey && block.clock < last;
+                let (start, end) = (block.clock, block.clock.saturating_add(block.len));
+                if was_holey {
+                    assign(runs, start, end, depth);
+                } else if end > last {
+                    // Only what lies past the held clocks: a block re-sent whole (a GC range
+                    // over everything a client wrote, say) must not walk every run.
+                    assign(runs, start.max(last), end, depth);
+                }
+                holes |= depth == HOLE || start > last || was_holey && start < last;
             }
             if holes {
                 // Rare (a hole left or filled): worth a look at every run.
@@ -1236,6 +1248,40 @@ mod tests {
         for (client, runs) in &rebuilt.clients {
             assert_eq!(nesting.end(*client), runs.last().map_or(0, |r| r.end));
         }
+    }
+
+    #[test]
+    fn what_brings_nothing_new_leaves_the_index_as_it_was() {
+        use yrs::encoding::write::Write;
+        let (author, room) = (doc(5), doc(2));
+        let mut nesting = Nesting::default();
+        let (chain, _) = nest(&author, None, 3);
+        admit(&mut nesting, &room, &chain).expect("3 levels");
+        let before = nesting.clients.clone();
+        // An empty section for client 9, a collected range over all of client 5's clocks,
+        // and one new string from client 10 (so that the update is a change).
+        let mut update = Vec::new();
+        update.write_var(3u32);
+        update.write_var(0u32); // client 9: no blocks
+        update.write_var(9u64);
+        update.write_var(0u32);
+        update.write_var(1u32); // client 5: a collected range, clocks 0..3
+        update.write_var(5u64);
+        update.write_var(0u32);
+        update.write_u8(INFO_GC);
+        update.write_var(3u32);
+        update.write_var(1u32); // client 10: "a" in the root type "t"
+        update.write_var(10u64);
+        update.write_var(0u32);
+        update.write_u8(CONTENT_STRING);
+        update.write_var(1u32);
+        update.write_string("t");
+        update.write_string("a");
+        update.write_var(0u32);
+        admit(&mut nesting, &room, &update).expect("applies");
+        assert!(!nesting.clients.contains_key(&9), "no entry for an empty section");
+        assert_eq!(nesting.clients.get(&5), before.get(&5), "client 5 as it was");
+        assert_eq!(nesting.end(10), 1);
     }
 
     #[test]
