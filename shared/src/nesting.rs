@@ -15,6 +15,13 @@
 //! in the update or the document, and [`MAX_TYPE_DEPTH`] enforced; once applied, what went in
 //! is recorded ([`Nesting::record`]).
 //!
+//! The check holds only if yrs integrates an update the way it is encoded. yrs does not always:
+//! it keeps items whose dependencies are missing and retries them inside later applies, it
+//! integrates a client's items around holes and then cuts held clocks out of later blocks and
+//! re-places the rest. So [`Nesting::check`] also refuses what would set those off (out-of-order
+//! items, missing dependencies, skips; see there), which no Yjs client sends in a
+//! single-server setup.
+//!
 //! The block layout is lib0's v1 update encoding, read exactly as yrs 0.28 reads it
 //! (`Update::decode`): a block's clock length must match yrs' or every later ID in the update
 //! would be misplaced. Written out here because yrs keeps an update's blocks to itself.
