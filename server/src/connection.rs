@@ -349,13 +349,25 @@ async fn pings(outbox: &Arc<Outbox>, interval: Duration) -> End {
 /// What the socket has read but not taken apart yet counts as unfinished too (at most a read
 /// buffer of control frames, see [`READ_AHEAD`]), so only growth past the count at the last
 /// progress by more than that is progress: pings read ahead, then taken, cannot pass for it.
+///
+/// Growing is not enough either: a peer adding a read's worth every so often would keep its
+/// place in the input budget for hours, and a few hundred such peers would hold all of it, for
+/// the price of a few bytes a second each. Once a message has been under way for longer than
+/// the patience, it must have grown by at least [`MIN_MESSAGE_RATE`] for every second past that.
 #[derive(Debug)]
 struct Progress {
     /// Unfinished bytes when the message last made progress (0: none under way).
     base: u64,
     /// When it last made progress.
     since: Instant,
+    /// When the message began to count (it got big, or the clock started again), and its
+    /// unfinished bytes then.
+    began: (Instant, u64),
 }
+
+/// Slowest a big message may arrive on average, in bytes a second, after a first wait of the
+/// ping timeout: 64 kbit/s, slower than any link people draw on.
+const MIN_MESSAGE_RATE: u64 = 8 << 10;
 
 /// Bytes a socket may have read ahead of the frames it has taken apart: a read's worth (see
 /// `http::READ_BUFFER_BYTES`), with ample slack.
@@ -363,7 +375,8 @@ const READ_AHEAD: u64 = 8 * crate::http::READ_BUFFER_BYTES as u64;
 
 impl Default for Progress {
     fn default() -> Self {
-        Self { base: 0, since: Instant::now() }
+        let now = Instant::now();
+        Self { base: 0, since: now, began: (now, 0) }
     }
 }
 
@@ -373,12 +386,13 @@ impl Progress {
     fn restart(&mut self, tx: &Outbox) {
         let unfinished = tx.unfinished();
         if unfinished > crate::outbox::SMALL_UNFINISHED || self.base > 0 {
-            *self = Self { base: unfinished, since: Instant::now() };
+            let now = Instant::now();
+            *self = Self { base: unfinished, since: now, began: (now, unfinished) };
         }
     }
 
     /// Whether the socket has held more than [`crate::outbox::SMALL_UNFINISHED`] of a message
-    /// that has not grown for `patience`.
+    /// that has not grown for `patience`, or has grown slower than [`MIN_MESSAGE_RATE`] since.
     fn stalled(&mut self, tx: &Outbox, patience: Duration) -> bool {
         let unfinished = tx.unfinished();
         if unfinished <= crate::outbox::SMALL_UNFINISHED {
@@ -386,10 +400,16 @@ impl Progress {
             return false;
         }
         let now = Instant::now();
-        if self.base == 0 || unfinished > self.base + READ_AHEAD {
-            *self = Self { base: unfinished, since: now };
+        if self.base == 0 {
+            *self = Self { base: unfinished, since: now, began: (now, unfinished) };
+        } else if unfinished > self.base + READ_AHEAD {
+            self.base = unfinished;
+            self.since = now;
         }
-        now - self.since > patience
+        let (began, at_start) = self.began;
+        let late = (now - began).saturating_sub(patience);
+        let owed = (late.as_secs_f64() * MIN_MESSAGE_RATE as f64) as u64;
+        now - self.since > patience || unfinished.saturating_sub(at_start) < owed
     }
 }
 

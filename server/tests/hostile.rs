@@ -569,6 +569,50 @@ async fn a_peer_sitting_on_an_unfinished_message_is_cut_off_however_fast_it_ping
     sit_on_an_unfinished_message(Some(1)).await;
 }
 
+/// A peer adding a little to a big message every so often, enough to count as growing, would
+/// hold its share of the input budget for hours: past a first wait of the ping timeout, a big
+/// message must come at 8 KiB/s at least, or the socket is closed (1013).
+#[tokio::test]
+async fn a_peer_trickling_a_big_message_is_cut_off() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    // Three seconds of patience: 9 KiB every 2.5 s (3.6 KiB/s) grows past a read's worth
+    // (8 KiB) within every wait.
+    config.ping_interval_ms = 1000;
+    config.pong_timeout_ms = 2000;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("trickle");
+    let mut holder = raw(&url).await;
+    let first_part = Frame::message(vec![1u8; 100 << 10], OpCode::Data(Data::Binary), false);
+    holder.send(Message::Frame(first_part)).await.expect("send");
+    let (mut sink, mut stream) = holder.split();
+    let trickler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let more = Frame::message(vec![1u8; 9 << 10], OpCode::Data(Data::Continue), false);
+            if sink.send(Message::Frame(more)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    trickler.abort();
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1013);
+    assert!(frame.reason.contains("does not finish"), "{}", frame.reason);
+    server.stop().await;
+}
+
 async fn sit_on_an_unfinished_message(messages_per_second: Option<u32>) {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
