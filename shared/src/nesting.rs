@@ -130,18 +130,35 @@ impl std::hash::Hasher for ClientHasher {
     }
 }
 
+/// An item's id in an update: its client (an index into the update's distinct clients, see
+/// `Clients`) and clock. Kept to 8 bytes: an update of tiny blocks (two bytes each for a
+/// collected range) becomes a block list many times its size, and a message may be tens of
+/// megabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Id {
+    client: u32,
+    clock: u32,
+}
+
+impl Id {
+    /// No id (an item without that origin).
+    const NONE: Id = Id { client: u32::MAX, clock: 0 };
+}
+
 /// Where an item sits, as its block says.
 #[derive(Debug, Clone, Copy)]
 enum Place {
+    /// Nowhere: a garbage-collected range or a skip, which hold no items.
+    Nothing,
     /// Directly in a root type.
     Root,
-    /// In the shared type that is item `(client, clock)`.
-    In(u64, u32),
-    /// Beside its origins (items `(client, clock)`, left and right; at least one), in the
-    /// container of the left one, or of the right one if the left one was collected: yrs
-    /// tells which only when it integrates the item, so the deeper of the two is taken (in
-    /// anything a Yjs client writes, both are in the same container).
-    Beside(Option<(u64, u32)>, Option<(u64, u32)>),
+    /// In the shared type that is the item with this id.
+    In(Id),
+    /// Beside its origins (left and right; at least one is not [`Id::NONE`]), in the container
+    /// of the left one, or of the right one if the left one was collected: yrs tells which
+    /// only when it integrates the item, so the deeper of the two is taken (in anything a Yjs
+    /// client writes, both are in the same container).
+    Beside(Id, Id),
 }
 
 /// One block of an update.
@@ -149,8 +166,7 @@ enum Place {
 struct Block {
     clock: u32,
     len: u32,
-    /// `None` for garbage-collected ranges and skips, which hold no items.
-    place: Option<Place>,
+    place: Place,
     is_type: bool,
     /// A skip: clocks the update does not have (a hole, not a collected range).
     skip: bool,
@@ -278,8 +294,8 @@ impl Nesting {
                     // rest beside the held item, in whatever container that item is in, and
                     // depths agreeing does not make the two one container.
                     let agrees = placed.depths[i] == self.depth_at(client, held - 1);
-                    let named_parent = matches!(block.place, Some(Place::In(..)));
-                    if !agrees || named_parent || block.place.is_none() {
+                    let named_parent = matches!(block.place, Place::In(..));
+                    if !agrees || named_parent || matches!(block.place, Place::Nothing) {
                         return Err(NestingError::Mismatch { client, clock: held - 1 });
                     }
                     plain = false;
@@ -305,8 +321,10 @@ impl Nesting {
     /// # Errors
     /// [`NestingError::Malformed`] if it does not read.
     pub fn place(&self, update: &[u8]) -> Result<Placed, NestingError> {
-        let (blocks, sections) = read_blocks(update)?;
-        let depths = Resolver { nesting: self, blocks: &blocks, sections: &sections }.resolve_all();
+        let (blocks, clients, sections) = read_blocks(update)?;
+        let resolver =
+            Resolver { nesting: self, blocks: &blocks, clients: &clients, sections: &sections };
+        let depths = resolver.resolve_all();
         // Plain only once checked.
         Ok(Placed { blocks, sections, depths, plain: false })
     }
@@ -378,12 +396,12 @@ impl Nesting {
 fn record_depth(block: &Block, depth: Option<u16>) -> u16 {
     match (block.place, depth) {
         // Collected ranges and skips: nothing nests there. A skip is a hole.
-        (None, _) if block.skip => HOLE,
-        (None, _) => 0,
+        (Place::Nothing, _) if block.skip => HOLE,
+        (Place::Nothing, _) => 0,
         // Integrated, yet its container unknown (nothing yrs integrates should be): counted as
         // deep as allowed, so no type goes beside or inside it.
-        (Some(_), None) => MAX_TYPE_DEPTH,
-        (Some(_), Some(d)) => d.min(HOLE - 1),
+        (_, None) => MAX_TYPE_DEPTH,
+        (_, Some(d)) => d.min(HOLE - 1),
     }
 }
 
@@ -447,6 +465,8 @@ fn push(runs: &mut Vec<Run>, run: Run) {
 struct Resolver<'a> {
     nesting: &'a Nesting,
     blocks: &'a [Block],
+    /// The update's distinct clients, which [`Id::client`] indexes.
+    clients: &'a [u64],
     /// The update's sections, by client.
     sections: &'a [Section],
 }
@@ -498,17 +518,17 @@ impl Resolver<'_> {
     fn evaluate(&self, i: usize, memo: &mut [Memo]) -> Found {
         memo[i] = Memo::Visiting;
         match self.blocks[i].place {
-            None | Some(Place::Root) => Found::Depth(Some(0)),
-            Some(Place::In(client, clock)) => match self.lookup(memo, client, clock) {
+            Place::Nothing | Place::Root => Found::Depth(Some(0)),
+            Place::In(id) => match self.lookup(memo, id) {
                 // The parent type sits one level below its own container.
                 Found::Depth(d) => Found::Depth(d.map(|d| d.saturating_add(1).min(HOLE - 1))),
                 needed => needed,
             },
-            Some(Place::Beside(left, right)) => {
+            Place::Beside(left, right) => {
                 let mut depth = Some(0);
                 let mut needs = None;
-                for (client, clock) in [left, right].into_iter().flatten() {
-                    match self.lookup(memo, client, clock) {
+                for id in [left, right].into_iter().filter(|id| *id != Id::NONE) {
+                    match self.lookup(memo, id) {
                         Found::Depth(d) => depth = depth.zip(d).map(|(a, b)| a.max(b)),
                         Found::Needs(j) => needs = Some(j),
                     }
@@ -520,7 +540,8 @@ impl Resolver<'_> {
 
     /// The container depth of the item at `(client, clock)`, or the block of this update to
     /// work out first.
-    fn lookup(&self, memo: &[Memo], client: u64, clock: u32) -> Found {
+    fn lookup(&self, memo: &[Memo], id: Id) -> Found {
+        let (client, clock) = (self.clients[id.client as usize], id.clock);
         if let Some(depth) = self.nesting.depth_at(client, clock)
             && depth != HOLE
         {
@@ -582,13 +603,18 @@ const HAS_PARENT_SUB: u8 = 0x20;
 /// The one type kind whose content carries more than its kind: an XML element's tag name.
 const TYPE_XML_ELEMENT: u8 = 3;
 
+/// An update as [`read_blocks`] reads it: its blocks, the distinct clients their ids name
+/// (which [`Id::client`] indexes), and its sections, by client.
+type ReadUpdate = (Vec<Block>, Vec<u64>, Vec<Section>);
+
 /// The blocks of a v1 update, as yrs' `Update::decode` reads them (the delete set after them
 /// is not needed).
-fn read_blocks(update: &[u8]) -> Result<(Vec<Block>, Vec<Section>), NestingError> {
+fn read_blocks(update: &[u8]) -> Result<ReadUpdate, NestingError> {
     let mut r = Cursor::new(update);
     let section_count: u32 = r.read_var()?;
     let mut blocks = Vec::new();
     let mut sections = Vec::new();
+    let mut clients = Clients::default();
     for s in 0..section_count {
         let count: u32 = r.read_var()?;
         let client = read_client(&mut r)?;
@@ -600,30 +626,30 @@ fn read_blocks(update: &[u8]) -> Result<(Vec<Block>, Vec<Section>), NestingError
             let last = s + 1 == section_count && b + 1 == count;
             let info = r.read_u8()?;
             let (len, place, is_type) = match info {
-                INFO_GC | INFO_SKIP => (r.read_var::<u32>()?, None, false),
+                INFO_GC | INFO_SKIP => (r.read_var::<u32>()?, Place::Nothing, false),
                 _ => {
-                    let origin = if info & HAS_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
-                    let right =
-                        if info & HAS_RIGHT_ORIGIN != 0 { Some(read_id(&mut r)?) } else { None };
-                    let place = match (origin, right) {
-                        (None, None) => {
-                            let named = r.read_var::<u32>()? == 1;
-                            let place = if named {
-                                r.read_buf()?;
-                                Place::Root
-                            } else {
-                                let (c, k) = read_id(&mut r)?;
-                                Place::In(c, k)
-                            };
-                            if info & HAS_PARENT_SUB != 0 {
-                                r.read_buf()?;
-                            }
-                            place
+                    let mut id = |on: bool| {
+                        if on { clients.read_id(&mut r) } else { Ok(Id::NONE) }
+                    };
+                    let origin = id(info & HAS_ORIGIN != 0)?;
+                    let right = id(info & HAS_RIGHT_ORIGIN != 0)?;
+                    let place = if origin == Id::NONE && right == Id::NONE {
+                        let named = r.read_var::<u32>()? == 1;
+                        let place = if named {
+                            r.read_buf()?;
+                            Place::Root
+                        } else {
+                            Place::In(clients.read_id(&mut r)?)
+                        };
+                        if info & HAS_PARENT_SUB != 0 {
+                            r.read_buf()?;
                         }
-                        (left, right) => Place::Beside(left, right),
+                        place
+                    } else {
+                        Place::Beside(origin, right)
                     };
                     let kind = info & 0x0f;
-                    (content_len(&mut r, kind, last)?, Some(place), kind == CONTENT_TYPE)
+                    (content_len(&mut r, kind, last)?, place, kind == CONTENT_TYPE)
                 }
             };
             // yrs drops empty items without moving the clock on (and refuses empty GC/skips,
@@ -642,11 +668,30 @@ fn read_blocks(update: &[u8]) -> Result<(Vec<Block>, Vec<Section>), NestingError
     if let Some(w) = sections.windows(2).find(|w| w[0].client == w[1].client) {
         return Err(NestingError::Malformed(format!("client {} named twice", w[0].client)));
     }
-    Ok((blocks, sections))
+    Ok((blocks, clients.list, sections))
 }
 
-fn read_id(r: &mut Cursor<'_>) -> Result<(u64, u32), NestingError> {
-    Ok((read_client(r)?, r.read_var()?))
+/// The distinct clients an update's ids name, each given a small index.
+#[derive(Default)]
+struct Clients {
+    list: Vec<u64>,
+    index: HashMap<u64, u32, ClientHash>,
+}
+
+impl Clients {
+    fn read_id(&mut self, r: &mut Cursor<'_>) -> Result<Id, NestingError> {
+        let client = read_client(r)?;
+        let clock = r.read_var()?;
+        let next = self.list.len();
+        let index = *self.index.entry(client).or_insert_with(|| {
+            // At most as many as ids read, each of several bytes: far below u32::MAX.
+            u32::try_from(next).unwrap_or(u32::MAX - 1)
+        });
+        if index as usize == next {
+            self.list.push(client);
+        }
+        Ok(Id { client: index, clock })
+    }
 }
 
 /// Client ids are 53 bits (JavaScript's safe integers): yrs keeps only those, so 7 and
@@ -1289,6 +1334,13 @@ mod tests {
         assert!(!nesting.clients.contains_key(&9), "no entry for an empty section");
         assert_eq!(nesting.clients.get(&5), before.get(&5), "client 5 as it was");
         assert_eq!(nesting.end(10), 1);
+    }
+
+    #[test]
+    fn a_block_takes_at_most_32_bytes() {
+        // A collected range is two bytes in an update: its block here is what a message of
+        // tens of megabytes of them costs while it is checked.
+        assert!(std::mem::size_of::<Block>() <= 32, "{}", std::mem::size_of::<Block>());
     }
 
     #[test]
