@@ -679,18 +679,34 @@ struct Clients {
 }
 
 impl Clients {
+    /// Up to this many clients are looked up in the list itself (an edit names one or two);
+    /// past it, through a map.
+    const LISTED: usize = 16;
+
     fn read_id(&mut self, r: &mut Cursor<'_>) -> Result<Id, NestingError> {
         let client = read_client(r)?;
         let clock = r.read_var()?;
-        let next = self.list.len();
-        let index = *self.index.entry(client).or_insert_with(|| {
-            // At most as many as ids read, each of several bytes: far below u32::MAX.
-            u32::try_from(next).unwrap_or(u32::MAX - 1)
-        });
-        if index as usize == next {
+        Ok(Id { client: self.index_of(client), clock })
+    }
+
+    fn index_of(&mut self, client: u64) -> u32 {
+        // At most as many clients as ids read, each of several bytes: far below u32::MAX.
+        let next = u32::try_from(self.list.len()).unwrap_or(u32::MAX - 1);
+        if self.index.is_empty() {
+            if let Some(i) = self.list.iter().position(|&c| c == client) {
+                return i as u32;
+            }
+            if self.list.len() < Self::LISTED {
+                self.list.push(client);
+                return next;
+            }
+            self.index = self.list.iter().zip(0..).map(|(&c, i)| (c, i)).collect();
+        }
+        let index = *self.index.entry(client).or_insert(next);
+        if index == next {
             self.list.push(client);
         }
-        Ok(Id { client: index, clock })
+        index
     }
 }
 
@@ -1334,6 +1350,33 @@ mod tests {
         assert!(!nesting.clients.contains_key(&9), "no entry for an empty section");
         assert_eq!(nesting.clients.get(&5), before.get(&5), "client 5 as it was");
         assert_eq!(nesting.end(10), 1);
+    }
+
+    #[test]
+    fn an_update_naming_many_clients_is_read_as_one_naming_few() {
+        // Twenty clients each nesting a map in the last one's, then all of it as one update.
+        let room = doc(1);
+        let mut state = Vec::new();
+        for client in 100..120 {
+            let d = doc(client);
+            if !state.is_empty() {
+                d.transact_mut()
+                    .apply_update(Update::decode_v1(&state).expect("valid"))
+                    .expect("applies");
+            }
+            let mut txn = d.transact_mut();
+            let mut m = txn.get_or_insert_map("root");
+            while let Some(yrs::Out::YMap(next)) = m.get(&txn, "k") {
+                m = next;
+            }
+            m.insert(&mut txn, "k", MapPrelim::default());
+            drop(txn);
+            state = d.transact().encode_state_as_update_v1(&StateVector::default());
+        }
+        let mut nesting = Nesting::default();
+        admit(&mut nesting, &room, &state).expect("twenty levels from twenty clients");
+        assert_eq!(nesting.clients, Nesting::of_doc(&room.transact()).clients);
+        assert_eq!(nesting.depth_at(119, 0), Some(19), "the last map, in the 19th");
     }
 
     #[test]
