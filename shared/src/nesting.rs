@@ -19,7 +19,7 @@
 //! it keeps items whose dependencies are missing and retries them inside later applies, it
 //! integrates a client's items around holes and then cuts held clocks out of later blocks and
 //! re-places the rest. So [`Nesting::check`] also refuses what would set those off (out-of-order
-//! items, missing dependencies, skips; see there), which no Yjs client sends in a
+//! items, missing dependencies; see there), which no Yjs client sends in a
 //! single-server setup.
 //!
 //! The block layout is lib0's v1 update encoding, read exactly as yrs 0.28 reads it
@@ -265,8 +265,9 @@ impl Nesting {
     /// [`Nesting::check`]'s rules, one pass over the blocks the room lacks; returns whether
     /// the update is plain ([`Placed::is_plain`]).
     ///
-    /// Refused: skips, blocks of clients the room holds out of order (rooms stored before
-    /// this check), each client's new blocks not following on from its last clock (a gap),
+    /// Refused: anything but clocks the room holds for a client it holds out of order (rooms
+    /// stored before this check), each client's new blocks not following on from its last
+    /// clock (a gap; skips bring nothing, so they do not count as following on),
     /// blocks whose place is unknown, and types too deep. A block reaching past what the room
     /// holds (a client re-sending its edits merged) is cut there by yrs, the rest placed beside
     /// the last held clock: it must say it sits where that clock's item sits, or the two
@@ -282,7 +283,19 @@ impl Nesting {
             for i in section.range.clone() {
                 let block = &placed.blocks[i];
                 let end = block.clock.saturating_add(block.len);
-                if block.skip || holey {
+                if block.skip {
+                    // yrs integrates nothing of a skip, and the next block must still follow
+                    // on from what the room holds. (Yjs writes them for what it holds
+                    // waiting, for instance after a hole the room had before this check.)
+                    continue;
+                }
+                if holey {
+                    // A client the room holds out of order (stored before this check): only
+                    // what the room holds already, sent again, as every resync does (yrs'
+                    // state vector stops at the client's first hole).
+                    if self.fully_held(client, block.clock, end) {
+                        continue;
+                    }
                     return Err(NestingError::OutOfOrder { client, clock: block.clock, expected });
                 }
                 if end <= held {
@@ -363,6 +376,17 @@ impl Nesting {
                 }
             }
         }
+    }
+
+    /// Whether the document holds every clock of `client` in `start..end` (none in a hole).
+    fn fully_held(&self, client: u64, start: u32, end: u32) -> bool {
+        let Some(runs) = self.clients.get(&client) else { return false };
+        if runs.last().is_none_or(|r| r.end < end) {
+            return false;
+        }
+        let first = runs.partition_point(|r| r.end <= start);
+        runs[first..].iter().take_while(|r| r.end < end).all(|r| r.depth != HOLE)
+            && runs[first..].iter().find(|r| r.end >= end).is_some_and(|r| r.depth != HOLE)
     }
 
     /// The depth recorded for `(client, clock)`, `None` past the client's last clock.
@@ -1377,6 +1401,38 @@ mod tests {
         admit(&mut nesting, &room, &state).expect("twenty levels from twenty clients");
         assert_eq!(nesting.clients, Nesting::of_doc(&room.transact()).clients);
         assert_eq!(nesting.depth_at(119, 0), Some(19), "the last map, in the 19th");
+    }
+
+    #[test]
+    fn a_room_holding_a_client_out_of_order_takes_resyncs_but_nothing_new_from_it() {
+        // A room stored before out-of-order items were refused: client 7's map (clock 3) went
+        // in ahead of its text (clocks 0..3), leaving a hole.
+        let author = doc(7);
+        let update = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = author.transact_mut();
+            f(&mut txn);
+            txn.encode_update_v1()
+        };
+        let early = update(&|t| t.get_or_insert_text("t").insert(t, 0, "abc"));
+        let late = update(&|t| {
+            t.get_or_insert_map("m").insert(t, "x", MapPrelim::default());
+        });
+        let room = doc(1);
+        room.transact_mut()
+            .apply_update(Update::decode_v1(&late).expect("valid"))
+            .expect("applies");
+        let nesting = Nesting::of_doc(&room.transact());
+        assert!(nesting.holey.contains(&7));
+        // Any client's resync carries client 7 from its first hole on (yrs' state vector stops
+        // there): a skip, then the map the room holds. Nothing new: taken.
+        let resync = room.transact().encode_state_as_update_v1(&room.transact().state_vector());
+        let copy = room.transact().encode_state_as_update_v1(&StateVector::default());
+        for (what, bytes) in [("resync", &resync), ("whole copy", &copy)] {
+            nesting.check(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        assert!(read_blocks(&copy).expect("reads").0.iter().any(|b| b.skip), "a skip in it");
+        // What the hole lacks is new: refused (yrs would fill the hole).
+        assert!(matches!(nesting.check(&early), Err(NestingError::OutOfOrder { client: 7, .. })));
     }
 
     #[test]
