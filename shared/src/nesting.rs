@@ -580,7 +580,8 @@ impl Resolver<'_> {
             return Found::Depth(None);
         };
         let block = self.blocks[j];
-        if clock - block.clock >= block.len {
+        // (A skip holds no items: what names a clock in it names something missing.)
+        if clock - block.clock >= block.len || block.skip {
             return Found::Depth(None);
         }
         let own = match memo[j] {
@@ -1433,6 +1434,30 @@ mod tests {
         assert!(read_blocks(&copy).expect("reads").0.iter().any(|b| b.skip), "a skip in it");
         // What the hole lacks is new: refused (yrs would fill the hole).
         assert!(matches!(nesting.check(&early), Err(NestingError::OutOfOrder { client: 7, .. })));
+    }
+
+    #[test]
+    fn an_item_beside_a_skipped_clock_is_refused_as_missing_its_neighbour() {
+        use yrs::encoding::write::Write;
+        // Client 9: a skip over clocks 0..2; client 10: a map beside (9, 1).
+        let mut update = Vec::new();
+        update.write_var(2u32);
+        update.write_var(1u32);
+        update.write_var(9u64);
+        update.write_var(0u32);
+        update.write_u8(INFO_SKIP);
+        update.write_var(2u32);
+        update.write_var(1u32);
+        update.write_var(10u64);
+        update.write_var(0u32);
+        update.write_u8(HAS_ORIGIN | CONTENT_TYPE);
+        update.write_var(9u64);
+        update.write_var(1u32);
+        update.write_u8(1);
+        update.write_var(0u32);
+        Update::decode_v1(&update).expect("a valid update");
+        let refused = Nesting::default().check(&update).expect_err("refused");
+        assert_eq!(refused, NestingError::UnknownParent);
     }
 
     #[test]
