@@ -569,6 +569,21 @@ async fn a_peer_sitting_on_an_unfinished_message_is_cut_off_however_fast_it_ping
     sit_on_an_unfinished_message(Some(1)).await;
 }
 
+/// The close frame the server ends `stream` with, read past whatever comes before it within
+/// one deadline (the server's pings keep coming meanwhile).
+async fn close_frame(
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+) -> tungstenite::protocol::CloseFrame {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close frame with a code"),
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    }
+}
+
 /// A peer adding a little to a big message every so often, enough to count as growing, would
 /// hold its share of the input budget for hours: past a first wait of the ping timeout, a big
 /// message must come at 8 KiB/s at least, or the socket is closed (1013).
@@ -598,16 +613,8 @@ async fn a_peer_trickling_a_big_message_is_cut_off() {
             }
         }
     });
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await.expect("closed in time") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("ended without a close frame: {other:?}"),
-        }
-    };
+    let frame = close_frame(&mut stream).await;
     trickler.abort();
-    let frame = closed.expect("a close frame with a code");
     assert_eq!(u16::from(frame.code), 1013);
     assert!(frame.reason.contains("does not finish"), "{}", frame.reason);
     server.stop().await;
@@ -642,16 +649,8 @@ async fn sit_on_an_unfinished_message(messages_per_second: Option<u32>) {
         }
     });
     // One deadline for the whole wait: the server's pings keep coming meanwhile.
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await.expect("closed in time") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("ended without a close frame: {other:?}"),
-        }
-    };
+    let frame = close_frame(&mut stream).await;
     pinger.abort();
-    let frame = closed.expect("a close frame with a code");
     assert_eq!(u16::from(frame.code), 1013);
     assert!(frame.reason.contains("does not finish"), "{}", frame.reason);
     assert_eq!(server.stats.dead_peers.load(Ordering::Relaxed), 0, "closed, not dropped as silent");

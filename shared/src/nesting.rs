@@ -1141,21 +1141,26 @@ mod tests {
         let _ = b.transact().get_map("map").expect("present").to_json(&b.transact());
     }
 
-    #[test]
-    fn a_clients_items_out_of_order_are_refused_in_order_taken() {
-        let (author, room) = (doc(7), doc(2));
-        let mut nesting = Nesting::default();
+    /// Two updates of `author`'s: text at clocks 0..3, then a map in a root map at clock 3.
+    fn text_then_map(author: &Doc) -> (Vec<u8>, Vec<u8>) {
         let update = |f: &dyn Fn(&mut yrs::TransactionMut)| {
             let mut txn = author.transact_mut();
             f(&mut txn);
             txn.encode_update_v1()
         };
-        // Clocks 0..3: text; clock 3: a map in a root map. yrs would take the map first,
-        // leaving a hole (see `Nesting::check`).
         let early = update(&|t| t.get_or_insert_text("t").insert(t, 0, "abc"));
         let late = update(&|t| {
             t.get_or_insert_map("m").insert(t, "x", MapPrelim::default());
         });
+        (early, late)
+    }
+
+    #[test]
+    fn a_clients_items_out_of_order_are_refused_in_order_taken() {
+        let (author, room) = (doc(7), doc(2));
+        let mut nesting = Nesting::default();
+        // yrs would take the map first, leaving a hole (see `Nesting::check`).
+        let (early, late) = text_then_map(&author);
         let refused = nesting.check(&late).expect_err("refused");
         assert_eq!(refused, NestingError::OutOfOrder { client: 7, clock: 3, expected: 0 });
         admit(&mut nesting, &room, &early).expect("the text");
@@ -1408,16 +1413,7 @@ mod tests {
     fn a_room_holding_a_client_out_of_order_takes_resyncs_but_nothing_new_from_it() {
         // A room stored before out-of-order items were refused: client 7's map (clock 3) went
         // in ahead of its text (clocks 0..3), leaving a hole.
-        let author = doc(7);
-        let update = |f: &dyn Fn(&mut yrs::TransactionMut)| {
-            let mut txn = author.transact_mut();
-            f(&mut txn);
-            txn.encode_update_v1()
-        };
-        let early = update(&|t| t.get_or_insert_text("t").insert(t, 0, "abc"));
-        let late = update(&|t| {
-            t.get_or_insert_map("m").insert(t, "x", MapPrelim::default());
-        });
+        let (early, late) = text_then_map(&doc(7));
         let room = doc(1);
         room.transact_mut()
             .apply_update(Update::decode_v1(&late).expect("valid"))
