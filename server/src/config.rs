@@ -121,6 +121,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(65536..))]
     pub max_queue_bytes: u32,
 
+    /// Most bytes of messages not yet whole that all sockets together may hold (default:
+    /// eight of the largest messages, at least 256 MiB). When a socket's message would pass
+    /// it, the slowest sockets holding one are closed with 1013 to make room, or the socket
+    /// itself if it is the slowest.
+    #[arg(long, env = "HUDDLE_MAX_UNFINISHED_INPUT_BYTES",
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    pub max_unfinished_input_bytes: Option<u64>,
+
     /// Most frames queued for one socket before it is closed as too slow.
     #[arg(long, env = "HUDDLE_MAX_QUEUE_FRAMES", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(16..))]
@@ -216,9 +224,11 @@ impl Config {
     }
 
     /// The most bytes of messages not yet whole the sockets may hold together (see
-    /// [`crate::outbox::InputBudget`]): eight of the largest messages, at least 256 MiB.
-    pub fn max_unfinished_input_bytes(&self) -> u64 {
-        (8 * u64::from(self.max_message_bytes)).max(256 << 20)
+    /// [`crate::outbox::InputBudget`]): as set, or eight of the largest messages, at least
+    /// 256 MiB.
+    pub fn unfinished_input_budget(&self) -> u64 {
+        self.max_unfinished_input_bytes
+            .unwrap_or_else(|| (8 * u64::from(self.max_message_bytes)).max(256 << 20))
     }
 
     /// The rooms' settings (also what tests and the relay guard start from).

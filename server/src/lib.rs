@@ -118,7 +118,7 @@ impl Server {
                 config: Arc::new(self.config.socket()),
                 shutdown: cancel.clone(),
                 flushers: crate::outbox::Flushers::start(&self.stats),
-                input: crate::outbox::InputBudget::new(self.config.max_unfinished_input_bytes()),
+                input: crate::outbox::InputBudget::new(self.config.unfinished_input_budget()),
             },
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
             http_permits: Arc::new(Semaphore::new(self.config.max_http_connections as usize)),

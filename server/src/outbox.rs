@@ -255,32 +255,117 @@ pub struct Outbox {
 /// has not all arrived, or the fragments of one message), up to the largest message accepted
 /// (32 MiB by default). One socket holding that is allowed; a thousand, each trickling or
 /// idling in the middle of one with a ping now and then to stay alive, would hold 32 GiB. Only
-/// what passes [`SMALL_UNFINISHED`] on a socket is counted; once the budget is spent, a socket
-/// holding more than that of a message that receives more of it is closed (1013, its client
-/// retries later). So what all sockets hold of unfinished messages stays under the budget plus
-/// [`SMALL_UNFINISHED`] per socket (the messages of healthy clients are smaller and whole
-/// within a read or two). A socket whose unfinished message stops growing for the ping
-/// timeout is closed (see `connection::Progress`), so what fills the budget is messages on
-/// their way, not peers sitting on them.
+/// what passes [`SMALL_UNFINISHED`] on a socket is counted, so what all sockets hold of
+/// unfinished messages stays under the budget plus [`SMALL_UNFINISHED`] per socket (the
+/// messages of healthy clients are smaller and whole within a read or two).
+///
+/// Who gets the room when a message would take the budget past its limit: the fastest. The
+/// sockets holding part of a message slower than the one that would pass the limit (bytes held
+/// over the time since they began to count, a second at least) are closed (1013, their
+/// clients retry later), slowest first, until it fits; if it still does not, the socket itself
+/// is closed, unless nobody else holds anything (then it may hold a message as big as the
+/// largest accepted, whatever the budget). First come, first served would let a few hundred
+/// peers trickling at the lowest rate allowed (see `connection::Progress`) keep a legitimate
+/// big upload (a long offline session coming back) out for as long as their messages last:
+/// with slowest-first, they only ever hold room no faster sender needs. A peer that wants the
+/// room has to outpace the sender it would displace, with the bandwidth that costs.
 #[derive(Debug)]
 pub struct InputBudget {
     held: std::sync::atomic::AtomicU64,
     limit: u64,
+    /// The sockets holding something of the budget (a message past [`SMALL_UNFINISHED`]),
+    /// with when they began to. Few at any time: ordinary messages never get here.
+    holders: Mutex<Vec<Holder>>,
+}
+
+/// A socket holding part of the [`InputBudget`].
+#[derive(Debug)]
+struct Holder {
+    outbox: std::sync::Weak<Outbox>,
+    began: tokio::time::Instant,
+}
+
+impl Holder {
+    /// Bytes a second this holder's message has come at since it began to count, reckoned
+    /// over a second at least (a burst is not a rate).
+    fn rate(&self, outbox: &Outbox, now: tokio::time::Instant) -> f64 {
+        let held = outbox.charged.load(Ordering::Relaxed) as f64;
+        held / (now - self.began).as_secs_f64().max(1.0)
+    }
 }
 
 /// What a socket may hold of an unfinished message whatever the [`InputBudget`] says: the
 /// ordinary messages of a healthy client are smaller and whole within a read or two.
 pub const SMALL_UNFINISHED: u64 = 64 << 10;
 
+/// Why a socket was closed to keep the [`InputBudget`].
+const BUDGET_SPENT: &str = "server busy: too many unfinished messages; try again";
+
 impl InputBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self { held: std::sync::atomic::AtomicU64::new(0), limit })
+        Arc::new(Self {
+            held: std::sync::atomic::AtomicU64::new(0),
+            limit,
+            holders: Mutex::new(Vec::new()),
+        })
     }
 
     /// Bytes held now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `outbox` off the holders (it holds nothing now).
+    fn leave(&self, outbox: &Outbox) {
+        let mut holders = self.holders.lock();
+        if let Some(at) = holders.iter().position(|h| std::ptr::eq(h.outbox.as_ptr(), outbox)) {
+            holders.swap_remove(at);
+        }
+    }
+
+    /// The budget is over its limit since `me`'s last read: closes holders slower than `me`,
+    /// slowest first, until it is not. Returns whether `me` may go on (it is not closed).
+    fn make_room(&self, me: &Arc<Outbox>) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut my_rate = 0.0;
+        // The other holders, by rate. Declared before the lock's guard, so dropped after it:
+        // an `Outbox` whose last reference went here would leave the holders on drop, taking
+        // the lock again.
+        let mut others: Vec<(f64, Arc<Outbox>)> = Vec::new();
+        let mut holders = self.holders.lock();
+        for holder in holders.iter() {
+            let Some(outbox) = holder.outbox.upgrade() else { continue };
+            let rate = holder.rate(&outbox, now);
+            if Arc::ptr_eq(&outbox, me) {
+                my_rate = rate;
+            } else {
+                others.push((rate, outbox));
+            }
+        }
+        others.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut closed = 0;
+        for (rate, victim) in &others {
+            if self.held() <= self.limit || *rate >= my_rate {
+                break;
+            }
+            victim.kick.kick(CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT);
+            // What it held is free at once (its memory, once its task ends: kicked, it reads
+            // and charges no more).
+            let charged = victim.charged.swap(0, Ordering::Relaxed);
+            self.held.fetch_sub(charged, Ordering::Relaxed);
+            closed += 1;
+        }
+        let victims = &others[..closed];
+        holders.retain(|h| !victims.iter().any(|(_, v)| std::ptr::eq(h.outbox.as_ptr(), &**v)));
+        drop(holders);
+        if self.held() <= self.limit || closed == others.len() {
+            return true;
+        }
+        // The socket is done for: what it held is free for the others at once.
+        me.message_done();
+        me.kick.kick(CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT);
+        false
     }
 }
 
@@ -331,6 +416,7 @@ impl Outbox {
             && let Some(budget) = self.input.get()
         {
             budget.held.fetch_sub(charged, Ordering::Relaxed);
+            budget.leave(self);
         }
     }
 
@@ -346,31 +432,27 @@ impl Outbox {
         self.read.load(Ordering::Relaxed).saturating_sub(self.mark.load(Ordering::Relaxed))
     }
 
-    /// Counts what was read since the last whole message against the input budget. Returns
-    /// false, and cuts the socket off, if the budget is spent and this socket holds more than
-    /// [`SMALL_UNFINISHED`].
-    fn charge_unfinished(&self) -> bool {
+    /// Counts what was read since the last whole message against the input budget, making
+    /// room in it if need be (see [`InputBudget`]). Returns false, and cuts the socket off, if
+    /// the socket is to give way.
+    fn charge_unfinished(self: &Arc<Self>) -> bool {
         let Some(budget) = self.input.get() else { return true };
         let unfinished = self.unfinished();
         let charged = self.charged.load(Ordering::Relaxed);
         // A message in progress below the size that counts is the common case: the shared
-        // counter is left alone.
-        if unfinished <= charged || unfinished <= SMALL_UNFINISHED {
+        // counter is left alone. A socket closed to make room charges no more.
+        if unfinished <= charged || unfinished <= SMALL_UNFINISHED || self.kick.token_cancelled() {
             return true;
+        }
+        if charged == 0 {
+            let holder =
+                Holder { outbox: Arc::downgrade(self), began: tokio::time::Instant::now() };
+            budget.holders.lock().push(holder);
         }
         self.charged.store(unfinished, Ordering::Relaxed);
         let held =
             budget.held.fetch_add(unfinished - charged, Ordering::Relaxed) + (unfinished - charged);
-        if held > budget.limit && unfinished > SMALL_UNFINISHED {
-            // The socket is done for: what it held is free for the others at once.
-            self.message_done();
-            self.kick.kick(
-                CloseCode::TRY_AGAIN_LATER,
-                "server busy: too many unfinished messages; try again",
-            );
-            return false;
-        }
-        true
+        held <= budget.limit || budget.make_room(self)
     }
 
     /// Queues a frame without waiting; a socket whose queue is full is too slow and is kicked.
@@ -1119,24 +1201,16 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn sockets_holding_unfinished_messages_share_one_budget() {
-        use tungstenite::protocol::frame::Frame;
-        use tungstenite::protocol::frame::coding::{Data, OpCode};
-        let fragment = |len: usize, first: bool, fin: bool| {
-            let code = if first { Data::Binary } else { Data::Continue };
-            Message::Frame(Frame::message(vec![1; len], OpCode::Data(code), fin))
-        };
         let budget = InputBudget::new(256 << 10);
         let (mut a, mut b) = (connected(ROOMY).await, connected(ROOMY).await);
         let mut from_a = serve_reads(&mut a, &budget);
         let _from_b = serve_reads(&mut b, &budget);
         // Ada's client is in the middle of a 200 KiB message.
         a.client.send(fragment(200 << 10, true, false)).await.expect("sends");
+        until_held(&budget, 200 << 10).await;
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while budget.held() < 200 << 10 {
-            assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Another socket's unfinished 100 KiB would take the budget past its 256 KiB: cut off.
+        // Another socket's unfinished 100 KiB, slower than Ada's 200 (both within their first
+        // second, so smaller is slower), would take the budget past its 256 KiB: cut off.
         let _ = b.client.send(fragment(100 << 10, true, false)).await;
         while b.outbox.kick.reason().is_none() {
             assert!(tokio::time::Instant::now() < deadline, "b never cut off");
@@ -1149,7 +1223,7 @@ pub(crate) mod tests {
                 "server busy: too many unfinished messages; try again"
             ))
         );
-        assert!(a.outbox.kick.reason().is_none(), "the socket that came first goes on");
+        assert!(a.outbox.kick.reason().is_none(), "the faster socket goes on");
         // Ada's message ends: it arrives whole, and once Bob's socket is gone too nothing is
         // held.
         a.client.send(fragment(10, false, true)).await.expect("sends");
@@ -1160,6 +1234,68 @@ pub(crate) mod tests {
             assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// A fragment of a binary message, `len` bytes of payload.
+    fn fragment(len: usize, first: bool, fin: bool) -> Message {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let code = if first { Data::Binary } else { Data::Continue };
+        Message::Frame(Frame::message(vec![1; len], OpCode::Data(code), fin))
+    }
+
+    /// Waits until `budget` holds at least `bytes`.
+    async fn until_held(budget: &InputBudget, bytes: u64) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while budget.held() < bytes {
+            assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_faster_message_takes_the_place_of_a_slower_one() {
+        let budget = InputBudget::new(256 << 10);
+        let (mut a, mut b) = (connected(ROOMY).await, connected(ROOMY).await);
+        let _from_a = serve_reads(&mut a, &budget);
+        let mut from_b = serve_reads(&mut b, &budget);
+        // Ada's client has sent 100 KiB of a message, and then nothing more.
+        a.client.send(fragment(100 << 10, true, false)).await.expect("sends");
+        until_held(&budget, 100 << 10).await;
+        // Bob's 200 KiB come faster (in less time than Ada's took to get this far): Ada's
+        // socket gives way, and Bob's message arrives whole.
+        let sent = async {
+            b.client.send(fragment(200 << 10, true, false)).await.expect("sends");
+            b.client.send(fragment(10, false, true)).await.expect("sends");
+        };
+        // (A socket given way is not read any more: the sends would never finish.)
+        tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
+        let got = tokio::time::timeout(DEADLINE, from_b.recv()).await.expect("in time");
+        assert_eq!(got, Some((200 << 10) + 10));
+        assert_eq!(a.outbox.kick.reason(), Some((CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT)));
+        assert_eq!(b.outbox.kick.reason(), None);
+        drop(a);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while budget.held() != 0 || !budget.holders.lock().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "held {}", budget.held());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_bigger_than_the_budget_is_taken_when_nobody_else_holds_any() {
+        let budget = InputBudget::new(128 << 10);
+        let mut a = connected(ROOMY).await;
+        let mut from_a = serve_reads(&mut a, &budget);
+        let sent = async {
+            a.client.send(fragment(300 << 10, true, false)).await.expect("sends");
+            a.client.send(fragment(10, false, true)).await.expect("sends");
+        };
+        tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
+        let got = tokio::time::timeout(DEADLINE, from_a.recv()).await.expect("in time");
+        assert_eq!(got, Some((300 << 10) + 10));
+        assert_eq!(a.outbox.kick.reason(), None);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

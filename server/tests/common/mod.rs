@@ -257,10 +257,20 @@ pub async fn expect_close(ws: &mut Ws) -> Option<u16> {
 /// follows it, and the server answers a socket's frames in order, each update once it is
 /// durable. Every sync step 2 the socket was sent before must have been read.
 pub async fn send_handled(ws: &mut Ws, frame: Vec<u8>) {
+    if let Err(code) = try_send_handled(ws, frame).await {
+        panic!("socket ended before its frame was handled (close code {code:?})");
+    }
+}
+
+/// Like [`send_handled`], but a socket the server closes instead gives its close code.
+pub async fn try_send_handled(ws: &mut Ws, frame: Vec<u8>) -> Result<(), Option<u16>> {
     use huddle_protocol::wire::{self, WireMessage, WireSyncMessage};
-    ws.send(Message::Binary(frame.into())).await.expect("send");
     let step1 = wire::sync_step1(&huddle_protocol::yrs::StateVector::default());
-    ws.send(Message::Binary(step1.into())).await.expect("send");
+    for frame in [frame, step1] {
+        if ws.send(Message::Binary(frame.into())).await.is_err() {
+            return Err(None);
+        }
+    }
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await.expect("answered in time") {
@@ -270,11 +280,12 @@ pub async fn send_handled(ws: &mut Ws, frame: Vec<u8>) {
                     .iter()
                     .any(|m| matches!(m, WireMessage::Sync(WireSyncMessage::SyncStep2(_))))
                 {
-                    return;
+                    return Ok(());
                 }
             }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
             Some(Ok(_)) => {}
-            other => panic!("socket ended before its frame was handled: {other:?}"),
+            Some(Err(_)) | None => return Err(None),
         }
     }
 }
