@@ -91,9 +91,11 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
 
     /// Most connections at once that are not WebSockets (yet): requests for the web client's
-    /// files, and upgrades whose request is still being read. More wait to be accepted, so
-    /// connections that open and then trickle or say nothing cannot take every file
-    /// descriptor and buffer the server has; admitted WebSockets do not count.
+    /// files, and upgrades whose request is still being read; admitted WebSockets do not
+    /// count. At the limit, a new connection takes the place of the one that has waited
+    /// longest for its request head (closed), or waits to be accepted if none is waiting; so
+    /// connections that open and then trickle or say nothing can neither take every file
+    /// descriptor and buffer the server has nor keep people out.
     #[arg(long, env = "HUDDLE_MAX_HTTP_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_http_connections: u32,
@@ -123,8 +125,8 @@ pub struct Config {
 
     /// Most bytes of messages not yet whole that all sockets together may hold (default:
     /// eight of the largest messages, at least 256 MiB). When a socket's message would pass
-    /// it, the slowest sockets holding one are closed with 1013 to make room, or the socket
-    /// itself if it is the slowest.
+    /// it, sockets holding slower ones are closed with 1013 to make room, slowest first; if
+    /// closing them would not do, the socket itself is.
     #[arg(long, env = "HUDDLE_MAX_UNFINISHED_INPUT_BYTES",
           value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub max_unfinished_input_bytes: Option<u64>,

@@ -278,10 +278,14 @@ async fn serve(
             tracing::debug!("socket closed by peer");
         }
         End::Silent => {
+            drop(socket);
             ctx.stats.dead_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!("no pong within the timeout; dropping connection");
         }
         End::Close(code, reason) => {
+            // What tungstenite holds (a message half read, up to the largest) is freed before
+            // the close handshake waits on the peer; the close goes out through the outbox.
+            drop(socket);
             if code != CloseCode::GOING_AWAY {
                 tracing::info!(code = code.0, %reason, "closing socket");
             }

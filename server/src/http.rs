@@ -35,8 +35,8 @@ pub struct AppState {
     pub sockets: SocketContext,
     /// One permit per open socket: the connection limit.
     pub connection_permits: Arc<Semaphore>,
-    /// One permit per accepted connection that is not an admitted socket (see [`HttpSlot`]).
-    pub http_permits: Arc<Semaphore>,
+    /// The places of connections that are not admitted sockets (see [`HttpSlot`]).
+    pub http_places: Arc<HttpPlaces>,
     /// The connections each client holds (`--max-connections-per-client`).
     pub clients: Arc<Clients>,
     /// Socket tasks, so shutdown can wait for every socket to close.
@@ -123,17 +123,10 @@ pub async fn serve_http1(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let connections = TaskTracker::new();
+    let places = Arc::clone(&state.http_places);
     loop {
-        // A slot first: at the limit, new connections wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = Arc::clone(&state.http_permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // closed: never happens, the state owns it
-            },
-            () = stop.cancelled() => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (tcp, peer, place) = tokio::select! {
+            accepted = places.accept(&listener) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     wait_after_accept_error(e).await;
@@ -142,9 +135,23 @@ pub async fn serve_http1(
             },
             () = stop.cancelled() => break,
         };
-        // A client at its limit is closed at once, before it is given buffers and time.
+        // A client at its limit is closed at once, before it is given buffers and time (or
+        // anyone's place).
         let Some(origin) = state.clients.accepted(peer.ip()) else {
             continue;
+        };
+        let permit = match place {
+            Some(permit) => permit,
+            None => {
+                places.close_longest_waiting(&state.sockets.stats);
+                tokio::select! {
+                    permit = places.place() => match permit {
+                        Some(permit) => permit,
+                        None => break,
+                    },
+                    () = stop.cancelled() => break,
+                }
+            }
         };
         without_nagle(&tcp);
         connections.spawn(serve_connection(
@@ -195,6 +202,96 @@ async fn serve_connection(
             serve_hyper(tcp, head, origin, app, timeouts, stats, stop).await;
         }
         Opening::Gone => {}
+    }
+}
+
+/// The places under `--max-http-connections`, and which connections in them are still waiting
+/// for their request head.
+///
+/// At the limit, a connection that arrives takes the place of the one that has waited longest
+/// for its head, which is closed. Without that, connections that open and then say nothing, or
+/// trickle their head, would hold every place for the header timeout, and again as soon as
+/// they are closed, while the connections of people opening the page or joining a room wait in
+/// the listen backlog: four addresses at `--max-connections-per-client` fill the default
+/// 4,096. A client using its connection sends its head in its first packets, so the longest
+/// waiting is the least likely to be anyone's page load; an attacker now has to open
+/// connections faster than a real client's head arrives to keep one out. (Connections between
+/// requests, and those being answered, are not closed for this.)
+pub struct HttpPlaces {
+    permits: Arc<Semaphore>,
+    /// Connections waiting for their head, by when they began to (a sequence number).
+    waiting:
+        parking_lot::Mutex<std::collections::BTreeMap<u64, tokio_util::sync::CancellationToken>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl HttpPlaces {
+    /// `limit` places.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            waiting: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The next connection, with a place if one was free before it arrived (`None`: every
+    /// place was taken; see [`HttpPlaces::close_longest_waiting`]).
+    async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+    ) -> std::io::Result<(TcpStream, std::net::SocketAddr, Option<OwnedSemaphorePermit>)> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            let (tcp, peer) = listener.accept().await?;
+            return Ok((tcp, peer, Some(permit)));
+        }
+        // Both are cancel-safe: the one that loses loses nothing.
+        tokio::select! {
+            permit = Arc::clone(&self.permits).acquire_owned() => {
+                let (tcp, peer) = listener.accept().await?;
+                Ok((tcp, peer, permit.ok()))
+            }
+            accepted = listener.accept() => {
+                let (tcp, peer) = accepted?;
+                Ok((tcp, peer, None))
+            }
+        }
+    }
+
+    /// Waits for a place (`None`: never, the places are closed).
+    async fn place(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).acquire_owned().await.ok()
+    }
+
+    /// Closes the connection that has waited longest for its request head, if any: its place
+    /// is free as soon as its task sees it.
+    fn close_longest_waiting(&self, stats: &Stats) {
+        if let Some((_, token)) = self.waiting.lock().pop_first() {
+            token.cancel();
+            stats.waiting_heads_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a connection as waiting for its head until the guard is dropped.
+    fn waiting(self: &Arc<Self>) -> WaitingHead {
+        let at = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = tokio_util::sync::CancellationToken::new();
+        self.waiting.lock().insert(at, token.clone());
+        WaitingHead { places: Arc::clone(self), at, token }
+    }
+}
+
+/// A connection waiting for its request head (see [`HttpPlaces`]).
+struct WaitingHead {
+    places: Arc<HttpPlaces>,
+    at: u64,
+    /// Cancelled when the connection is to give its place up.
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for WaitingHead {
+    fn drop(&mut self) {
+        self.places.waiting.lock().remove(&self.at);
     }
 }
 
@@ -253,11 +350,13 @@ async fn read_head(
 ) -> Opening {
     let deadline = tokio::time::Instant::now() + header_timeout;
     let mut head = Vec::with_capacity(HEAD_READ_BYTES);
+    let waiting = state.http_places.waiting();
     loop {
         let before = head.len();
         let read = tokio::select! {
             read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut head)) => read,
             () = stop.cancelled() => return Opening::Gone,
+            () = waiting.token.cancelled() => return Opening::Gone,
         };
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             return Opening::Gone;

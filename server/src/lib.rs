@@ -121,7 +121,7 @@ impl Server {
                 input: crate::outbox::InputBudget::new(self.config.unfinished_input_budget()),
             },
             connection_permits: Arc::new(Semaphore::new(self.config.max_connections as usize)),
-            http_permits: Arc::new(Semaphore::new(self.config.max_http_connections as usize)),
+            http_places: http::HttpPlaces::new(self.config.max_http_connections as usize),
             clients: clients::Clients::new(
                 clients::ClientLimits {
                     connections: self.config.max_connections_per_client,

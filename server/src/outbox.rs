@@ -255,20 +255,24 @@ pub struct Outbox {
 /// has not all arrived, or the fragments of one message), up to the largest message accepted
 /// (32 MiB by default). One socket holding that is allowed; a thousand, each trickling or
 /// idling in the middle of one with a ping now and then to stay alive, would hold 32 GiB. Only
-/// what passes [`SMALL_UNFINISHED`] on a socket is counted, so what all sockets hold of
-/// unfinished messages stays under the budget plus [`SMALL_UNFINISHED`] per socket (the
-/// messages of healthy clients are smaller and whole within a read or two).
+/// what passes [`SMALL_UNFINISHED`] on a socket is counted (the messages of healthy clients
+/// are smaller and whole within a read or two).
 ///
-/// Who gets the room when a message would take the budget past its limit: the fastest. The
-/// sockets holding part of a message slower than the one that would pass the limit (bytes held
-/// over the time since they began to count, a second at least) are closed (1013, their
-/// clients retry later), slowest first, until it fits; if it still does not, the socket itself
-/// is closed, unless nobody else holds anything (then it may hold a message as big as the
-/// largest accepted, whatever the budget). First come, first served would let a few hundred
-/// peers trickling at the lowest rate allowed (see `connection::Progress`) keep a legitimate
-/// big upload (a long offline session coming back) out for as long as their messages last:
-/// with slowest-first, they only ever hold room no faster sender needs. A peer that wants the
-/// room has to outpace the sender it would displace, with the bandwidth that costs.
+/// Who gets the room when a message would take the budget past its limit: the fastest. If
+/// closing the sockets holding part of a message slower than it (bytes held over the time since
+/// they began to count, a second at least) makes room, they are closed (1013, their clients
+/// retry later), slowest first, until it fits; if not, the socket itself is closed, unless all
+/// the others were slower (then it may go on alone, with a message as big as the largest
+/// accepted, whatever the budget). First come, first served would let a few hundred peers
+/// trickling at the lowest rate allowed (see `connection::Progress`) keep a legitimate big
+/// upload (a long offline session coming back) out for as long as their messages last: with
+/// slowest-first, they only ever hold room no faster sender needs. A peer that wants the room
+/// has to outpace the sender it would displace, with the bandwidth that costs.
+///
+/// So what all sockets hold of unfinished messages stays under the budget (or one message,
+/// when that is larger), plus [`SMALL_UNFINISHED`] per socket, plus what sockets just closed
+/// to make room held until their tasks end (they read no more; their close frame waits at
+/// most `connection::CLOSE_WRITE_TIMEOUT`, after their buffers are freed).
 #[derive(Debug)]
 pub struct InputBudget {
     held: std::sync::atomic::AtomicU64,
@@ -316,16 +320,19 @@ impl InputBudget {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Takes `outbox` off the holders (it holds nothing now).
-    fn leave(&self, outbox: &Outbox) {
+    /// Takes back what `outbox` holds and takes it off the holders.
+    fn release(&self, outbox: &Outbox) {
         let mut holders = self.holders.lock();
+        let charged = outbox.charged.swap(0, Ordering::Relaxed);
+        self.held.fetch_sub(charged, Ordering::Relaxed);
         if let Some(at) = holders.iter().position(|h| std::ptr::eq(h.outbox.as_ptr(), outbox)) {
             holders.swap_remove(at);
         }
     }
 
     /// The budget is over its limit since `me`'s last read: closes holders slower than `me`,
-    /// slowest first, until it is not. Returns whether `me` may go on (it is not closed).
+    /// slowest first, until it is not, if closing them all would do. Returns whether `me` may
+    /// go on (it is not closed).
     fn make_room(&self, me: &Arc<Outbox>) -> bool {
         let now = tokio::time::Instant::now();
         let mut my_rate = 0.0;
@@ -344,17 +351,24 @@ impl InputBudget {
             }
         }
         others.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let slower = others.iter().take_while(|(rate, _)| *rate < my_rate).count();
+        let held_by_slower: u64 =
+            others[..slower].iter().map(|(_, o)| o.charged.load(Ordering::Relaxed)).sum();
         let mut closed = 0;
-        for (rate, victim) in &others {
-            if self.held() <= self.limit || *rate >= my_rate {
-                break;
+        // Nobody is closed for nothing: if all the slower ones would not make room, `me` is
+        // the one to give way.
+        if slower == others.len() || self.held().saturating_sub(held_by_slower) <= self.limit {
+            for (_, victim) in &others[..slower] {
+                if self.held() <= self.limit {
+                    break;
+                }
+                victim.kick.kick(CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT);
+                // What it held is free at once (its memory once its task ends, soon: kicked,
+                // it reads and charges no more).
+                let charged = victim.charged.swap(0, Ordering::Relaxed);
+                self.held.fetch_sub(charged, Ordering::Relaxed);
+                closed += 1;
             }
-            victim.kick.kick(CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT);
-            // What it held is free at once (its memory, once its task ends: kicked, it reads
-            // and charges no more).
-            let charged = victim.charged.swap(0, Ordering::Relaxed);
-            self.held.fetch_sub(charged, Ordering::Relaxed);
-            closed += 1;
         }
         let victims = &others[..closed];
         holders.retain(|h| !victims.iter().any(|(_, v)| std::ptr::eq(h.outbox.as_ptr(), &**v)));
@@ -411,12 +425,12 @@ impl Outbox {
     /// fragmented message with a ping between two fragments.)
     pub fn message_done(&self) {
         self.mark.store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
-        let charged = self.charged.swap(0, Ordering::Relaxed);
-        if charged > 0
+        // Only this socket's own reads make its charge more than zero, so a zero read here is
+        // not stale: the common case passes without the lock.
+        if self.charged.load(Ordering::Relaxed) > 0
             && let Some(budget) = self.input.get()
         {
-            budget.held.fetch_sub(charged, Ordering::Relaxed);
-            budget.leave(self);
+            budget.release(self);
         }
     }
 
@@ -438,21 +452,31 @@ impl Outbox {
     fn charge_unfinished(self: &Arc<Self>) -> bool {
         let Some(budget) = self.input.get() else { return true };
         let unfinished = self.unfinished();
-        let charged = self.charged.load(Ordering::Relaxed);
         // A message in progress below the size that counts is the common case: the shared
         // counter is left alone. A socket closed to make room charges no more.
-        if unfinished <= charged || unfinished <= SMALL_UNFINISHED || self.kick.token_cancelled() {
+        if unfinished <= self.charged.load(Ordering::Relaxed)
+            || unfinished <= SMALL_UNFINISHED
+            || self.kick.token_cancelled()
+        {
             return true;
         }
-        if charged == 0 {
-            let holder =
-                Holder { outbox: Arc::downgrade(self), began: tokio::time::Instant::now() };
-            budget.holders.lock().push(holder);
-        }
-        self.charged.store(unfinished, Ordering::Relaxed);
-        let held =
-            budget.held.fetch_add(unfinished - charged, Ordering::Relaxed) + (unfinished - charged);
-        held <= budget.limit || budget.make_room(self)
+        let over = {
+            // Charges change under the holders' lock only, so a socket closed to make room
+            // (its charge taken back under the lock) cannot be charged again in between.
+            let mut holders = budget.holders.lock();
+            if self.kick.token_cancelled() {
+                return true;
+            }
+            let charged = self.charged.load(Ordering::Relaxed);
+            if charged == 0 {
+                let began = tokio::time::Instant::now();
+                holders.push(Holder { outbox: Arc::downgrade(self), began });
+            }
+            self.charged.store(unfinished, Ordering::Relaxed);
+            budget.held.fetch_add(unfinished - charged, Ordering::Relaxed) + (unfinished - charged)
+                > budget.limit
+        };
+        !over || budget.make_room(self)
     }
 
     /// Queues a frame without waiting; a socket whose queue is full is too slow and is kicked.
@@ -1259,19 +1283,24 @@ pub(crate) mod tests {
         let (mut a, mut b) = (connected(ROOMY).await, connected(ROOMY).await);
         let _from_a = serve_reads(&mut a, &budget);
         let mut from_b = serve_reads(&mut b, &budget);
-        // Ada's client has sent 100 KiB of a message, and then nothing more.
-        a.client.send(fragment(100 << 10, true, false)).await.expect("sends");
-        until_held(&budget, 100 << 10).await;
-        // Bob's 200 KiB come faster (in less time than Ada's took to get this far): Ada's
-        // socket gives way, and Bob's message arrives whole.
+        // Ada's client has sent 200 KiB of a message, over ten seconds.
+        a.client.send(fragment(200 << 10, true, false)).await.expect("sends");
+        until_held(&budget, 200 << 10).await;
+        {
+            let mut holders = budget.holders.lock();
+            let began = holders[0].began.checked_sub(Duration::from_secs(10)).expect("uptime");
+            holders[0].began = began;
+        }
+        // Bob's 100 KiB come faster, smaller and later as they are: Ada's socket gives way,
+        // and Bob's message arrives whole.
         let sent = async {
-            b.client.send(fragment(200 << 10, true, false)).await.expect("sends");
+            b.client.send(fragment(100 << 10, true, false)).await.expect("sends");
             b.client.send(fragment(10, false, true)).await.expect("sends");
         };
         // (A socket given way is not read any more: the sends would never finish.)
         tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
         let got = tokio::time::timeout(DEADLINE, from_b.recv()).await.expect("in time");
-        assert_eq!(got, Some((200 << 10) + 10));
+        assert_eq!(got, Some((100 << 10) + 10));
         assert_eq!(a.outbox.kick.reason(), Some((CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT)));
         assert_eq!(b.outbox.kick.reason(), None);
         drop(a);

@@ -50,6 +50,9 @@ pub struct Stats {
     pub client_limit_refusals: AtomicU64,
     /// Clients (addresses, IPv6 /64s) holding connections that are counted per client.
     pub clients: AtomicUsize,
+    /// Connections closed, with every HTTP place taken, to make a place for a new one: each
+    /// had waited longest for its request head (see `http::HttpPlaces`).
+    pub waiting_heads_closed: AtomicU64,
 }
 
 impl Stats {
@@ -131,6 +134,11 @@ impl Stats {
                 "huddle_client_limit_refusals_total",
                 "Connections refused because their client held as many as it may.",
                 self.client_limit_refusals.load(Ordering::Relaxed),
+            ),
+            (
+                "huddle_waiting_heads_closed_total",
+                "Connections that had waited longest for their request head, closed to make a place for a new one.",
+                self.waiting_heads_closed.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

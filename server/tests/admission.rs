@@ -190,15 +190,18 @@ async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
     server.stop().await;
 }
 
-/// Connections that open and say nothing hold at most `--max-http-connections` places; the
-/// rest wait to be accepted. Sockets already in their room carry on meanwhile, and a client
-/// that waited gets in once places come back.
+/// Connections that open and say nothing hold at most `--max-http-connections` places, and
+/// do not keep anyone out: at the limit, a new connection takes the place of the one that has
+/// waited longest for its request head, which is closed. Sockets already in their room carry
+/// on meanwhile.
 #[tokio::test]
 async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     config.max_http_connections = 3;
+    // Longer than the test's deadline: only being made to give way frees a place in time.
+    config.header_timeout_ms = 120_000;
     let server = TestServer::start_with(config).await;
     let url = server.url("busy");
     let mut alice = TestClient::connect(&url).await;
@@ -206,35 +209,44 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
     let mut bob = TestClient::connect(&url).await;
     bob.synced().await;
 
-    let mut silent = Vec::new();
-    for _ in 0..6 {
-        silent.push(TcpStream::connect(server.addr).await.expect("connects"));
-    }
     let open = || server.stats.http_connections.load(Ordering::Relaxed);
+    let closed = || server.stats.waiting_heads_closed.load(Ordering::Relaxed);
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(TcpStream::connect(server.addr).await.expect("connects"));
+    }
     common::eventually("three silent connections accepted", || open() == 3).await;
+    assert_eq!(closed(), 0, "nobody made to give way below the limit");
+    // Three more: each takes the place of one of the first three, oldest first.
+    let mut second = Vec::new();
+    for i in 0..3 {
+        second.push(TcpStream::connect(server.addr).await.expect("connects"));
+        common::eventually("one made to give way", || closed() == i + 1).await;
+        assert_closed(&mut first[i as usize]).await;
+    }
+    assert_eq!(open(), 3, "no more than three accepted");
 
     // The sockets in the room do not notice.
     alice.add_shape("while-full", ShapeKind::Rect).await;
     bob.until("alice's shape", |s| common::sync_doc_contents(s).contains(&"while-full".into()))
         .await;
-    assert_eq!(open(), 3, "no more than three accepted");
 
-    // A newcomer waits for a place, and gets one once the silent connections go.
-    let waiting = tokio::spawn({
-        let url = url.clone();
-        async move {
-            let mut carol = TestClient::connect(&url).await;
-            carol.synced().await;
-            carol.shape_ids()
-        }
-    });
-    assert!(open() <= 3);
-    drop(silent);
-    let shapes =
-        tokio::time::timeout(DEADLINE, waiting).await.expect("the newcomer got in").expect("task");
-    assert_eq!(shapes, vec!["while-full".to_owned()]);
+    // A newcomer gets in while the silent ones are still there: the longest waiting of them
+    // gives way.
+    let mut carol = TestClient::connect(&url).await;
+    carol.synced().await;
+    assert_eq!(carol.shape_ids(), vec!["while-full".to_owned()]);
+    assert_closed(&mut second[0]).await;
+    drop(second);
     common::eventually("places given back", || open() == 0).await;
     server.stop().await;
+}
+
+/// Waits until the server has closed `tcp`, which sent nothing.
+async fn assert_closed(tcp: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without a word: {read:?}");
 }
 
 /// A WebSocket handshake for `url` from `from` (a loopback address: all of 127.0.0.0/8 is this
