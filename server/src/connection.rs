@@ -279,13 +279,16 @@ async fn serve(
         }
         End::Silent => {
             drop(socket);
+            outbox.message_done();
             ctx.stats.dead_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!("no pong within the timeout; dropping connection");
         }
         End::Close(code, reason) => {
             // What tungstenite holds (a message half read, up to the largest) is freed before
-            // the close handshake waits on the peer; the close goes out through the outbox.
+            // the close handshake waits on the peer, and so is its share of the input budget;
+            // the close goes out through the outbox.
             drop(socket);
+            outbox.message_done();
             if code != CloseCode::GOING_AWAY {
                 tracing::info!(code = code.0, %reason, "closing socket");
             }

@@ -143,9 +143,8 @@ pub async fn serve_http1(
         let permit = match place {
             Some(permit) => permit,
             None => {
-                places.close_longest_waiting(&state.sockets.stats);
                 tokio::select! {
-                    permit = places.place() => match permit {
+                    permit = places.place(&state.sockets.stats) => match permit {
                         Some(permit) => permit,
                         None => break,
                     },
@@ -197,9 +196,9 @@ async fn serve_connection(
             drop(slot);
             accept_socket(tcp, upgrade, pipelined, admission, state.sockets.clone()).await;
         }
-        Opening::Http { tcp, head } => {
+        Opening::Http { tcp, head, waiting } => {
             let stats = Arc::clone(&state.sockets.stats);
-            serve_hyper(tcp, head, origin, app, timeouts, stats, stop).await;
+            serve_hyper(tcp, head, waiting, origin, app, timeouts, stats, stop).await;
         }
         Opening::Gone => {}
     }
@@ -215,8 +214,11 @@ async fn serve_connection(
 /// the listen backlog: four addresses at `--max-connections-per-client` fill the default
 /// 4,096. A client using its connection sends its head in its first packets, so the longest
 /// waiting is the least likely to be anyone's page load; an attacker now has to open
-/// connections faster than a real client's head arrives to keep one out. (Connections between
-/// requests, and those being answered, are not closed for this.)
+/// connections faster than a real client's head arrives to keep one out. A keep-alive
+/// connection between two requests waits for a head too, queued from when its last answer was
+/// sent (see [`WaitAgainOnEnd`]). Connections being answered are not closed for this: they
+/// hold a place for as long as their answer is taken (`--write-timeout-ms` bounds a client
+/// that stops taking it).
 pub struct HttpPlaces {
     permits: Arc<Semaphore>,
     /// Connections waiting for their head, by when they began to (a sequence number).
@@ -245,8 +247,10 @@ impl HttpPlaces {
             let (tcp, peer) = listener.accept().await?;
             return Ok((tcp, peer, Some(permit)));
         }
-        // Both are cancel-safe: the one that loses loses nothing.
+        // Both are cancel-safe: the one that loses loses nothing. A place that is free is
+        // taken before anyone is made to give theirs up.
         tokio::select! {
+            biased;
             permit = Arc::clone(&self.permits).acquire_owned() => {
                 let (tcp, peer) = listener.accept().await?;
                 Ok((tcp, peer, permit.ok()))
@@ -258,13 +262,19 @@ impl HttpPlaces {
         }
     }
 
-    /// Waits for a place (`None`: never, the places are closed).
-    async fn place(&self) -> Option<OwnedSemaphorePermit> {
+    /// A place for a connection accepted when none was free: one freed meanwhile, or the
+    /// place of the connection that has waited longest for its head, made to give it up (its
+    /// place is free as soon as its task sees that), or else the next to end (`None`: never,
+    /// the places are closed).
+    async fn place(&self, stats: &Stats) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Some(permit);
+        }
+        self.close_longest_waiting(stats);
         Arc::clone(&self.permits).acquire_owned().await.ok()
     }
 
-    /// Closes the connection that has waited longest for its request head, if any: its place
-    /// is free as soon as its task sees it.
+    /// Closes the connection that has waited longest for its request head, if any.
     fn close_longest_waiting(&self, stats: &Stats) {
         if let Some((_, token)) = self.waiting.lock().pop_first() {
             token.cancel();
@@ -272,26 +282,83 @@ impl HttpPlaces {
         }
     }
 
-    /// Counts a connection as waiting for its head until the guard is dropped.
+    /// Counts a new connection as waiting for its head, until it has one or the guard is
+    /// dropped.
     fn waiting(self: &Arc<Self>) -> WaitingHead {
-        let at = self.next.fetch_add(1, Ordering::Relaxed);
         let token = tokio_util::sync::CancellationToken::new();
-        self.waiting.lock().insert(at, token.clone());
-        WaitingHead { places: Arc::clone(self), at, token }
+        let waiting =
+            WaitingHead { places: Arc::clone(self), at: parking_lot::Mutex::new(None), token };
+        waiting.wait_again();
+        waiting
     }
 }
 
-/// A connection waiting for its request head (see [`HttpPlaces`]).
+/// A connection, and whether it is waiting for a request head (see [`HttpPlaces`]).
 struct WaitingHead {
     places: Arc<HttpPlaces>,
-    at: u64,
+    /// Its place among those waiting (`None`: not waiting, a request is being answered).
+    at: parking_lot::Mutex<Option<u64>>,
     /// Cancelled when the connection is to give its place up.
     token: tokio_util::sync::CancellationToken,
 }
 
+impl WaitingHead {
+    /// Its head has arrived whole: it waits no more (and can no longer be made to give way).
+    fn heard(&self) {
+        if let Some(at) = self.at.lock().take() {
+            self.places.waiting.lock().remove(&at);
+        }
+    }
+
+    /// Its request is answered: it waits for the next head, behind everyone waiting already.
+    fn wait_again(&self) {
+        let mut at = self.at.lock();
+        if at.is_none() && !self.token.is_cancelled() {
+            let next = self.places.next.fetch_add(1, Ordering::Relaxed);
+            self.places.waiting.lock().insert(next, self.token.clone());
+            *at = Some(next);
+        }
+    }
+}
+
+/// A response's body that, once hyper is done with it (all sent, or the connection gone),
+/// counts its connection as waiting for its next request head (see [`HttpPlaces`]): between
+/// two requests a keep-alive connection holds its place as a silent new one does, and gives it
+/// up the same way. (nginx, out of connections, closes idle keep-alive ones first, too.)
+struct WaitAgainOnEnd {
+    inner: axum::body::Body,
+    waiting: Arc<WaitingHead>,
+}
+
+impl hyper::body::Body for WaitAgainOnEnd {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WaitAgainOnEnd {
+    fn drop(&mut self) {
+        self.waiting.wait_again();
+    }
+}
+
 impl Drop for WaitingHead {
     fn drop(&mut self) {
-        self.places.waiting.lock().remove(&self.at);
+        self.heard();
     }
 }
 
@@ -327,8 +394,9 @@ enum Opening {
         pipelined: Vec<u8>,
         admission: Admission,
     },
-    /// With anything else; `head` is what was read of it so far.
-    Http { tcp: TcpStream, head: Vec<u8> },
+    /// With anything else; `head` is what was read of it so far. Still waiting for its head
+    /// (see [`HttpPlaces`]) until hyper has a whole one.
+    Http { tcp: TcpStream, head: Vec<u8>, waiting: WaitingHead },
     /// Closed, broken or too slow before a whole request head arrived: nothing to answer.
     Gone,
 }
@@ -375,20 +443,22 @@ async fn read_head(
                 // A refusal (400, 429, 503) is answered by the router, like any other request's.
                 let Ok(admission) = admit(state, room, deflate, Some(origin), forwarded.as_deref())
                 else {
-                    return Opening::Http { tcp, head };
+                    return Opening::Http { tcp, head, waiting };
                 };
                 let pipelined = head.split_off(len);
                 return Opening::Socket { tcp, upgrade: accept, pipelined, admission };
             }
-            Head::Partial | Head::Other => return Opening::Http { tcp, head },
+            Head::Partial | Head::Other => return Opening::Http { tcp, head, waiting },
         }
     }
 }
 
 /// Serves a connection over HTTP/1.1 with hyper and the router, `head` (already read) first.
+#[allow(clippy::too_many_arguments)] // one call site, each argument different
 async fn serve_hyper(
     tcp: TcpStream,
     head: Vec<u8>,
+    waiting: WaitingHead,
     origin: Origin,
     app: Router,
     timeouts: HttpTimeouts,
@@ -403,14 +473,24 @@ async fn serve_hyper(
         stalled: None,
         stats,
     });
-    // The router's handlers see who the connection is from (see `websocket`).
+    // The router's handlers see who the connection is from (see `websocket`). A whole head
+    // has arrived: the connection is not waiting for one any more.
+    // Once its answer is sent, it waits for the next (keep-alive) and may be made to give way
+    // again.
+    let waiting = Arc::new(waiting);
+    let (heard, answered) = (Arc::clone(&waiting), Arc::clone(&waiting));
     let app = tower::ServiceExt::map_request(
         app,
         move |mut request: hyper::Request<hyper::body::Incoming>| {
+            heard.heard();
             request.extensions_mut().insert(origin.clone());
             request
         },
     );
+    let app = tower::ServiceExt::map_response(app, move |response: axum::response::Response| {
+        let waiting = Arc::clone(&answered);
+        response.map(|inner| axum::body::Body::new(WaitAgainOnEnd { inner, waiting }))
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -423,6 +503,9 @@ async fn serve_hyper(
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // Made to give its place up before its head was whole (also when that happened just
+        // as `read_head` finished: every connection made to give way frees its place).
+        () = waiting.token.cancelled() => {}
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

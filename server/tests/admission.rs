@@ -215,6 +215,11 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
     for _ in 0..3 {
         first.push(TcpStream::connect(server.addr).await.expect("connects"));
     }
+    // The first says a little: a head with more headers than the fast path reads, which goes
+    // on to hyper unfinished (and is still waiting for its head there).
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    head.extend((0..40).map(|i| format!("X-Header-{i}: {i}\r\n")));
+    first[0].write_all(head.as_bytes()).await.expect("writes");
     common::eventually("three silent connections accepted", || open() == 3).await;
     assert_eq!(closed(), 0, "nobody made to give way below the limit");
     // Three more: each takes the place of one of the first three, oldest first.
@@ -224,7 +229,7 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
         common::eventually("one made to give way", || closed() == i + 1).await;
         assert_closed(&mut first[i as usize]).await;
     }
-    assert_eq!(open(), 3, "no more than three accepted");
+    common::eventually("the places taken again", || open() == 3).await;
 
     // The sockets in the room do not notice.
     alice.add_shape("while-full", ShapeKind::Rect).await;
@@ -237,8 +242,44 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
     carol.synced().await;
     assert_eq!(carol.shape_ids(), vec!["while-full".to_owned()]);
     assert_closed(&mut second[0]).await;
+    assert_eq!(closed(), 4, "only the one");
     drop(second);
     common::eventually("places given back", || open() == 0).await;
+    // With places free, nobody is made to give way.
+    let mut dave = TestClient::connect(&url).await;
+    dave.synced().await;
+    assert_eq!(closed(), 4);
+    server.stop().await;
+}
+
+/// A keep-alive connection between two requests holds its place as a new one does, and gives
+/// it up the same way: it is queued from when its last answer was sent.
+#[tokio::test]
+async fn a_connection_between_requests_gives_way_too() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.max_http_connections = 3;
+    config.header_timeout_ms = 120_000;
+    let server = TestServer::start_with(config).await;
+    let open = || server.stats.http_connections.load(Ordering::Relaxed);
+    let closed = || server.stats.waiting_heads_closed.load(Ordering::Relaxed);
+    let mut idle = TcpStream::connect(server.addr).await.expect("connects");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("writes");
+    let (head, _) = read_head(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Two silent connections after it: the idle one has waited longest.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connects"));
+    }
+    common::eventually("three connections accepted", || open() == 3).await;
+    let mut newcomer = TcpStream::connect(server.addr).await.expect("connects");
+    assert_closed(&mut idle).await;
+    assert_eq!(closed(), 1);
+    newcomer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("writes");
+    let (head, _) = read_head(&mut newcomer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     server.stop().await;
 }
 
