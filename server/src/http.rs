@@ -157,6 +157,9 @@ pub async fn serve_http1(
             tcp,
             origin,
             HttpSlot::new(permit, &state.sockets.stats),
+            // Queued from here, in the order connections are accepted (a connection's task may
+            // first run later, and not in that order with several runtime threads).
+            places.waiting(),
             state.clone(),
             app.clone(),
             timeouts,
@@ -181,16 +184,18 @@ pub async fn serve_http1(
 /// and left every socket behind a boxed `Upgraded` with its own buffer; all of that was a
 /// large share of the CPU of a connect, which is what a server that thousands of people join
 /// after a restart spends its time on (docs/benchmarks.md).
+#[allow(clippy::too_many_arguments)] // one call site, each argument different
 async fn serve_connection(
     tcp: TcpStream,
     origin: Origin,
     slot: HttpSlot,
+    waiting: WaitingHead,
     state: AppState,
     app: Router,
     timeouts: HttpTimeouts,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    match read_head(tcp, &state, &origin, timeouts.header, &stop).await {
+    match read_head(tcp, waiting, &state, &origin, timeouts.header, &stop).await {
         Opening::Socket { tcp, upgrade, pipelined, admission } => {
             // A socket now, counted by its admission.
             drop(slot);
@@ -276,7 +281,8 @@ impl HttpPlaces {
 
     /// Closes the connection that has waited longest for its request head, if any.
     fn close_longest_waiting(&self, stats: &Stats) {
-        if let Some((_, token)) = self.waiting.lock().pop_first() {
+        let longest = self.waiting.lock().pop_first();
+        if let Some((_, token)) = longest {
             token.cancel();
             stats.waiting_heads_closed.fetch_add(1, Ordering::Relaxed);
         }
@@ -411,6 +417,7 @@ fn head_ended(head: &[u8], before: usize) -> bool {
 /// Reads the start of a connection until it is clear whether it asks for a room's socket.
 async fn read_head(
     mut tcp: TcpStream,
+    waiting: WaitingHead,
     state: &AppState,
     origin: &Origin,
     header_timeout: std::time::Duration,
@@ -418,7 +425,6 @@ async fn read_head(
 ) -> Opening {
     let deadline = tokio::time::Instant::now() + header_timeout;
     let mut head = Vec::with_capacity(HEAD_READ_BYTES);
-    let waiting = state.http_places.waiting();
     loop {
         let before = head.len();
         let read = tokio::select! {
@@ -488,6 +494,10 @@ async fn serve_hyper(
         },
     );
     let app = tower::ServiceExt::map_response(app, move |response: axum::response::Response| {
+        // (An upgrade's connection is done with HTTP: it never waits for a head again.)
+        if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+            return response;
+        }
         let waiting = Arc::clone(&answered);
         response.map(|inner| axum::body::Body::new(WaitAgainOnEnd { inner, waiting }))
     });
@@ -504,14 +514,23 @@ async fn serve_hyper(
     tokio::select! {
         _ = conn.as_mut() => {}
         // Made to give its place up before its head was whole (also when that happened just
-        // as `read_head` finished: every connection made to give way frees its place).
-        () = waiting.token.cancelled() => {}
+        // as `read_head` finished: every connection made to give way frees its place). Closed
+        // at once if idle; an answer still leaving hyper's buffer (queued from when its body
+        // was done) gets a moment to go.
+        () = waiting.token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GIVE_WAY_GRACE, conn.as_mut()).await;
+        }
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
     }
 }
+
+/// Longest a connection made to give its place up may take to finish sending an answer (see
+/// [`serve_hyper`]).
+const GIVE_WAY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// First read of a request head: browsers send theirs in well under a kilobyte.
 const HEAD_READ_BYTES: usize = 1024;
