@@ -292,8 +292,12 @@ impl HttpPlaces {
     /// dropped.
     fn waiting(self: &Arc<Self>) -> WaitingHead {
         let token = tokio_util::sync::CancellationToken::new();
-        let waiting =
-            WaitingHead { places: Arc::clone(self), at: parking_lot::Mutex::new(None), token };
+        let waiting = WaitingHead {
+            places: Arc::clone(self),
+            at: parking_lot::Mutex::new(None),
+            token,
+            answered: std::sync::atomic::AtomicBool::new(false),
+        };
         waiting.wait_again();
         waiting
     }
@@ -306,6 +310,8 @@ struct WaitingHead {
     at: parking_lot::Mutex<Option<u64>>,
     /// Cancelled when the connection is to give its place up.
     token: tokio_util::sync::CancellationToken,
+    /// It has answered a request (and may still be sending the answer's last bytes).
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl WaitingHead {
@@ -358,6 +364,7 @@ impl hyper::body::Body for WaitAgainOnEnd {
 
 impl Drop for WaitAgainOnEnd {
     fn drop(&mut self) {
+        self.waiting.answered.store(true, Ordering::Relaxed);
         self.waiting.wait_again();
     }
 }
@@ -514,12 +521,15 @@ async fn serve_hyper(
     tokio::select! {
         _ = conn.as_mut() => {}
         // Made to give its place up before its head was whole (also when that happened just
-        // as `read_head` finished: every connection made to give way frees its place). Closed
-        // at once if idle; an answer still leaving hyper's buffer (queued from when its body
-        // was done) gets a moment to go.
+        // as `read_head` finished: every connection made to give way frees its place). One
+        // that has answered a request may still be sending the answer's last bytes (it is
+        // queued once its body is done, not sent): it gets a moment, and is closed at once if
+        // idle. One that never sent a whole head has nothing to finish.
         () = waiting.token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(GIVE_WAY_GRACE, conn.as_mut()).await;
+            if waiting.answered.load(Ordering::Relaxed) {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GIVE_WAY_GRACE, conn.as_mut()).await;
+            }
         }
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
@@ -530,7 +540,9 @@ async fn serve_hyper(
 
 /// Longest a connection made to give its place up may take to finish sending an answer (see
 /// [`serve_hyper`]).
-const GIVE_WAY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// (A healthy client takes what is left within a round trip; a slow one would keep the place
+/// the newcomer waits for.)
+const GIVE_WAY_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// First read of a request head: browsers send theirs in well under a kilobyte.
 const HEAD_READ_BYTES: usize = 1024;
