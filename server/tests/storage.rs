@@ -237,3 +237,58 @@ async fn a_damaged_journal_is_kept_aside_and_the_records_before_the_damage_are_r
     assert!(!journal::path(dir.path(), 1).exists(), "not replayed again");
     assert!(!journal::path(dir.path(), 2).exists(), "the torn one was replayed and deleted");
 }
+
+/// A database written before snapshots moved to an ordinary (rowid) table (migration 0004)
+/// keeps its rooms: the snapshot is carried over, checksum and all, and served as before.
+#[tokio::test]
+async fn a_database_from_before_the_rowid_snapshots_keeps_its_rooms() {
+    use huddle_protocol::schema::{Board, Shape};
+    use huddle_protocol::yrs::{Doc, Transact};
+    use huddle_server::store::sqlite::DB_FILE;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The schema as the first three migrations left it.
+    let old = tempfile::tempdir().expect("tempdir");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in ["0001_rooms.sql", "0002_snapshot_checksum.sql", "0003_snapshot_state_vector.sql"] {
+        std::fs::copy(migrations.join(name), old.path().join(name)).expect("copies");
+    }
+    let options =
+        SqliteConnectOptions::new().filename(dir.path().join(DB_FILE)).create_if_missing(true);
+    let pool = SqlitePoolOptions::new().connect_with(options).await.expect("opens");
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .expect("reads the migrations")
+        .run(&pool)
+        .await
+        .expect("old schema");
+    let doc = Doc::new();
+    let board = Board::new(&doc);
+    let snapshot = {
+        let mut txn = doc.transact_mut();
+        board.put_shape(&mut txn, &Shape::new("from-before", ShapeKind::Rect));
+        txn.encode_update_v1()
+    };
+    sqlx::query("INSERT INTO room_snapshots (room, seq, data, checksum) VALUES ('kept', 1, ?, ?)")
+        .bind(&snapshot)
+        .bind(i64::from(crc32fast::hash(&snapshot)))
+        .execute(&pool)
+        .await
+        .expect("insert");
+    pool.close().await;
+
+    let server = TestServer::start_with(test_config(dir.path())).await;
+    let mut c = TestClient::connect(&server.url("kept")).await;
+    c.synced().await;
+    assert_eq!(c.shape_ids(), vec!["from-before".to_owned()]);
+    server.stop().await;
+    let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
+    let table: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'room_snapshots'")
+            .fetch_one(store.pool())
+            .await
+            .expect("query");
+    assert!(!table.to_uppercase().contains("WITHOUT ROWID"), "{table}");
+    store.close().await;
+}
