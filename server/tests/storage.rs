@@ -238,12 +238,16 @@ async fn a_damaged_journal_is_kept_aside_and_the_records_before_the_damage_are_r
     assert!(!journal::path(dir.path(), 2).exists(), "the torn one was replayed and deleted");
 }
 
+/// A `room_snapshots` row: seq, data, checksum, state vector and its checksum.
+type SnapshotRow = (i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+
 /// A database written before snapshots moved to an ordinary (rowid) table (migration 0004)
-/// keeps its rooms: the snapshot is carried over, checksum and all, and served as before.
+/// keeps its rooms: the snapshot is carried over, checksums and state vector too, and served
+/// as before.
 #[tokio::test]
 async fn a_database_from_before_the_rowid_snapshots_keeps_its_rooms() {
     use huddle_protocol::schema::{Board, Shape};
-    use huddle_protocol::yrs::{Doc, Transact};
+    use huddle_protocol::yrs::{Doc, ReadTxn, Transact};
     use huddle_server::store::sqlite::DB_FILE;
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
@@ -270,13 +274,41 @@ async fn a_database_from_before_the_rowid_snapshots_keeps_its_rooms() {
         board.put_shape(&mut txn, &Shape::new("from-before", ShapeKind::Rect));
         txn.encode_update_v1()
     };
-    sqlx::query("INSERT INTO room_snapshots (room, seq, data, checksum) VALUES ('kept', 1, ?, ?)")
-        .bind(&snapshot)
-        .bind(i64::from(crc32fast::hash(&snapshot)))
-        .execute(&pool)
-        .await
-        .expect("insert");
+    let state_vector =
+        huddle_protocol::yrs::updates::encoder::Encode::encode_v1(&doc.transact().state_vector());
+    let row: SnapshotRow = (
+        1,
+        snapshot.clone(),
+        Some(i64::from(crc32fast::hash(&snapshot))),
+        Some(state_vector.clone()),
+        Some(i64::from(crc32fast::hash(&state_vector))),
+    );
+    sqlx::query(
+        "INSERT INTO room_snapshots \
+         (room, seq, data, checksum, state_vector, state_vector_checksum) \
+         VALUES ('kept', ?, ?, ?, ?, ?)",
+    )
+    .bind(row.0)
+    .bind(&row.1)
+    .bind(row.2)
+    .bind(&row.3)
+    .bind(row.4)
+    .execute(&pool)
+    .await
+    .expect("insert");
     pool.close().await;
+
+    // Carried over whole (read before a server runs: its compaction may rewrite the row).
+    let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("migrates");
+    let carried: SnapshotRow = sqlx::query_as(
+        "SELECT seq, data, checksum, state_vector, state_vector_checksum \
+         FROM room_snapshots WHERE room = 'kept'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("the row is there");
+    assert!(carried == row, "carried over as it was");
+    store.close().await;
 
     let server = TestServer::start_with(test_config(dir.path())).await;
     let mut c = TestClient::connect(&server.url("kept")).await;
