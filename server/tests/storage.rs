@@ -324,3 +324,22 @@ async fn a_database_from_before_the_rowid_snapshots_keeps_its_rooms() {
     assert!(!table.to_uppercase().contains("WITHOUT ROWID"), "{table}");
     store.close().await;
 }
+
+/// A database upgraded by a newer Huddle is refused with a message saying so, and left as it is.
+#[tokio::test]
+async fn a_database_from_a_newer_huddle_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Full).await.expect("opens");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert");
+    store.close().await;
+    let error = SqliteStore::open(dir.path(), Durability::Full).await.expect_err("refused");
+    let message = error.to_string();
+    assert!(message.contains("newer Huddle") && message.contains("9999"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}

@@ -77,6 +77,15 @@ pub enum StoreError {
     /// Setting up the database (migrations) failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database's schema is newer than this binary knows (a newer Huddle upgraded it).
+    #[error(
+        "the database was upgraded by a newer Huddle (schema version {version}): run that \
+         version, or a copy of the data directory taken before the upgrade"
+    )]
+    NewerSchema {
+        /// The newest schema version applied to it.
+        version: i64,
+    },
     /// A stored value is not what was written (bad sequence number, wrong type).
     #[error("corrupt row in room {room}: {detail}")]
     Corrupt {

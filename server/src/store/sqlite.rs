@@ -338,7 +338,13 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "0");
         // Readers load rooms concurrently with the writer (WAL readers never block it).
         let pool = SqlitePoolOptions::new().max_connections(3).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        match sqlx::migrate!("./migrations").run(&pool).await {
+            // A schema this binary does not know: written by a newer Huddle.
+            Err(sqlx::migrate::MigrateError::VersionMissing(version)) => {
+                return Err(StoreError::NewerSchema { version });
+            }
+            migrated => migrated?,
+        }
         let writer = open_writer(&data_dir.join(DB_FILE), durability)?;
         let writer = Arc::new(Mutex::new(writer));
         // Always replayed, whatever the durability now: a run with process durability before
