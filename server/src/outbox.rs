@@ -1268,6 +1268,17 @@ pub(crate) mod tests {
         Message::Frame(Frame::message(vec![1; len], OpCode::Data(code), fin))
     }
 
+    /// Sends a message of `len` bytes and then 10 more, in two fragments, from `c`'s client,
+    /// within the deadline (a socket that gave way is not read any more: the sends would never
+    /// finish).
+    async fn send_in_two(c: &mut Connected, len: usize) {
+        let sent = async {
+            c.client.send(fragment(len, true, false)).await.expect("sends");
+            c.client.send(fragment(10, false, true)).await.expect("sends");
+        };
+        tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
+    }
+
     /// Waits until `budget` holds at least `bytes`.
     async fn until_held(budget: &InputBudget, bytes: u64) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -1293,12 +1304,7 @@ pub(crate) mod tests {
         }
         // Bob's 100 KiB come faster, smaller and later as they are: Ada's socket gives way,
         // and Bob's message arrives whole.
-        let sent = async {
-            b.client.send(fragment(100 << 10, true, false)).await.expect("sends");
-            b.client.send(fragment(10, false, true)).await.expect("sends");
-        };
-        // (A socket given way is not read any more: the sends would never finish.)
-        tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
+        send_in_two(&mut b, 100 << 10).await;
         let got = tokio::time::timeout(DEADLINE, from_b.recv()).await.expect("in time");
         assert_eq!(got, Some((100 << 10) + 10));
         assert_eq!(a.outbox.kick.reason(), Some((CloseCode::TRY_AGAIN_LATER, BUDGET_SPENT)));
@@ -1316,11 +1322,7 @@ pub(crate) mod tests {
         let budget = InputBudget::new(128 << 10);
         let mut a = connected(ROOMY).await;
         let mut from_a = serve_reads(&mut a, &budget);
-        let sent = async {
-            a.client.send(fragment(300 << 10, true, false)).await.expect("sends");
-            a.client.send(fragment(10, false, true)).await.expect("sends");
-        };
-        tokio::time::timeout(DEADLINE, sent).await.expect("taken in time");
+        send_in_two(&mut a, 300 << 10).await;
         let got = tokio::time::timeout(DEADLINE, from_a.recv()).await.expect("in time");
         assert_eq!(got, Some((300 << 10) + 10));
         assert_eq!(a.outbox.kick.reason(), None);
