@@ -19,9 +19,14 @@ struct ServerProcess {
 }
 
 async fn spawn_server(data_dir: &Path) -> ServerProcess {
+    spawn_server_with(data_dir, &[]).await
+}
+
+async fn spawn_server_with(data_dir: &Path, flags: &[&str]) -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_huddle-server"))
         .args(["--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -175,4 +180,143 @@ async fn a_log_with_an_item_under_text_deleted_before_it_came_loads_after_kill_d
     let mut fresh = TestClient::connect(&format!("ws://{}/ws/collected", server.addr)).await;
     fresh.synced().await;
     assert!(has_88(&fresh.session), "the room lost what it relayed");
+}
+
+/// `--threads 4`: sockets, rooms, their compactions and the flusher on several runtime threads
+/// at once. Four rooms, each with four people drawing and moving shapes while their connections
+/// drop and come back (with the same document, as the web client keeps it), the rooms
+/// compacting every few edits, and a visitor per room opening the board again and again: a
+/// visitor never finds a shape it saw before missing, everyone in a room ends with the same
+/// board holding every shape drawn in it, and that board is what a fresh client gets after the
+/// server is killed with `kill -9` (no final snapshot to cover for a compaction that stored
+/// less than it claimed) and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_four_runtime_threads_concurrent_drawing_and_reconnects_lose_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use huddle_protocol::yrs::{ReadTxn, StateVector};
+
+    const ROOMS: usize = 4;
+    const WRITERS: usize = 4;
+    const EDITS: usize = 150;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server =
+        spawn_server_with(dir.path(), &["--threads", "4", "--compact-every", "5"]).await;
+    let url = |addr: &str, r: usize| format!("ws://{addr}/ws/busy-{r}");
+
+    let mut writers = tokio::task::JoinSet::new();
+    for r in 0..ROOMS {
+        for w in 0..WRITERS {
+            let url = url(&server.addr, r);
+            writers.spawn(async move {
+                let mut c = TestClient::connect(&url).await;
+                c.synced().await;
+                for e in 0..EDITS {
+                    c.add_shape(&format!("r{r}-w{w}-e{e:02}"), ShapeKind::Rect).await;
+                    if e > 0 {
+                        // Move one of this writer's earlier shapes: replaced values, deletions.
+                        let id = format!("r{r}-w{w}-e{:02}", (e * 7) % e);
+                        c.edit(|b, t| {
+                            b.set_field(t, &id, "x", e as f64);
+                        })
+                        .await;
+                    }
+                    if e % 8 == 7 {
+                        c = c.reconnect(&url).await;
+                        c.synced().await;
+                    }
+                }
+                (r, c)
+            });
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let mut visitors = tokio::task::JoinSet::new();
+    for r in 0..ROOMS {
+        let url = url(&server.addr, r);
+        let done = Arc::clone(&done);
+        visitors.spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            let mut visits = 0;
+            while visits == 0 || !done.load(Ordering::Acquire) {
+                let mut v = TestClient::connect(&url).await;
+                v.synced().await;
+                let now = v.shape_ids();
+                let lost: Vec<_> = seen.iter().filter(|id| !now.contains(id)).collect();
+                assert!(
+                    lost.is_empty(),
+                    "room {r}, visit {visits}: shapes seen before are gone: {lost:?}"
+                );
+                seen = now;
+                visits += 1;
+                v.close().await;
+            }
+            visits
+        });
+    }
+
+    let mut rooms: Vec<Vec<TestClient>> = (0..ROOMS).map(|_| Vec::new()).collect();
+    while let Some(joined) = writers.join_next().await {
+        let (r, c) = joined.expect("a writer finishes without panicking");
+        rooms[r].push(c);
+    }
+    done.store(true, Ordering::Release);
+    let mut visits = 0;
+    while let Some(joined) = visitors.join_next().await {
+        visits += joined.expect("a visitor finishes without panicking");
+    }
+
+    let mut boards = Vec::new();
+    for (r, room) in rooms.iter_mut().enumerate() {
+        for c in room.iter_mut() {
+            c.until("every shape drawn in the room", |s| {
+                common::sync_doc_contents(s).len() == WRITERS * EDITS
+            })
+            .await;
+        }
+        let ids = room[0].shape_ids();
+        for c in room.iter() {
+            assert_eq!(c.shape_ids(), ids, "room {r}: everyone has the same shapes");
+        }
+        // Every writer has finished, so everything written is in the union of their documents.
+        let mut sv = StateVector::default();
+        for c in room.iter() {
+            sv.merge(c.session.doc().transact().state_vector());
+        }
+        for c in room.iter_mut() {
+            // Every edit, moves included, reached everyone.
+            c.until("the same edits as the others", |s| s.doc().transact().state_vector() == sv)
+                .await;
+        }
+        boards.push((ids, sv));
+    }
+    let compactions = metric(&server.addr, "huddle_compactions_total").await;
+    assert!(compactions >= ROOMS as u64, "the rooms compacted meanwhile ({compactions})");
+    eprintln!("{visits} visits, {compactions} compactions");
+    server.child.start_kill().expect("kill -9");
+    let _ = server.child.wait().await;
+    drop(rooms); // nobody may upload a copy to the restarted server
+
+    let server = spawn_server(dir.path()).await;
+    for (r, (ids, sv)) in boards.into_iter().enumerate() {
+        let mut c = TestClient::connect(&url(&server.addr, r)).await;
+        c.synced().await;
+        assert_eq!(c.shape_ids(), ids, "room {r} after kill -9 and a restart");
+        assert_eq!(c.session.doc().transact().state_vector(), sv, "room {r} after kill -9");
+    }
+}
+
+/// A counter from the server's `/metrics`.
+async fn metric(addr: &str, name: &str) -> u64 {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("asks");
+    let mut body = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut body).await.expect("answer");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
