@@ -36,8 +36,14 @@ use crate::persist::{NotDurable, Persister, Watermark};
 use crate::stats::Stats;
 use crate::store::{LogEntry, Seq, Store, StoreError};
 
-/// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log.
-const COMPACT_LOG_RATIO: u64 = 8;
+/// A compaction waits for at least 1/`COMPACT_LOG_RATIO` of the snapshot's size in new log (see
+/// [`Room::maybe_compact`]).
+const COMPACT_LOG_RATIO: u64 = 4;
+
+/// ... and for 1/`NEAR_FULL_LOG_RATIO` once the room's storage is within an eighth of
+/// [`RoomConfig::max_room_bytes`], so that the log it keeps between compactions takes less of
+/// what the limit allows.
+const NEAR_FULL_LOG_RATIO: u64 = 8;
 
 /// Stored rooms at least this big (snapshot only) are decoded only when first needed; see
 /// [`Room::load`].
@@ -57,12 +63,16 @@ const POOL_DIFF_ITEMS: u64 = 10_000;
 const WHOLE_ANSWER_TENTHS: u64 = 9;
 
 /// Most updates kept since the last whole-document encode for answering fresh joiners with it
-/// (see `DocState::since_encode`); past this (or [`TAIL_MAX_BYTES`], or an eighth of the
-/// encode's size) the next joiner waits for a new encode.
+/// (see `DocState::since_encode`); past this (or [`TAIL_MAX_BYTES`], or 1/[`TAIL_SHARE`] of
+/// the encode's size) the next joiner waits for a new encode.
 const TAIL_MAX_UPDATES: usize = 256;
 
 /// Most bytes of updates kept since the last whole-document encode (see [`TAIL_MAX_UPDATES`]).
 const TAIL_MAX_BYTES: usize = 256 << 10;
+
+/// Updates kept since the last whole-document encode take at most 1/`TAIL_SHARE` of its size:
+/// a joiner applies them one by one after it, which costs more per byte than the encode.
+const TAIL_SHARE: usize = 8;
 
 /// At most one whole-document encode or big diff per core runs at once, server-wide: each
 /// holds a copy of its answer (10 MB for 100,000 shapes), so many big rooms asked at once must
@@ -78,9 +88,10 @@ fn encode_permits() -> &'static tokio::sync::Semaphore {
 /// Adds an applied update to the ones kept since the last whole-document encode, or stops
 /// keeping them once they are too many or too big (see `DocState::since_encode`).
 fn keep_for_joiners(state: &mut DocState, update: &Bytes) {
-    let limit = state.last_encode.as_ref().map_or(0, |(_, full)| {
-        (full.update.len() / COMPACT_LOG_RATIO as usize).min(TAIL_MAX_BYTES)
-    });
+    let limit = state
+        .last_encode
+        .as_ref()
+        .map_or(0, |(_, full)| (full.update.len() / TAIL_SHARE).min(TAIL_MAX_BYTES));
     let keep = state.since_encode.as_ref().is_some_and(|tail| {
         tail.updates.len() < TAIL_MAX_UPDATES && tail.bytes + update.len() <= limit
     });
@@ -1757,10 +1768,17 @@ impl Room {
 
     /// Starts a background compaction once the log since the last snapshot is long enough.
     ///
-    /// "Long enough" is at least `compact_every` entries *and* at least an eighth of the last
+    /// "Long enough" is at least `compact_every` entries *and* at least a quarter of the last
     /// snapshot's size: rewriting the snapshot costs time proportional to the document, so it
     /// must wait for a proportional amount of log, or small edits into a big room would each
-    /// pay for a slice of a full re-encode. Loading replays at most that much log.
+    /// pay for a slice of a full re-encode. The share trades that cost (per edit, about
+    /// `COMPACT_LOG_RATIO` times the edit's bytes times the cost of encoding and storing a byte
+    /// of snapshot) against the log a load after a crash replays and the storage the log takes
+    /// beside the snapshot: a quarter instead of an eighth took some 4 µs off each small edit
+    /// into a 20k- or 100k-shape room here, and adds about 70 ms of replay to the worst case
+    /// of loading a 100k-shape room after `kill -9` (docs/benchmarks.md, "Session 20"). A room
+    /// within an eighth of its size limit waits for an eighth only, so that the log does not
+    /// keep it from growing to nearly the limit.
     ///
     /// A full room (see [`RoomConfig::max_room_bytes`]) compacts after each update that
     /// deletes (`deletes`), one compaction at a time, and again after one that ran while
@@ -1770,8 +1788,10 @@ impl Room {
         let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
         let log = self.log_since_snapshot();
         let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
-        let due = behind >= self.config.compact_every
-            && log.saturating_mul(COMPACT_LOG_RATIO) >= snapshot;
+        let max = self.config.max_room_bytes;
+        let ratio =
+            if snapshot + log >= max - max / 8 { NEAR_FULL_LOG_RATIO } else { COMPACT_LOG_RATIO };
+        let due = behind >= self.config.compact_every && log.saturating_mul(ratio) >= snapshot;
         let full = deletes && self.stored_bytes() >= self.config.max_room_bytes;
         if full {
             self.deleted_while_full.store(true, Ordering::Release);
@@ -2355,6 +2375,68 @@ mod tests {
         let snapshot = room.snapshot_bytes.load(Ordering::Relaxed);
         assert!(snapshot > 0, "a snapshot was written");
         assert_eq!(room.stored_bytes(), snapshot + late.len() as u64);
+    }
+
+    /// Where a room's compactions begin: `max_room_bytes` as configured, the first compaction
+    /// (of the seed) done. Returns the snapshot's size and the log since it at the first small
+    /// edit after which a compaction began, with that edit's size.
+    async fn log_at_next_compaction(max_room_bytes: u64) -> (u64, u64, u64) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let tracker = TaskTracker::new();
+        let persister = Persister::start(Arc::clone(&store), &tracker);
+        let config = RoomConfig {
+            compact_every: 1,
+            max_room_bytes,
+            ..crate::Config::with_data_dir("unused").room()
+        };
+        let stats = Arc::new(Stats::default());
+        let registry = crate::registry::Registry::new(
+            store,
+            persister,
+            config,
+            Arc::clone(&stats),
+            tracker,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = Arc::clone(lease.room());
+        let doc = Doc::new();
+        room.apply_update(ConnId(1), &add_shapes(&doc, 0, 200), None).await.expect("applies");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stats.compactions.load(Ordering::Relaxed) == 0
+            || room.compacting.load(Ordering::Acquire)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the seed is compacted");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let snapshot = room.snapshot_bytes.load(Ordering::Relaxed);
+        assert_eq!(room.log_since_snapshot(), 0, "the snapshot covers the seed");
+        for i in 200.. {
+            let edit = add_shapes(&doc, i, 1);
+            room.apply_update(ConnId(1), &edit, None).await.expect("applies");
+            if room.compacting.load(Ordering::Acquire)
+                || stats.compactions.load(Ordering::Relaxed) > 1
+            {
+                return (snapshot, room.log_since_snapshot(), edit.len() as u64);
+            }
+            assert!(i < 10_000, "a compaction began");
+        }
+        unreachable!()
+    }
+
+    /// Compacting rewrites the whole room, so a room waits for a quarter of its snapshot's size
+    /// in new log (not an eighth: the rewrite was a fifth of a small edit's cost into a big
+    /// room); one within an eighth of its size limit waits for an eighth only, so that what
+    /// its log takes beside the snapshot does not keep it from growing to nearly the limit.
+    #[tokio::test]
+    async fn a_room_compacts_after_a_quarter_of_its_size_in_log_and_near_its_limit_an_eighth() {
+        let (snapshot, log, edit) = log_at_next_compaction(u64::MAX / 2).await;
+        assert!(log * 4 >= snapshot && (log - edit) * 4 < snapshot, "{log} of {snapshot}");
+        // The same room with a limit a quarter over its snapshot: past seven eighths of it
+        // (with about a tenth of the snapshot in log), the room waits for an eighth only.
+        let (near, log, edit) = log_at_next_compaction(snapshot + snapshot / 4).await;
+        assert_eq!(near, snapshot);
+        assert!(log * 8 >= snapshot && (log - edit) * 8 < snapshot, "{log} of {snapshot}");
     }
 
     /// A socket that subscribes to a room broken just after its join (between the registry's
