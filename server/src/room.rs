@@ -2400,7 +2400,8 @@ mod tests {
         );
         let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
         let room = Arc::clone(lease.room());
-        let doc = Doc::new();
+        // One client id for every call: its varint's length is part of the snapshot's size.
+        let doc = Doc::with_client_id(1);
         room.apply_update(ConnId(1), &add_shapes(&doc, 0, 200), None).await.expect("applies");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while stats.compactions.load(Ordering::Relaxed) == 0
@@ -2437,6 +2438,16 @@ mod tests {
         let (near, log, edit) = log_at_next_compaction(snapshot + snapshot / 4).await;
         assert_eq!(near, snapshot);
         assert!(log * 8 >= snapshot && (log - edit) * 8 < snapshot, "{log} of {snapshot}");
+        // A limit whose seven eighths are a fifth over the snapshot: the room waits for an
+        // eighth only from the edit that takes its storage there (past an eighth of log).
+        let max = snapshot * 48 / 35;
+        let threshold = max - max / 8;
+        let (near, log, edit) = log_at_next_compaction(max).await;
+        assert_eq!(near, snapshot);
+        assert!(
+            near + log >= threshold && near + log - edit < threshold,
+            "{log} of {snapshot}, limit {max}"
+        );
     }
 
     /// A socket that subscribes to a room broken just after its join (between the registry's

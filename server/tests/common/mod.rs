@@ -119,13 +119,13 @@ impl TestClient {
     }
 
     /// Drops the socket without a close frame (a lost connection) and connects again with the
-    /// same document, as the web client does: the sync exchange then sends the server whatever
+    /// same session, as the web client does: the sync exchange then sends the server whatever
     /// of this client's edits it did not get, and brings this client what it missed.
     pub async fn reconnect(self, url: &str) -> Self {
-        let doc = self.session.doc().clone();
-        drop(self);
+        let Self { mut session, ws, .. } = self;
+        drop(ws);
+        session.disconnected();
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("reconnects");
-        let mut session = ClientSession::new(doc, now_millis);
         let frames = session.handshake();
         let mut client = Self { session, ws, closed: None };
         for f in frames {
