@@ -1775,8 +1775,9 @@ impl Room {
     /// `COMPACT_LOG_RATIO` times the edit's bytes times the cost of encoding and storing a byte
     /// of snapshot) against the log a load after a crash replays and the storage the log takes
     /// beside the snapshot: a quarter instead of an eighth took some 4 µs off each small edit
-    /// into a 20k- or 100k-shape room here, and adds about 70 ms of replay to the worst case
-    /// of loading a 100k-shape room after `kill -9` (docs/benchmarks.md, "Session 20"). A room
+    /// into a 20k- or 100k-shape room here, and adds about 60 ms of replay (120 at most) to
+    /// loading a 100k-shape room after `kill -9` (docs/benchmarks.md, "Session 20: compacting
+    /// after a quarter of the snapshot"). A room
     /// within an eighth of its size limit waits for an eighth only, so that the log does not
     /// keep it from growing to nearly the limit.
     ///
