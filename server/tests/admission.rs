@@ -194,7 +194,8 @@ async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
 /// do not keep anyone out: at the limit, a new connection takes the place of the one that has
 /// waited longest for its request head, which is closed. Sockets already in their room carry
 /// on meanwhile.
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -254,7 +255,8 @@ async fn connections_that_say_nothing_take_a_bounded_number_of_places() {
 
 /// A keep-alive connection between two requests holds its place as a new one does, and gives
 /// it up the same way: it is queued from when its last answer was sent.
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_between_requests_gives_way_too() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");

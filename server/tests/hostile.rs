@@ -460,7 +460,8 @@ async fn a_slow_consumer_is_cut_off_and_memory_stays_bounded() {
 /// A peer sending faster than `--max-messages-per-second` is slowed, not cut off and not
 /// dropped from: its messages are taken in at the rate, everyone else's edits pass while it
 /// waits, and every message it sent is handled in the end.
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_peer_is_slowed_while_the_room_carries_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
@@ -587,7 +588,8 @@ async fn close_frame(
 /// A peer adding a little to a big message every so often, enough to count as growing, would
 /// hold its share of the input budget for hours: past a first wait of the ping timeout, a big
 /// message must come at 8 KiB/s at least, or the socket is closed (1013).
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_trickling_a_big_message_is_cut_off() {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -623,7 +625,8 @@ async fn a_peer_trickling_a_big_message_is_cut_off() {
 /// Peers trickling big messages hold the input budget only until someone faster needs it: a
 /// client sending a big update at once gets in (before, the socket that crossed the budget was
 /// the one closed, whoever held the rest), and the slowest tricklers are closed (1013) instead.
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_big_update_is_not_kept_out_by_peers_trickling_theirs() {
     use huddle_protocol::schema::Board;
     use huddle_protocol::yrs::{Doc, Transact};
