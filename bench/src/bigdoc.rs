@@ -374,7 +374,7 @@ pub async fn run_edits(target: &Target, o: &EditOpts, form: ShapeForm) -> Result
         let per = cpu.map_or(f64::NAN, |c| crate::system::micros_per(c, measured as u64));
         report.row(
             format!("{shapes} shapes: CPU per edit"),
-            format!("{} ({measured} edits, relay p50 {:.2} ms)", us(per), times.quantile_ms(0.5)),
+            format!("{} ({measured} edits, relay p50 / p99 / max {})", us(per), times.summary()),
         );
         let _ = editor.close(None).await;
         let _ = observer.close(None).await;
