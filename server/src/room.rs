@@ -1777,9 +1777,8 @@ impl Room {
     /// beside the snapshot: a quarter instead of an eighth took some 4 µs off each small edit
     /// into a 20k- or 100k-shape room here, and adds about 60 ms of replay (120 at most) to
     /// loading a 100k-shape room after `kill -9` (docs/benchmarks.md, "Session 20: compacting
-    /// after a quarter of the snapshot"). A room
-    /// within an eighth of its size limit waits for an eighth only, so that the log does not
-    /// keep it from growing to nearly the limit.
+    /// after a quarter of the snapshot"). A room within an eighth of its size limit waits for
+    /// an eighth only, so that the log does not keep it from growing to nearly the limit.
     ///
     /// A full room (see [`RoomConfig::max_room_bytes`]) compacts after each update that
     /// deletes (`deletes`), one compaction at a time, and again after one that ran while
