@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +44,24 @@ const COMPACT_LOG_RATIO: u64 = 4;
 /// [`RoomConfig::max_room_bytes`], so that the log it keeps between compactions takes less of
 /// what the limit allows.
 const NEAR_FULL_LOG_RATIO: u64 = 8;
+
+/// No background compaction runs ([`Room::compaction`]).
+const COMPACTION_IDLE: u8 = 0;
+/// One runs.
+const COMPACTION_RUNNING: u8 = 1;
+/// One runs, and deletions came into the full room meanwhile: it runs once more after.
+const COMPACTION_AGAIN: u8 = 2;
+
+/// The last snapshot a room wrote (or loaded).
+#[derive(Debug, Clone, Copy, Default)]
+struct SnapshotMark {
+    /// Log position it covers.
+    seq: u64,
+    /// Its size.
+    bytes: u64,
+    /// Of the room's `log_bytes`, those it covers (the log since is the rest).
+    log_bytes: u64,
+}
 
 /// Stored rooms at least this big (snapshot only) are decoded only when first needed; see
 /// [`Room::load`].
@@ -542,17 +560,16 @@ pub struct Room {
     stats: Arc<Stats>,
     /// Background work (compactions) that shutdown waits for.
     tracker: TaskTracker,
-    /// Log position covered by the last snapshot written.
-    snapshot_seq: AtomicU64,
-    /// Size of the last snapshot written.
-    snapshot_bytes: AtomicU64,
+    /// The last snapshot written, as one value: with several runtime threads, a reader of
+    /// separate fields could take a new snapshot's size with the old log it covered and count
+    /// that log twice (a room wrongly full).
+    snapshot: Mutex<SnapshotMark>,
     /// Bytes of log this copy of the room knows of: what it loaded plus what it appended since.
     log_bytes: AtomicU64,
-    /// Of `log_bytes`, those the last snapshot written covers (the log since is the rest).
-    snapshot_log_bytes: AtomicU64,
-    compacting: AtomicBool,
-    /// Deletions came into a full room while a compaction ran (see [`Room::maybe_compact`]).
-    deleted_while_full: AtomicBool,
+    /// Whether a background compaction runs, and whether it must run once more (see
+    /// [`Room::maybe_compact`]): one value, so that a request cannot fall between a compaction
+    /// ending and its flag being cleared, as it could between two flags on two threads.
+    compaction: AtomicU8,
     /// Set when the room can no longer be trusted (storage failure, a panic inside yrs).
     broken: AtomicBool,
     /// Becomes true once the document is built (at once for all but big stored rooms).
@@ -1011,12 +1028,13 @@ impl Room {
             config,
             stats,
             tracker,
-            snapshot_seq: AtomicU64::new(snapshot_seq.0),
-            snapshot_bytes: AtomicU64::new(snapshot_bytes),
+            snapshot: Mutex::new(SnapshotMark {
+                seq: snapshot_seq.0,
+                bytes: snapshot_bytes,
+                log_bytes: 0,
+            }),
             log_bytes: AtomicU64::new(log_bytes),
-            snapshot_log_bytes: AtomicU64::new(0),
-            compacting: AtomicBool::new(false),
-            deleted_while_full: AtomicBool::new(false),
+            compaction: AtomicU8::new(COMPACTION_IDLE),
             broken: AtomicBool::new(false),
             ready: tokio::sync::watch::Sender::new(!lazy),
             encoded: tokio::sync::Notify::new(),
@@ -1757,13 +1775,22 @@ impl Room {
 
     /// What the room takes in storage: its snapshot and the log since.
     fn stored_bytes(&self) -> u64 {
-        self.snapshot_bytes.load(Ordering::Relaxed) + self.log_since_snapshot()
+        let (snapshot, log) = self.snapshot_and_log();
+        snapshot.bytes + log
     }
 
     /// Bytes of log written after the last snapshot.
+    #[cfg(test)]
     fn log_since_snapshot(&self) -> u64 {
-        let covered = self.snapshot_log_bytes.load(Ordering::Relaxed);
-        self.log_bytes.load(Ordering::Relaxed).saturating_sub(covered)
+        self.snapshot_and_log().1
+    }
+
+    /// The last snapshot and the bytes of log written after it, read together.
+    fn snapshot_and_log(&self) -> (SnapshotMark, u64) {
+        let snapshot = *self.snapshot.lock();
+        // Read after the snapshot: the log it covers was counted before it was written.
+        let log = self.log_bytes.load(Ordering::Acquire).saturating_sub(snapshot.log_bytes);
+        (snapshot, log)
     }
 
     /// Starts a background compaction once the log since the last snapshot is long enough.
@@ -1785,26 +1812,50 @@ impl Room {
     /// deletions came in: only deletions get into a full room, and it has room again only once
     /// a snapshot without what they deleted replaces the old one and its log.
     fn maybe_compact(self: &Arc<Self>, seq: Seq, deletes: bool) {
-        let behind = seq.0.saturating_sub(self.snapshot_seq.load(Ordering::Relaxed));
-        let log = self.log_since_snapshot();
-        let snapshot = self.snapshot_bytes.load(Ordering::Relaxed);
+        let (snapshot, log) = self.snapshot_and_log();
+        let behind = seq.0.saturating_sub(snapshot.seq);
         let max = self.config.max_room_bytes;
-        let ratio =
-            if snapshot + log >= max - max / 8 { NEAR_FULL_LOG_RATIO } else { COMPACT_LOG_RATIO };
-        let due = behind >= self.config.compact_every && log.saturating_mul(ratio) >= snapshot;
-        let full = deletes && self.stored_bytes() >= self.config.max_room_bytes;
-        if full {
-            self.deleted_while_full.store(true, Ordering::Release);
-        }
-        if (due || full) && !self.compacting.swap(true, Ordering::AcqRel) {
+        let stored = snapshot.bytes + log;
+        let ratio = if stored >= max - max / 8 { NEAR_FULL_LOG_RATIO } else { COMPACT_LOG_RATIO };
+        let due =
+            behind >= self.config.compact_every && log.saturating_mul(ratio) >= snapshot.bytes;
+        let full = deletes && stored >= max;
+        let start = if full {
+            // Idle: start one. Running: it may have encoded the room before these deletions,
+            // so it runs once more.
+            let before = self.compaction.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(if c == COMPACTION_IDLE { COMPACTION_RUNNING } else { COMPACTION_AGAIN })
+            });
+            before == Ok(COMPACTION_IDLE)
+        } else {
+            due && self
+                .compaction
+                .compare_exchange(
+                    COMPACTION_IDLE,
+                    COMPACTION_RUNNING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        };
+        if start {
             let room = Arc::clone(self);
             self.tracker.spawn(async move {
-                room.deleted_while_full.store(false, Ordering::Release);
-                let _ = room.compact().await;
-                while room.deleted_while_full.swap(false, Ordering::AcqRel) {
+                loop {
                     let _ = room.compact().await;
+                    // Running: done. Again: deletions came meanwhile, and the next pass (which
+                    // encodes the room after them) covers them and any that come before it.
+                    let ended = room.compaction.compare_exchange(
+                        COMPACTION_RUNNING,
+                        COMPACTION_IDLE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    if ended.is_ok() {
+                        break;
+                    }
+                    room.compaction.store(COMPACTION_RUNNING, Ordering::Release);
                 }
-                room.compacting.store(false, Ordering::Release);
             });
         }
     }
@@ -1819,7 +1870,7 @@ impl Room {
             let state = self.state.lock();
             // A room not built has nothing beyond its snapshot (edits build it first), and its
             // placeholder document is empty: never write that as the room.
-            if !state.ready || state.applied.0 <= self.snapshot_seq.load(Ordering::Acquire) {
+            if !state.ready || state.applied.0 <= self.snapshot.lock().seq {
                 return Ok(());
             }
         }
@@ -1831,7 +1882,7 @@ impl Room {
             // Only a stored snapshot served as it is comes without one, and that is no news.
             return Ok(());
         };
-        if seq.0 <= self.snapshot_seq.load(Ordering::Acquire) {
+        if seq.0 <= self.snapshot.lock().seq {
             return Ok(());
         }
         self.watermark.wait_for(seq).await?;
@@ -1847,9 +1898,15 @@ impl Room {
         }
         // Unless a newer snapshot was written meanwhile (an unload's beside a background one).
         // Updates applied while this one was encoded and written stay counted as log.
-        if self.snapshot_seq.fetch_max(seq.0, Ordering::AcqRel) < seq.0 {
-            self.snapshot_bytes.store(snapshot_len, Ordering::Relaxed);
-            self.snapshot_log_bytes.fetch_max(full.log_bytes, Ordering::Relaxed);
+        {
+            let mut snapshot = self.snapshot.lock();
+            if snapshot.seq < seq.0 {
+                *snapshot = SnapshotMark {
+                    seq: seq.0,
+                    bytes: snapshot_len,
+                    log_bytes: snapshot.log_bytes.max(full.log_bytes),
+                };
+            }
         }
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -2372,16 +2429,18 @@ mod tests {
         room.apply_update(ConnId(1), &late, None).await.expect("applies");
         gate.send_replace(true);
         compaction.await.expect("joins").expect("compacts");
-        let snapshot = room.snapshot_bytes.load(Ordering::Relaxed);
+        let snapshot = room.snapshot.lock().bytes;
         assert!(snapshot > 0, "a snapshot was written");
         assert_eq!(room.stored_bytes(), snapshot + late.len() as u64);
     }
 
-    /// Where a room's compactions begin: `max_room_bytes` as configured, the first compaction
-    /// (of the seed) done. Returns the snapshot's size and the log since it at the first small
-    /// edit after which a compaction began, with that edit's size.
-    async fn log_at_next_compaction(max_room_bytes: u64) -> (u64, u64, u64) {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    /// A registry over `store` whose rooms compact after every update (as far as the size
+    /// ratio lets them) and hold at most `max_room_bytes`.
+    fn compacting_registry(
+        store: Arc<dyn Store>,
+        stats: Arc<Stats>,
+        max_room_bytes: u64,
+    ) -> crate::registry::Registry {
         let tracker = TaskTracker::new();
         let persister = Persister::start(Arc::clone(&store), &tracker);
         let config = RoomConfig {
@@ -2389,14 +2448,69 @@ mod tests {
             max_room_bytes,
             ..crate::Config::with_data_dir("unused").room()
         };
-        let stats = Arc::new(Stats::default());
-        let registry = crate::registry::Registry::new(
+        crate::registry::Registry::new(
             store,
             persister,
             config,
-            Arc::clone(&stats),
+            stats,
             tracker,
             tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
+    /// Deletions into a full room while its compaction runs (which may have encoded the room
+    /// before them) get a compaction of their own after it: only a snapshot without what they
+    /// deleted gives the room space again.
+    #[tokio::test]
+    async fn deletions_into_a_full_room_during_a_compaction_are_compacted_after_it() {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let store = Arc::new(Hooked::snapshots({
+            let (started, wait) = (Arc::clone(&started), wait_for_gate(open));
+            Box::new(move || {
+                started.notify_one();
+                wait()
+            })
+        }));
+        let stats = Arc::new(Stats::default());
+        let doc = Doc::with_client_id(1);
+        let seed = add_shapes(&doc, 0, 50);
+        // Full once the seed is in (snapshot 0 plus the seed's log).
+        let registry = compacting_registry(store, Arc::clone(&stats), seed.len() as u64 / 2);
+        let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
+        let room = Arc::clone(lease.room());
+        room.apply_update(ConnId(1), &seed, None).await.expect("applies");
+        // The seed's compaction has encoded the room and waits to write it.
+        started.notified().await;
+        let deletion = {
+            let board = Board::new(&doc);
+            let mut txn = doc.transact_mut();
+            assert!(board.remove_shape(&mut txn, "s0"));
+            txn.encode_update_v1()
+        };
+        room.apply_update(ConnId(1), &deletion, None).await.expect("a deletion is taken");
+        assert_eq!(room.compaction.load(Ordering::Acquire), COMPACTION_AGAIN);
+        gate.send_replace(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while room.compaction.load(Ordering::Acquire) != COMPACTION_IDLE {
+            assert!(tokio::time::Instant::now() < deadline, "the compactions end");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(stats.compactions.load(Ordering::Relaxed), 2, "one more after the first");
+        let applied = room.state.lock().applied.0;
+        assert_eq!(room.snapshot.lock().seq, applied, "the last snapshot has the deletion");
+        assert_eq!(room.log_since_snapshot(), 0);
+    }
+
+    /// Where a room's compactions begin: `max_room_bytes` as configured, the first compaction
+    /// (of the seed) done. Returns the snapshot's size and the log since it at the first small
+    /// edit after which a compaction began, with that edit's size.
+    async fn log_at_next_compaction(max_room_bytes: u64) -> (u64, u64, u64) {
+        let stats = Arc::new(Stats::default());
+        let registry = compacting_registry(
+            Arc::new(MemoryStore::default()),
+            Arc::clone(&stats),
+            max_room_bytes,
         );
         let lease = registry.join(&RoomName::parse("r").expect("valid")).await.expect("join");
         let room = Arc::clone(lease.room());
@@ -2405,17 +2519,17 @@ mod tests {
         room.apply_update(ConnId(1), &add_shapes(&doc, 0, 200), None).await.expect("applies");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while stats.compactions.load(Ordering::Relaxed) == 0
-            || room.compacting.load(Ordering::Acquire)
+            || room.compaction.load(Ordering::Acquire) != COMPACTION_IDLE
         {
             assert!(tokio::time::Instant::now() < deadline, "the seed is compacted");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let snapshot = room.snapshot_bytes.load(Ordering::Relaxed);
+        let snapshot = room.snapshot.lock().bytes;
         assert_eq!(room.log_since_snapshot(), 0, "the snapshot covers the seed");
         for i in 200.. {
             let edit = add_shapes(&doc, i, 1);
             room.apply_update(ConnId(1), &edit, None).await.expect("applies");
-            if room.compacting.load(Ordering::Acquire)
+            if room.compaction.load(Ordering::Acquire) != COMPACTION_IDLE
                 || stats.compactions.load(Ordering::Relaxed) > 1
             {
                 return (snapshot, room.log_since_snapshot(), edit.len() as u64);
