@@ -562,7 +562,7 @@ pub struct Room {
     tracker: TaskTracker,
     /// The last snapshot written, as one value: with several runtime threads, a reader of
     /// separate fields could take a new snapshot's size with the old log it covered and count
-    /// that log twice (a room wrongly full).
+    /// that log twice (a room wrongly full). Lock order: `state`, then this.
     snapshot: Mutex<SnapshotMark>,
     /// Bytes of log this copy of the room knows of: what it loaded plus what it appended since.
     log_bytes: AtomicU64,
@@ -1439,8 +1439,6 @@ impl Room {
             return Ok(());
         }
         self.ready().await;
-        let stored_bytes = self.stored_bytes();
-        let full = stored_bytes >= self.config.max_room_bytes;
         let deletes = !decoded.delete_set().is_empty();
         let mut waiting = WaitingEdit::new(self);
         let (seq, relayed, as_stored, refused) = loop {
@@ -1459,6 +1457,10 @@ impl Room {
                     self.encoded.notified()
                 } else {
                     waiting.done(&mut state);
+                    // Looked at after any wait above: what the room holds may have changed
+                    // meanwhile (the wait is usually for a compaction's encode).
+                    let stored_bytes = self.stored_bytes();
+                    let full = stored_bytes >= self.config.max_room_bytes;
                     // The state vector only when full: building it on every update would cost
                     // the relay path an allocation per client for nothing.
                     let sv = full.then(|| state.awareness.doc().transact().state_vector());
