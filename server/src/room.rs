@@ -2399,10 +2399,10 @@ mod tests {
         assert_eq!(sv.get(&ClientID::new(88)), 0, "the orphan stays out");
     }
 
-    /// An edit applied while a snapshot is being written is not covered by it: it stays counted
-    /// in the room's stored size (what the room-size limit checks).
-    #[tokio::test]
-    async fn an_edit_during_a_compaction_still_counts_toward_the_rooms_size() {
+    /// A store whose snapshot writes wait until the returned gate is opened (`true`), telling
+    /// the returned `Notify` when one starts waiting.
+    fn held_snapshots() -> (tokio::sync::watch::Sender<bool>, Arc<tokio::sync::Notify>, Arc<Hooked>)
+    {
         let (gate, open) = tokio::sync::watch::channel(false);
         let started = Arc::new(tokio::sync::Notify::new());
         let store = Arc::new(Hooked::snapshots({
@@ -2412,6 +2412,14 @@ mod tests {
                 wait()
             })
         }));
+        (gate, started, store)
+    }
+
+    /// An edit applied while a snapshot is being written is not covered by it: it stays counted
+    /// in the room's stored size (what the room-size limit checks).
+    #[tokio::test]
+    async fn an_edit_during_a_compaction_still_counts_toward_the_rooms_size() {
+        let (gate, started, store) = held_snapshots();
         let registry = crate::registry::tests::registry_for_tests(
             Arc::clone(&store) as Arc<dyn Store>,
             Arc::new(Stats::default()),
@@ -2465,15 +2473,7 @@ mod tests {
     /// deleted gives the room space again.
     #[tokio::test]
     async fn deletions_into_a_full_room_during_a_compaction_are_compacted_after_it() {
-        let (gate, open) = tokio::sync::watch::channel(false);
-        let started = Arc::new(tokio::sync::Notify::new());
-        let store = Arc::new(Hooked::snapshots({
-            let (started, wait) = (Arc::clone(&started), wait_for_gate(open));
-            Box::new(move || {
-                started.notify_one();
-                wait()
-            })
-        }));
+        let (gate, started, store) = held_snapshots();
         let stats = Arc::new(Stats::default());
         let doc = Doc::with_client_id(1);
         let seed = add_shapes(&doc, 0, 50);
