@@ -771,7 +771,8 @@ async fn a_peer_flooding_pings_is_slowed_too() {
 
 /// A room at `--max-room-bytes` refuses edits that add to it (the sender is closed with 1008)
 /// and keeps what it has; everyone else stays, deleting still works, and makes room again.
-#[tokio::test]
+// On four runtime threads, as under `--threads 4` (the limits are shared between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_room_refuses_more_and_keeps_what_it_has() {
     use huddle_protocol::schema::Board;
     use huddle_protocol::yrs::Transact;
