@@ -20,6 +20,13 @@ const MAX_ROOM_PRESENCE_BYTES: usize = 8 << 20;
 /// journal's files, the listening socket, logs, the runtime's own.
 const OPEN_FILES_RESERVE: u64 = 256;
 
+/// The share of the open-files limit (one in this many) that HTTP places keep when the
+/// connection limits do not fit in it (see [`Config::fit_open_files`]). HTTP connections are
+/// page loads and upgrades whose request is still being read, each over in moments, and at the
+/// limit the one waiting longest for its head gives its place up; the sockets people stay on
+/// need the descriptors. At 20,000: 1,234 HTTP places, 18,510 WebSockets.
+pub const HTTP_SHARE_OF_OPEN_FILES: u64 = 16;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -193,36 +200,51 @@ impl Config {
     /// Fits the connection limits into `open_files`, the process's open-files limit: every
     /// WebSocket and every HTTP connection is a file descriptor, and so are the database, its
     /// log and the update journal. With limits the descriptors cannot hold, accepting fails
-    /// (and so does opening the next journal file) instead of the 503 the limit promises. Lowers
-    /// `max_connections` to what fits beside `max_http_connections` and a reserve, and returns
-    /// a warning saying so (`None` if they fit as they are).
+    /// (and so does opening the next journal file) instead of the 503 the limit promises.
+    ///
+    /// When both limits do not fit beside the reserve, the HTTP places keep at most a
+    /// sixteenth of the descriptors ([`HTTP_SHARE_OF_OPEN_FILES`]) and the WebSockets get the
+    /// rest (up to `max_connections`; the HTTP places then take whatever the WebSockets leave).
+    /// Lowering only the WebSockets, as before, left a host whose limit is 4,096 (a common
+    /// hard limit) no WebSocket at all beside the default 4,096 HTTP places, so the server
+    /// refused to start, and one at 20,000 a fifth of its descriptors idle in HTTP places.
+    /// Returns a warning naming what was lowered (`None` if the limits fit as they are).
     ///
     /// # Errors
-    /// A one-line message naming the fix when not even one WebSocket fits.
+    /// A one-line message naming the fix when the limit leaves no descriptor for connections
+    /// beside the reserve.
     pub fn fit_open_files(&mut self, open_files: u64) -> Result<Option<String>, String> {
-        let needed = u64::from(self.max_connections)
-            + u64::from(self.max_http_connections)
-            + OPEN_FILES_RESERVE;
-        if needed <= open_files {
+        let budget = open_files.saturating_sub(OPEN_FILES_RESERVE);
+        let (sockets, http) =
+            (u64::from(self.max_connections), u64::from(self.max_http_connections));
+        if sockets + http <= budget {
             return Ok(None);
         }
-        let room =
-            open_files.saturating_sub(u64::from(self.max_http_connections) + OPEN_FILES_RESERVE);
-        if room == 0 {
+        if budget < 2 {
             return Err(format!(
-                "the open-files limit ({open_files}) leaves no room for WebSockets beside \
-                 --max-http-connections {}: raise it (ulimit -n) or lower --max-http-connections",
-                self.max_http_connections
+                "the open-files limit ({open_files}) leaves no room for connections beside the \
+                 {OPEN_FILES_RESERVE} files the server keeps for itself: raise it (ulimit -n)"
             ));
         }
-        let fitted = u32::try_from(room).unwrap_or(u32::MAX);
-        let warning = format!(
-            "--max-connections {} lowered to {fitted}: the open-files limit is {open_files}; \
-             raise it (ulimit -n) to allow more",
-            self.max_connections
-        );
-        self.max_connections = fitted;
-        Ok(Some(warning))
+        let http_floor = http.min((budget / HTTP_SHARE_OF_OPEN_FILES).max(1));
+        let sockets_fitted = sockets.min(budget - http_floor);
+        let http_fitted = http.min(budget - sockets_fitted);
+        let mut lowered = Vec::new();
+        if sockets_fitted < sockets {
+            lowered.push(format!("--max-connections {sockets} to {sockets_fitted}"));
+        }
+        if http_fitted < http {
+            lowered.push(format!("--max-http-connections {http} to {http_fitted}"));
+        }
+        // Both fit in `budget`, itself below `open_files`, a u64 made from a u32-sized limit
+        // or less; saturate rather than trust that.
+        self.max_connections = u32::try_from(sockets_fitted).unwrap_or(u32::MAX);
+        self.max_http_connections = u32::try_from(http_fitted).unwrap_or(u32::MAX);
+        Ok(Some(format!(
+            "lowered {} to fit the open-files limit of {open_files}; raise it (ulimit -n) to \
+             allow more",
+            lowered.join(" and ")
+        )))
     }
 
     /// The most bytes of messages not yet whole the sockets may hold together (see
@@ -255,21 +277,55 @@ mod tests {
 
     #[test]
     fn connection_limits_are_fitted_into_the_open_files_limit() {
-        let mut config = Config::with_data_dir("unused");
-        (config.max_connections, config.max_http_connections) = (65_536, 4096);
+        let defaults = || {
+            let mut config = Config::with_data_dir("unused");
+            (config.max_connections, config.max_http_connections) = (65_536, 4096);
+            config
+        };
+        let limits = |c: &Config| (c.max_connections, c.max_http_connections);
         // Room for everything: nothing changes.
+        let mut config = defaults();
         assert_eq!(config.fit_open_files(1 << 20), Ok(None));
-        assert_eq!(config.max_connections, 65_536);
-        // This machine's hard limit: WebSockets get what the HTTP places and the reserve leave.
+        assert_eq!(limits(&config), (65_536, 4096));
+
+        // This machine's hard limit: HTTP keeps a sixteenth, the WebSockets get the rest.
         let warning = config.fit_open_files(20_000).expect("fits").expect("a warning");
-        assert_eq!(config.max_connections, 20_000 - 4096 - 256);
+        let budget = 20_000 - 256;
+        assert_eq!(limits(&config), (budget - budget / 16, budget / 16));
         assert!(
-            warning.contains("--max-connections") && warning.contains("ulimit -n"),
+            warning.contains("--max-connections 65536 to")
+                && warning.contains("--max-http-connections 4096 to")
+                && warning.contains("ulimit -n")
+                && !warning.contains('\n'),
             "{warning}"
         );
         assert_eq!(config.fit_open_files(20_000), Ok(None), "fitted now");
-        // Not even one: a one-line error naming the fix.
-        let error = config.fit_open_files(1024).expect_err("nothing fits");
-        assert!(error.contains("--max-http-connections") && !error.contains('\n'), "{error}");
+
+        // A common hard limit, 4,096: the defaults used to leave no WebSocket and refuse to start.
+        let mut config = defaults();
+        config.fit_open_files(4096).expect("fits");
+        assert_eq!(limits(&config), (3840 - 240, 240));
+
+        // Few WebSockets asked for: they keep their number, and HTTP gets what they leave.
+        let mut config = defaults();
+        config.max_connections = 1000;
+        let warning = config.fit_open_files(4096).expect("fits").expect("a warning");
+        assert_eq!(limits(&config), (1000, 2840));
+        assert!(!warning.contains("--max-connections"), "{warning}");
+
+        // Few HTTP places asked for: kept, the WebSockets get the rest.
+        let mut config = defaults();
+        config.max_http_connections = 100;
+        config.fit_open_files(20_000).expect("fits");
+        assert_eq!(limits(&config), (budget - 100, 100));
+
+        // Room for one of each at the least.
+        let mut config = defaults();
+        config.fit_open_files(258).expect("fits");
+        assert_eq!(limits(&config), (1, 1));
+
+        // Not even that: a one-line error naming the fix.
+        let error = defaults().fit_open_files(257).expect_err("nothing fits");
+        assert!(error.contains("ulimit -n") && !error.contains('\n'), "{error}");
     }
 }

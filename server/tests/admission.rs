@@ -190,6 +190,79 @@ async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
     server.stop().await;
 }
 
+/// A host whose open-files limit is low (4,096 is a common hard limit; here 600, to keep the
+/// test small) runs the server with its default limits: they are fitted into the descriptors it
+/// has, most of them for sockets. Filling every socket place gets the next socket the
+/// promised 503, not a failed `accept`; the page is still served meanwhile, and the sockets
+/// already in their room carry on.
+#[tokio::test]
+async fn under_a_low_open_files_limit_the_defaults_fit_and_the_socket_limit_is_a_503() {
+    use tokio::io::AsyncBufReadExt;
+    const OPEN_FILES: usize = 600;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `ulimit -n` lowers both the soft and the hard limit the server then starts under.
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &format!("ulimit -n {OPEN_FILES} && exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_huddle-server"))
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        // Every socket here comes from one address; its join rate is not what is tested.
+        .args(["--max-client-joins-per-second", "100000"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server binary starts");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .expect("the server starts in time")
+        .expect("reads")
+        .expect("the server prints its address (it did not start)");
+    let addr = line.rsplit("http://").next().expect("address").trim().to_owned();
+    let url = format!("ws://{addr}/ws/low-limit");
+
+    let mut ada = TestClient::connect(&url).await;
+    ada.synced().await;
+    let mut bob = TestClient::connect(&url).await;
+    bob.synced().await;
+    let mut held = Vec::new();
+    let refusal = loop {
+        assert!(held.len() < OPEN_FILES, "more sockets let in than the server has descriptors");
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => held.push(join(ws).await),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => break resp.status(),
+            Err(other) => panic!("after {} sockets: expected HTTP 503, got {other}", held.len()),
+        }
+    };
+    assert_eq!(refusal, 503, "after {} sockets", held.len());
+    // The descriptors beside the server's reserve of 256 go mostly to sockets.
+    let sockets = held.len() + 2;
+    assert!(sockets >= (OPEN_FILES - 256) * 9 / 10, "only {sockets} sockets let in");
+
+    // The page is still served with every socket place taken.
+    let mut page = TcpStream::connect(&addr).await.expect("connects");
+    serve_a_request(&mut page).await;
+    // And the room carries on.
+    ada.add_shape("at-the-limit", ShapeKind::Rect).await;
+    bob.until("the shape drawn at the limit", |s| {
+        Board::new(s.doc()).shape(&s.doc().transact(), "at-the-limit").is_some()
+    })
+    .await;
+
+    child.kill().await.expect("kills");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).await.expect("reads");
+    let warning = stderr.lines().find(|l| l.contains("ulimit -n")).unwrap_or_default();
+    assert!(
+        warning.contains("--max-connections") && warning.contains("--max-http-connections"),
+        "the server says which limits it lowered and how to raise them: {stderr}"
+    );
+    assert!(!stderr.contains("Too many open files"), "{stderr}");
+    drop(held);
+}
+
 /// Connections that open and say nothing hold at most `--max-http-connections` places, and
 /// do not keep anyone out: at the limit, a new connection takes the place of the one that has
 /// waited longest for its request head, which is closed. Sockets already in their room carry
@@ -349,7 +422,10 @@ async fn join_once_freed(
 }
 
 /// Joins the room over `ws` and returns once synced: the socket is really in.
-async fn join(mut ws: WebSocketStream<TcpStream>) -> WebSocketStream<TcpStream> {
+async fn join<S>(mut ws: WebSocketStream<S>) -> WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::Binary(vec![0, 0, 1, 0].into())).await.expect("sends");
     let _ = read_until_synced(&mut ws).await;
     ws
