@@ -197,7 +197,6 @@ async fn sockets_over_the_connection_limit_get_503_until_one_leaves() {
 /// already in their room carry on.
 #[tokio::test]
 async fn under_a_low_open_files_limit_the_defaults_fit_and_the_socket_limit_is_a_503() {
-    use tokio::io::AsyncBufReadExt;
     const OPEN_FILES: usize = 600;
     let dir = tempfile::tempdir().expect("tempdir");
     // `ulimit -n` lowers both the soft and the hard limit the server then starts under.
@@ -214,13 +213,7 @@ async fn under_a_low_open_files_limit_the_defaults_fit_and_the_socket_limit_is_a
         .kill_on_drop(true)
         .spawn()
         .expect("server binary starts");
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(DEADLINE, stdout.next_line())
-        .await
-        .expect("the server starts in time")
-        .expect("reads")
-        .expect("the server prints its address (it did not start)");
-    let addr = line.rsplit("http://").next().expect("address").trim().to_owned();
+    let addr = common::printed_addr(&mut child).await;
     let url = format!("ws://{addr}/ws/low-limit");
 
     let mut ada = TestClient::connect(&url).await;

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use common::{DEADLINE, TestClient};
 use huddle_protocol::schema::{Board, Shape, ShapeKind};
 use huddle_protocol::yrs::Transact;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 struct ServerProcess {
@@ -33,14 +32,7 @@ async fn spawn_server_with(data_dir: &Path, flags: &[&str]) -> ServerProcess {
         .kill_on_drop(true)
         .spawn()
         .expect("server binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("server prints its address in time")
-        .expect("read")
-        .expect("a line");
-    let addr = line.rsplit("http://").next().expect("address").trim().to_owned();
+    let addr = common::printed_addr(&mut child).await;
     ServerProcess { child, addr }
 }
 

@@ -27,6 +27,21 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The address a `huddle-server` child process listens on, from the line it prints first
+/// (`huddle listening on http://ADDR`); takes the child's piped stdout. Panics if the server
+/// does not print it within [`DEADLINE`] (it did not start).
+pub async fn printed_addr(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("the server's stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the server prints its address in time")
+        .expect("reads")
+        .expect("the server prints its address (it did not start)");
+    line.rsplit("http://").next().expect("address").trim().to_owned()
+}
+
 /// Config for tests: short idle unload so rooms cycle quickly; default limits otherwise.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::with_data_dir(dir);
