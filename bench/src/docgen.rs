@@ -2,7 +2,7 @@
 //! that schema sees a real board).
 
 use huddle_protocol::schema::{Board, SHAPES, Shape, ShapeKind};
-use huddle_protocol::yrs::{Any, Doc, In, Map, MapPrelim, Transact};
+use huddle_protocol::yrs::{Any, Doc, In, Map, MapPrelim, MapRef, Transact, TransactionMut};
 
 /// How the seeded shapes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,37 +43,75 @@ pub fn mixed_shapes(doc: &Doc, first: usize, count: usize, form: ShapeForm) {
         }
         shape.z = i as f64;
         shape.author = "bench".into();
-        match form {
-            ShapeForm::Object => board.put_shape(&mut txn, &shape),
-            ShapeForm::Map => {
-                let points: Vec<Any> = shape.points.iter().map(|&p| Any::from(p)).collect();
-                let fields = MapPrelim::from([
-                    ("id", In::from(shape.id.as_str())),
-                    ("kind", In::from(shape.kind.as_str())),
-                    ("x", In::from(shape.x)),
-                    ("y", In::from(shape.y)),
-                    ("w", In::from(shape.w)),
-                    ("h", In::from(shape.h)),
-                    ("points", In::Any(Any::Array(points.into()))),
-                    ("stroke", In::from(shape.stroke.as_str())),
-                    ("fill", In::from(shape.fill.as_str())),
-                    ("width", In::from(shape.width)),
-                    ("text", In::from(shape.text.as_str())),
-                    ("z", In::from(shape.z)),
-                    ("author", In::from(shape.author.as_str())),
-                ]);
-                shapes.insert(&mut txn, shape.id.as_str(), fields);
-            }
+        insert_shape(&board, &shapes, &mut txn, &shape, form);
+    }
+}
+
+/// Writes `shape` into the room's shapes map in `form`.
+fn insert_shape(
+    board: &Board,
+    shapes: &MapRef,
+    txn: &mut TransactionMut<'_>,
+    shape: &Shape,
+    form: ShapeForm,
+) {
+    match form {
+        ShapeForm::Object => board.put_shape(txn, shape),
+        ShapeForm::Map => {
+            let points: Vec<Any> = shape.points.iter().map(|&p| Any::from(p)).collect();
+            let fields = MapPrelim::from([
+                ("id", In::from(shape.id.as_str())),
+                ("kind", In::from(shape.kind.as_str())),
+                ("x", In::from(shape.x)),
+                ("y", In::from(shape.y)),
+                ("w", In::from(shape.w)),
+                ("h", In::from(shape.h)),
+                ("points", In::Any(Any::Array(points.into()))),
+                ("stroke", In::from(shape.stroke.as_str())),
+                ("fill", In::from(shape.fill.as_str())),
+                ("width", In::from(shape.width)),
+                ("text", In::from(shape.text.as_str())),
+                ("z", In::from(shape.z)),
+                ("author", In::from(shape.author.as_str())),
+            ]);
+            shapes.insert(txn, shape.id.as_str(), fields);
         }
     }
 }
 
-/// One shape owned by a scenario client (it moves it around).
-pub fn own_shape(doc: &Doc, id: &str) {
+/// One shape owned by a scenario client (it moves it around), stored in `form`: moving a
+/// plain-object shape rewrites all its fields (as the web client does), moving a nested-map
+/// shape sets one field (as a stock Yjs client holding such a shape does).
+pub fn own_shape(doc: &Doc, id: &str, form: ShapeForm) {
     let board = Board::new(doc);
+    let shapes = doc.get_or_insert_map(SHAPES);
     let mut shape = Shape::new(id, ShapeKind::Rect);
     shape.w = 40.0;
     shape.h = 30.0;
     shape.author = id.into();
-    board.put_shape(&mut doc.transact_mut(), &shape);
+    insert_shape(&board, &shapes, &mut doc.transact_mut(), &shape, form);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huddle_protocol::yrs::ReadTxn;
+
+    /// A scenario client's shape reads back the same in either form after a move, and moving a
+    /// nested-map shape sends the one field (what the `map` form is for), a plain object all.
+    #[test]
+    fn a_moved_shape_reads_back_in_either_form_and_a_nested_map_sends_one_field() {
+        let mut sizes = Vec::new();
+        for form in [ShapeForm::Object, ShapeForm::Map] {
+            let doc = Doc::new();
+            own_shape(&doc, "c1", form);
+            let board = Board::new(&doc);
+            let before = doc.transact().state_vector();
+            assert!(board.set_field(&mut doc.transact_mut(), "c1", "x", 5.0), "{form:?}");
+            sizes.push(doc.transact().encode_state_as_update_v1(&before).len());
+            let shape = board.shape(&doc.transact(), "c1").expect("the shape is there");
+            assert_eq!((shape.x, shape.w, shape.author.as_str()), (5.0, 40.0, "c1"), "{form:?}");
+        }
+        assert!(sizes[1] * 2 < sizes[0], "update sizes, object then map: {sizes:?}");
+    }
 }

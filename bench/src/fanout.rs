@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::client;
-use crate::docgen;
+use crate::docgen::{self, ShapeForm};
 use crate::stats::{Latencies, Report, us};
 use crate::target::Target;
 
@@ -59,6 +59,8 @@ struct RoomShared {
     senders: Vec<Sender>,
     /// client id → index in `senders`.
     index: HashMap<u64, usize>,
+    /// How each client stores the shape it moves.
+    form: ShapeForm,
 }
 
 /// What one client saw.
@@ -70,7 +72,7 @@ struct Outcome {
 }
 
 /// Runs the scenario against `target`.
-pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
+pub async fn run(target: &Target, o: &Opts, form: ShapeForm) -> Result<Report> {
     ensure!(o.clients >= 2 && o.rooms >= 1 && o.hz > 0.0, "need ≥ 1 room, ≥ 2 clients and a rate");
     let salt = crate::run_salt();
     let mut rooms = Vec::new();
@@ -84,7 +86,7 @@ pub async fn run(target: &Target, o: &Opts) -> Result<Report> {
             })
             .collect();
         let index = senders.iter().enumerate().map(|(i, s)| (s.client_id, i)).collect();
-        let room = RoomShared { name: format!("fanout-{salt}-{r}"), senders, index };
+        let room = RoomShared { name: format!("fanout-{salt}-{r}"), senders, index, form };
         target.prepare(&room.name).await?;
         rooms.push(Arc::new(room));
     }
@@ -233,7 +235,7 @@ async fn client_task(
     // Create our shape and wait until every other client's shape has arrived.
     let shape_id = format!("c{my_id}");
     let before = doc.transact().state_vector();
-    docgen::own_shape(&doc, &shape_id);
+    docgen::own_shape(&doc, &shape_id, room.form);
     let creation = doc.transact().encode_state_as_update_v1(&before);
     client::send(&mut ws, wire::update(creation)).await?;
     let my_clock = || doc.transact().state_vector().get(&ClientID::new(my_id));

@@ -43,7 +43,8 @@ pub struct Cli {
     /// For y-sweet at `--url`: its HTTP base (rooms are created with `POST /doc/new`).
     #[arg(long, requires = "url", global = true)]
     create_url: Option<String>,
-    /// How bigdoc and edit-into-big store the room's shapes.
+    /// How fanout, bigdoc and edit-into-big store the room's shapes (fanout: the shape each
+    /// client moves).
     #[arg(long, value_enum, default_value = "object", global = true)]
     form: docgen::ShapeForm,
     #[command(flatten)]
@@ -151,7 +152,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         );
     }
     let report = match &cli.command {
-        Command::Fanout(o) => fanout::run(&target, o).await?,
+        Command::Fanout(o) => fanout::run(&target, o, cli.form).await?,
         Command::Connections(o) => connections::run(&target, o).await?,
         Command::Bigdoc(o) => bigdoc::run(&target, server.as_mut(), o, cli.form).await?,
         Command::EditIntoBig(o) => bigdoc::run_edits(&target, o, cli.form).await?,
@@ -177,7 +178,7 @@ async fn compare(programs: &Programs, o: &CompareOpts, form: docgen::ShapeForm) 
             let target = server.target();
             eprintln!("running {scenario} against {}…", kind.label());
             let result = match scenario {
-                "fanout" => fanout::run(&target, &o.fanout).await,
+                "fanout" => fanout::run(&target, &o.fanout, form).await,
                 "connections" => connections::run(&target, &o.connections).await,
                 "bigdoc" => {
                     let restartable = server.kind() != Kind::Reference;
