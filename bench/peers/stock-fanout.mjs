@@ -10,7 +10,10 @@
 // /proc over the sending window and the drain after it.
 //
 // usage: node stock-fanout.mjs --url 'ws://127.0.0.1:PORT/ws/{room}' --pid PID
-//          [--rooms 10] [--clients 10] [--hz 20] [--secs 10]
+//          [--rooms 10] [--clients 10] [--hz 20] [--secs 10] [--phases grouped|spread]
+// `--phases` as in `huddle-bench fanout`: `grouped` (the default) spreads a room's clients one
+// after the other over the period, `spread` interleaves the rooms, so that the moves Node's
+// 1 ms timers send together are of different rooms.
 // For y-sweet, `--create-url http://127.0.0.1:PORT` creates each room first.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -23,13 +26,18 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) 
 const url = args.url
 const pid = Number(args.pid)
 if (!url || !url.includes('{room}') || !pid) {
-  console.error("usage: node stock-fanout.mjs --url 'ws://HOST:PORT/ws/{room}' --pid PID [--rooms R] [--clients N] [--hz F] [--secs S]")
+  console.error("usage: node stock-fanout.mjs --url 'ws://HOST:PORT/ws/{room}' --pid PID [--rooms R] [--clients N] [--hz F] [--secs S] [--phases grouped|spread]")
   process.exit(2)
 }
 const rooms = Number(args.rooms ?? 10)
 const clients = Number(args.clients ?? 10)
 const hz = Number(args.hz ?? 20)
 const secs = Number(args.secs ?? 10)
+const phases = args.phases ?? 'grouped'
+if (phases !== 'grouped' && phases !== 'spread') {
+  console.error(`--phases must be grouped or spread, not ${phases}`)
+  process.exit(2)
+}
 const deadline = (ms, what) => new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))
 
 /** utime + stime of `pid` in seconds. */
@@ -112,6 +120,8 @@ const tool0 = process.cpuUsage()
 const t0 = performance.now()
 measuring = true
 const period = 1000 / hz
+// everyone is room-major: index i is client i % clients of room floor(i / clients).
+const slot = (i) => phases === 'grouped' ? i : (i % clients) * rooms + Math.floor(i / clients)
 const timers = everyone.map((m, i) => {
   let x = 0
   let tick
@@ -122,7 +132,7 @@ const timers = everyone.map((m, i) => {
       m.shape.set('x', x)
       sent++
     }, period)
-  }, (period * i) / everyone.length)
+  }, (period * slot(i)) / everyone.length)
   return () => { clearTimeout(start); clearInterval(tick) }
 })
 await new Promise((resolve) => setTimeout(resolve, secs * 1000))

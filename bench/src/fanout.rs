@@ -41,6 +41,39 @@ pub struct Opts {
     /// Seconds of moving.
     #[arg(long, default_value_t = 10.0)]
     pub secs: f64,
+    /// In what order the clients' moves are spread over a period.
+    #[arg(long, value_enum, default_value = "grouped")]
+    pub phases: Phases,
+}
+
+/// In what order the clients' moves are spread evenly over one period (`1 / hz`).
+///
+/// Why it matters: the tool's timers fire on a 1 ms grid, so at 2,000 moves a second (the
+/// default 10 × 10 × 20 Hz) two clients' moves leave together each millisecond. Two moves of
+/// one room that reach a server together can share each common recipient's write, and a
+/// server's cost per delivery depends on how often that happens (docs/benchmarks.md,
+/// "Session 23: moves of one room sent together"). Real clients keep no common clock, so
+/// neither order is the one true load: `spread` is the one without the sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phases {
+    /// A room's clients one after the other (room 0's ten, then room 1's, …): the moves that
+    /// leave together are mostly of one room. The default, which every figure before session
+    /// 23 was taken with (the stock-Yjs harness orders its clients the same way).
+    Grouped,
+    /// The rooms interleaved (client 0 of every room, then client 1 of every room, …): the
+    /// moves that leave together are of different rooms.
+    Spread,
+}
+
+impl Phases {
+    /// Where client `me` of room `room` moves within the period, as a share of it.
+    fn share(self, room: usize, me: usize, rooms: usize, clients: usize) -> f64 {
+        let slot = match self {
+            Self::Grouped => room * clients + me,
+            Self::Spread => me * rooms + room,
+        };
+        slot as f64 / (rooms * clients) as f64
+    }
 }
 
 /// What every client of a room can see of every sender.
@@ -103,8 +136,9 @@ pub async fn run(target: &Target, o: &Opts, form: ShapeForm) -> Result<Report> {
             let start = start_rx.clone();
             let o = o.clone();
             let global = r * o.clients + me;
+            let phase = o.phases.share(r, me, o.rooms, o.clients);
             tasks.push(tokio::spawn(async move {
-                client_task(url, r, room, me, global, total, o, ready, start).await
+                client_task(url, r, room, me, global, phase, o, ready, start).await
             }));
         }
     }
@@ -167,7 +201,14 @@ pub async fn run(target: &Target, o: &Opts, form: ShapeForm) -> Result<Report> {
     }
 
     let mut report = Report::new(
-        format!("fanout {}×{} @ {} Hz, {} s", o.rooms, o.clients, o.hz, o.secs),
+        format!(
+            "fanout {}×{} @ {} Hz, {} s{}",
+            o.rooms,
+            o.clients,
+            o.hz,
+            o.secs,
+            if o.phases == Phases::Spread { ", rooms spread" } else { "" }
+        ),
         &target.name,
     );
     report.row("updates sent", sent.to_string());
@@ -221,7 +262,7 @@ async fn client_task(
     room: Arc<RoomShared>,
     me: usize,
     global: usize,
-    total: usize,
+    phase: f64,
     o: Opts,
     ready: mpsc::Sender<()>,
     mut start: watch::Receiver<bool>,
@@ -256,8 +297,7 @@ async fn client_task(
     start.wait_for(|&s| s).await?;
 
     let period = Duration::from_secs_f64(1.0 / o.hz);
-    let phase = period.mul_f64(global as f64 / total as f64);
-    let mut tick = tokio::time::interval_at(Instant::now() + phase, period);
+    let mut tick = tokio::time::interval_at(Instant::now() + period.mul_f64(phase), period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop_sending = Instant::now() + Duration::from_secs_f64(o.secs);
     let give_up = stop_sending + Duration::from_secs(15);
@@ -327,4 +367,32 @@ fn everything_arrived(room: &RoomShared, me: u64, last: &HashMap<u64, u32>) -> b
         let start = s.start_clock.load(Ordering::Acquire);
         end != u32::MAX && (end == start || last.get(&s.client_id).is_some_and(|&l| l + 1 >= end))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phases;
+
+    /// The room of each slot on the period, in the order the moves leave.
+    fn rooms_in_order(phases: Phases, rooms: usize, clients: usize) -> Vec<usize> {
+        let mut slots: Vec<(f64, usize)> = (0..rooms)
+            .flat_map(|r| (0..clients).map(move |c| (phases.share(r, c, rooms, clients), r)))
+            .collect();
+        slots.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Every client has a slot of its own, evenly spaced over the period.
+        for (i, (share, _)) in slots.iter().enumerate() {
+            assert!((share - i as f64 / (rooms * clients) as f64).abs() < 1e-12);
+        }
+        slots.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn grouped_moves_neighbour_their_room_and_spread_ones_other_rooms() {
+        let grouped = rooms_in_order(Phases::Grouped, 10, 10);
+        let spread = rooms_in_order(Phases::Spread, 10, 10);
+        let same_room_neighbours =
+            |order: &[usize]| order.windows(2).filter(|w| w[0] == w[1]).count();
+        assert_eq!(same_room_neighbours(&grouped), 90);
+        assert_eq!(same_room_neighbours(&spread), 0);
+    }
 }
