@@ -78,8 +78,8 @@ pub struct CompareOpts {
     /// Servers to compare.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Huddle, Kind::Reference, Kind::YSweet])]
     servers: Vec<Kind>,
-    /// Scenarios to run (default: all).
-    #[arg(long, value_delimiter = ',')]
+    /// Scenarios to run (default: all; `fanout-spread` is fanout with `--phases spread`).
+    #[arg(long, value_delimiter = ',', value_parser = SCENARIOS)]
     only: Vec<String>,
     /// Also write the table (Markdown) to this file.
     #[arg(long)]
@@ -95,6 +95,10 @@ pub struct CompareOpts {
     #[command(flatten)]
     awareness: awareness::Opts,
 }
+
+/// The scenarios of `compare`, in the order it runs them.
+const SCENARIOS: [&str; 6] =
+    ["fanout", "fanout-spread", "connections", "bigdoc", "edit-into-big", "awareness"];
 
 /// A number unique to this run (below 40,000), for room names and client ids. Client ids are
 /// `salt * 100_000 + n`, which stays under 2^32: y-sweet's yrs keeps only 32 bits of a client
@@ -168,7 +172,7 @@ async fn compare(programs: &Programs, o: &CompareOpts, form: docgen::ShapeForm) 
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|s| s == name);
     let mut reports: Vec<Report> = Vec::new();
     for &kind in &o.servers {
-        for scenario in ["fanout", "connections", "bigdoc", "edit-into-big", "awareness"] {
+        for scenario in SCENARIOS {
             if !wanted(scenario) {
                 continue;
             }
@@ -179,6 +183,13 @@ async fn compare(programs: &Programs, o: &CompareOpts, form: docgen::ShapeForm) 
             eprintln!("running {scenario} against {}…", kind.label());
             let result = match scenario {
                 "fanout" => fanout::run(&target, &o.fanout, form).await,
+                // The same load without the same-room pairs the default order sends together
+                // (see `fanout::Phases`): what a server's write sharing is worth.
+                "fanout-spread" => {
+                    let spread =
+                        fanout::Opts { phases: fanout::Phases::Spread, ..o.fanout.clone() };
+                    fanout::run(&target, &spread, form).await
+                }
                 "connections" => connections::run(&target, &o.connections).await,
                 "bigdoc" => {
                     let restartable = server.kind() != Kind::Reference;
